@@ -25,15 +25,26 @@ pub fn watch_frame(size: usize) -> Frame {
 
 /// A REQUEST head like the ones kubectl sends.
 pub fn request_frame() -> Frame {
-    let f = |n: &'static str, v: &'static str| (Bytes::from_static(n.as_bytes()), Bytes::from_static(v.as_bytes()));
+    let f = |n: &'static str, v: &'static str| {
+        (
+            Bytes::from_static(n.as_bytes()),
+            Bytes::from_static(v.as_bytes()),
+        )
+    };
     Frame::Request(Request {
         stream_id: 2,
         end_stream: true,
         method: Bytes::from_static(b"GET"),
         path: Bytes::from_static(b"/api/v1/namespaces/default/pods?limit=500"),
         fields: vec![
-            f("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
-            f("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd"),
+            f(
+                "Accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            ),
+            f(
+                "User-Agent",
+                "kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd",
+            ),
             f("Impersonate-User", "alice"),
             f("Kubectl-Command", "kubectl get"),
         ],

@@ -35,10 +35,22 @@ pub fn run(cli: Cli) -> i32 {
             let s = kubehub_wire::Settings::default();
             println!("protocol version: {}", kubehub_wire::PROTOCOL_VERSION);
             println!("default max frame size: {} bytes", s.max_frame_size);
-            println!("frame size limit: {} bytes", kubehub_wire::MAX_FRAME_SIZE_LIMIT);
-            println!("default request stream window: {} bytes", s.initial_stream_window);
-            println!("default sync stream window: {} bytes", s.initial_sync_window);
-            println!("default connection window: {} bytes", s.initial_connection_window);
+            println!(
+                "frame size limit: {} bytes",
+                kubehub_wire::MAX_FRAME_SIZE_LIMIT
+            );
+            println!(
+                "default request stream window: {} bytes",
+                s.initial_stream_window
+            );
+            println!(
+                "default sync stream window: {} bytes",
+                s.initial_sync_window
+            );
+            println!(
+                "default connection window: {} bytes",
+                s.initial_connection_window
+            );
             0
         }
     }

@@ -226,7 +226,9 @@ pub fn body_len(frame: &Frame) -> usize {
 }
 
 fn resource_key_len(k: &ResourceKey) -> usize {
-    str16_len(k.group.as_bytes()) + str16_len(k.version.as_bytes()) + str16_len(k.resource.as_bytes())
+    str16_len(k.group.as_bytes())
+        + str16_len(k.version.as_bytes())
+        + str16_len(k.resource.as_bytes())
 }
 
 fn str_list_len(list: &[String]) -> usize {

@@ -59,8 +59,7 @@ pub fn validate_settings(s: &Settings) -> Result<(), &'static str> {
     {
         return Err("window above 2^31-1");
     }
-    if s.initial_sync_window < s.max_frame_size || s.initial_connection_window < s.max_frame_size
-    {
+    if s.initial_sync_window < s.max_frame_size || s.initial_connection_window < s.max_frame_size {
         return Err("sync and connection windows must be at least max_frame_size");
     }
     if s.max_concurrent_streams == 0 {

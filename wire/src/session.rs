@@ -341,15 +341,30 @@ impl Session {
         let id = frame.stream_id();
         match frame {
             Frame::Hello(_) | Frame::HelloAck(_) => {
-                return Err(conn_err(ErrorCode::PROTOCOL, "handshake frame after handshake"))
+                return Err(conn_err(
+                    ErrorCode::PROTOCOL,
+                    "handshake frame after handshake",
+                ))
             }
             Frame::Discovery(_) if self.role == Role::Hub => {
-                return Err(conn_err(ErrorCode::PROTOCOL, "DISCOVERY flows agent to hub"))
+                return Err(conn_err(
+                    ErrorCode::PROTOCOL,
+                    "DISCOVERY flows agent to hub",
+                ))
             }
             Frame::Ping(_) | Frame::Discovery(_) => return Ok(()),
             Frame::GoAway(g) => {
                 self.local_last_stream = Some(g.last_stream_id);
                 return Ok(());
+            }
+            Frame::WindowUpdate(_) | Frame::Reset(_)
+                if id != 0 && self.stream_state(id) == StreamState::Idle =>
+            {
+                return Err(stream_err(
+                    id,
+                    ErrorCode::PROTOCOL,
+                    "stream was never opened",
+                ))
             }
             Frame::WindowUpdate(_) => return Ok(()),
             Frame::Reset(_) => {
@@ -377,16 +392,29 @@ impl Session {
             _ => {}
         }
         let Some(s) = self.streams.get_mut(&id) else {
-            return Err(stream_err(id, ErrorCode::STREAM_CLOSED, "stream is not open"));
+            return Err(stream_err(
+                id,
+                ErrorCode::STREAM_CLOSED,
+                "stream is not open",
+            ));
         };
         if !s.send_open {
-            return Err(stream_err(id, ErrorCode::STREAM_CLOSED, "sending half is closed"));
+            return Err(stream_err(
+                id,
+                ErrorCode::STREAM_CLOSED,
+                "sending half is closed",
+            ));
         }
-        check_order(frame, s, true).map_err(|reason| stream_err(id, ErrorCode::PROTOCOL, reason))?;
+        check_order(frame, s, true)
+            .map_err(|reason| stream_err(id, ErrorCode::PROTOCOL, reason))?;
         let len = flow_len(frame);
         if len > 0 {
             if len > s.send_window || len > self.conn_send {
-                return Err(stream_err(id, ErrorCode::FLOW_CONTROL, "beyond send window"));
+                return Err(stream_err(
+                    id,
+                    ErrorCode::FLOW_CONTROL,
+                    "beyond send window",
+                ));
             }
             s.send_window -= len;
             self.conn_send -= len;
@@ -410,10 +438,16 @@ impl Session {
         };
         match frame {
             Frame::Hello(_) | Frame::HelloAck(_) => {
-                return Err(conn_err(ErrorCode::PROTOCOL, "handshake frame after handshake"))
+                return Err(conn_err(
+                    ErrorCode::PROTOCOL,
+                    "handshake frame after handshake",
+                ))
             }
             Frame::Discovery(_) if self.role == Role::Agent => {
-                return Err(conn_err(ErrorCode::PROTOCOL, "DISCOVERY flows agent to hub"))
+                return Err(conn_err(
+                    ErrorCode::PROTOCOL,
+                    "DISCOVERY flows agent to hub",
+                ))
             }
             Frame::Ping(_) | Frame::Discovery(_) => return deliver(None),
             Frame::GoAway(g) => {
@@ -425,7 +459,10 @@ impl Session {
             }
             Frame::WindowUpdate(w) if id == 0 => {
                 if self.conn_send as u64 + w.increment as u64 > MAX_WINDOW as u64 {
-                    return Err(conn_err(ErrorCode::FLOW_CONTROL, "connection window overflow"));
+                    return Err(conn_err(
+                        ErrorCode::FLOW_CONTROL,
+                        "connection window overflow",
+                    ));
                 }
                 self.conn_send += w.increment;
                 return deliver(None);
@@ -450,7 +487,10 @@ impl Session {
                 _ => return Err(conn_err(ErrorCode::PROTOCOL, "frame on an idle stream")),
             };
             if self.role.owns(id) {
-                return Err(conn_err(ErrorCode::PROTOCOL, "peer used this side's stream id"));
+                return Err(conn_err(
+                    ErrorCode::PROTOCOL,
+                    "peer used this side's stream id",
+                ));
             }
             // id > highest_remote_id, or opened_before() would have been true.
             self.highest_remote_id = id;
@@ -458,7 +498,11 @@ impl Session {
                 return Err(stream_err(id, ErrorCode::REFUSED_STREAM, "going away"));
             }
             if self.remote_open >= self.local.max_concurrent_streams {
-                return Err(stream_err(id, ErrorCode::REFUSED_STREAM, "too many streams"));
+                return Err(stream_err(
+                    id,
+                    ErrorCode::REFUSED_STREAM,
+                    "too many streams",
+                ));
             }
             self.remote_open += 1;
             let mut s = self.new_stream(kind, false);
@@ -479,7 +523,11 @@ impl Session {
             }
             Frame::WindowUpdate(w) => {
                 if s.send_window as u64 + w.increment as u64 > MAX_WINDOW as u64 {
-                    return Err(stream_err(id, ErrorCode::FLOW_CONTROL, "stream window overflow"));
+                    return Err(stream_err(
+                        id,
+                        ErrorCode::FLOW_CONTROL,
+                        "stream window overflow",
+                    ));
                 }
                 s.send_window += w.increment;
                 return deliver(None);
@@ -487,22 +535,34 @@ impl Session {
             _ => {}
         }
         if !s.recv_open {
-            return Err(stream_err(id, ErrorCode::STREAM_CLOSED, "peer's half is closed"));
+            return Err(stream_err(
+                id,
+                ErrorCode::STREAM_CLOSED,
+                "peer's half is closed",
+            ));
         }
         if len > 0 {
             if len > self.conn_recv {
-                return Err(conn_err(ErrorCode::FLOW_CONTROL, "beyond connection window"));
+                return Err(conn_err(
+                    ErrorCode::FLOW_CONTROL,
+                    "beyond connection window",
+                ));
             }
             self.conn_recv -= len;
             if len > s.recv_window {
                 self.remove(id);
                 // The bytes are dropped; their connection credit goes back with the next update.
                 self.conn_unreleased = self.conn_unreleased.saturating_add(len);
-                return Err(stream_err(id, ErrorCode::FLOW_CONTROL, "beyond stream window"));
+                return Err(stream_err(
+                    id,
+                    ErrorCode::FLOW_CONTROL,
+                    "beyond stream window",
+                ));
             }
             s.recv_window -= len;
         }
-        check_order(frame, s, false).map_err(|reason| stream_err(id, ErrorCode::PROTOCOL, reason))?;
+        check_order(frame, s, false)
+            .map_err(|reason| stream_err(id, ErrorCode::PROTOCOL, reason))?;
         if frame.ends_stream() {
             s.recv_open = false;
         }

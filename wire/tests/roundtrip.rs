@@ -106,7 +106,11 @@ fn decoded_payload_shares_memory_with_the_read_buffer() {
     };
     assert_eq!(d.payload, payload);
     let p = d.payload.as_ptr() as usize;
-    assert_eq!(p, range.start + HEADER_LEN, "payload must be a slice of the read buffer");
+    assert_eq!(
+        p,
+        range.start + HEADER_LEN,
+        "payload must be a slice of the read buffer"
+    );
     assert!(p + d.payload.len() <= range.end);
 
     // The same holds for snapshot items and watch objects.
@@ -136,7 +140,11 @@ fn vectored_encoder_hands_large_payloads_through_untouched() {
     }));
     assert_eq!(eb.chunk_count(), 2, "header chunk + payload chunk");
     eb.advance(HEADER_LEN);
-    assert_eq!(eb.chunk().as_ptr(), payload.as_ptr(), "payload queued without a copy");
+    assert_eq!(
+        eb.chunk().as_ptr(),
+        payload.as_ptr(),
+        "payload queued without a copy"
+    );
 
     // Small payloads ride along with their header in one chunk.
     let mut eb = EncodeBuf::new();

@@ -15,8 +15,11 @@ fn token() -> impl Strategy<Value = Bytes> {
 }
 
 fn value() -> impl Strategy<Value = Bytes> {
-    vec(any::<u8>().prop_filter("no CR LF NUL", |b| !matches!(b, b'\r' | b'\n' | 0)), 0..40)
-        .prop_map(Bytes::from)
+    vec(
+        any::<u8>().prop_filter("no CR LF NUL", |b| !matches!(b, b'\r' | b'\n' | 0)),
+        0..40,
+    )
+    .prop_map(Bytes::from)
 }
 
 fn fields() -> impl Strategy<Value = Fields> {
@@ -39,18 +42,26 @@ pub fn settings() -> impl Strategy<Value = Settings> {
         0u32..=MAX_WINDOW,
         0u32..=MAX_WINDOW,
     )
-        .prop_map(|(max_frame_size, max_concurrent_streams, a, b, c)| Settings {
-            max_frame_size,
-            max_concurrent_streams,
-            initial_stream_window: a,
-            initial_sync_window: b.max(max_frame_size),
-            initial_connection_window: c.max(max_frame_size),
-        })
+        .prop_map(
+            |(max_frame_size, max_concurrent_streams, a, b, c)| Settings {
+                max_frame_size,
+                max_concurrent_streams,
+                initial_stream_window: a,
+                initial_sync_window: b.max(max_frame_size),
+                initial_connection_window: c.max(max_frame_size),
+            },
+        )
 }
 
 fn resource_type() -> impl Strategy<Value = ResourceType> {
     (
-        ("[a-z.]{0,12}", "v[0-9]{1,2}", "[a-z]{1,12}", "[A-Z][a-z]{0,10}", "[a-z]{0,10}"),
+        (
+            "[a-z.]{0,12}",
+            "v[0-9]{1,2}",
+            "[a-z]{1,12}",
+            "[A-Z][a-z]{0,10}",
+            "[a-z]{0,10}",
+        ),
         any::<bool>(),
         any::<bool>(),
         0u16..=0xff,
@@ -58,7 +69,14 @@ fn resource_type() -> impl Strategy<Value = ResourceType> {
         vec("[a-z]{1,6}", 0..2),
     )
         .prop_map(
-            |((group, version, resource, kind, singular), namespaced, cached, verbs, short_names, categories)| {
+            |(
+                (group, version, resource, kind, singular),
+                namespaced,
+                cached,
+                verbs,
+                short_names,
+                categories,
+            )| {
                 ResourceType {
                     group,
                     version,
@@ -87,19 +105,28 @@ fn resource_key() -> impl Strategy<Value = ResourceKey> {
 
 pub fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (1u16..10, 0u16..10, any::<u64>(), settings(), text(), text(), text()).prop_map(
-            |(min, extra, caps, settings, agent_id, cluster_id, software)| {
-                Frame::Hello(Hello {
-                    min_version: min,
-                    max_version: min + extra,
-                    capabilities: Capabilities(caps),
-                    settings,
-                    agent_id,
-                    cluster_id,
-                    software,
-                })
-            }
-        ),
+        (
+            1u16..10,
+            0u16..10,
+            any::<u64>(),
+            settings(),
+            text(),
+            text(),
+            text()
+        )
+            .prop_map(
+                |(min, extra, caps, settings, agent_id, cluster_id, software)| {
+                    Frame::Hello(Hello {
+                        min_version: min,
+                        max_version: min + extra,
+                        capabilities: Capabilities(caps),
+                        settings,
+                        agent_id,
+                        cluster_id,
+                        software,
+                    })
+                }
+            ),
         (1u16.., any::<u64>(), settings(), any::<u32>(), text()).prop_map(
             |(version, caps, settings, keepalive_ms, hub_id)| Frame::HelloAck(HelloAck {
                 version,
@@ -109,15 +136,22 @@ pub fn frame() -> impl Strategy<Value = Frame> {
                 hub_id,
             })
         ),
-        (stream_id(), any::<bool>(), token(), "/[!-~]{0,60}", fields()).prop_map(
-            |(stream_id, end_stream, method, path, fields)| Frame::Request(Request {
-                stream_id,
-                end_stream,
-                method,
-                path: Bytes::from(path),
-                fields,
-            })
-        ),
+        (
+            stream_id(),
+            any::<bool>(),
+            token(),
+            "/[!-~]{0,60}",
+            fields()
+        )
+            .prop_map(
+                |(stream_id, end_stream, method, path, fields)| Frame::Request(Request {
+                    stream_id,
+                    end_stream,
+                    method,
+                    path: Bytes::from(path),
+                    fields,
+                })
+            ),
         (stream_id(), any::<bool>(), 100u16..=999, fields()).prop_map(
             |(stream_id, end_stream, status, fields)| Frame::Response(Response {
                 stream_id,
@@ -133,8 +167,10 @@ pub fn frame() -> impl Strategy<Value = Frame> {
                 payload,
             })
         }),
-        (stream_id(), fields())
-            .prop_map(|(stream_id, trailers)| Frame::End(End { stream_id, trailers })),
+        (stream_id(), fields()).prop_map(|(stream_id, trailers)| Frame::End(End {
+            stream_id,
+            trailers
+        })),
         (stream_id(), any::<u32>()).prop_map(|(stream_id, c)| Frame::Reset(Reset {
             stream_id,
             code: ErrorCode(c),
