@@ -530,16 +530,8 @@ impl Frame {
     /// The flags byte the frame encodes with.
     pub fn flags(&self) -> u8 {
         match self {
-            Frame::Request(Request { end_stream, .. })
-            | Frame::Response(Response { end_stream, .. })
-            | Frame::Data(Data { end_stream, .. }) => {
-                if *end_stream {
-                    FLAG_END_STREAM
-                } else {
-                    0
-                }
-            }
             Frame::Ping(p) if p.ack => FLAG_ACK,
+            _ if self.ends_stream() && !matches!(self, Frame::End(_)) => FLAG_END_STREAM,
             _ => 0,
         }
     }

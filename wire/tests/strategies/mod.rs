@@ -1,5 +1,5 @@
 //! proptest strategies producing every frame type with valid field domains.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use bytes::Bytes;
 use kubehub_wire::*;
