@@ -1,6 +1,8 @@
 //! Byte-literal frames: the layout documented in PROTOCOL.md, pinned. A change of layout must
 //! break these on purpose (and bump the protocol version).
 
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
 use bytes::{Bytes, BytesMut};
 use kubehub_wire::*;
 

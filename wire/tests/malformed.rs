@@ -1,6 +1,8 @@
 //! Malformed input gets a typed error, never a panic, and oversize frames are refused from the
 //! header alone, before any memory is reserved for the body.
 
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
 mod strategies;
 
 use bytes::{Bytes, BytesMut};

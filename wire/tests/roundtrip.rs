@@ -1,6 +1,8 @@
 //! Property tests: every frame survives encode → decode unchanged, whichever encoder wrote it
 //! and however the bytes are split on arrival.
 
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
 mod strategies;
 
 use bytes::{Buf, Bytes, BytesMut};

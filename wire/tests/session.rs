@@ -1,6 +1,8 @@
 //! The per-connection state machine: stream ids, stream states and flow control, driven as a
 //! hub and an agent would drive it.
 
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
 use bytes::Bytes;
 use kubehub_wire::session::Received;
 use kubehub_wire::*;
