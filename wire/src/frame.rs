@@ -77,6 +77,27 @@ impl FrameType {
         FrameType::WatchEvent,
     ];
 
+    /// The name PROTOCOL.md and log lines use, e.g. `WINDOW_UPDATE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameType::Hello => "HELLO",
+            FrameType::HelloAck => "HELLO_ACK",
+            FrameType::Request => "REQUEST",
+            FrameType::Response => "RESPONSE",
+            FrameType::Data => "DATA",
+            FrameType::End => "END",
+            FrameType::Reset => "RESET",
+            FrameType::WindowUpdate => "WINDOW_UPDATE",
+            FrameType::Ping => "PING",
+            FrameType::GoAway => "GOAWAY",
+            FrameType::Discovery => "DISCOVERY",
+            FrameType::SnapshotBegin => "SNAPSHOT_BEGIN",
+            FrameType::SnapshotItems => "SNAPSHOT_ITEMS",
+            FrameType::SnapshotEnd => "SNAPSHOT_END",
+            FrameType::WatchEvent => "WATCH_EVENT",
+        }
+    }
+
     /// The type for a type byte, `None` if this version does not define it.
     pub fn from_u8(b: u8) -> Option<FrameType> {
         Self::ALL.get(b as usize).copied()
