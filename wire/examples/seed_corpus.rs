@@ -6,7 +6,9 @@ use bytes::{Bytes, BytesMut};
 use kubehub_wire::*;
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "wire/fuzz/corpus/decode".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "wire/fuzz/corpus/decode".into());
     std::fs::create_dir_all(&dir)?;
     let b = Bytes::from_static;
     let frames = vec![

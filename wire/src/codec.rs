@@ -20,6 +20,10 @@ use crate::frame::*;
 /// chunk: one more iovec costs more than copying a few dozen bytes.
 const COPY_THRESHOLD: usize = 128;
 
+/// Scratch space [`EncodeBuf`] reserves at a time for header bytes and small fields.
+const SCRATCH_CHUNK: usize = 8 * 1024;
+const SCRATCH_LOW_WATER: usize = 512;
+
 /// Largest window increment and window size: 2^31 - 1.
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
@@ -62,6 +66,11 @@ impl EncodeBuf {
 
     /// Encodes `frame` at the end of the queue.
     pub fn push(&mut self, frame: &Frame) {
+        // Header bytes of many frames share one scratch allocation; once every chunk cut from
+        // it has been written and dropped, `reserve` reclaims it instead of allocating.
+        if self.scratch.capacity() - self.scratch.len() < SCRATCH_LOW_WATER {
+            self.scratch.reserve(SCRATCH_CHUNK);
+        }
         encode_into(frame, self);
         self.flush_scratch();
     }

@@ -19,7 +19,15 @@ const RUNTIMES: [&str; 7] = [
 fn wire_has_no_async_runtime_dependency() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "-p", "kubehub-wire", "-e", "normal", "--prefix", "none"])
+        .args([
+            "tree",
+            "-p",
+            "kubehub-wire",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
         .args(["--offline", "--format", "{p}"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -34,7 +42,10 @@ fn wire_has_no_async_runtime_dependency() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert!(crates.contains(&"kubehub-wire"), "unexpected output: {tree}");
+    assert!(
+        crates.contains(&"kubehub-wire"),
+        "unexpected output: {tree}"
+    );
     for rt in RUNTIMES {
         assert!(
             !crates.contains(&rt),
