@@ -1,0 +1,29 @@
+//! # kubehub-kapi: the Kubernetes API, as both ends of KubeHub need it
+//!
+//! Pieces of kube-apiserver's HTTP behaviour that the hub's cache (which answers reads like an
+//! API server would) and the edge API server simulator (which *is* one, for tests and load)
+//! both need, written once:
+//!
+//! * [`path`]: what an API path addresses (`/apis/apps/v1/namespaces/x/deployments/y/scale`).
+//! * [`query`]: list and watch options from the query string.
+//! * [`selector`]: label and field selectors, parsed and matched as kube-apiserver does.
+//! * [`status`]: `Status` error bodies shaped exactly as kube-apiserver shapes them.
+//! * [`accept`]: content negotiation (plain JSON, `Table`, `PartialObjectMetadata`).
+//! * [`table`]: server-side printing: the columns `kubectl get` shows for built-in kinds.
+//! * [`resources`]: the built-in resource types and discovery documents.
+//! * [`time`]: RFC 3339 timestamps and the "AGE" durations kubectl prints.
+//!
+//! Everything here is synchronous and runtime-free; objects are `serde_json::Value`s.
+
+#![warn(missing_docs)]
+
+pub mod accept;
+pub mod path;
+pub mod query;
+pub mod resources;
+pub mod selector;
+pub mod status;
+pub mod table;
+pub mod time;
+
+pub use status::Status;
