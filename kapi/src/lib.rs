@@ -11,6 +11,7 @@
 //! * [`accept`]: content negotiation (plain JSON, `Table`, `PartialObjectMetadata`).
 //! * [`table`]: server-side printing: the columns `kubectl get` shows for built-in kinds.
 //! * [`resources`]: the built-in resource types and discovery documents.
+//! * [`kubeconfig`]: writing kubeconfig files.
 //! * [`time`]: RFC 3339 timestamps and the "AGE" durations kubectl prints.
 //!
 //! Everything here is synchronous and runtime-free; objects are `serde_json::Value`s.
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod kubeconfig;
 pub mod path;
 pub mod query;
 pub mod resources;

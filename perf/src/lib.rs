@@ -1,6 +1,9 @@
-//! # kubehub-perf: load generator and edge cluster simulator
+//! # kubehub-perf: the edge cluster simulator and the load generator
 //!
-//! Hosts the simulated Kubernetes API servers every test and benchmark of KubeHub runs against,
-//! and the open-loop load generator (`kubehub-perf`) with HDR latency histograms.
-//!
-//! Status: the simulator issue (#3) and the perf issue build this crate; it holds nothing yet.
+//! Every test and benchmark of KubeHub needs edge clusters behind the agent, and no real
+//! kube-apiserver can run here, so this crate carries a simulator of one ([`sim`]): served over
+//! HTTP(S) by `kubehub sim`, or hosted in-process by the hundreds for load tests. The open-loop
+//! load generator (`kubehub-perf`) arrives with the perf issue.
+
+pub mod pki;
+pub mod sim;

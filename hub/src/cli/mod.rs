@@ -3,6 +3,8 @@
 //! Subcommands are added as the pieces they start land (`hub`, `agent`, `meta`, `sim`, `demo`,
 //! `ctl`); `kubehub --help` lists what this build has.
 
+mod sim;
+
 use clap::{Parser, Subcommand};
 
 /// KubeHub: a cloud-edge gateway that carries Kubernetes API traffic between a control plane and
@@ -10,6 +12,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "kubehub", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `kubehub_perf=debug`); the
+    /// `RUST_LOG` environment variable overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+
     /// What to run.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -17,13 +24,27 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
+    /// Run a simulated Kubernetes API server (edge cluster) for demos, tests and load.
+    Sim(sim::SimArgs),
     /// Print the tunnel protocol version and limits this build speaks.
     Protocol,
 }
 
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    init_logging(&cli.log);
     match cli.command {
         None => {
             use clap::CommandFactory;
@@ -31,6 +52,7 @@ pub fn run(cli: Cli) -> i32 {
             let _ = Cli::command().print_help();
             2
         }
+        Some(Command::Sim(args)) => sim::run(args),
         Some(Command::Protocol) => {
             let s = kubehub_wire::Settings::default();
             println!("protocol version: {}", kubehub_wire::PROTOCOL_VERSION);

@@ -1,0 +1,662 @@
+//! The simulator's HTTP API: a request in, a response out, as kube-apiserver would answer it.
+//!
+//! Transport-free: [`handle`] takes an `http::Request` whose body has been read and returns an
+//! `http::Response` whose body may stream (watch, `logs -f`). The server in [`super::server`]
+//! puts it on sockets; the load harness can call it in-process.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use kubehub_kapi::accept::{negotiate, Wants};
+use kubehub_kapi::path::{self, Endpoint, ResourcePath};
+use kubehub_kapi::query::{IncludeObject, ListOptions, Query};
+use kubehub_kapi::resources::{self, api_version};
+use kubehub_kapi::selector::{FieldSelector, LabelSelector};
+use kubehub_kapi::table::{self, ListMeta};
+use kubehub_kapi::Status;
+use kubehub_wire::{ResourceType, Verbs};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use super::cluster::{base_resource, Cluster, DeleteOptions, ListRequest, PatchType, WatchItem};
+use super::openapi;
+use super::store::Filter;
+
+/// A response body: whole, or streamed.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted (kube-apiserver's limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The version the simulator reports. `/usr/bin/kubectl` picks its bundled client by the
+/// minor version, so this stays at a minor it bundles.
+pub const VERSION: (&str, &str, &str) = ("1", "32", "v1.32.4-kubehub-sim");
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn respond(code: u16, content_type: &str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_response(code: u16, body: impl Into<Bytes>) -> Response<Body> {
+    respond(code, "application/json", full(body))
+}
+
+fn value_response(code: u16, v: &Value) -> Response<Body> {
+    json_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// The Status error as a response.
+pub fn status_response(s: &Status) -> Response<Body> {
+    let mut r = json_response(s.code, s.to_json());
+    if s.code == 503 || s.code == 504 || s.code == 429 {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Answers one request against `cluster`.
+pub async fn handle(cluster: &Arc<Cluster>, req: Request<Bytes>) -> Response<Body> {
+    match route(cluster, req).await {
+        Ok(r) => r,
+        Err(s) => status_response(&s),
+    }
+}
+
+fn header_str(req: &Request<Bytes>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn route(cluster: &Arc<Cluster>, req: Request<Bytes>) -> Result<Response<Body>, Status> {
+    let path = req.uri().path().to_owned();
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    let types = cluster.types();
+    let get_only = |r: Value| {
+        if req.method() == Method::GET {
+            Ok(value_response(200, &r))
+        } else {
+            Err(Status::method_not_allowed())
+        }
+    };
+    match path::parse(&path) {
+        Endpoint::Version => get_only(json!({
+            "major": VERSION.0, "minor": VERSION.1, "gitVersion": VERSION.2,
+            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.6", "compiler": "gc",
+            "platform": "linux/amd64",
+        })),
+        Endpoint::Health => Ok(respond(200, "text/plain; charset=utf-8", full("ok"))),
+        Endpoint::CoreVersions => {
+            let host = header_str(&req, header::HOST).unwrap_or("127.0.0.1");
+            get_only(resources::api_versions(host))
+        }
+        Endpoint::Groups => get_only(resources::api_group_list(types)),
+        Endpoint::Group(g) => resources::api_group(types, g)
+            .map(get_only)
+            .unwrap_or_else(|| Err(Status::no_such_resource())),
+        Endpoint::Resources { group, version } => {
+            resources::api_resource_list(types, group, version)
+                .map(get_only)
+                .unwrap_or_else(|| Err(Status::no_such_resource()))
+        }
+        Endpoint::OpenApiV3Index => get_only(openapi::index(types)),
+        Endpoint::OpenApiV3(gv) => openapi::document(types, gv)
+            .map(get_only)
+            .unwrap_or_else(|| Err(Status::no_such_resource())),
+        Endpoint::OpenApiV2 | Endpoint::Unknown => Err(Status::no_such_resource()),
+        Endpoint::Resource(rp) => resource(cluster, &req, &query, rp).await,
+    }
+}
+
+async fn resource(
+    cluster: &Arc<Cluster>,
+    req: &Request<Bytes>,
+    query: &Query,
+    rp: ResourcePath<'_>,
+) -> Result<Response<Body>, Status> {
+    let lookup = match rp.subresource {
+        Some(sub) => format!("{}/{sub}", rp.resource),
+        None => rp.resource.to_owned(),
+    };
+    let Some(ty) = cluster.type_index(rp.group, rp.version, &lookup) else {
+        return Err(Status::no_such_resource());
+    };
+    let t = &cluster.types()[ty];
+    // Scope: named objects of namespaced types need a namespace; cluster-scoped types have none.
+    if (t.namespaced && rp.name.is_some() && rp.namespace.is_none())
+        || (!t.namespaced && rp.namespace.is_some())
+    {
+        return Err(Status::no_such_resource());
+    }
+    let base = if rp.subresource.is_some() {
+        cluster
+            .type_index(rp.group, rp.version, rp.resource)
+            .ok_or_else(Status::no_such_resource)?
+    } else {
+        ty
+    };
+    let ns = rp.namespace;
+    let dry_run = match query.get("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(v) => {
+            return Err(Status::invalid(
+                "",
+                "",
+                "",
+                "dryRun",
+                &format!("Unsupported value: {v:?}: supported values: \"All\""),
+            ))
+        }
+    };
+    let allow = |v: Verbs| {
+        if t.verbs.contains(v) {
+            Ok(())
+        } else {
+            Err(Status::method_not_allowed())
+        }
+    };
+    let method = req.method().clone();
+    match (rp.name, rp.subresource, method) {
+        (None, None, Method::GET) => {
+            let opts = ListOptions::from_query(query)?;
+            let filter = filter_for(t, ns, &opts)?;
+            if opts.watch {
+                allow(Verbs::WATCH)?;
+                watch(cluster, req, ty, filter, opts)
+            } else {
+                allow(Verbs::LIST)?;
+                list(cluster, req, ty, &filter, &opts)
+            }
+        }
+        (None, None, Method::POST) => {
+            allow(Verbs::CREATE)?;
+            if t.namespaced && ns.is_none() {
+                return Err(Status::method_not_allowed());
+            }
+            let body = json_body(req)?;
+            let obj = cluster.create(ty, ns, body, dry_run)?;
+            Ok(json_response(201, obj))
+        }
+        (None, None, Method::DELETE) => {
+            allow(Verbs::DELETE_COLLECTION)?;
+            let opts = ListOptions::from_query(query)?;
+            let filter = filter_for(t, ns, &opts)?;
+            let items = cluster.delete_collection(ty, &filter, dry_run)?;
+            Ok(list_json(
+                t,
+                &items,
+                &ListMeta {
+                    resource_version: cluster.resource_version().to_string(),
+                    ..ListMeta::default()
+                },
+            ))
+        }
+        (Some(name), None, Method::GET) => {
+            allow(Verbs::GET)?;
+            let obj = cluster.get(ty, ns, name)?;
+            single(req, t, &obj, query)
+        }
+        (Some(name), sub, Method::PUT) => {
+            allow(Verbs::UPDATE)?;
+            let body = json_body(req)?;
+            let obj = cluster.update(base, ns, name, body, sub, dry_run)?;
+            Ok(json_response(200, obj))
+        }
+        (Some(name), sub, Method::PATCH) => {
+            allow(Verbs::PATCH)?;
+            let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("");
+            let Some(pt) = PatchType::from_content_type(ct) else {
+                return Err(Status::unsupported_media_type(
+                    ct,
+                    &PatchType::CONTENT_TYPES,
+                ));
+            };
+            let obj = cluster.patch(base, ns, name, pt, req.body(), sub, dry_run)?;
+            Ok(json_response(200, obj))
+        }
+        (Some(name), None, Method::DELETE) => {
+            allow(Verbs::DELETE)?;
+            let opts = delete_options(req.body())?;
+            let obj = cluster.delete(ty, ns, name, &opts, dry_run)?;
+            Ok(json_response(200, obj))
+        }
+        (Some(name), Some("log"), Method::GET) => logs(cluster, base, ns, name, query),
+        (Some(name), Some("status"), Method::GET) => {
+            let obj = cluster.get(base, ns, name)?;
+            single(req, t, &obj, query)
+        }
+        (Some(name), Some("scale"), Method::GET) => {
+            let obj: Value = serde_json::from_slice(&cluster.get(base, ns, name)?)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(value_response(200, &super::cluster::scale_of(&obj)))
+        }
+        _ => Err(Status::method_not_allowed()),
+    }
+}
+
+fn json_body(req: &Request<Bytes>) -> Result<Value, Status> {
+    let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("application/json");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !matches!(media, "application/json" | "" | "*/*") {
+        return Err(Status::unsupported_media_type(ct, &["application/json"]));
+    }
+    let v: Value = serde_json::from_slice(req.body()).map_err(|e| {
+        Status::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(Status::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+fn delete_options(body: &[u8]) -> Result<DeleteOptions, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DeleteOptions::default());
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+    if let Some(p) = v["propagationPolicy"].as_str() {
+        if !matches!(p, "Orphan" | "Background" | "Foreground") {
+            return Err(Status::invalid("", "DeleteOptions", "", "propagationPolicy", &format!(
+                "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+    }
+    Ok(DeleteOptions {
+        uid: v["preconditions"]["uid"].as_str().map(str::to_owned),
+        resource_version: v["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned),
+    })
+}
+
+fn filter_for(t: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> Result<Filter, Status> {
+    Ok(Filter {
+        namespace: ns.map(str::to_owned),
+        labels: LabelSelector::parse(opts.label_selector.as_deref().unwrap_or(""))?,
+        fields: FieldSelector::parse(
+            opts.field_selector.as_deref().unwrap_or(""),
+            resources::field_selectors(&t.group, base_resource(&t.resource)),
+        )?,
+    })
+}
+
+fn parse_obj(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or(Value::Null)
+}
+
+fn list_json(t: &ResourceType, items: &[Bytes], meta: &ListMeta) -> Response<Body> {
+    let mut out = BytesMut::with_capacity(128 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+    out.extend_from_slice(
+        format!(
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{},"items":["#,
+            t.kind,
+            api_version(&t.group, &t.version),
+            meta.to_value()
+        )
+        .as_bytes(),
+    );
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    json_response(200, out.freeze())
+}
+
+fn list(
+    cluster: &Arc<Cluster>,
+    req: &Request<Bytes>,
+    ty: usize,
+    filter: &Filter,
+    opts: &ListOptions,
+) -> Result<Response<Body>, Status> {
+    let t = &cluster.types()[ty];
+    let wants = negotiate(header_str(req, header::ACCEPT))?;
+    let page = cluster.list(
+        ty,
+        filter,
+        &ListRequest {
+            version: opts.version,
+            limit: opts.limit,
+            continue_token: opts.continue_token.clone(),
+        },
+    )?;
+    let meta = ListMeta {
+        resource_version: page.resource_version.to_string(),
+        continue_token: page.continue_token,
+        remaining: page.remaining,
+    };
+    Ok(match wants {
+        Wants::Json => list_json(t, &page.items, &meta),
+        Wants::Table(v) => {
+            let objs: Vec<Value> = page.items.iter().map(|b| parse_obj(b)).collect();
+            value_response(
+                200,
+                &table::table(
+                    &t.group,
+                    &t.resource,
+                    &objs,
+                    &meta,
+                    opts.include_object,
+                    v,
+                    SystemTime::now(),
+                ),
+            )
+        }
+        Wants::Metadata(v) => {
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|b| table::partial_metadata(&parse_obj(b), v))
+                .collect();
+            value_response(
+                200,
+                &json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": format!("meta.k8s.io/{v}"),
+                    "metadata": meta.to_value(),
+                    "items": items,
+                }),
+            )
+        }
+    })
+}
+
+fn single(
+    req: &Request<Bytes>,
+    t: &ResourceType,
+    obj: &Bytes,
+    query: &Query,
+) -> Result<Response<Body>, Status> {
+    Ok(match negotiate(header_str(req, header::ACCEPT))? {
+        Wants::Json => json_response(200, obj.clone()),
+        Wants::Table(v) => {
+            let include = ListOptions::from_query(query)
+                .map(|o| o.include_object)
+                .unwrap_or(IncludeObject::Metadata);
+            let o = parse_obj(obj);
+            value_response(
+                200,
+                &table::table(
+                    &t.group,
+                    base_resource(&t.resource),
+                    &[o],
+                    &ListMeta::default(),
+                    include,
+                    v,
+                    SystemTime::now(),
+                ),
+            )
+        }
+        Wants::Metadata(v) => value_response(200, &table::partial_metadata(&parse_obj(obj), v)),
+    })
+}
+
+/// How each watch event's object is rendered.
+#[derive(Clone, Copy)]
+enum Render {
+    Json,
+    Table(&'static str, IncludeObject),
+    Metadata(&'static str),
+}
+
+fn event_line(t: &ResourceType, render: Render, kind: &str, object: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(object.len() + 40);
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(br#"","object":"#);
+    match (render, kind) {
+        (Render::Json, _) | (_, "BOOKMARK") | (_, "ERROR") => out.extend_from_slice(object),
+        (Render::Table(v, include), _) => {
+            let o = parse_obj(object);
+            let rv = o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let meta = ListMeta {
+                resource_version: rv,
+                ..ListMeta::default()
+            };
+            let tbl = table::table(
+                &t.group,
+                &t.resource,
+                &[o],
+                &meta,
+                include,
+                v,
+                SystemTime::now(),
+            );
+            out.extend_from_slice(&serde_json::to_vec(&tbl).unwrap_or_default());
+        }
+        (Render::Metadata(v), _) => {
+            let p = table::partial_metadata(&parse_obj(object), v);
+            out.extend_from_slice(&serde_json::to_vec(&p).unwrap_or_default());
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    out.freeze()
+}
+
+fn item_line(t: &ResourceType, render: Render, item: &WatchItem) -> Bytes {
+    event_line(t, render, item.kind.as_str(), &item.object)
+}
+
+fn streaming(rx: mpsc::Receiver<Bytes>, content_type: &str) -> Response<Body> {
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let mut r = respond(200, content_type, BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
+    r
+}
+
+fn watch(
+    cluster: &Arc<Cluster>,
+    req: &Request<Bytes>,
+    ty: usize,
+    filter: Filter,
+    opts: ListOptions,
+) -> Result<Response<Body>, Status> {
+    let t = &cluster.types()[ty];
+    let render = match negotiate(header_str(req, header::ACCEPT))? {
+        Wants::Json => Render::Json,
+        Wants::Table(v) => Render::Table(v, opts.include_object),
+        Wants::Metadata(v) => Render::Metadata(v),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let response = streaming(rx, "application/json");
+    let start = match cluster.watch(ty, &filter, opts.version, opts.send_initial_events) {
+        Ok(s) => s,
+        Err(status) => {
+            // As kube-apiserver: a 200 whose only event is an ERROR carrying the Status.
+            let line = event_line(t, render, "ERROR", &status.to_json());
+            let _ = tx.try_send(line);
+            return Ok(response);
+        }
+    };
+    let timeout = Duration::from_secs(opts.timeout_seconds.unwrap_or(1800).max(1));
+    let bookmarks = opts.allow_bookmarks;
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let t = &cluster.types()[ty];
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut bm = tokio::time::interval(cluster.config().bookmark_interval);
+        bm.tick().await; // the first tick is immediate
+        for item in &start.initial {
+            if tx.send(item_line(t, render, item)).await.is_err() {
+                return;
+            }
+        }
+        let mut live = start.live;
+        let mut disconnect = start.disconnect;
+        let mut seen_rv = start.start_rv;
+        loop {
+            tokio::select! {
+                biased;
+                ev = live.recv() => match ev {
+                    Ok(ev) => {
+                        seen_rv = ev.rv;
+                        if ev.ty != ty {
+                            continue;
+                        }
+                        if let Some(kind) = filter.translate(&ev) {
+                            let line = event_line(t, render, kind.as_str(), &ev.object);
+                            if tx.send(line).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::info!(cluster = cluster.name(), resource = %t.resource, "closing a watch that fell {n} events behind");
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = disconnect.changed() => return,
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = bm.tick(), if bookmarks => {
+                    let item = cluster.bookmark(ty, seen_rv, false);
+                    if tx.send(item_line(t, render, &item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(response)
+}
+
+fn logs(
+    cluster: &Arc<Cluster>,
+    pods: usize,
+    ns: Option<&str>,
+    name: &str,
+    query: &Query,
+) -> Result<Response<Body>, Status> {
+    let pod = parse_obj(&cluster.get(pods, ns, name)?);
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let container = match query.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.iter().any(|x| x == c) => c.to_owned(),
+        Some(c) => {
+            return Err(Status::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None => match pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+            .as_str()
+        {
+            Some(d) if containers.iter().any(|x| x == d) => d.to_owned(),
+            _ if containers.len() == 1 => containers[0].clone(),
+            _ => {
+                return Err(Status::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )))
+            }
+        },
+    };
+    let follow = query.flag("follow")?;
+    let timestamps = query.flag("timestamps")?;
+    let tail = query.get("tailLines").and_then(|v| v.parse::<i64>().ok());
+    let limit_bytes = query.number("limitBytes")?;
+    const HISTORY: u64 = 20;
+    let first = match tail {
+        Some(n) if n >= 0 => HISTORY.saturating_sub(n as u64) + 1,
+        _ => 1,
+    };
+    let ns = ns.unwrap_or("").to_owned();
+    let name = name.to_owned();
+    let line = move |i: u64| {
+        let ts = kubehub_kapi::time::now_rfc3339();
+        let body = format!("simulated log line {i} from {ns}/{name} container {container}\n");
+        if timestamps {
+            Bytes::from(format!("{ts} {body}"))
+        } else {
+            Bytes::from(body)
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let response = streaming(rx, "text/plain");
+    let cluster = cluster.clone();
+    let interval = cluster.config().log_interval;
+    let (pod_ns, pod_name) = (
+        ns_of(&pod),
+        pod["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+    );
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        let budget = limit_bytes.unwrap_or(u64::MAX);
+        let mut send = |b: Bytes| {
+            let b = if sent + b.len() as u64 > budget {
+                b.slice(..(budget - sent) as usize)
+            } else {
+                b
+            };
+            sent += b.len() as u64;
+            b
+        };
+        for i in first..=HISTORY {
+            let b = send(line(i));
+            if b.is_empty() || tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        let mut i = HISTORY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = tx.closed() => return,
+            }
+            // The stream ends when the pod goes away, as the kubelet's does.
+            if cluster.get(pods, pod_ns.as_deref(), &pod_name).is_err() {
+                return;
+            }
+            i += 1;
+            let b = send(line(i));
+            if b.is_empty() || tx.send(b).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(response)
+}
+
+fn ns_of(obj: &Value) -> Option<String> {
+    obj["metadata"]["namespace"].as_str().map(str::to_owned)
+}
