@@ -499,6 +499,10 @@ impl Cluster {
         subresource: Option<&str>,
         dry_run: bool,
     ) -> Result<Bytes, Status> {
+        // As kube-apiserver's handler: the body's name is checked before the object is read.
+        if subresource != Some("scale") {
+            check_name(&obj, name)?;
+        }
         self.modify(ty, ns, name, subresource, dry_run, |_| Ok(obj))
     }
 
@@ -577,12 +581,7 @@ impl Cluster {
             Some("scale") => {}
             Some(_) => check_kind(t, &new)?,
         }
-        if new["metadata"]["name"].as_str().unwrap_or("") != name {
-            return Err(Status::bad_request(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                new["metadata"]["name"].as_str().unwrap_or("")
-            )));
-        }
+        check_name(&new, name)?;
         check_namespace(&mut new, ns.filter(|_| t.namespaced))?;
         // resourceVersion and uid are preconditions when present.
         if let Some(rv) = new["metadata"]["resourceVersion"]
@@ -892,6 +891,17 @@ fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), Status> {
             "the API version in the data ({v}) does not match the expected API version ({want_version})"
         ))),
         _ => Ok(()),
+    }
+}
+
+fn check_name(obj: &Value, name: &str) -> Result<(), Status> {
+    let body_name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if body_name == name {
+        Ok(())
+    } else {
+        Err(Status::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )))
     }
 }
 
