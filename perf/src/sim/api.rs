@@ -517,7 +517,9 @@ fn watch(
         let mut seen_rv = start.start_rv;
         loop {
             tokio::select! {
+                // Disconnection first: a watch told to end sends nothing more.
                 biased;
+                _ = disconnect.changed() => return,
                 ev = live.recv() => match ev {
                     Ok(ev) => {
                         seen_rv = ev.rv;
@@ -537,7 +539,6 @@ fn watch(
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = disconnect.changed() => return,
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = bm.tick(), if bookmarks => {

@@ -277,6 +277,12 @@ impl Cluster {
         self.disconnect.send_modify(|g| *g += 1);
     }
 
+    /// Forgets the whole event history, as an etcd compaction would: watches and exact reads
+    /// from any earlier version now get 410 Gone.
+    pub fn compact_history(&self) {
+        lock(&self.inner).state.compact();
+    }
+
     fn key(&self, ty: usize, ns: Option<&str>, name: &str) -> ObjKey {
         let ns = if self.types[ty].namespaced {
             ns.unwrap_or("")

@@ -221,6 +221,12 @@ impl State {
         ev
     }
 
+    /// Drops the whole history: only the current version remains readable.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
     /// History events after `rv` (exclusive), oldest first; 410 if some are gone.
     pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, Status> {
         if rv < self.compacted {
