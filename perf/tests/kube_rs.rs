@@ -177,13 +177,17 @@ async fn reflector_follows_churn_and_recovers_from_410() {
         "no relist needed while the watch kept up"
     );
 
-    // An API server restart after a compaction: the watch ends, and its resourceVersion is
-    // gone, so the re-watch gets 410 and the watcher must relist.
+    // An API server restart with a compaction while it was down: the watch ends, re-watches
+    // get 503 until it is back, and then 410 (the watcher's resourceVersion is gone), so the
+    // watcher must relist.
+    s.cluster.set_available(false);
     s.cluster.disconnect_watchers();
     for _ in 0..5 {
         kubehub_perf::sim::seed::churn_once(&s.cluster).unwrap();
     }
     s.cluster.compact_history();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.cluster.set_available(true);
     converge(&s, &reader, Duration::from_secs(15)).await;
     assert_eq!(
         inits.load(Ordering::SeqCst),

@@ -72,6 +72,11 @@ pub fn status_response(s: &Status) -> Response<Body> {
 
 /// Answers one request against `cluster`.
 pub async fn handle(cluster: &Arc<Cluster>, req: Request<Bytes>) -> Response<Body> {
+    if !cluster.is_available() {
+        return status_response(&Status::unavailable(
+            "the simulated API server is restarting",
+        ));
+    }
     match route(cluster, req).await {
         Ok(r) => r,
         Err(s) => status_response(&s),
