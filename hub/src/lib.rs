@@ -1,10 +1,11 @@
 //! # kubehub-hub: the cloud-side proxy
 //!
 //! The hub terminates users' HTTPS (kubectl, client-go, kube-rs …), authenticates and
-//! authorizes each request, serves reads from its sharded cache when it can and forwards the
-//! rest through the agent's tunnel ([`kubehub_wire`]). Thread-per-core on monoio.
+//! authorizes each request, and forwards it through the agent's tunnel ([`kubehub_wire`]);
+//! later it answers reads from its sharded cache. Thread-per-core on monoio (io_uring).
 //!
-//! Status: the tunnel issue (#4) builds the proxy; today this crate carries the `kubehub`
-//! command line ([`cli`]).
+//! A request's path through the code follows the module names:
+//! `accept → tls → http → auth → route → tunnel` (and `cache`, to come).
 
 pub mod cli;
+pub mod tls;

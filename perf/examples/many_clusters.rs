@@ -19,7 +19,10 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
     let spec = SeedSpec {
         namespaces: 1,
         deployments_per_namespace: 1,
@@ -38,7 +41,13 @@ fn main() {
     let mut clusters = Vec::with_capacity(n);
     let mut objects = 0;
     for i in 0..n {
-        let c = Cluster::new(format!("edge-{i}"), ClusterConfig { seed: i as u64, ..cfg.clone() });
+        let c = Cluster::new(
+            format!("edge-{i}"),
+            ClusterConfig {
+                seed: i as u64,
+                ..cfg.clone()
+            },
+        );
         objects += seed(&c, &spec).expect("seed");
         clusters.push(c);
     }
