@@ -7,5 +7,10 @@
 //! A request's path through the code follows the module names:
 //! `accept → tls → http → auth → route → tunnel` (and `cache`, to come).
 
+pub mod auth;
 pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod route;
 pub mod tls;

@@ -1,0 +1,260 @@
+//! `hub.toml`: every option of the hub, with its default.
+//!
+//! ```toml
+//! id = "hub-0"                       # name of this replica (logs, HELLO_ACK)
+//! cores = 0                          # worker threads, one per core; 0 = all available cores
+//! clusters = ["edge-1", "edge-2"]    # clusters this hub serves (unknown ones get 404)
+//! token_file = "tokens.csv"          # bearer tokens: token,user,uid,"group1,group2"
+//! impersonate = true                 # add Impersonate-User/-Group to forwarded requests
+//!
+//! [user_listener]                    # HTTPS for kubectl and other clients
+//! listen = "0.0.0.0:8443"
+//! cert = "hub.crt"                   # PEM certificate chain
+//! key = "hub.key"                    # PEM private key
+//!
+//! [agent_listener]                   # mutual TLS for agents
+//! listen = "0.0.0.0:8444"
+//! cert = "hub.crt"
+//! key = "hub.key"
+//! client_ca = "ca.crt"               # CA that signs agent certificates (CN = cluster id)
+//!
+//! [admin]                            # /healthz, /readyz, /metrics (plain HTTP)
+//! listen = "127.0.0.1:9100"
+//!
+//! [limits]
+//! max_header_bytes = 65536           # request head larger than this: 431
+//! max_connections = 100000           # per core; more are closed on accept
+//! max_concurrent_streams = 1024      # per agent tunnel
+//! stream_window = 262144             # flow-control window per request stream (bytes)
+//! sync_window = 4194304              # per cache-sync stream
+//! connection_window = 8388608        # per tunnel
+//! max_frame_size = 2097152           # largest tunnel frame accepted
+//! data_chunk = 16384                 # largest DATA frame the hub sends
+//! handshake_timeout_ms = 10000       # TLS + HELLO must complete within this
+//! idle_timeout_ms = 300000           # a user connection idle between requests is closed
+//! response_timeout_ms = 60000        # time to a response head from the agent
+//! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA for client certificates (the agent listener requires one).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Limits and timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head accepted (bytes); larger: 431.
+    pub max_header_bytes: usize,
+    /// Connections per core; more are closed on accept.
+    pub max_connections: usize,
+    /// Streams open at once per agent tunnel.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of each request stream.
+    pub stream_window: u32,
+    /// Flow-control window of each cache-sync stream.
+    pub sync_window: u32,
+    /// Flow-control window of each tunnel.
+    pub connection_window: u32,
+    /// Largest tunnel frame accepted.
+    pub max_frame_size: u32,
+    /// Largest DATA frame the hub sends.
+    pub data_chunk: usize,
+    /// TLS + HELLO deadline.
+    pub handshake_timeout_ms: u64,
+    /// Idle user connections are closed after this.
+    pub idle_timeout_ms: u64,
+    /// Deadline for the agent's response head.
+    pub response_timeout_ms: u64,
+    /// PING interval on idle tunnels.
+    pub keepalive_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_connections: 100_000,
+            max_concurrent_streams: 1024,
+            stream_window: 256 * 1024,
+            sync_window: 4 * 1024 * 1024,
+            connection_window: 8 * 1024 * 1024,
+            max_frame_size: kubehub_wire::DEFAULT_MAX_FRAME_SIZE,
+            data_chunk: 16 * 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            response_timeout_ms: 60_000,
+            keepalive_ms: 15_000,
+        }
+    }
+}
+
+impl Limits {
+    /// What the hub announces in HELLO_ACK.
+    pub fn settings(&self) -> kubehub_wire::Settings {
+        kubehub_wire::Settings {
+            max_frame_size: self.max_frame_size,
+            max_concurrent_streams: self.max_concurrent_streams,
+            initial_stream_window: self.stream_window,
+            initial_sync_window: self.sync_window,
+            initial_connection_window: self.connection_window,
+        }
+    }
+
+    /// As a `Duration`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+fn default_id() -> String {
+    "hub-0".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Name of this replica.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// Worker threads (0: one per available core).
+    #[serde(default)]
+    pub cores: usize,
+    /// Clusters served.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Bearer token file.
+    pub token_file: PathBuf,
+    /// Add impersonation headers to forwarded requests.
+    #[serde(default = "default_true")]
+    pub impersonate: bool,
+    /// HTTPS for users.
+    pub user_listener: Listener,
+    /// Mutual TLS for agents.
+    pub agent_listener: Listener,
+    /// Admin endpoints.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl HubConfig {
+    /// Reads and checks a TOML file; relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: HubConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.token_file);
+        for l in [&mut cfg.user_listener, &mut cfg.agent_listener] {
+            fix(&mut l.cert);
+            fix(&mut l.key);
+            if let Some(ca) = &mut l.client_ca {
+                fix(ca);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        kubehub_wire::validate_settings(&l.settings())
+            .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
+        if l.data_chunk == 0 || l.data_chunk > l.max_frame_size as usize {
+            return Err(ConfigError::Invalid(
+                "limits.data_chunk must be 1..=max_frame_size".into(),
+            ));
+        }
+        if l.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_header_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.agent_listener.client_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "agent_listener.client_ca is required (agents authenticate with certificates)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! `route`: which cluster a request is for, and where that cluster's tunnel lives.
+//!
+//! Users address a cluster with a path prefix, as Rancher does: the kubeconfig's server URL is
+//! `https://HUB/clusters/{cluster}` and every Kubernetes path follows it. The [`Registry`] maps a
+//! cluster to the command channel of the tunnel task that owns its agent connection (on
+//! whichever core accepted it); a request on any core reaches the tunnel by message passing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use kubehub_wire::{ErrorCode, Fields, StreamId};
+use tokio::sync::{mpsc, oneshot};
+
+/// Splits `/clusters/{cluster}/rest…` into the cluster and the Kubernetes path (`/` at least).
+pub fn split_cluster_path(path_and_query: &str) -> Option<(&str, &str)> {
+    let rest = path_and_query.strip_prefix("/clusters/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (cluster, tail) = rest.split_at(end);
+    if cluster.is_empty() {
+        return None;
+    }
+    Some((cluster, tail))
+}
+
+/// What the tunnel sends back for a stream.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The response head.
+    Head {
+        /// HTTP status.
+        status: u16,
+        /// Header fields.
+        fields: Fields,
+    },
+    /// Body bytes. The consumer returns their credit with [`TunnelCmd::Release`] once written.
+    Data(Bytes),
+    /// The response is complete.
+    End,
+    /// The stream failed (the agent reset it, or the tunnel went away).
+    Reset(ErrorCode),
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The tunnel is closing or closed.
+    #[error("the agent's tunnel is closing")]
+    Closing,
+    /// The agent's concurrent stream limit is reached.
+    #[error("too many concurrent requests to this cluster")]
+    Busy,
+}
+
+/// A request head to forward.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method token.
+    pub method: Bytes,
+    /// Path and query on the edge API server.
+    pub path: Bytes,
+    /// Header fields.
+    pub fields: Fields,
+}
+
+/// Commands to a tunnel task, from request handlers on any core.
+#[derive(Debug)]
+pub enum TunnelCmd {
+    /// Open a stream.
+    Open {
+        /// The request head.
+        head: RequestHead,
+        /// No request body follows.
+        end_stream: bool,
+        /// Where the stream's response goes. Bounded in bytes by the stream's flow-control
+        /// window: the agent cannot send more than the window until the consumer releases it.
+        events: mpsc::UnboundedSender<StreamEvent>,
+        /// The stream id, or why not.
+        reply: oneshot::Sender<Result<StreamId, OpenError>>,
+    },
+    /// Request body bytes; `ack` answers once they were handed to the connection (the sender
+    /// sends no more meanwhile: one chunk in flight per stream).
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Bytes,
+        /// Last chunk of the body.
+        end: bool,
+        /// `true` once sent, `false` if the stream is gone.
+        ack: oneshot::Sender<bool>,
+    },
+    /// The consumer wrote `n` bytes of the response: return them as credit.
+    Release {
+        /// The stream.
+        stream: StreamId,
+        /// Bytes consumed.
+        n: u32,
+    },
+    /// The user went away: reset the stream.
+    Cancel {
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
+/// A connected agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    /// Commands to its tunnel task.
+    pub tx: mpsc::Sender<TunnelCmd>,
+    /// Distinguishes reconnections of the same cluster.
+    pub generation: u64,
+    /// The agent's id (from HELLO).
+    pub agent_id: String,
+}
+
+/// Where a cluster stands.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Its agent is connected.
+    Online(AgentHandle),
+    /// Known, but no agent is connected.
+    Offline,
+    /// Not served here.
+    Unknown,
+}
+
+/// Clusters to tunnels, shared by every core. Read once per request, written when agents
+/// connect or leave.
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: DashMap<String, AgentHandle>,
+    known: HashSet<String>,
+    next_generation: AtomicU64,
+}
+
+impl Registry {
+    /// A registry serving `clusters` (empty: any cluster whose agent presents a valid
+    /// certificate).
+    pub fn new(clusters: &[String]) -> Registry {
+        Registry {
+            known: clusters.iter().cloned().collect(),
+            ..Registry::default()
+        }
+    }
+
+    /// Whether this hub serves `cluster`.
+    pub fn serves(&self, cluster: &str) -> bool {
+        self.known.is_empty() || self.known.contains(cluster)
+    }
+
+    /// Where `cluster` stands.
+    pub fn lookup(&self, cluster: &str) -> Lookup {
+        match self.agents.get(cluster) {
+            Some(h) => Lookup::Online(h.clone()),
+            None if self.known.contains(cluster) => Lookup::Offline,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Registers a tunnel for `cluster`, replacing any earlier one. Returns its generation.
+    pub fn register(&self, cluster: &str, agent_id: &str, tx: mpsc::Sender<TunnelCmd>) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.agents.insert(
+            cluster.to_owned(),
+            AgentHandle {
+                tx,
+                generation,
+                agent_id: agent_id.to_owned(),
+            },
+        );
+        generation
+    }
+
+    /// Removes the tunnel of `cluster` if it is still the one registered as `generation`.
+    pub fn unregister(&self, cluster: &str, generation: u64) {
+        self.agents
+            .remove_if(cluster, |_, h| h.generation == generation);
+    }
+
+    /// Connected agents.
+    pub fn connected(&self) -> usize {
+        self.agents.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_paths() {
+        assert_eq!(
+            split_cluster_path("/clusters/edge-1/api/v1/pods?watch=1"),
+            Some(("edge-1", "/api/v1/pods?watch=1"))
+        );
+        assert_eq!(split_cluster_path("/clusters/edge-1"), Some(("edge-1", "")));
+        assert_eq!(
+            split_cluster_path("/clusters/edge-1?x=1"),
+            Some(("edge-1", "?x=1"))
+        );
+        assert_eq!(split_cluster_path("/clusters//api"), None);
+        assert_eq!(split_cluster_path("/api/v1"), None);
+    }
+
+    #[test]
+    fn registry_generations() {
+        let r = Registry::new(&["a".into()]);
+        assert!(matches!(r.lookup("a"), Lookup::Offline));
+        assert!(matches!(r.lookup("b"), Lookup::Unknown));
+        let (tx, _rx) = mpsc::channel(1);
+        let g1 = r.register("a", "agent-1", tx.clone());
+        let g2 = r.register("a", "agent-2", tx);
+        r.unregister("a", g1); // a stale tunnel leaving does not remove the new one
+        assert!(matches!(r.lookup("a"), Lookup::Online(ref h) if h.generation == g2));
+        r.unregister("a", g2);
+        assert!(matches!(r.lookup("a"), Lookup::Offline));
+        assert!(!r.serves("b"));
+        assert!(Registry::new(&[]).serves("anything"));
+    }
+}
