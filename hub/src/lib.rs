@@ -12,5 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod proxy;
 pub mod route;
+pub mod server;
 pub mod tls;
+pub mod tunnel;

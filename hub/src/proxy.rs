@@ -1,0 +1,403 @@
+//! `proxy`: one user connection: `tls → http → auth → route → tunnel`, request after request
+//! (keep-alive), each response streamed back as the agent sends it.
+//!
+//! A reader task owns the TLS reader for the whole connection and hands plaintext over a
+//! bounded channel, so the handler can wait for the agent and for the client at the same time:
+//! a client that hangs up during a watch cancels the stream at once.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kubehub_kapi::Status;
+use kubehub_wire::{Fields, StreamId};
+use monoio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::auth::{TokenAuth, User};
+use crate::config::Limits;
+use crate::http::{self, BodyDecoder, BodyPart, Framing, HeadError, RequestHead};
+use crate::metrics::{CodeLabel, Metrics};
+use crate::route::{self, Lookup, OpenError, Registry, StreamEvent, TunnelCmd};
+use crate::tls::{self, TlsWriter};
+
+/// What every user connection on a core shares.
+#[derive(Debug)]
+pub struct ProxyCtx {
+    /// Clusters to tunnels.
+    pub registry: Arc<Registry>,
+    /// Bearer tokens.
+    pub auth: Arc<TokenAuth>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub limits: Limits,
+    /// Add impersonation headers.
+    pub impersonate: bool,
+    /// TLS for users.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// What the reader task hands over.
+type Inbound = mpsc::Receiver<BytesMut>;
+
+/// Serves one user connection until it closes.
+pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
+    let _ = tcp.set_nodelay(true);
+    let conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(%peer, "TLS setup: {e}");
+            return;
+        }
+    };
+    let stream = match tls::handshake(tcp, conn.into(), ctx.limits.handshake_timeout()).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%peer, "user TLS handshake failed: {e}");
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let (in_tx, mut inbound) = mpsc::channel::<BytesMut>(4);
+    monoio::spawn(async move {
+        loop {
+            let mut chunk = BytesMut::with_capacity(4096);
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if in_tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut buf = BytesMut::new();
+    let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+    loop {
+        let head = loop {
+            match http::parse_head(&mut buf, ctx.limits.max_header_bytes) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => {
+                    let (status, why) = match &e {
+                        HeadError::TooLarge => (
+                            Status::new(431, "RequestHeaderFieldsTooLarge", e.to_string()),
+                            "too large",
+                        ),
+                        HeadError::UnsupportedEncoding => (
+                            Status::new(501, "NotImplemented", e.to_string()),
+                            "encoding",
+                        ),
+                        HeadError::Malformed(_) => {
+                            (Status::bad_request(e.to_string()), "malformed")
+                        }
+                    };
+                    debug!(%peer, "bad request ({why}): {e}");
+                    ctx.metrics
+                        .requests
+                        .get_or_create(&CodeLabel { code: status.code })
+                        .inc();
+                    let _ = wr
+                        .write_all(&[&http::status_response(&status, true, false)])
+                        .await;
+                    let _ = wr.close().await;
+                    return;
+                }
+            }
+            match monoio::time::timeout(idle, inbound.recv()).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => {
+                    let _ = wr.close().await;
+                    return;
+                }
+            }
+        };
+        let keep = handle(&ctx, head, &mut buf, &mut inbound, &mut wr).await;
+        if !keep {
+            let _ = wr.close().await;
+            return;
+        }
+    }
+}
+
+/// Sends a Status and returns whether the connection may continue.
+async fn reply_status(ctx: &ProxyCtx, wr: &mut TlsWriter, head: &RequestHead, s: Status) -> bool {
+    ctx.metrics
+        .requests
+        .get_or_create(&CodeLabel { code: s.code })
+        .inc();
+    let keep = head.keep_alive && head.body == http::BodyKind::None;
+    wr.write_all(&[&http::status_response(&s, head.http11, keep)])
+        .await
+        .is_ok()
+        && keep
+}
+
+/// The fields forwarded to the agent: end-to-end fields minus credentials and any
+/// impersonation the user tried, plus the hub's impersonation of the authenticated user.
+fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields {
+    let mut out: Fields = head
+        .fields
+        .iter()
+        .filter(|(n, _)| {
+            !(http::is_hop_by_hop(n)
+                || n.eq_ignore_ascii_case(b"authorization")
+                || n.eq_ignore_ascii_case(b"host")
+                || n.len() >= 12 && n[..12].eq_ignore_ascii_case(b"impersonate-"))
+        })
+        .cloned()
+        .collect();
+    if impersonate {
+        out.push((
+            Bytes::from_static(b"Impersonate-User"),
+            Bytes::from(user.name.clone()),
+        ));
+        for g in &user.groups {
+            out.push((
+                Bytes::from_static(b"Impersonate-Group"),
+                Bytes::from(g.clone()),
+            ));
+        }
+        if !user.uid.is_empty() {
+            out.push((
+                Bytes::from_static(b"Impersonate-Uid"),
+                Bytes::from(user.uid.clone()),
+            ));
+        }
+    }
+    out
+}
+
+/// Handles one request; returns whether the connection stays open.
+async fn handle(
+    ctx: &ProxyCtx,
+    head: RequestHead,
+    buf: &mut BytesMut,
+    inbound: &mut Inbound,
+    wr: &mut TlsWriter,
+) -> bool {
+    let started = Instant::now();
+    let Some(user) = ctx.auth.authenticate(head.header("authorization")) else {
+        return reply_status(ctx, wr, &head, Status::unauthorized()).await;
+    };
+    let target = String::from_utf8_lossy(&head.target).into_owned();
+    let Some((cluster, rest)) = route::split_cluster_path(&target) else {
+        return reply_status(ctx, wr, &head, Status::no_such_resource()).await;
+    };
+    let path = if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    };
+    let tunnel = match ctx.registry.lookup(cluster) {
+        Lookup::Online(h) => h,
+        Lookup::Offline => {
+            let s = Status::unavailable(format!(
+                "cluster {cluster:?} is offline: its agent is not connected to this hub"
+            ));
+            return reply_status(ctx, wr, &head, s).await;
+        }
+        Lookup::Unknown => {
+            return reply_status(ctx, wr, &head, Status::not_found("", "clusters", cluster)).await;
+        }
+    };
+    let span = tracing::debug_span!("request", cluster = %cluster, user = %user.name, method = %String::from_utf8_lossy(&head.method));
+    let _enter = span.enter();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let has_body = head.body != http::BodyKind::None;
+    let open = TunnelCmd::Open {
+        head: route::RequestHead {
+            method: head.method.clone(),
+            path: Bytes::from(path),
+            fields: forward_fields(&head, user, ctx.impersonate),
+        },
+        end_stream: !has_body,
+        events: ev_tx,
+        reply: reply_tx,
+    };
+    let offline = || {
+        Status::unavailable(format!(
+            "cluster {cluster:?} is offline: its agent disconnected"
+        ))
+    };
+    if tunnel.tx.send(open).await.is_err() {
+        return reply_status(ctx, wr, &head, offline()).await;
+    }
+    let stream = match reply_rx.await {
+        Ok(Ok(id)) => id,
+        Ok(Err(OpenError::Busy)) => {
+            let s = Status::new(
+                429,
+                "TooManyRequests",
+                format!("too many concurrent requests to cluster {cluster:?}"),
+            );
+            return reply_status(ctx, wr, &head, s).await;
+        }
+        Ok(Err(OpenError::Closing)) | Err(_) => {
+            return reply_status(ctx, wr, &head, offline()).await
+        }
+    };
+    let cancel = |stream: StreamId| {
+        let tx = tunnel.tx.clone();
+        async move {
+            let _ = tx.send(TunnelCmd::Cancel { stream }).await;
+        }
+    };
+    // Request body, one chunk in flight.
+    if has_body {
+        let mut dec = BodyDecoder::new(head.body);
+        loop {
+            match dec.decode(buf, ctx.limits.data_chunk) {
+                Ok(BodyPart::Data(data)) => {
+                    let (ack_tx, ack_rx) = oneshot::channel();
+                    let cmd = TunnelCmd::Data {
+                        stream,
+                        data,
+                        end: false,
+                        ack: ack_tx,
+                    };
+                    if tunnel.tx.send(cmd).await.is_err() || !matches!(ack_rx.await, Ok(true)) {
+                        return reply_status(ctx, wr, &head, offline()).await;
+                    }
+                }
+                Ok(BodyPart::End) => {
+                    let (ack_tx, ack_rx) = oneshot::channel();
+                    let cmd = TunnelCmd::Data {
+                        stream,
+                        data: Bytes::new(),
+                        end: true,
+                        ack: ack_tx,
+                    };
+                    if tunnel.tx.send(cmd).await.is_err() || !matches!(ack_rx.await, Ok(true)) {
+                        return reply_status(ctx, wr, &head, offline()).await;
+                    }
+                    break;
+                }
+                Ok(BodyPart::More) => match inbound.recv().await {
+                    Some(chunk) => buf.extend_from_slice(&chunk),
+                    None => {
+                        cancel(stream).await;
+                        return false;
+                    }
+                },
+                Err(e) => {
+                    cancel(stream).await;
+                    let s = Status::bad_request(e.to_string());
+                    let _ = reply_status(ctx, wr, &head, s).await;
+                    return false;
+                }
+            }
+        }
+    }
+    // The response, streamed; the client hanging up cancels the stream.
+    let response_deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
+    let mut framing: Option<Framing> = None;
+    let mut keep = head.keep_alive;
+    loop {
+        let ev = if framing.is_none() {
+            monoio::select! {
+                ev = events.recv() => Some(ev),
+                chunk = inbound.recv() => {
+                    match chunk {
+                        Some(c) => { buf.extend_from_slice(&c); continue; }
+                        None => { cancel(stream).await; return false; }
+                    }
+                },
+                _ = monoio::time::sleep(response_deadline.saturating_sub(started.elapsed())) => None,
+            }
+        } else {
+            monoio::select! {
+                ev = events.recv() => Some(ev),
+                chunk = inbound.recv() => {
+                    match chunk {
+                        Some(c) => { buf.extend_from_slice(&c); continue; }
+                        None => { cancel(stream).await; return false; }
+                    }
+                },
+            }
+        };
+        let Some(ev) = ev else {
+            cancel(stream).await;
+            let s = Status::new(
+                504,
+                "Timeout",
+                format!("cluster {cluster:?} did not answer within {response_deadline:?}"),
+            );
+            return reply_status(ctx, wr, &head, s).await;
+        };
+        match ev {
+            Some(StreamEvent::Head { status, fields }) => {
+                let (bytes, f) = http::response_head(
+                    status,
+                    &fields,
+                    &head.method[..] == b"HEAD",
+                    head.http11,
+                    keep,
+                );
+                framing = Some(f);
+                if f == Framing::Close {
+                    keep = false;
+                }
+                ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+                ctx.metrics
+                    .requests
+                    .get_or_create(&CodeLabel { code: status })
+                    .inc();
+                if wr.write_all(&[&bytes]).await.is_err() {
+                    cancel(stream).await;
+                    return false;
+                }
+            }
+            Some(StreamEvent::Data(data)) => {
+                let n = data.len();
+                let res = match framing {
+                    Some(Framing::Chunked) => {
+                        wr.write_all(&[&http::chunk_header(n), &data, b"\r\n"])
+                            .await
+                    }
+                    Some(Framing::Empty) => Ok(()),
+                    _ => wr.write_all(&[&data]).await,
+                };
+                if res.is_err() {
+                    cancel(stream).await;
+                    return false;
+                }
+                let _ = tunnel
+                    .tx
+                    .send(TunnelCmd::Release {
+                        stream,
+                        n: n as u32,
+                    })
+                    .await;
+            }
+            Some(StreamEvent::End) => {
+                if framing == Some(Framing::Chunked) && wr.write_all(&[b"0\r\n\r\n"]).await.is_err()
+                {
+                    return false;
+                }
+                return keep && framing != Some(Framing::Close);
+            }
+            Some(StreamEvent::Reset(code)) if framing.is_none() => {
+                let s = Status::new(
+                    502,
+                    "BadGateway",
+                    format!(
+                        "cluster {cluster:?}: the agent could not complete the request ({code})"
+                    ),
+                );
+                return reply_status(ctx, wr, &head, s).await;
+            }
+            None if framing.is_none() => return reply_status(ctx, wr, &head, offline()).await,
+            Some(StreamEvent::Reset(_)) | None => {
+                // Mid-body: HTTP/1.1 can only say so by closing.
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! `accept`: the hub's threads. One worker per core, each with its own monoio runtime (io_uring
+//! where the kernel has it, epoll otherwise) and its own user and agent listening sockets
+//! bound with `SO_REUSEPORT`, so the kernel spreads connections across cores and a connection
+//! stays on the core that accepted it. Core 0 also serves the admin listener.
+//!
+//! Ownership: an agent tunnel belongs to the core that accepted it; user requests reach it
+//! through its command channel ([`crate::route::Registry`]) from any core.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::auth::TokenAuth;
+use crate::config::{HubConfig, Listener};
+use crate::metrics::Metrics;
+use crate::proxy::{serve_user, ProxyCtx};
+use crate::route::Registry;
+use crate::tunnel::{serve_agent, TunnelCtx};
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Token file problem.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// Certificate or key problem.
+    #[error("TLS material for {what}: {why}")]
+    Tls {
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker thread could not start.
+    #[error("starting worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    /// Where users connect.
+    pub user_addr: SocketAddr,
+    /// Where agents connect.
+    pub agent_addr: SocketAddr,
+    /// The admin listener, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// Clusters to tunnels.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Blocks until every worker thread ends (they run until the process exits).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_pem(what: &'static str, path: &std::path::Path) -> Result<String, HubError> {
+    std::fs::read_to_string(path).map_err(|e| HubError::Tls {
+        what,
+        why: format!("{}: {e}", path.display()),
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified(
+    what: &'static str,
+    l: &Listener,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    HubError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let tls = |why: String| HubError::Tls { what, why };
+    let cert_pem = read_pem(what, &l.cert)?;
+    let key_pem = read_pem(what, &l.key)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(format!("{}: {e}", l.cert.display())))?;
+    if certs.is_empty() {
+        return Err(tls(format!("{}: no certificate", l.cert.display())));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| tls(format!("{}: {e}", l.key.display())))?;
+    Ok((certs, key))
+}
+
+/// TLS for users: server certificate, HTTP/1.1 only.
+pub fn user_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
+    let (certs, key) = certified("user_listener", l)?;
+    let tls = |why: String| HubError::Tls {
+        what: "user_listener",
+        why,
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// TLS for agents: TLS 1.3, client certificates signed by `client_ca` required.
+pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
+    use rustls::pki_types::pem::PemObject;
+    let (certs, key) = certified("agent_listener", l)?;
+    let tls = |why: String| HubError::Tls {
+        what: "agent_listener",
+        why,
+    };
+    let ca_path = l
+        .client_ca
+        .as_ref()
+        .ok_or_else(|| tls("client_ca is required".into()))?;
+    let ca_pem = read_pem("agent_listener", ca_path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| tls(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// `n` listening sockets on one address with SO_REUSEPORT (port 0: the first picks the port).
+fn reuseport_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, HubError> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(4096)?;
+            Ok(s.into())
+        };
+        let l = bind(addr).map_err(|source| HubError::Bind { addr, source })?;
+        addr = l
+            .local_addr()
+            .map_err(|source| HubError::Bind { addr, source })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Starts the hub's worker threads.
+pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
+    cfg.validate()?;
+    let n = cfg.worker_count();
+    let user_tls = user_tls(&cfg.user_listener)?;
+    let agent_tls = agent_tls(&cfg.agent_listener)?;
+    let auth = Arc::new(TokenAuth::load(&cfg.token_file)?);
+    let registry = Arc::new(Registry::new(&cfg.clusters));
+    let metrics = Arc::new(Metrics::new());
+    let user = reuseport_listeners(cfg.user_listener.listen, n)?;
+    let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
+    let user_addr = user[0].local_addr().map_err(|source| HubError::Bind {
+        addr: cfg.user_listener.listen,
+        source,
+    })?;
+    let agent_addr = agent[0].local_addr().map_err(|source| HubError::Bind {
+        addr: cfg.agent_listener.listen,
+        source,
+    })?;
+    let mut admin = match &cfg.admin {
+        Some(a) => Some(reuseport_listeners(a.listen, 1)?.remove(0)),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let mut threads = Vec::with_capacity(n);
+    for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
+        let proxy = ProxyCtx {
+            registry: registry.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            limits: cfg.limits.clone(),
+            impersonate: cfg.impersonate,
+            tls: user_tls.clone(),
+        };
+        let tunnel = TunnelCtx {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            limits: cfg.limits.clone(),
+            hub_id: cfg.id.clone(),
+            tls: agent_tls.clone(),
+        };
+        let admin_l = if core == 0 { admin.take() } else { None };
+        let (reg, met) = (registry.clone(), metrics.clone());
+        let max_conns = cfg.limits.max_connections;
+        let t = std::thread::Builder::new()
+            .name(format!("kubehub-core-{core}"))
+            .spawn(move || {
+                let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build();
+                let mut rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(core, "cannot start the runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let conns = Rc::new(std::cell::Cell::new(0usize));
+                    let proxy = Rc::new(proxy);
+                    let tunnel = Rc::new(tunnel);
+                    if let Some(l) = admin_l {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                monoio::spawn(admin_loop(l, reg, met));
+                            }
+                            Err(e) => warn!("admin listener: {e}"),
+                        }
+                    }
+                    let agents = match TcpListener::from_std(a) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(core, "agent listener: {e}");
+                            return;
+                        }
+                    };
+                    let c2 = conns.clone();
+                    monoio::spawn(async move {
+                        accept_loop(agents, c2, max_conns, move |tcp, peer, guard| {
+                            let ctx = tunnel.clone();
+                            monoio::spawn(async move {
+                                serve_agent(tcp, peer, ctx).await;
+                                drop(guard);
+                            });
+                        })
+                        .await
+                    });
+                    match TcpListener::from_std(u) {
+                        Ok(users) => {
+                            accept_loop(users, conns, max_conns, move |tcp, peer, guard| {
+                                let ctx = proxy.clone();
+                                monoio::spawn(async move {
+                                    serve_user(tcp, peer, ctx).await;
+                                    drop(guard);
+                                });
+                            })
+                            .await
+                        }
+                        Err(e) => tracing::error!(core, "user listener: {e}"),
+                    }
+                });
+            })
+            .map_err(HubError::Thread)?;
+        threads.push(t);
+    }
+    info!(%user_addr, %agent_addr, ?admin_addr, cores = n, "hub started");
+    Ok(Hub {
+        user_addr,
+        agent_addr,
+        admin_addr,
+        registry,
+        metrics,
+        threads,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    conns: Rc<std::cell::Cell<usize>>,
+    max: usize,
+    spawn: impl Fn(TcpStream, SocketAddr, ConnGuard),
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                if conns.get() >= max {
+                    warn!(%peer, "connection limit ({max}) reached: closing");
+                    drop(tcp);
+                    continue;
+                }
+                conns.set(conns.get() + 1);
+                // The guard lives as long as the connection's task.
+                spawn(tcp, peer, ConnGuard(conns.clone()));
+            }
+            Err(e) => {
+                warn!("accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Counts a connection while it is alive.
+struct ConnGuard(Rc<std::cell::Cell<usize>>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+async fn admin_loop(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (registry, metrics) = (registry.clone(), metrics.clone());
+        monoio::spawn(async move {
+            let buf = vec![0u8; 4096];
+            let (res, buf) = tcp.read(buf).await;
+            let n = res.unwrap_or(0);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            let path = match req.parse(&buf[..n]) {
+                Ok(_) => req.path.unwrap_or("/").to_owned(),
+                Err(_) => String::new(),
+            };
+            let (code, ctype, body) = match path.as_str() {
+                "/healthz" | "/livez" => (200, "text/plain", "ok\n".to_owned()),
+                "/readyz" => (
+                    200,
+                    "text/plain",
+                    format!("ok: {} agents connected\n", registry.connected()),
+                ),
+                "/metrics" => (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                ),
+                _ => (404, "text/plain", "not found\n".to_owned()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                if code == 200 { "OK" } else { "Not Found" },
+                body.len()
+            );
+            let _ = tcp.write_all(resp.into_bytes()).await;
+        });
+    }
+}
