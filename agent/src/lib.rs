@@ -1,10 +1,184 @@
 //! # kubehub-agent: the edge side of the tunnel
 //!
 //! One agent runs next to each edge cluster. It dials the hubs over mutual TLS, says HELLO
-//! (the [`kubehub_wire`] protocol), reports the cluster's resource types, list-watches the
-//! cacheable ones and streams them north, and runs every request the hub forwards against the
-//! local API server, streaming the answer back.
+//! (the [`kubehub_wire`] protocol), and runs every request the hub forwards against the local
+//! API server, streaming the answer back. It reconnects after any failure with exponential
+//! backoff and full jitter, so thousands of agents never reconnect in lock-step. (Discovery
+//! reports and cache sync arrive with the hub's cache.)
 //!
-//! Status: the tunnel issue (#4) builds this crate; today it holds only the protocol it speaks.
+//! The agent runs on tokio; it is not the hot path.
 
-pub use kubehub_wire as wire;
+pub mod config;
+pub mod tunnel;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::AgentConfig;
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Tunnels up.
+    pub connected: Gauge,
+    /// Streams in flight.
+    pub streams: Gauge,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("kubehub_agent");
+        let connected = Gauge::default();
+        let streams = Gauge::default();
+        registry.register(
+            "tunnels_connected",
+            "Tunnels to hubs that are up",
+            connected.clone(),
+        );
+        registry.register(
+            "streams_open",
+            "Forwarded requests in flight",
+            streams.clone(),
+        );
+        Metrics {
+            connected,
+            streams,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad TLS material for the hubs.
+    #[error("TLS towards the hubs: {0}")]
+    Tls(String),
+    /// Bad upstream configuration.
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+}
+
+/// A running agent (one tunnel loop per hub); dropping it does not stop it, [`Agent::stop`]
+/// does.
+#[derive(Debug)]
+pub struct Agent {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): full jitter over an exponential
+/// ceiling, so reconnects of many agents spread out.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+    let ceiling = initial.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let ms = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rng.random_range(ms / 2..=ms))
+}
+
+impl Agent {
+    /// Starts the agent on the current tokio runtime.
+    pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let tls = tunnel::client_tls(&cfg).map_err(AgentError::Tls)?;
+        let upstream = upstream::UpstreamClient::new(&cfg.upstream)?;
+        let metrics = Arc::new(Metrics::default());
+        let (stop, _) = watch::channel(false);
+        let cfg = Arc::new(cfg);
+        let mut tasks = Vec::new();
+        for hub in cfg.hubs.clone() {
+            let (cfg, tls, upstream, metrics) =
+                (cfg.clone(), tls.clone(), upstream.clone(), metrics.clone());
+            let mut stop_rx = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let mut attempt = 0u32;
+                loop {
+                    let up = std::sync::atomic::AtomicBool::new(false);
+                    let run = tunnel::run_once(
+                        &hub,
+                        &cfg,
+                        tls.clone(),
+                        upstream.clone(),
+                        metrics.clone(),
+                        || up.store(true, std::sync::atomic::Ordering::Relaxed),
+                    );
+                    let res = tokio::select! {
+                        r = run => r,
+                        _ = stop_rx.changed() => return,
+                    };
+                    if up.load(std::sync::atomic::Ordering::Relaxed) {
+                        attempt = 0;
+                    }
+                    let delay = backoff(
+                        attempt,
+                        Duration::from_millis(cfg.reconnect.initial_ms),
+                        Duration::from_millis(cfg.reconnect.max_ms),
+                        &mut rand::rng(),
+                    );
+                    attempt = attempt.saturating_add(1);
+                    match res {
+                        Ok(()) => info!(hub = %hub, "tunnel closed; reconnecting in {delay:?}"),
+                        Err(e) => warn!(hub = %hub, "tunnel: {e}; reconnecting in {delay:?}"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                }
+            }));
+        }
+        Ok(Agent {
+            stop,
+            tasks,
+            metrics,
+        })
+    }
+
+    /// Stops every tunnel (connections close; the hub fails their streams).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (i, m) = (Duration::from_millis(500), Duration::from_secs(30));
+        for attempt in 0..20 {
+            let d = backoff(attempt, i, m, &mut rng);
+            let ceiling = (500u64 << attempt.min(16)).min(30_000);
+            assert!(
+                d.as_millis() as u64 <= ceiling && d.as_millis() as u64 >= ceiling / 2,
+                "{attempt}: {d:?}"
+            );
+        }
+        let spread: std::collections::HashSet<u128> = (0..50)
+            .map(|_| backoff(5, i, m, &mut rng).as_millis())
+            .collect();
+        assert!(spread.len() > 20, "jitter spreads reconnects");
+    }
+}

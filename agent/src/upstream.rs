@@ -1,0 +1,165 @@
+//! The edge API server, as the agent calls it: an HTTP/1.1 client (hyper, rustls) with the
+//! agent's own credentials.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Upstream;
+
+/// Request body type sent upstream.
+pub type UpBody = BoxBody<Bytes, std::io::Error>;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// A file could not be read.
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    /// TLS material is bad.
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    /// The URL is bad.
+    #[error("upstream url: {0}")]
+    Url(String),
+}
+
+/// A client for the edge API server.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
+    base: String,
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, UpstreamError> {
+    std::fs::read_to_string(path).map_err(|e| UpstreamError::Read(path.display().to_string(), e))
+}
+
+impl UpstreamClient {
+    /// Builds the client from the configuration.
+    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, UpstreamError> {
+        use rustls::pki_types::pem::PemObject;
+        let tls = |e: String| UpstreamError::Tls(e);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &cfg.ca {
+            let pem = read(ca)?;
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(c.map_err(|e| tls(e.to_string()))?)
+                    .map_err(|e| tls(e.to_string()))?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let tls_cfg = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(c), Some(k)) => {
+                let certs = rustls::pki_types::CertificateDer::pem_slice_iter(read(c)?.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| tls(e.to_string()))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(k)?.as_bytes())
+                    .map_err(|e| tls(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| tls(e.to_string()))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_cfg)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let token = match (&cfg.token, &cfg.token_file) {
+            (Some(t), _) => Some(Arc::from(t.trim())),
+            (None, Some(f)) => Some(Arc::from(read(f)?.trim())),
+            (None, None) => None,
+        };
+        let base = cfg.url.trim_end_matches('/').to_owned();
+        base.parse::<Uri>()
+            .map_err(|e| UpstreamError::Url(e.to_string()))?;
+        Ok(UpstreamClient {
+            client,
+            base,
+            token,
+        })
+    }
+
+    /// Sends a request for `path` (path and query) with the given method, fields and body.
+    pub async fn send(
+        &self,
+        method: &[u8],
+        path: &[u8],
+        fields: &[(Bytes, Bytes)],
+        body: UpBody,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let uri: Uri = format!("{}{}", self.base, String::from_utf8_lossy(path))
+            .parse()
+            .map_err(|e| format!("bad path: {e}"))?;
+        let method = http::Method::from_bytes(method).map_err(|e| format!("bad method: {e}"))?;
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(h) = req.headers_mut() {
+            for (n, v) in fields {
+                if is_hop_by_hop(n)
+                    || n.eq_ignore_ascii_case(b"host")
+                    || n.eq_ignore_ascii_case(b"authorization")
+                {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                    h.append(n, v);
+                }
+            }
+            if let Some(t) = &self.token {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                    h.insert(http::header::AUTHORIZATION, v);
+                }
+            }
+        }
+        let req = req.body(body).map_err(|e| e.to_string())?;
+        self.client.request(req).await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            msg
+        })
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-connection",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}

@@ -1,0 +1,193 @@
+//! A whole KubeHub on loopback for tests: simulator → agent → hub, with real TLS and a
+//! kubeconfig for kubectl.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kubehub_agent::config::{AgentConfig, Limits as AgentLimits, Reconnect, Tls, Upstream};
+use kubehub_agent::Agent;
+use kubehub_hub::config::{HubConfig, Limits, Listener};
+use kubehub_hub::server::{self, Hub};
+use kubehub_kapi::kubeconfig::Kubeconfig;
+use kubehub_perf::pki::DevCa;
+use kubehub_perf::sim::{self, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
+
+pub const CLUSTER: &str = "edge-1";
+pub const TOKEN: &str = "alice-token";
+
+pub struct Stack {
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+    pub cluster: Arc<Cluster>,
+    pub sim: Option<Server>,
+    pub sim_addr: std::net::SocketAddr,
+    pub hub: Hub,
+    pub agent: Option<Agent>,
+    pub agent_cfg: AgentConfig,
+    pub kubeconfig: PathBuf,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = DevCa::generate("kubehub test CA").unwrap();
+    let hub_cert = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    let agent_cert = ca.issue_client(CLUSTER, &["kubehub:agents"]).unwrap();
+    let ca_path = write(d, "ca.crt", &ca.cert_pem());
+    let hub_crt = write(d, "hub.crt", &hub_cert.cert);
+    let hub_key = write(d, "hub.key", &hub_cert.key);
+    let agent_crt = write(d, "agent.crt", &agent_cert.cert);
+    let agent_key = write(d, "agent.key", &agent_cert.key);
+    let tokens = write(d, "tokens.csv", &format!("{TOKEN},alice,1001,\"devs\"\n"));
+    let cluster = Cluster::new("sim", cluster_cfg);
+    sim::seed(&cluster, &SeedSpec::default()).unwrap();
+    let sim_server = rt
+        .block_on(sim::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Router::Single(cluster.clone()),
+            ServeOptions::default(),
+        ))
+        .unwrap();
+    let sim_addr = sim_server.local_addr();
+    let listener = |client_ca: Option<PathBuf>| Listener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert: hub_crt.clone(),
+        key: hub_key.clone(),
+        client_ca,
+    };
+    let hub_cfg = HubConfig {
+        id: "hub-test".into(),
+        cores: 2,
+        clusters: vec![CLUSTER.into()],
+        token_file: tokens,
+        impersonate: false,
+        user_listener: listener(None),
+        agent_listener: listener(Some(ca_path.clone())),
+        admin: Some(kubehub_hub::config::Admin {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        }),
+        limits,
+    };
+    let hub = server::start(hub_cfg).unwrap();
+    let agent_cfg = AgentConfig {
+        cluster_id: CLUSTER.into(),
+        agent_id: Some("agent-test".into()),
+        hubs: vec![hub.agent_addr.to_string()],
+        tls: Tls {
+            ca: ca_path.clone(),
+            cert: agent_crt,
+            key: agent_key,
+            server_name: "localhost".into(),
+        },
+        upstream: Upstream {
+            url: format!("http://{sim_addr}"),
+            ca: None,
+            token: None,
+            token_file: None,
+            client_cert: None,
+            client_key: None,
+        },
+        admin: None,
+        limits: AgentLimits::default(),
+        reconnect: Reconnect {
+            initial_ms: 100,
+            max_ms: 1000,
+        },
+    };
+    let agent = {
+        let _g = rt.enter();
+        Agent::start(agent_cfg.clone()).unwrap()
+    };
+    let kc = Kubeconfig {
+        name: CLUSTER.into(),
+        server: format!(
+            "https://127.0.0.1:{}/clusters/{CLUSTER}",
+            hub.user_addr.port()
+        ),
+        ca_pem: Some(ca.cert_pem()),
+        token: Some(TOKEN.into()),
+        ..Kubeconfig::default()
+    };
+    let kubeconfig = write(d, "kubeconfig", &kc.to_yaml());
+    let s = Stack {
+        rt,
+        dir,
+        cluster,
+        sim: Some(sim_server),
+        sim_addr,
+        hub,
+        agent: Some(agent),
+        agent_cfg,
+        kubeconfig,
+    };
+    s.wait_connected(true, Duration::from_secs(10));
+    s
+}
+
+impl Stack {
+    pub fn wait_connected(&self, want: bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        while (self.hub.registry.connected() == 1) != want {
+            assert!(
+                Instant::now() < deadline,
+                "agent connected != {want} after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("/usr/bin/kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn stop_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            self.rt.block_on(a.stop());
+        }
+    }
+
+    pub fn start_agent(&mut self) {
+        let _g = self.rt.enter();
+        self.agent = Some(Agent::start(self.agent_cfg.clone()).unwrap());
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
