@@ -217,8 +217,15 @@ pub async fn run_once(
         }
         let _ = wr.shutdown().await;
     });
+    // However this function ends (returning, or dropped when the agent stops), the streams
+    // and the writer end with it, so the socket closes and the hub sees the tunnel go.
+    let _cleanup = Cleanup {
+        shared: shared.clone(),
+        writer: writer.abort_handle(),
+        metrics: metrics.clone(),
+    };
     let keepalive_every = Duration::from_millis(u64::from(ack.keepalive_ms).max(100));
-    let result = read_loop(
+    read_loop(
         &mut rd,
         &mut buf,
         &mut decoder,
@@ -227,19 +234,26 @@ pub async fn run_once(
         keepalive_every,
         &metrics,
     )
-    .await;
-    // Everything in flight is gone with the connection.
-    {
-        let mut st = shared.lock();
+    .await
+}
+
+struct Cleanup {
+    shared: Arc<Shared>,
+    writer: AbortHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
         for (_, slot) in st.streams.drain() {
             if let Some(t) = slot.task {
                 t.abort();
             }
         }
+        self.writer.abort();
+        self.metrics.connected.dec();
     }
-    metrics.connected.dec();
-    writer.abort();
-    result
 }
 
 async fn write_all<W: tokio::io::AsyncWrite + Unpin>(

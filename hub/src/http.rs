@@ -362,11 +362,8 @@ pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u
         ),
     ];
     if matches!(status.code, 429 | 503) {
-        let after = if status.code == 503 { "5" } else { "1" };
-        fields.push((
-            Bytes::from_static(b"Retry-After"),
-            Bytes::from_static(after.as_bytes()),
-        ));
+        // client-go retries these up to 10 times, waiting Retry-After seconds each time.
+        fields.push((Bytes::from_static(b"Retry-After"), Bytes::from_static(b"1")));
     }
     let (mut out, _) = response_head(status.code, &fields, false, http11, keep_alive);
     out.extend_from_slice(&body);
@@ -471,7 +468,7 @@ mod tests {
         let s = status_response(&Status::unavailable("down"), true, true);
         let text = String::from_utf8(s).unwrap();
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-        assert!(text.contains("Retry-After: 5\r\n"));
+        assert!(text.contains("Retry-After: 1\r\n"));
         assert!(text.ends_with(r#""code":503,"kind":"Status","message":"down","metadata":{},"reason":"ServiceUnavailable","status":"Failure"}"#));
     }
 }

@@ -395,7 +395,11 @@ async fn handle(
             }
             None if framing.is_none() => return reply_status(ctx, wr, &head, offline()).await,
             Some(StreamEvent::Reset(_)) | None => {
-                // Mid-body: HTTP/1.1 can only say so by closing.
+                // Mid-body the response can only end. A chunked one (a watch, logs -f) ends
+                // cleanly, as when an API server ends a watch; then the connection closes.
+                if framing == Some(Framing::Chunked) {
+                    let _ = wr.write_all(&[b"0\r\n\r\n"]).await;
+                }
                 return false;
             }
         }

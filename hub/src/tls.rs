@@ -328,9 +328,12 @@ impl TlsWriter {
         res.map(|_| ())
     }
 
-    /// Sends close_notify.
+    /// Sends close_notify and shuts the socket's sending side, so the peer sees the end even
+    /// while the reading half is still open.
     pub async fn close(&mut self) -> io::Result<()> {
         self.conn.borrow_mut().send_close_notify();
-        self.flush().await
+        let flushed = self.flush().await;
+        let shut = monoio::io::AsyncWriteRent::shutdown(&mut self.wr).await;
+        flushed.and(shut)
     }
 }

@@ -1,16 +1,216 @@
-//! kubectl through the hub and the tunnel to a simulated edge cluster.
+//! kubectl through the hub and the tunnel to a simulated edge cluster: the user's view.
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use kubehub_hub::config::Limits;
 use kubehub_perf::sim::ClusterConfig;
+use serde_json::Value;
+
+fn stack() -> common::Stack {
+    common::start(
+        ClusterConfig {
+            log_interval: Duration::from_millis(100),
+            ..ClusterConfig::default()
+        },
+        Limits::default(),
+    )
+}
+
+fn pods(s: &common::Stack) -> Vec<(String, String)> {
+    let ty = s.cluster.type_index("", "v1", "pods").unwrap();
+    s.cluster.keys(ty)
+}
+
+/// Reads lines from a child's stdout until `pred` holds or `within` passes.
+fn read_until(
+    child: &mut std::process::Child,
+    within: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    let mut out = String::new();
+    while !pred(&out) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => {
+                out.push_str(&l);
+                out.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
 
 #[test]
-fn get_pods_through_the_hub() {
-    let s = common::start(ClusterConfig::default(), Limits::default());
+fn get_list_yaml_and_raw() {
+    let s = stack();
     let out = s.ok(&["get", "pods", "-A"]);
-    assert!(out.lines().next().unwrap().contains("READY"), "{out}");
-    assert!(out.contains("Running"), "{out}");
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    assert_eq!(out.lines().count(), pods(&s).len() + 1, "{out}");
+    let (ns, name) = pods(&s)[0].clone();
+    let y = s.ok(&["get", "pod", &name, "-n", &ns, "-o", "yaml"]);
+    assert!(
+        y.contains("kind: Pod") && y.contains(&format!("name: {name}")),
+        "{y}"
+    );
+    // `--raw` paths are server-relative: they carry the cluster prefix themselves.
+    let v: Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/clusters/edge-1/version"])).unwrap();
+    assert_eq!(v["minor"], "32");
+    let raw = s.kubectl(&[
+        "get",
+        "--raw",
+        "/clusters/edge-1/api/v1/namespaces/default/pods/nope",
+    ]);
+    assert!(!raw.status.success());
+    assert!(String::from_utf8_lossy(&raw.stderr).contains("NotFound"));
+    // Label selectors pass through.
+    let ty = s.cluster.type_index("", "v1", "pods").unwrap();
+    let pod: Value = serde_json::from_slice(&s.cluster.get(ty, Some(&ns), &name).unwrap()).unwrap();
+    let app = pod["metadata"]["labels"]["app"].as_str().unwrap();
+    let out = s.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        &format!("app={app}"),
+        "--no-headers",
+    ]);
+    assert!(
+        out.lines().count() >= 1 && out.lines().all(|l| l.contains(app)),
+        "{out}"
+    );
+}
+
+#[test]
+fn apply_create_update_and_delete() {
+    let s = stack();
+    let manifest = |image: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  image: {image}\n")
+    };
+    let file = s.path().join("cm.yaml");
+    std::fs::write(&file, manifest("v1")).unwrap();
+    let f = file.to_str().unwrap();
+    assert!(s
+        .ok(&["apply", "-f", f])
+        .contains("configmap/settings created"));
+    std::fs::write(&file, manifest("v2")).unwrap();
+    assert!(s
+        .ok(&["apply", "-f", f])
+        .contains("configmap/settings configured"));
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    let cm: Value =
+        serde_json::from_slice(&s.cluster.get(ty, Some("default"), "settings").unwrap()).unwrap();
+    assert_eq!(cm["data"]["image"], "v2");
+    assert!(s
+        .ok(&["delete", "configmap", "settings"])
+        .contains("deleted"));
+    assert!(s.cluster.get(ty, Some("default"), "settings").is_err());
+}
+
+#[test]
+fn watch_sees_a_change_made_by_another_client() {
+    let s = stack();
+    let mut w = s
+        .kubectl_cmd(&["get", "configmaps", "-n", "default", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    s.cluster
+        .create(ty, Some("default"), serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "seen-through-hub"}}), false)
+        .unwrap();
+    let out = read_until(&mut w, Duration::from_secs(15), |o| {
+        o.contains("seen-through-hub")
+    });
+    let _ = w.kill();
+    assert!(out.contains("seen-through-hub"), "watch output: {out}");
+}
+
+#[test]
+fn logs_follow_through_the_tunnel() {
+    let s = stack();
+    let (ns, name) = pods(&s)[0].clone();
+    let ty = s.cluster.type_index("", "v1", "pods").unwrap();
+    let pod: Value = serde_json::from_slice(&s.cluster.get(ty, Some(&ns), &name).unwrap()).unwrap();
+    let c = pod["spec"]["containers"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut f = s
+        .kubectl_cmd(&["logs", "-f", &name, "-n", &ns, "-c", &c, "--tail", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = read_until(&mut f, Duration::from_secs(15), |o| o.contains("line 25 "));
+    let _ = f.kill();
+    assert!(
+        out.lines().next().unwrap_or("").contains("line 20 "),
+        "{out}"
+    );
+    assert!(out.contains("line 25 "), "{out}");
+}
+
+#[test]
+fn agent_loss_ends_watches_and_gives_503_until_it_returns() {
+    let mut s = stack();
+    let mut w = s
+        .kubectl_cmd(&["get", "pods", "-A", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = read_until(&mut w, Duration::from_secs(10), |o| o.contains("Running"));
+    s.stop_agent();
+    // The watch ends (kubectl exits) once the tunnel is gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = w.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = w.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.is_some(),
+        "kubectl -w did not end after the agent left"
+    );
+    s.wait_connected(false, Duration::from_secs(5));
+    // 503 with a Status and Retry-After (kubectl would retry it for ~10 s; curl shows it).
+    let out = s.curl("/clusters/edge-1/api/v1/pods");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.contains("Retry-After: 1"), "{out}");
+    assert!(
+        out.contains(r#""reason":"ServiceUnavailable""#) && out.contains("offline"),
+        "{out}"
+    );
+    s.start_agent();
+    s.wait_connected(true, Duration::from_secs(10));
+    assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
 }

@@ -176,6 +176,21 @@ impl Stack {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A request through the hub with curl (status line, headers and body).
+    pub fn curl(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+            .arg(self.dir.path().join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .arg(format!(
+                "https://127.0.0.1:{}{path}",
+                self.hub.user_addr.port()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn stop_agent(&mut self) {
         if let Some(a) = self.agent.take() {
             self.rt.block_on(a.stop());
