@@ -122,12 +122,12 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             match decoder.decode(&mut buf) {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {}
-                Err(e) => return Err(format!("decoding HELLO: {e}")),
+                Err(e) => return Err((e.code(), format!("decoding HELLO: {e}"))),
             }
             match rd.read(&mut buf).await {
-                Ok(0) => return Err("closed before HELLO".to_owned()),
+                Ok(0) => return Err((ErrorCode::HANDSHAKE, "closed before HELLO".to_owned())),
                 Ok(_) => {}
-                Err(e) => return Err(format!("reading HELLO: {e}")),
+                Err(e) => return Err((ErrorCode::HANDSHAKE, format!("reading HELLO: {e}"))),
             }
         }
     })
@@ -146,15 +146,10 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             );
             return reject(&ctx, peer, &mut wr, g).await;
         }
-        Ok(Err(e)) => return reject(&ctx, peer, &mut wr, refuse(ErrorCode::HANDSHAKE, e)).await,
+        Ok(Err((code, e))) => return reject(&ctx, peer, &mut wr, refuse(code, e)).await,
         Err(_) => {
-            return reject(
-                &ctx,
-                peer,
-                &mut wr,
-                refuse(ErrorCode::HANDSHAKE, "HELLO timed out".into()),
-            )
-            .await
+            let g = refuse(ErrorCode::HANDSHAKE, "HELLO timed out".into());
+            return reject(&ctx, peer, &mut wr, g).await;
         }
     };
     if hello.cluster_id != cert_cluster {

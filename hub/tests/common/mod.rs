@@ -20,6 +20,7 @@ pub const TOKEN: &str = "alice-token";
 
 pub struct Stack {
     pub rt: tokio::runtime::Runtime,
+    pub ca: DevCa,
     pub dir: tempfile::TempDir,
     pub cluster: Arc<Cluster>,
     pub sim: Option<Server>,
@@ -125,6 +126,7 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
     let kubeconfig = write(d, "kubeconfig", &kc.to_yaml());
     let s = Stack {
         rt,
+        ca,
         dir,
         cluster,
         sim: Some(sim_server),

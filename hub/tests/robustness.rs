@@ -1,0 +1,244 @@
+//! Bad input on either listener gets a clear answer or a closed connection, and everyone else
+//! keeps being served: no token, unknown clusters, garbage and oversize frames, wrong or
+//! mismatched certificates, and a client that stops reading.
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use kubehub_hub::config::Limits;
+use kubehub_perf::pki::{self, CertPem, DevCa};
+use kubehub_perf::sim::ClusterConfig;
+use kubehub_wire::{Capabilities, Decoder, EncodeBuf, ErrorCode, Frame, Hello, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn stack() -> common::Stack {
+    common::start(ClusterConfig::default(), Limits::default())
+}
+
+fn tls_client(ca: &DevCa, cert: &CertPem) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(pki::parse_certs(&ca.cert_pem()).unwrap());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        pki::parse_certs(&cert.cert).unwrap(),
+        pki::parse_key(&cert.key).unwrap(),
+    )
+    .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+fn hello(cluster: &str) -> Frame {
+    Frame::Hello(Hello {
+        min_version: 1,
+        max_version: 1,
+        capabilities: Capabilities(0),
+        settings: Settings::default(),
+        agent_id: "intruder".into(),
+        cluster_id: cluster.into(),
+        software: "test".into(),
+    })
+}
+
+/// Connects to the agent port with `cert`, sends `bytes`, and returns the first frame the hub
+/// answers with (None: the connection closed without one).
+fn agent_exchange(s: &common::Stack, ca: &DevCa, cert: &CertPem, bytes: Vec<u8>) -> Option<Frame> {
+    let addr = s.hub.agent_addr;
+    let connector = tls_client(ca, cert);
+    s.rt.block_on(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = match connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+        {
+            Ok(t) => t,
+            Err(_) => return None,
+        };
+        if tls.write_all(&bytes).await.is_err() {
+            return None;
+        }
+        let _ = tls.flush().await;
+        let mut buf = BytesMut::new();
+        let mut dec = Decoder::default();
+        loop {
+            if let Ok(Some(f)) = dec.decode(&mut buf) {
+                return Some(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), tls.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    })
+}
+
+fn encode(f: &Frame) -> Vec<u8> {
+    let mut eb = EncodeBuf::new();
+    eb.push(f);
+    let mut v = Vec::new();
+    while eb.has_remaining() {
+        let c = eb.chunk().to_vec();
+        eb.advance(c.len());
+        v.extend_from_slice(&c);
+    }
+    v
+}
+
+fn goaway_code(f: Option<Frame>) -> Option<ErrorCode> {
+    match f {
+        Some(Frame::GoAway(g)) => Some(g.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn users_without_a_token_or_with_an_unknown_cluster() {
+    let s = stack();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--cacert"])
+        .arg(s.path().join("ca.crt"))
+        .arg(format!(
+            "https://127.0.0.1:{}/clusters/edge-1/api/v1/pods",
+            s.hub.user_addr.port()
+        ))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(out.contains(r#""reason":"Unauthorized""#), "{out}");
+    let out = s.curl("/clusters/nowhere/api/v1/pods");
+    assert!(
+        out.starts_with("HTTP/1.1 404") && out.contains(r#"clusters \"nowhere\" not found"#),
+        "{out}"
+    );
+    let out = s.curl("/metrics");
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(s.ok(&["get", "ns"]).contains("kube-system"));
+}
+
+#[test]
+fn bad_agents_are_turned_away_and_the_hub_keeps_serving() {
+    let s = stack();
+    // Plain garbage on the TLS port.
+    s.rt.block_on(async {
+        let mut tcp = TcpStream::connect(s.hub.agent_addr).await.unwrap();
+        let _ = tcp
+            .write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x01garbage")
+            .await;
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert!(n == 0 || b[0] == 0x15, "closed or a TLS alert");
+    });
+    // A certificate from another CA: the TLS handshake fails.
+    let other = DevCa::generate("someone else").unwrap();
+    let foreign = other.issue_client(common::CLUSTER, &[]).unwrap();
+    assert_eq!(
+        agent_exchange(&s, &other, &foreign, encode(&hello(common::CLUSTER))),
+        None
+    );
+    // Right CA, wrong cluster: the certificate says edge-2, HELLO says edge-1.
+    let edge2 = s.ca.issue_client("edge-2", &[]).unwrap();
+    let f = agent_exchange(&s, &s.ca, &edge2, encode(&hello(common::CLUSTER)));
+    assert_eq!(goaway_code(f), Some(ErrorCode::UNAUTHORIZED));
+    // A valid identity, then a frame of an unknown type instead of HELLO.
+    let edge1 = s.ca.issue_client(common::CLUSTER, &[]).unwrap();
+    let garbage = vec![0, 0, 0, 4, 0x7f, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+    let f = agent_exchange(&s, &s.ca, &edge1, garbage);
+    assert_eq!(goaway_code(f), Some(ErrorCode::PROTOCOL));
+    // A valid frame that is not HELLO.
+    let ping = encode(&Frame::Ping(kubehub_wire::Ping {
+        ack: false,
+        opaque: 1,
+    }));
+    assert_eq!(
+        goaway_code(agent_exchange(&s, &s.ca, &edge1, ping)),
+        Some(ErrorCode::HANDSHAKE)
+    );
+    // An oversize frame: refused from its header.
+    let mut oversize = encode(&hello(common::CLUSTER));
+    oversize[..4].copy_from_slice(&(64 * 1024 * 1024u32).to_be_bytes());
+    let f = agent_exchange(&s, &s.ca, &edge1, oversize);
+    assert_eq!(goaway_code(f), Some(ErrorCode::FRAME_SIZE));
+    // The real agent was never displaced, and users are served.
+    s.wait_connected(true, Duration::from_secs(5));
+    assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
+    let metrics = s.rt.block_on(async {
+        let mut tcp = TcpStream::connect(s.hub.admin_addr.unwrap()).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    assert!(
+        metrics.contains("kubehub_hub_agents_connected 1"),
+        "{metrics}"
+    );
+    let rejects: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("kubehub_hub_tunnel_rejects_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rejects >= 4.0, "{metrics}");
+}
+
+#[test]
+fn a_client_that_stops_reading_slows_only_itself() {
+    // Enough config maps that listing them is several megabytes.
+    let s = stack();
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    let blob = "x".repeat(60_000);
+    for i in 0..100 {
+        s.cluster
+            .create(ty, Some("default"), serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("big-{i}")}, "data": {"blob": blob}}), false)
+            .unwrap();
+    }
+    let port = s.hub.user_addr.port();
+    let ca_pem = s.ca.cert_pem();
+    // Three clients ask for the big list and never read their responses.
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let ca_pem = ca_pem.clone();
+            s.rt.block_on(async move {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(pki::parse_certs(&ca_pem).unwrap());
+                let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                    .connect("localhost".try_into().unwrap(), tcp)
+                    .await
+                    .unwrap();
+                let req = format!("GET /clusters/edge-1/api/v1/configmaps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", common::TOKEN);
+                tls.write_all(req.as_bytes()).await.unwrap();
+                tls
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Everyone else is served, request after request, while those streams are stuck.
+    for _ in 0..10 {
+        let out = s.curl("/clusters/edge-1/api/v1/namespaces/default/pods?limit=5");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
+    drop(stalled);
+}
