@@ -3,6 +3,7 @@
 //! Subcommands are added as the pieces they start land (`hub`, `agent`, `meta`, `sim`, `demo`,
 //! `ctl`); `kubehub --help` lists what this build has.
 
+mod run;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
+    /// All in one on loopback: a simulated cluster, an agent and a hub, plus a kubeconfig.
+    Demo(run::DemoArgs),
+    /// Run the hub (cloud side) from a TOML configuration.
+    Hub(run::ConfigArgs),
+    /// Run the agent (edge side) from a TOML configuration.
+    Agent(run::ConfigArgs),
+    /// Generate a development CA with hub, agent and user certificates.
+    Certs(run::CertsArgs),
     /// Run a simulated Kubernetes API server (edge cluster) for demos, tests and load.
     Sim(sim::SimArgs),
     /// Print the tunnel protocol version and limits this build speaks.
@@ -53,6 +62,10 @@ pub fn run(cli: Cli) -> i32 {
             2
         }
         Some(Command::Sim(args)) => sim::run(args),
+        Some(Command::Demo(args)) => run::demo(args),
+        Some(Command::Hub(args)) => run::hub(args),
+        Some(Command::Agent(args)) => run::agent(args),
+        Some(Command::Certs(args)) => run::certs(args),
         Some(Command::Protocol) => {
             let s = kubehub_wire::Settings::default();
             println!("protocol version: {}", kubehub_wire::PROTOCOL_VERSION);
