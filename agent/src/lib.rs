@@ -150,6 +150,30 @@ impl Agent {
         })
     }
 
+    /// Serves `/healthz`, `/readyz` (ready once a tunnel is up) and `/metrics` on `addr`.
+    /// Returns the bound address.
+    pub async fn serve_admin(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let metrics = self.metrics.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => c,
+                    _ = stop.changed() => return,
+                };
+                let Ok((sock, _)) = conn else { continue };
+                let metrics = metrics.clone();
+                tokio::spawn(admin_request(sock, metrics));
+            }
+        });
+        Ok(local)
+    }
+
     /// Stops every tunnel (connections close; the hub fails their streams).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -157,6 +181,34 @@ impl Agent {
             let _ = t.await;
         }
     }
+}
+
+async fn admin_request(mut sock: tokio::net::TcpStream, metrics: Arc<Metrics>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 4096];
+    let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return,
+    };
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let (code, body) = match path {
+        "/healthz" | "/livez" => (200, "ok\n".to_owned()),
+        "/readyz" if metrics.connected.get() > 0 => (200, "ok: tunnel up\n".to_owned()),
+        "/readyz" => (503, "not ready: no tunnel to a hub\n".to_owned()),
+        "/metrics" => (200, metrics.encode()),
+        _ => (404, "not found\n".to_owned()),
+    };
+    let reason = match code {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Not Found",
+    };
+    let resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
 }
 
 #[cfg(test)]

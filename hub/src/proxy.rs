@@ -405,3 +405,51 @@ async fn handle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_fields_carry_the_authenticated_user_only() {
+        let mut buf = BytesMut::from(
+            &b"GET /clusters/a/api HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer secret\r\nImpersonate-User: root\r\nimpersonate-group: system:masters\r\nConnection: keep-alive\r\nAccept: application/json\r\n\r\n"[..],
+        );
+        let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        let user = User {
+            name: "alice".into(),
+            uid: "1001".into(),
+            groups: vec!["devs".into(), "ops".into()],
+        };
+        let f = forward_fields(&head, &user, true);
+        let pairs: Vec<(String, String)> = f
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("Accept", "application/json"),
+            ("Impersonate-User", "alice"),
+            ("Impersonate-Group", "devs"),
+            ("Impersonate-Group", "ops"),
+            ("Impersonate-Uid", "1001"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(
+            pairs, want,
+            "credentials, hop-by-hop fields and the user's own impersonation are dropped"
+        );
+        let f = forward_fields(&head, &user, false);
+        assert_eq!(
+            f.len(),
+            1,
+            "without impersonation only end-to-end fields pass"
+        );
+    }
+}

@@ -242,3 +242,43 @@ fn a_client_that_stops_reading_slows_only_itself() {
     assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
     drop(stalled);
 }
+
+#[test]
+fn agent_admin_endpoints() {
+    let mut s = stack();
+    let get = |s: &common::Stack, addr: std::net::SocketAddr, path: &str| {
+        s.rt.block_on(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            tcp.read_to_string(&mut out).await.unwrap();
+            out
+        })
+    };
+    let addr = {
+        let agent = s.agent.as_ref().unwrap();
+        s.rt.block_on(agent.serve_admin("127.0.0.1:0".parse().unwrap()))
+            .unwrap()
+    };
+    assert!(get(&s, addr, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(&s, addr, "/readyz").starts_with("HTTP/1.1 200"));
+    s.ok(&["get", "ns"]);
+    let m = get(&s, addr, "/metrics");
+    assert!(m.contains("kubehub_agent_tunnels_connected 1"), "{m}");
+    // With the hub's agent port unreachable, the agent is alive but not ready.
+    let mut cfg = s.agent_cfg.clone();
+    cfg.hubs = vec!["127.0.0.1:1".into()];
+    s.stop_agent();
+    let lonely = {
+        let _g = s.rt.enter();
+        kubehub_agent::Agent::start(cfg).unwrap()
+    };
+    let addr =
+        s.rt.block_on(lonely.serve_admin("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+    assert!(get(&s, addr, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(&s, addr, "/readyz").starts_with("HTTP/1.1 503"));
+    s.rt.block_on(lonely.stop());
+}

@@ -156,6 +156,7 @@ pub fn agent(args: ConfigArgs) -> i32 {
         }
     };
     rt.block_on(async move {
+        let admin = cfg.admin.clone();
         let agent = match Agent::start(cfg) {
             Ok(a) => a,
             Err(e) => {
@@ -163,6 +164,15 @@ pub fn agent(args: ConfigArgs) -> i32 {
                 return 1;
             }
         };
+        if let Some(a) = admin {
+            match agent.serve_admin(a.listen).await {
+                Ok(addr) => tracing::info!(%addr, "admin listener"),
+                Err(e) => {
+                    eprintln!("kubehub agent: admin listener {}: {e}", a.listen);
+                    return 1;
+                }
+            }
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         agent.stop().await;
