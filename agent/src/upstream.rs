@@ -149,17 +149,4 @@ impl UpstreamClient {
     }
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1).
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-connection",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
+pub use kubehub_kapi::http::is_hop_by_hop;

@@ -257,20 +257,7 @@ pub enum Framing {
     Empty,
 }
 
-/// Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1), in lower case.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-connection",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
+pub use kubehub_kapi::http::is_hop_by_hop;
 
 fn reason(status: u16) -> &'static str {
     match status {

@@ -11,6 +11,7 @@
 //! * [`accept`]: content negotiation (plain JSON, `Table`, `PartialObjectMetadata`).
 //! * [`table`]: server-side printing: the columns `kubectl get` shows for built-in kinds.
 //! * [`resources`]: the built-in resource types and discovery documents.
+//! * [`http`]: HTTP rules both proxies apply (hop-by-hop fields).
 //! * [`kubeconfig`]: writing kubeconfig files.
 //! * [`time`]: RFC 3339 timestamps and the "AGE" durations kubectl prints.
 //!
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod http;
 pub mod kubeconfig;
 pub mod path;
 pub mod query;
