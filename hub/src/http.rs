@@ -357,9 +357,22 @@ pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u
     out
 }
 
-/// The size line of a chunk.
-pub fn chunk_header(len: usize) -> Vec<u8> {
-    format!("{len:x}\r\n").into_bytes()
+/// The size line of a chunk (`<hex>\r\n`), written into `buf` without allocating.
+pub fn chunk_header(len: usize, buf: &mut [u8; 20]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 18;
+    buf[18] = b'\r';
+    buf[19] = b'\n';
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
 }
 
 #[cfg(test)]
@@ -428,6 +441,15 @@ mod tests {
         }
         let mut dec = BodyDecoder::new(BodyKind::Chunked);
         assert!(dec.decode(&mut BytesMut::from(&b"zz\r\n"[..]), 10).is_err());
+    }
+
+    #[test]
+    fn chunk_headers() {
+        let mut b = [0u8; 20];
+        assert_eq!(chunk_header(0, &mut b), b"0\r\n");
+        assert_eq!(chunk_header(255, &mut b), b"ff\r\n");
+        assert_eq!(chunk_header(16384, &mut b), b"4000\r\n");
+        assert_eq!(chunk_header(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
     }
 
     #[test]

@@ -358,7 +358,8 @@ async fn handle(
                 let n = data.len();
                 let res = match framing {
                     Some(Framing::Chunked) => {
-                        wr.write_all(&[&http::chunk_header(n), &data, b"\r\n"])
+                        let mut line = [0u8; 20];
+                        wr.write_all(&[http::chunk_header(n, &mut line), &data, b"\r\n"])
                             .await
                     }
                     Some(Framing::Empty) => Ok(()),
