@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use kubehub_perf::testkit::read_until;
 
 use kubehub_hub::config::Limits;
 use kubehub_perf::sim::ClusterConfig;
@@ -25,36 +26,6 @@ fn stack() -> common::Stack {
 fn pods(s: &common::Stack) -> Vec<(String, String)> {
     let ty = s.cluster.type_index("", "v1", "pods").unwrap();
     s.cluster.keys(ty)
-}
-
-/// Reads lines from a child's stdout until `pred` holds or `within` passes.
-fn read_until(
-    child: &mut std::process::Child,
-    within: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(l) = line else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + within;
-    let mut out = String::new();
-    while !pred(&out) {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) => {
-                out.push_str(&l);
-                out.push('\n');
-            }
-            Err(_) => break,
-        }
-    }
-    out
 }
 
 #[test]

@@ -7,3 +7,4 @@
 
 pub mod pki;
 pub mod sim;
+pub mod testkit;

@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{read_until, start};
+use common::start;
 use kubehub_perf::sim::{ClusterConfig, SeedSpec};
+use kubehub_perf::testkit::read_until;
 use serde_json::{json, Value};
 
 async fn sim() -> common::Sim {

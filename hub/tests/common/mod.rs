@@ -14,6 +14,7 @@ use kubehub_hub::server::{self, Hub};
 use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_perf::pki::DevCa;
 use kubehub_perf::sim::{self, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
+use kubehub_perf::testkit::Kubectl;
 
 pub const CLUSTER: &str = "edge-1";
 pub const TOKEN: &str = "alice-token";
@@ -152,30 +153,20 @@ impl Stack {
         }
     }
 
+    pub fn k(&self) -> Kubectl {
+        Kubectl::new(&self.kubeconfig, self.dir.path())
+    }
+
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("/usr/bin/kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG");
-        c
+        self.k().cmd(args)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_cmd(args).output().unwrap()
+        self.k().output(args)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.k().ok(args)
     }
 
     /// A request through the hub with curl (status line, headers and body).

@@ -4,9 +4,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use kubehub_perf::testkit::Kubectl;
 
 use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_perf::pki::{self, DevCa};
@@ -19,8 +20,6 @@ pub struct Sim {
     pub kubeconfig: PathBuf,
     pub url: String,
 }
-
-pub const KUBECTL: &str = "/usr/bin/kubectl";
 
 pub async fn start(cfg: ClusterConfig, spec: SeedSpec, tls: bool, token: Option<&str>) -> Sim {
     let cluster = Cluster::new("sim", cfg);
@@ -66,77 +65,25 @@ pub async fn start(cfg: ClusterConfig, spec: SeedSpec, tls: bool, token: Option<
 }
 
 impl Sim {
-    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(KUBECTL);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG");
-        c
-    }
-
-    /// Runs kubectl to completion.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_cmd(args).output().expect("run kubectl")
+        self.k().output(args)
     }
 
     /// Runs kubectl and returns stdout; panics with stderr if it failed.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.k().ok(args)
     }
 
     /// Starts kubectl with stdout piped.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.kubectl_cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kubectl")
+        self.k().spawn(args)
+    }
+
+    fn k(&self) -> Kubectl {
+        Kubectl::new(&self.kubeconfig, self.dir.path())
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
-}
-
-/// Reads lines from a child's stdout (on a thread) until `pred` holds for the collected
-/// output or `timeout` passes. Returns the output so far.
-pub fn read_until(child: &mut Child, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut out = String::new();
-    while !pred(&out) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                out.push_str(&l);
-                out.push('\n');
-            }
-            Err(_) => break,
-        }
-    }
-    out
 }
