@@ -212,11 +212,11 @@ async fn handle(
     let (reply_tx, reply_rx) = oneshot::channel();
     let has_body = head.body != http::BodyKind::None;
     let open = TunnelCmd::Open {
-        head: route::RequestHead {
+        head: Box::new(route::RequestHead {
             method: head.method.clone(),
             path: Bytes::from(path),
             fields: forward_fields(&head, user, ctx.impersonate),
-        },
+        }),
         end_stream: !has_body,
         events: ev_tx,
         reply: reply_tx,

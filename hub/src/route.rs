@@ -69,8 +69,9 @@ pub struct RequestHead {
 pub enum TunnelCmd {
     /// Open a stream.
     Open {
-        /// The request head.
-        head: RequestHead,
+        /// The request head (boxed: every tunnel's command queue holds a block of commands,
+        /// so commands stay small).
+        head: Box<RequestHead>,
         /// No request body follows.
         end_stream: bool,
         /// Where the stream's response goes. Bounded in bytes by the stream's flow-control

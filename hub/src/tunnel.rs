@@ -52,6 +52,79 @@ pub struct TunnelCtx {
 
 /// Frames queued for the writer, at most this many.
 const WRITE_QUEUE: usize = 1024;
+
+/// The writer's queue: local to the core (no atomics), bounded (senders wait for room), and
+/// holding no memory while empty, so an idle tunnel costs nothing here.
+#[derive(Default)]
+struct WriteQueue {
+    frames: RefCell<std::collections::VecDeque<Frame>>,
+    ready: Notify,
+    room: Notify,
+    closed: Cell<bool>,
+}
+
+impl WriteQueue {
+    /// Queues a frame, waiting while the queue is full. `Err` once the writer is gone.
+    async fn send(&self, f: Frame) -> Result<(), ()> {
+        loop {
+            if self.closed.get() {
+                return Err(());
+            }
+            let room = self.room.notified();
+            {
+                let mut q = self.frames.borrow_mut();
+                if q.len() < WRITE_QUEUE {
+                    q.push_back(f);
+                    self.ready.notify_one();
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// The next frame; `None` once closed and drained.
+    async fn recv(&self) -> Option<Frame> {
+        loop {
+            let ready = self.ready.notified();
+            if let Some(f) = self.try_recv() {
+                return Some(f);
+            }
+            if self.closed.get() {
+                return None;
+            }
+            ready.await;
+        }
+    }
+
+    fn try_recv(&self) -> Option<Frame> {
+        let f = self.frames.borrow_mut().pop_front();
+        if f.is_some() {
+            self.room.notify_one();
+        }
+        f
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.borrow().is_empty()
+    }
+
+    /// Gives back the queue's memory while it is empty.
+    fn shrink(&self) {
+        let mut q = self.frames.borrow_mut();
+        if q.is_empty() {
+            *q = std::collections::VecDeque::new();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_waiters();
+        self.room.notify_waiters();
+    }
+}
+
+type Out = Rc<WriteQueue>;
 /// Commands queued for a tunnel, at most this many.
 const COMMAND_QUEUE: usize = 1024;
 
@@ -194,7 +267,8 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         streams: HashMap::new(),
         closed: false,
     }));
-    let (out_tx, out_rx) = mpsc::channel::<Frame>(WRITE_QUEUE);
+    let out_tx: Out = Rc::new(WriteQueue::default());
+    let out_rx = out_tx.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel::<TunnelCmd>(COMMAND_QUEUE);
     let closing = Rc::new(Notify::new());
     let last_rx = Rc::new(Cell::new(Instant::now()));
@@ -244,7 +318,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         }
     }
     closing.notify_waiters();
-    drop(out_tx);
+    out_tx.close();
     commander.await;
     keepalive.await;
     writer.await;
@@ -276,10 +350,12 @@ async fn write_buf(wr: &mut TlsWriter, eb: &mut EncodeBuf) -> std::io::Result<()
 async fn writer(
     mut wr: TlsWriter,
     mut eb: EncodeBuf,
-    mut rx: mpsc::Receiver<Frame>,
+    rx: Out,
     metrics: Arc<Metrics>,
     closing: Rc<Notify>,
 ) {
+    // The HELLO_ACK left a scratch buffer behind; an idle tunnel keeps none.
+    eb.release_memory();
     let to_agent = metrics
         .tunnel_bytes
         .get_or_create(&DirectionLabel {
@@ -302,24 +378,24 @@ async fn writer(
         // Batch whatever else is queued into one write.
         while eb.remaining() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(f) => push(&mut eb, &f),
-                Err(_) => break,
+                Some(f) => push(&mut eb, &f),
+                None => break,
             }
         }
         if let Err(e) = write_buf(&mut wr, &mut eb).await {
             debug!("tunnel write failed: {e}");
             break;
         }
+        if rx.is_empty() {
+            // Going idle: hold no buffers while waiting.
+            eb.release_memory();
+            rx.shrink();
+        }
     }
     let _ = wr.close().await;
 }
 
-async fn keepalive(
-    every: Duration,
-    last_rx: Rc<Cell<Instant>>,
-    out: mpsc::Sender<Frame>,
-    closing: Rc<Notify>,
-) {
+async fn keepalive(every: Duration, last_rx: Rc<Cell<Instant>>, out: Out, closing: Rc<Notify>) {
     let mut n = 0u64;
     loop {
         monoio::select! {
@@ -353,7 +429,7 @@ async fn keepalive(
 }
 
 /// Sends `frames` to the writer, in order.
-async fn send_all(out: &mpsc::Sender<Frame>, frames: Vec<Frame>) -> bool {
+async fn send_all(out: &Out, frames: Vec<Frame>) -> bool {
     for f in frames {
         if out.send(f).await.is_err() {
             return false;
@@ -424,7 +500,7 @@ fn flush_pending(st: &mut State, id: StreamId, chunk: usize, out: &mut Vec<Frame
 async fn commander(
     mut rx: mpsc::Receiver<TunnelCmd>,
     state: Rc<RefCell<State>>,
-    out: mpsc::Sender<Frame>,
+    out: Out,
     ctx: Rc<TunnelCtx>,
     closing: Rc<Notify>,
 ) {
@@ -527,7 +603,7 @@ async fn read_loop(
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     state: &Rc<RefCell<State>>,
-    out: &mpsc::Sender<Frame>,
+    out: &Out,
     ctx: &Rc<TunnelCtx>,
     last_rx: &Rc<Cell<Instant>>,
     closing: &Rc<Notify>,

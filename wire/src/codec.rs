@@ -85,6 +85,15 @@ impl EncodeBuf {
         self.remaining == 0
     }
 
+    /// Gives back the scratch allocation once everything queued has been written, so an
+    /// idle connection holds no encode buffer. The next [`EncodeBuf::push`] allocates again.
+    pub fn release_memory(&mut self) {
+        if self.remaining == 0 {
+            self.chunks = VecDeque::new();
+            self.scratch = BytesMut::new();
+        }
+    }
+
     /// Number of chunks queued (what a full vectored write would need in iovecs).
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()

@@ -158,3 +158,27 @@ fn vectored_encoder_hands_large_payloads_through_untouched() {
     assert_eq!(eb.chunk_count(), 1);
     assert_eq!(eb.remaining(), HEADER_LEN + 4);
 }
+
+#[test]
+fn encode_buffer_memory_is_released_only_when_drained() {
+    let mut eb = EncodeBuf::new();
+    eb.push(&Frame::Ping(Ping {
+        ack: false,
+        opaque: 1,
+    }));
+    eb.release_memory();
+    assert_eq!(
+        eb.remaining(),
+        HEADER_LEN + 8,
+        "queued bytes survive a release"
+    );
+    let n = eb.remaining();
+    eb.advance(n);
+    eb.release_memory();
+    assert!(eb.is_empty());
+    eb.push(&Frame::Ping(Ping {
+        ack: true,
+        opaque: 2,
+    }));
+    assert_eq!(eb.remaining(), HEADER_LEN + 8);
+}
