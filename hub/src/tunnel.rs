@@ -7,8 +7,8 @@
 //!   consumer (the user connection, possibly on another core);
 //! * the **commander**: takes [`TunnelCmd`]s from request handlers on any core (open a stream,
 //!   send body bytes, release credit, cancel) and turns them into frames;
-//! * the **writer**: encodes queued frames with [`EncodeBuf`] and writes them in batches;
-//! * the **keepalive**: pings an idle agent and closes a silent one.
+//! * the **writer**: encodes queued frames with [`EncodeBuf`] and writes them in batches, and
+//!   while idle pings the agent (closing the tunnel if it has been silent too long).
 //!
 //! Identity: the agent's certificate common name is its cluster id; HELLO must claim the same.
 
@@ -275,18 +275,20 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     let generation = ctx.registry.register(&cluster, &hello.agent_id, cmd_tx);
     ctx.metrics.agents.inc();
 
-    let writer = monoio::spawn(writer(wr, eb, out_rx, ctx.metrics.clone(), closing.clone()));
+    let writer = monoio::spawn(writer(
+        wr,
+        eb,
+        out_rx,
+        ctx.metrics.clone(),
+        closing.clone(),
+        Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
+        last_rx.clone(),
+    ));
     let commander = monoio::spawn(commander(
         cmd_rx,
         state.clone(),
         out_tx.clone(),
         ctx.clone(),
-        closing.clone(),
-    ));
-    let keepalive = monoio::spawn(keepalive(
-        Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
-        last_rx.clone(),
-        out_tx.clone(),
         closing.clone(),
     ));
 
@@ -320,7 +322,6 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     closing.notify_waiters();
     out_tx.close();
     commander.await;
-    keepalive.await;
     writer.await;
 }
 
@@ -347,12 +348,17 @@ async fn write_buf(wr: &mut TlsWriter, eb: &mut EncodeBuf) -> std::io::Result<()
     Ok(())
 }
 
+/// Writes queued frames in batches; while the queue is idle it also keeps the tunnel alive
+/// (a PING every `every`; GOAWAY and close after three silent intervals), so an idle tunnel
+/// needs no task of its own for that.
 async fn writer(
     mut wr: TlsWriter,
     mut eb: EncodeBuf,
     rx: Out,
     metrics: Arc<Metrics>,
     closing: Rc<Notify>,
+    every: Duration,
+    last_rx: Rc<Cell<Instant>>,
 ) {
     // The HELLO_ACK left a scratch buffer behind; an idle tunnel keeps none.
     eb.release_memory();
@@ -362,10 +368,29 @@ async fn writer(
             direction: "to_agent",
         })
         .clone();
+    let mut pings = 0u64;
+    let mut next_ping = Instant::now() + every;
     loop {
+        let wait = next_ping.saturating_duration_since(Instant::now());
         let first = monoio::select! {
             f = rx.recv() => f,
             _ = closing.notified() => None,
+            _ = monoio::time::sleep(wait) => {
+                next_ping = Instant::now() + every;
+                if last_rx.get().elapsed() > every * 3 {
+                    // Silent for three intervals: say why, then close.
+                    eb.push(&Frame::GoAway(GoAway {
+                        last_stream_id: 0,
+                        code: ErrorCode::NO_ERROR,
+                        message: "keepalive timeout".into(),
+                    }));
+                    let _ = write_buf(&mut wr, &mut eb).await;
+                    closing.notify_waiters();
+                    break;
+                }
+                pings += 1;
+                Some(Frame::Ping(Ping { ack: false, opaque: pings }))
+            },
         };
         let Some(first) = first else { break };
         let push = |eb: &mut EncodeBuf, f: &Frame| {
@@ -393,39 +418,6 @@ async fn writer(
         }
     }
     let _ = wr.close().await;
-}
-
-async fn keepalive(every: Duration, last_rx: Rc<Cell<Instant>>, out: Out, closing: Rc<Notify>) {
-    let mut n = 0u64;
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(every) => {}
-            _ = closing.notified() => return,
-        }
-        if last_rx.get().elapsed() > every * 3 {
-            // Silent for three intervals: the reader will see the writer close.
-            let _ = out
-                .send(Frame::GoAway(GoAway {
-                    last_stream_id: 0,
-                    code: ErrorCode::NO_ERROR,
-                    message: "keepalive timeout".into(),
-                }))
-                .await;
-            closing.notify_waiters();
-            return;
-        }
-        n += 1;
-        if out
-            .send(Frame::Ping(Ping {
-                ack: false,
-                opaque: n,
-            }))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// Sends `frames` to the writer, in order.

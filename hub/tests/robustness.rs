@@ -282,3 +282,49 @@ fn agent_admin_endpoints() {
     assert!(get(&s, addr, "/readyz").starts_with("HTTP/1.1 503"));
     s.rt.block_on(lonely.stop());
 }
+
+#[test]
+fn a_silent_agent_is_pinged_then_dropped() {
+    let limits = Limits {
+        keepalive_ms: 200,
+        ..Limits::default()
+    };
+    let s = common::start(ClusterConfig::default(), limits);
+    // Another identity for the silent agent, so the real one stays connected.
+    let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
+    let addr = s.hub.agent_addr;
+    let connector = tls_client(&s.ca, &cert);
+    let seen = s.rt.block_on(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(&encode(&hello("edge-silent"))).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut dec = Decoder::new(kubehub_wire::DEFAULT_MAX_FRAME_SIZE);
+        let mut seen = Vec::new();
+        loop {
+            while let Ok(Some(f)) = dec.decode(&mut buf) {
+                seen.push(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), tls.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return seen,
+            }
+        }
+    });
+    assert!(matches!(seen.first(), Some(Frame::HelloAck(_))), "{seen:?}");
+    assert!(
+        seen.iter().any(|f| matches!(f, Frame::Ping(p) if !p.ack)),
+        "pinged: {seen:?}"
+    );
+    assert!(
+        matches!(seen.last(), Some(Frame::GoAway(g)) if g.message.contains("keepalive")),
+        "dropped with a reason: {seen:?}"
+    );
+    // The real agent answers its pings and stays.
+    std::thread::sleep(Duration::from_millis(1000));
+    s.wait_connected(true, Duration::from_secs(1));
+    assert!(s.ok(&["get", "ns"]).contains("kube-system"));
+}

@@ -74,7 +74,7 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
     let hub_cfg = HubConfig {
         id: "hub-test".into(),
         cores: 2,
-        clusters: vec![CLUSTER.into()],
+        clusters: vec![CLUSTER.into(), "edge-silent".into()],
         token_file: tokens,
         impersonate: false,
         user_listener: listener(None),
