@@ -66,7 +66,13 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
     monoio::spawn(async move {
         loop {
             let mut chunk = BytesMut::with_capacity(4096);
-            match rd.read(&mut chunk).await {
+            // Ends with the connection: when the handler is done, the socket is released even
+            // if the client keeps its side open.
+            let read = monoio::select! {
+                r = rd.read(&mut chunk) => r,
+                _ = in_tx.closed() => return,
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
                     if in_tx.send(chunk).await.is_err() {
