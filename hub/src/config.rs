@@ -34,6 +34,7 @@
 //! idle_timeout_ms = 300000           # a user connection idle between requests is closed
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
+//! drain_timeout_ms = 5000            # on shutdown, streams still open after this are ended
 //! ```
 
 use std::net::SocketAddr;
@@ -117,6 +118,9 @@ pub struct Limits {
     pub response_timeout_ms: u64,
     /// PING interval on idle tunnels.
     pub keepalive_ms: u64,
+    /// On shutdown, how long streams in flight may go on before they are ended (watches and
+    /// `logs -f` end cleanly; clients reconnect elsewhere).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -134,6 +138,7 @@ impl Default for Limits {
             idle_timeout_ms: 300_000,
             response_timeout_ms: 60_000,
             keepalive_ms: 15_000,
+            drain_timeout_ms: 5_000,
         }
     }
 }

@@ -66,10 +66,26 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    drain: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Hub {
+    /// Drains for shutdown: every tunnel stops taking requests, sends GOAWAY and closes once
+    /// its streams are done; new agents are refused. Returns when no tunnel is left or after
+    /// `grace`, whichever comes first; the process can then exit.
+    pub fn shutdown(&self, grace: Duration) -> bool {
+        let _ = self.drain.send(true);
+        let deadline = std::time::Instant::now() + grace;
+        while self.metrics.agents.get() > 0 {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Blocks until every worker thread ends (they run until the process exits).
     pub fn wait(self) {
         for t in self.threads {
@@ -215,6 +231,7 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let (drain, drain_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::with_capacity(n);
     for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
         let proxy = ProxyCtx {
@@ -231,6 +248,7 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
             limits: cfg.limits.clone(),
             hub_id: cfg.id.clone(),
             tls: agent_tls.clone(),
+            drain: drain_rx.clone(),
         };
         let admin_l = if core == 0 { admin.take() } else { None };
         let (reg, met) = (registry.clone(), metrics.clone());
@@ -303,6 +321,7 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         admin_addr,
         registry,
         metrics,
+        drain,
         threads,
     })
 }

@@ -48,6 +48,8 @@ pub struct TunnelCtx {
     pub hub_id: String,
     /// TLS for agents (client certificates required).
     pub tls: Arc<rustls::ServerConfig>,
+    /// Becomes `true` when the hub drains for shutdown.
+    pub drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Frames queued for the writer, at most this many.
@@ -235,6 +237,10 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         );
         return reject(&ctx, peer, &mut wr, g).await;
     }
+    if *ctx.drain.borrow() {
+        let g = refuse(ErrorCode::NO_ERROR, "hub is shutting down".into());
+        return reject(&ctx, peer, &mut wr, g).await;
+    }
     if !ctx.registry.serves(&hello.cluster_id) {
         let g = refuse(
             ErrorCode::UNAUTHORIZED,
@@ -292,6 +298,17 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         closing.clone(),
     ));
 
+    let done = Rc::new(Cell::new(false));
+    let drainer = monoio::spawn(drainer(
+        ctx.clone(),
+        cluster.clone(),
+        generation,
+        state.clone(),
+        out_tx.clone(),
+        closing.clone(),
+        done.clone(),
+    ));
+
     let why = read_loop(
         &mut rd,
         &mut buf,
@@ -319,10 +336,76 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             ctx.metrics.streams.dec();
         }
     }
+    done.set(true);
     closing.notify_waiters();
     out_tx.close();
     commander.await;
     writer.await;
+    drainer.await;
+}
+
+/// On hub shutdown: stop new requests (unregister, refuse opens), tell the agent (GOAWAY), let
+/// the streams in flight finish, then close the tunnel.
+async fn drainer(
+    ctx: Rc<TunnelCtx>,
+    cluster: String,
+    generation: u64,
+    state: Rc<RefCell<State>>,
+    out: Out,
+    closing: Rc<Notify>,
+    done: Rc<Cell<bool>>,
+) {
+    let mut drain = ctx.drain.clone();
+    loop {
+        if *drain.borrow() {
+            break;
+        }
+        monoio::select! {
+            r = drain.changed() => if r.is_err() { return },
+            _ = closing.notified() => return,
+        }
+        if done.get() {
+            return;
+        }
+    }
+    ctx.registry.unregister(&cluster, generation);
+    state.borrow_mut().closed = true;
+    let _ = out
+        .send(Frame::GoAway(GoAway {
+            last_stream_id: 0,
+            code: ErrorCode::NO_ERROR,
+            message: "hub is shutting down".into(),
+        }))
+        .await;
+    info!(cluster = %cluster, "draining tunnel");
+    let deadline = Instant::now() + Duration::from_millis(ctx.limits.drain_timeout_ms);
+    while !done.get() {
+        if Instant::now() >= deadline {
+            // Long-lived streams (watches, logs -f) would never finish: end them now, cleanly
+            // for their users, and cancel them at the agent.
+            let mut frames = Vec::new();
+            {
+                let mut st = state.borrow_mut();
+                let ids: Vec<StreamId> = st.streams.keys().copied().collect();
+                for id in ids {
+                    let f = Frame::Reset(Reset {
+                        stream_id: id,
+                        code: ErrorCode::CANCEL,
+                    });
+                    if st.session.send(&f).is_ok() {
+                        frames.push(f);
+                    }
+                    finish(&mut st, &ctx.metrics, id, Some(StreamEvent::End));
+                }
+            }
+            send_all(&out, frames).await;
+        }
+        if state.borrow().streams.is_empty() {
+            // Repeated: a notification only reaches tasks waiting at that moment.
+            closing.notify_waiters();
+        }
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn reject(ctx: &TunnelCtx, peer: SocketAddr, wr: &mut TlsWriter, g: GoAway) {

@@ -328,3 +328,42 @@ fn a_silent_agent_is_pinged_then_dropped() {
     s.wait_connected(true, Duration::from_secs(1));
     assert!(s.ok(&["get", "ns"]).contains("kube-system"));
 }
+
+#[test]
+fn shutdown_drains_tunnels_and_refuses_new_agents() {
+    let s = common::start(
+        ClusterConfig::default(),
+        Limits {
+            drain_timeout_ms: 500,
+            ..Limits::default()
+        },
+    );
+    let mut w = s.k().spawn(&["get", "pods", "-A", "-w"]);
+    let _ = kubehub_perf::testkit::read_until(&mut w, Duration::from_secs(10), |o| {
+        o.contains("Running")
+    });
+    assert!(
+        s.hub.shutdown(Duration::from_secs(10)),
+        "tunnels closed within the grace period"
+    );
+    // The watch in flight ended cleanly; kubectl exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch still open after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // New requests get 503; the agent's reconnects are refused.
+    let out = s.curl("/clusters/edge-1/api/v1/pods");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.hub.registry.connected(), 0);
+    let edge1 = s.ca.issue_client(common::CLUSTER, &[]).unwrap();
+    let f = agent_exchange(&s, &s.ca, &edge1, encode(&hello(common::CLUSTER)));
+    assert!(
+        matches!(f, Some(Frame::GoAway(ref g)) if g.message.contains("shutting down")),
+        "{f:?}"
+    );
+}

@@ -117,7 +117,10 @@ pub fn hub(args: ConfigArgs) -> i32 {
         hub.user_addr, hub.agent_addr
     );
     block_until_signal();
-    tracing::info!("shutting down");
+    tracing::info!("draining: agents get GOAWAY, requests in flight may finish (10 s at most)");
+    if !hub.shutdown(std::time::Duration::from_secs(10)) {
+        tracing::warn!("tunnels still open after 10 s; exiting anyway");
+    }
     0
 }
 
@@ -321,6 +324,7 @@ url = "http://{sim}"
     );
     rt.block_on(wait_for_signal());
     println!("stopping");
+    hub.shutdown(std::time::Duration::from_secs(8));
     rt.block_on(agent.stop());
     rt.block_on(sim_server.shutdown());
     Ok(())
