@@ -285,10 +285,14 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         wr,
         eb,
         out_rx,
-        ctx.metrics.clone(),
-        closing.clone(),
-        Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
-        last_rx.clone(),
+        WriterCtx {
+            ctx: ctx.clone(),
+            cluster: cluster.clone(),
+            generation,
+            state: state.clone(),
+            closing: closing.clone(),
+            last_rx: last_rx.clone(),
+        },
     ));
     let commander = monoio::spawn(commander(
         cmd_rx,
@@ -296,17 +300,6 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         out_tx.clone(),
         ctx.clone(),
         closing.clone(),
-    ));
-
-    let done = Rc::new(Cell::new(false));
-    let drainer = monoio::spawn(drainer(
-        ctx.clone(),
-        cluster.clone(),
-        generation,
-        state.clone(),
-        out_tx.clone(),
-        closing.clone(),
-        done.clone(),
     ));
 
     let why = read_loop(
@@ -336,76 +329,10 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             ctx.metrics.streams.dec();
         }
     }
-    done.set(true);
     closing.notify_waiters();
     out_tx.close();
     commander.await;
     writer.await;
-    drainer.await;
-}
-
-/// On hub shutdown: stop new requests (unregister, refuse opens), tell the agent (GOAWAY), let
-/// the streams in flight finish, then close the tunnel.
-async fn drainer(
-    ctx: Rc<TunnelCtx>,
-    cluster: String,
-    generation: u64,
-    state: Rc<RefCell<State>>,
-    out: Out,
-    closing: Rc<Notify>,
-    done: Rc<Cell<bool>>,
-) {
-    let mut drain = ctx.drain.clone();
-    loop {
-        if *drain.borrow() {
-            break;
-        }
-        monoio::select! {
-            r = drain.changed() => if r.is_err() { return },
-            _ = closing.notified() => return,
-        }
-        if done.get() {
-            return;
-        }
-    }
-    ctx.registry.unregister(&cluster, generation);
-    state.borrow_mut().closed = true;
-    let _ = out
-        .send(Frame::GoAway(GoAway {
-            last_stream_id: 0,
-            code: ErrorCode::NO_ERROR,
-            message: "hub is shutting down".into(),
-        }))
-        .await;
-    info!(cluster = %cluster, "draining tunnel");
-    let deadline = Instant::now() + Duration::from_millis(ctx.limits.drain_timeout_ms);
-    while !done.get() {
-        if Instant::now() >= deadline {
-            // Long-lived streams (watches, logs -f) would never finish: end them now, cleanly
-            // for their users, and cancel them at the agent.
-            let mut frames = Vec::new();
-            {
-                let mut st = state.borrow_mut();
-                let ids: Vec<StreamId> = st.streams.keys().copied().collect();
-                for id in ids {
-                    let f = Frame::Reset(Reset {
-                        stream_id: id,
-                        code: ErrorCode::CANCEL,
-                    });
-                    if st.session.send(&f).is_ok() {
-                        frames.push(f);
-                    }
-                    finish(&mut st, &ctx.metrics, id, Some(StreamEvent::End));
-                }
-            }
-            send_all(&out, frames).await;
-        }
-        if state.borrow().streams.is_empty() {
-            // Repeated: a notification only reaches tasks waiting at that moment.
-            closing.notify_waiters();
-        }
-        monoio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn reject(ctx: &TunnelCtx, peer: SocketAddr, wr: &mut TlsWriter, g: GoAway) {
@@ -431,58 +358,106 @@ async fn write_buf(wr: &mut TlsWriter, eb: &mut EncodeBuf) -> std::io::Result<()
     Ok(())
 }
 
-/// Writes queued frames in batches; while the queue is idle it also keeps the tunnel alive
-/// (a PING every `every`; GOAWAY and close after three silent intervals), so an idle tunnel
-/// needs no task of its own for that.
-async fn writer(
-    mut wr: TlsWriter,
-    mut eb: EncodeBuf,
-    rx: Out,
-    metrics: Arc<Metrics>,
+/// What the writer needs besides its socket and queue.
+struct WriterCtx {
+    ctx: Rc<TunnelCtx>,
+    cluster: String,
+    generation: u64,
+    state: Rc<RefCell<State>>,
     closing: Rc<Notify>,
-    every: Duration,
     last_rx: Rc<Cell<Instant>>,
-) {
+}
+
+/// Writes queued frames in batches. Its timer also does the tunnel's housekeeping, so an idle
+/// tunnel needs no other task for it: PING the agent while idle (GOAWAY and close after three
+/// silent intervals), and on hub shutdown drain (unregister, GOAWAY, let streams finish for
+/// `drain_timeout_ms`, end the rest, close).
+async fn writer(mut wr: TlsWriter, mut eb: EncodeBuf, rx: Out, w: WriterCtx) {
     // The HELLO_ACK left a scratch buffer behind; an idle tunnel keeps none.
     eb.release_memory();
-    let to_agent = metrics
+    let to_agent = w
+        .ctx
+        .metrics
         .tunnel_bytes
         .get_or_create(&DirectionLabel {
             direction: "to_agent",
         })
         .clone();
+    let every = Duration::from_millis(w.ctx.limits.keepalive_ms.max(100));
+    let mut drain = w.ctx.drain.clone();
+    let mut drain_watch = true;
+    let mut drain_deadline: Option<Instant> = None;
     let mut pings = 0u64;
-    let mut next_ping = Instant::now() + every;
+    let mut next_tick = Instant::now() + every;
     loop {
-        let wait = next_ping.saturating_duration_since(Instant::now());
+        let wait = next_tick.saturating_duration_since(Instant::now());
         let first = monoio::select! {
             f = rx.recv() => f,
-            _ = closing.notified() => None,
-            _ = monoio::time::sleep(wait) => {
-                next_ping = Instant::now() + every;
-                if last_rx.get().elapsed() > every * 3 {
-                    // Silent for three intervals: say why, then close.
-                    eb.push(&Frame::GoAway(GoAway {
-                        last_stream_id: 0,
-                        code: ErrorCode::NO_ERROR,
-                        message: "keepalive timeout".into(),
-                    }));
-                    let _ = write_buf(&mut wr, &mut eb).await;
-                    closing.notify_waiters();
-                    break;
+            _ = w.closing.notified() => None,
+            r = drain.changed(), if drain_watch => {
+                match r {
+                    Ok(()) if *drain.borrow() => {
+                        drain_watch = false;
+                        drain_deadline = Some(Instant::now() + Duration::from_millis(w.ctx.limits.drain_timeout_ms));
+                        next_tick = Instant::now() + Duration::from_millis(50);
+                        w.ctx.registry.unregister(&w.cluster, w.generation);
+                        w.state.borrow_mut().closed = true;
+                        info!(cluster = %w.cluster, "draining tunnel");
+                        Some(Frame::GoAway(GoAway {
+                            last_stream_id: 0,
+                            code: ErrorCode::NO_ERROR,
+                            message: "hub is shutting down".into(),
+                        }))
+                    }
+                    Ok(()) => continue,
+                    Err(_) => {
+                        // The hub handle is gone: no drain will come.
+                        drain_watch = false;
+                        continue;
+                    }
                 }
-                pings += 1;
-                Some(Frame::Ping(Ping { ack: false, opaque: pings }))
+            },
+            _ = monoio::time::sleep(wait) => {
+                if let Some(deadline) = drain_deadline {
+                    next_tick = Instant::now() + Duration::from_millis(50);
+                    if Instant::now() >= deadline {
+                        end_all_streams(&w, &mut eb);
+                    }
+                    if w.state.borrow().streams.is_empty() {
+                        let _ = write_buf(&mut wr, &mut eb).await;
+                        w.closing.notify_waiters();
+                        break;
+                    }
+                    if eb.is_empty() { continue } else { None }
+                } else {
+                    next_tick = Instant::now() + every;
+                    if w.last_rx.get().elapsed() > every * 3 {
+                        // Silent for three intervals: say why, then close.
+                        eb.push(&Frame::GoAway(GoAway {
+                            last_stream_id: 0,
+                            code: ErrorCode::NO_ERROR,
+                            message: "keepalive timeout".into(),
+                        }));
+                        let _ = write_buf(&mut wr, &mut eb).await;
+                        w.closing.notify_waiters();
+                        break;
+                    }
+                    pings += 1;
+                    Some(Frame::Ping(Ping { ack: false, opaque: pings }))
+                }
             },
         };
-        let Some(first) = first else { break };
         let push = |eb: &mut EncodeBuf, f: &Frame| {
             if let Frame::Data(d) = f {
                 to_agent.inc_by(d.payload.len() as u64);
             }
             eb.push(f);
         };
-        push(&mut eb, &first);
+        match first {
+            Some(f) => push(&mut eb, &f),
+            None if eb.is_empty() => break,
+            None => {}
+        }
         // Batch whatever else is queued into one write.
         while eb.remaining() < 256 * 1024 {
             match rx.try_recv() {
@@ -501,6 +476,23 @@ async fn writer(
         }
     }
     let _ = wr.close().await;
+}
+
+/// Drain timeout: long-lived streams (watches, logs -f) would never finish. End them cleanly for
+/// their users and cancel them at the agent.
+fn end_all_streams(w: &WriterCtx, eb: &mut EncodeBuf) {
+    let mut st = w.state.borrow_mut();
+    let ids: Vec<StreamId> = st.streams.keys().copied().collect();
+    for id in ids {
+        let f = Frame::Reset(Reset {
+            stream_id: id,
+            code: ErrorCode::CANCEL,
+        });
+        if st.session.send(&f).is_ok() {
+            eb.push(&f);
+        }
+        finish(&mut st, &w.ctx.metrics, id, Some(StreamEvent::End));
+    }
 }
 
 /// Sends `frames` to the writer, in order.
