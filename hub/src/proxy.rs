@@ -41,6 +41,10 @@ pub struct ProxyCtx {
     pub tls: Arc<rustls::ServerConfig>,
 }
 
+/// Response bytes written before their credit is returned in one message (well under half of
+/// any sensible stream window, so the agent's sending never stalls on it).
+const RELEASE_BATCH: u32 = 32 * 1024;
+
 /// What the reader task hands over.
 type Inbound = mpsc::Receiver<BytesMut>;
 
@@ -305,6 +309,7 @@ async fn handle(
     let response_deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
     let mut framing: Option<Framing> = None;
     let mut keep = head.keep_alive;
+    let mut unreleased: u32 = 0;
     loop {
         let ev = if framing.is_none() {
             monoio::select! {
@@ -375,13 +380,13 @@ async fn handle(
                     cancel(stream).await;
                     return false;
                 }
-                let _ = tunnel
-                    .tx
-                    .send(TunnelCmd::Release {
-                        stream,
-                        n: n as u32,
-                    })
-                    .await;
+                // Credit goes back in batches: once enough is owed, or whenever this consumer
+                // has caught up (nothing more queued), so the agent never waits on us.
+                unreleased += n as u32;
+                if unreleased >= RELEASE_BATCH || events.is_empty() {
+                    let n = std::mem::take(&mut unreleased);
+                    let _ = tunnel.tx.send(TunnelCmd::Release { stream, n }).await;
+                }
             }
             Some(StreamEvent::End) => {
                 if framing == Some(Framing::Chunked) && wr.write_all(&[b"0\r\n\r\n"]).await.is_err()

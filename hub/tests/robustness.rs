@@ -240,6 +240,17 @@ fn a_client_that_stops_reading_slows_only_itself() {
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
     assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
+    // The same multi-megabyte list, read by a client that does read, arrives whole: credit
+    // cycles through many windows.
+    let out = s.curl("/clusters/edge-1/api/v1/namespaces/default/configmaps");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    let list: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        101,
+        "100 big config maps + kube-root-ca.crt"
+    );
+    assert!(body.len() > 6_000_000, "{} bytes", body.len());
     drop(stalled);
 }
 
