@@ -334,9 +334,9 @@ fn a_silent_agent_is_pinged_then_dropped() {
         matches!(seen.last(), Some(Frame::GoAway(g)) if g.message.contains("keepalive")),
         "dropped with a reason: {seen:?}"
     );
-    // The real agent answers its pings and stays.
+    // The real agent answers its pings and stays (or, on a loaded machine, is back at once).
     std::thread::sleep(Duration::from_millis(1000));
-    s.wait_connected(true, Duration::from_secs(1));
+    s.wait_connected(true, Duration::from_secs(5));
     assert!(s.ok(&["get", "ns"]).contains("kube-system"));
 }
 
