@@ -16,6 +16,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use kubehub_perf::pki;
+
 use crate::auth::TokenAuth;
 use crate::config::{HubConfig, Listener};
 use crate::metrics::Metrics;
@@ -115,17 +117,13 @@ fn certified(
     ),
     HubError,
 > {
-    use rustls::pki_types::pem::PemObject;
     let tls = |why: String| HubError::Tls { what, why };
-    let cert_pem = read_pem(what, &l.cert)?;
-    let key_pem = read_pem(what, &l.key)?;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
+    let certs = pki::parse_certs(&read_pem(what, &l.cert)?)
         .map_err(|e| tls(format!("{}: {e}", l.cert.display())))?;
     if certs.is_empty() {
         return Err(tls(format!("{}: no certificate", l.cert.display())));
     }
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+    let key = pki::parse_key(&read_pem(what, &l.key)?)
         .map_err(|e| tls(format!("{}: {e}", l.key.display())))?;
     Ok((certs, key))
 }
@@ -149,7 +147,6 @@ pub fn user_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
 
 /// TLS for agents: TLS 1.3, client certificates signed by `client_ca` required.
 pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
-    use rustls::pki_types::pem::PemObject;
     let (certs, key) = certified("agent_listener", l)?;
     let tls = |why: String| HubError::Tls {
         what: "agent_listener",
@@ -159,10 +156,10 @@ pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
         .client_ca
         .as_ref()
         .ok_or_else(|| tls("client_ca is required".into()))?;
-    let ca_pem = read_pem("agent_listener", ca_path)?;
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let c = c.map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
+    let cas = pki::parse_certs(&read_pem("agent_listener", ca_path)?)
+        .map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
+    for c in cas {
         roots
             .add(c)
             .map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;

@@ -291,8 +291,7 @@ pub fn churn_once(cluster: &Cluster) -> Result<(), Status> {
     match action {
         0 => {
             // Replace the pod: its ReplicaSet would.
-            let pod: Value = serde_json::from_slice(&cluster.get(pods, Some(ns), name)?)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let pod = get_json(cluster, pods, ns, name)?;
             cluster.delete(pods, Some(ns), name, &Default::default(), false)?;
             let owner = &pod["metadata"]["ownerReferences"][0];
             let template = json!({
@@ -311,8 +310,7 @@ pub fn churn_once(cluster: &Cluster) -> Result<(), Status> {
         }
         1 => {
             // A container restarts.
-            let pod: Value = serde_json::from_slice(&cluster.get(pods, Some(ns), name)?)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let pod = get_json(cluster, pods, ns, name)?;
             let mut status = pod["status"].clone();
             if let Some(c) = status["containerStatuses"].get_mut(0) {
                 let n = c["restartCount"].as_i64().unwrap_or(0) + 1;
@@ -320,36 +318,48 @@ pub fn churn_once(cluster: &Cluster) -> Result<(), Status> {
                 c["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
                     "finishedAt": kubehub_kapi::time::now_rfc3339()}});
             }
-            let patch = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
-            cluster
-                .patch(
-                    pods,
-                    Some(ns),
-                    name,
-                    super::cluster::PatchType::Merge,
-                    &patch,
-                    Some("status"),
-                    false,
-                )
-                .map(|_| ())
+            merge_patch(
+                cluster,
+                pods,
+                ns,
+                name,
+                json!({"status": status}),
+                Some("status"),
+            )
         }
         _ => {
             let tick = cluster.resource_version();
-            let patch = serde_json::to_vec(
-                &json!({"metadata": {"annotations": {"sim.kubehub.io/tick": tick.to_string()}}}),
+            let annotations = json!({"sim.kubehub.io/tick": tick.to_string()});
+            merge_patch(
+                cluster,
+                pods,
+                ns,
+                name,
+                json!({"metadata": {"annotations": annotations}}),
+                None,
             )
-            .unwrap_or_default();
-            cluster
-                .patch(
-                    pods,
-                    Some(ns),
-                    name,
-                    super::cluster::PatchType::Merge,
-                    &patch,
-                    None,
-                    false,
-                )
-                .map(|_| ())
         }
     }
+}
+
+/// A JSON merge patch of one pod (or its status), as a controller would send it.
+fn merge_patch(
+    cluster: &Cluster,
+    pods: usize,
+    ns: &str,
+    name: &str,
+    patch: Value,
+    subresource: Option<&str>,
+) -> Result<(), Status> {
+    let bytes = serde_json::to_vec(&patch).map_err(|e| Status::internal(e.to_string()))?;
+    let merge = super::cluster::PatchType::Merge;
+    cluster
+        .patch(pods, Some(ns), name, merge, &bytes, subresource, false)
+        .map(|_| ())
+}
+
+/// One stored object, parsed.
+fn get_json(cluster: &Cluster, ty: usize, ns: &str, name: &str) -> Result<Value, Status> {
+    serde_json::from_slice(&cluster.get(ty, Some(ns), name)?)
+        .map_err(|e| Status::internal(e.to_string()))
 }
