@@ -259,38 +259,22 @@ async fn handle(
             let _ = tx.send(TunnelCmd::Cancel { stream }).await;
         }
     };
-    // Request body, one chunk in flight.
+    // Request body, one chunk in flight. If the stream ends before the body is through (the
+    // agent already answered, or reset it), stop sending: the answer or the error is waiting on
+    // `events`. Once the request may have reached the agent, failures are never 503 with
+    // Retry-After: clients would retry, and repeat a write that may have happened.
+    let mut body_complete = !has_body;
     if has_body {
         let mut dec = BodyDecoder::new(head.body);
         loop {
-            match dec.decode(buf, ctx.limits.data_chunk) {
-                Ok(BodyPart::Data(data)) => {
-                    let (ack_tx, ack_rx) = oneshot::channel();
-                    let cmd = TunnelCmd::Data {
-                        stream,
-                        data,
-                        end: false,
-                        ack: ack_tx,
-                    };
-                    if tunnel.tx.send(cmd).await.is_err() || !matches!(ack_rx.await, Ok(true)) {
-                        return reply_status(ctx, wr, &head, offline()).await;
-                    }
-                }
-                Ok(BodyPart::End) => {
-                    let (ack_tx, ack_rx) = oneshot::channel();
-                    let cmd = TunnelCmd::Data {
-                        stream,
-                        data: Bytes::new(),
-                        end: true,
-                        ack: ack_tx,
-                    };
-                    if tunnel.tx.send(cmd).await.is_err() || !matches!(ack_rx.await, Ok(true)) {
-                        return reply_status(ctx, wr, &head, offline()).await;
-                    }
-                    break;
-                }
+            let (data, end) = match dec.decode(buf, ctx.limits.data_chunk) {
+                Ok(BodyPart::Data(data)) => (data, false),
+                Ok(BodyPart::End) => (Bytes::new(), true),
                 Ok(BodyPart::More) => match inbound.recv().await {
-                    Some(chunk) => buf.extend_from_slice(&chunk),
+                    Some(chunk) => {
+                        buf.extend_from_slice(&chunk);
+                        continue;
+                    }
                     None => {
                         cancel(stream).await;
                         return false;
@@ -302,13 +286,26 @@ async fn handle(
                     let _ = reply_status(ctx, wr, &head, s).await;
                     return false;
                 }
+            };
+            body_complete = end;
+            let (ack_tx, ack_rx) = oneshot::channel();
+            let cmd = TunnelCmd::Data {
+                stream,
+                data,
+                end,
+                ack: ack_tx,
+            };
+            let sent = tunnel.tx.send(cmd).await.is_ok() && matches!(ack_rx.await, Ok(true));
+            if end || !sent {
+                break;
             }
         }
     }
     // The response, streamed; the client hanging up cancels the stream.
     let response_deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
     let mut framing: Option<Framing> = None;
-    let mut keep = head.keep_alive;
+    // A body not read to its end leaves bytes on the connection: it cannot carry another request.
+    let mut keep = head.keep_alive && body_complete;
     let mut unreleased: u32 = 0;
     loop {
         let ev = if framing.is_none() {
@@ -405,7 +402,14 @@ async fn handle(
                 );
                 return reply_status(ctx, wr, &head, s).await;
             }
-            None if framing.is_none() => return reply_status(ctx, wr, &head, offline()).await,
+            None if framing.is_none() => {
+                let s = Status::new(
+                    502,
+                    "BadGateway",
+                    format!("cluster {cluster:?}: the tunnel closed before the agent answered"),
+                );
+                return reply_status(ctx, wr, &head, s).await;
+            }
             Some(StreamEvent::Reset(_)) | None => {
                 // Mid-body the response can only end. A chunked one (a watch, logs -f) ends
                 // cleanly, as when an API server ends a watch; then the connection closes.

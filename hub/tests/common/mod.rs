@@ -39,6 +39,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
+    // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
