@@ -76,23 +76,11 @@ const WRITE_QUEUE: usize = 1024;
 /// most one chunk at a time per stream).
 const BODY_QUEUE: usize = 64;
 
-/// The TLS client configuration for the hubs.
+/// The TLS client configuration for the hubs (TLS 1.3, the agent's client certificate).
 pub fn client_tls(cfg: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(read(&cfg.tls.ca)?.as_bytes()) {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(read(&cfg.tls.cert)?.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(&cfg.tls.key)?.as_bytes())
-        .map_err(|e| e.to_string())?;
+    let roots = kubehub_pki::load_roots(&cfg.tls.ca).map_err(|e| e.to_string())?;
+    let certs = kubehub_pki::load_certs(&cfg.tls.cert).map_err(|e| e.to_string())?;
+    let key = kubehub_pki::load_key(&cfg.tls.key).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let c = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -51,29 +51,21 @@ fn read(path: &std::path::Path) -> Result<String, UpstreamError> {
 impl UpstreamClient {
     /// Builds the client from the configuration.
     pub fn new(cfg: &Upstream) -> Result<UpstreamClient, UpstreamError> {
-        use rustls::pki_types::pem::PemObject;
         let tls = |e: String| UpstreamError::Tls(e);
+        let pem = |e: kubehub_pki::PkiError| UpstreamError::Tls(e.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &cfg.ca {
-            let pem = read(ca)?;
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots
-                    .add(c.map_err(|e| tls(e.to_string()))?)
-                    .map_err(|e| tls(e.to_string()))?;
-            }
-        }
+        let roots = match &cfg.ca {
+            Some(ca) => kubehub_pki::load_roots(ca).map_err(pem)?,
+            None => rustls::RootCertStore::empty(),
+        };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(e.to_string()))?
             .with_root_certificates(roots);
         let tls_cfg = match (&cfg.client_cert, &cfg.client_key) {
             (Some(c), Some(k)) => {
-                let certs = rustls::pki_types::CertificateDer::pem_slice_iter(read(c)?.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| tls(e.to_string()))?;
-                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(k)?.as_bytes())
-                    .map_err(|e| tls(e.to_string()))?;
+                let certs = kubehub_pki::load_certs(c).map_err(pem)?;
+                let key = kubehub_pki::load_key(k).map_err(pem)?;
                 builder
                     .with_client_auth_cert(certs, key)
                     .map_err(|e| tls(e.to_string()))?

@@ -8,7 +8,6 @@
 //! `accept → tls → http → auth → route → tunnel` (and `cache`, to come).
 
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

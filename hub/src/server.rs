@@ -16,7 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use kubehub_perf::pki;
+use kubehub_pki as pki;
 
 use crate::auth::TokenAuth;
 use crate::config::{HubConfig, Listener};
@@ -96,13 +96,6 @@ impl Hub {
     }
 }
 
-fn read_pem(what: &'static str, path: &std::path::Path) -> Result<String, HubError> {
-    std::fs::read_to_string(path).map_err(|e| HubError::Tls {
-        what,
-        why: format!("{}: {e}", path.display()),
-    })
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -117,15 +110,14 @@ fn certified(
     ),
     HubError,
 > {
-    let tls = |why: String| HubError::Tls { what, why };
-    let certs = pki::parse_certs(&read_pem(what, &l.cert)?)
-        .map_err(|e| tls(format!("{}: {e}", l.cert.display())))?;
-    if certs.is_empty() {
-        return Err(tls(format!("{}: no certificate", l.cert.display())));
-    }
-    let key = pki::parse_key(&read_pem(what, &l.key)?)
-        .map_err(|e| tls(format!("{}: {e}", l.key.display())))?;
-    Ok((certs, key))
+    let tls = |e: pki::PkiError| HubError::Tls {
+        what,
+        why: e.to_string(),
+    };
+    Ok((
+        pki::load_certs(&l.cert).map_err(tls)?,
+        pki::load_key(&l.key).map_err(tls)?,
+    ))
 }
 
 /// TLS for users: server certificate, HTTP/1.1 only.
@@ -156,14 +148,7 @@ pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
         .client_ca
         .as_ref()
         .ok_or_else(|| tls("client_ca is required".into()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let cas = pki::parse_certs(&read_pem("agent_listener", ca_path)?)
-        .map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
-    for c in cas {
-        roots
-            .add(c)
-            .map_err(|e| tls(format!("{}: {e}", ca_path.display())))?;
-    }
+    let roots = pki::load_roots(ca_path).map_err(|e| tls(e.to_string()))?;
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()

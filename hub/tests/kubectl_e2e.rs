@@ -2,15 +2,15 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
-mod common;
+use kubehub_testkit::stack as common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kubehub_perf::testkit::read_until;
+use kubehub_testkit::read_until;
 
 use kubehub_hub::config::Limits;
-use kubehub_perf::sim::ClusterConfig;
+use kubehub_sim::ClusterConfig;
 use serde_json::Value;
 
 fn stack() -> common::Stack {

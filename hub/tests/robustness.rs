@@ -4,16 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
-mod common;
+use kubehub_testkit::agent::{self, ScriptedAgent};
+use kubehub_testkit::stack as common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use kubehub_hub::config::Limits;
-use kubehub_perf::pki::{self, CertPem, DevCa};
-use kubehub_perf::sim::ClusterConfig;
-use kubehub_wire::{Capabilities, Decoder, EncodeBuf, ErrorCode, Frame, Hello, Settings};
+use kubehub_pki::{self as pki, Ca, CertPem};
+use kubehub_sim::ClusterConfig;
+use kubehub_wire::{ErrorCode, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,77 +21,24 @@ fn stack() -> common::Stack {
     common::start(ClusterConfig::default(), Limits::default())
 }
 
-fn tls_client(ca: &DevCa, cert: &CertPem) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(pki::parse_certs(&ca.cert_pem()).unwrap());
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        pki::parse_certs(&cert.cert).unwrap(),
-        pki::parse_key(&cert.key).unwrap(),
-    )
-    .unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
 fn hello(cluster: &str) -> Frame {
-    Frame::Hello(Hello {
-        min_version: 1,
-        max_version: 1,
-        capabilities: Capabilities(0),
-        settings: Settings::default(),
-        agent_id: "intruder".into(),
-        cluster_id: cluster.into(),
-        software: "test".into(),
-    })
+    agent::hello(cluster, "intruder")
 }
 
 /// Connects to the agent port with `cert`, sends `bytes`, and returns the first frame the hub
 /// answers with (None: the connection closed without one).
-fn agent_exchange(s: &common::Stack, ca: &DevCa, cert: &CertPem, bytes: Vec<u8>) -> Option<Frame> {
+fn agent_exchange(s: &common::Stack, ca: &Ca, cert: &CertPem, bytes: Vec<u8>) -> Option<Frame> {
     let addr = s.hub.agent_addr;
-    let connector = tls_client(ca, cert);
+    let tls = agent::client_tls(&ca.cert_pem(), cert).unwrap();
     s.rt.block_on(async move {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = match connector
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-        {
-            Ok(t) => t,
-            Err(_) => return None,
-        };
-        if tls.write_all(&bytes).await.is_err() {
-            return None;
-        }
-        let _ = tls.flush().await;
-        let mut buf = BytesMut::new();
-        let mut dec = Decoder::default();
-        loop {
-            if let Ok(Some(f)) = dec.decode(&mut buf) {
-                return Some(f);
-            }
-            match tokio::time::timeout(Duration::from_secs(10), tls.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
-        }
+        let mut a = ScriptedAgent::connect(addr, tls).await.ok()?;
+        a.send(&bytes).await.ok()?;
+        a.next_frame(Duration::from_secs(10)).await
     })
 }
 
 fn encode(f: &Frame) -> Vec<u8> {
-    let mut eb = EncodeBuf::new();
-    eb.push(f);
-    let mut v = Vec::new();
-    while eb.has_remaining() {
-        let c = eb.chunk().to_vec();
-        eb.advance(c.len());
-        v.extend_from_slice(&c);
-    }
-    v
+    agent::encode(std::slice::from_ref(f))
 }
 
 fn goaway_code(f: Option<Frame>) -> Option<ErrorCode> {
@@ -143,7 +90,7 @@ fn bad_agents_are_turned_away_and_the_hub_keeps_serving() {
         assert!(n == 0 || b[0] == 0x15, "closed or a TLS alert");
     });
     // A certificate from another CA: the TLS handshake fails.
-    let other = DevCa::generate("someone else").unwrap();
+    let other = Ca::generate("someone else").unwrap();
     let foreign = other.issue_client(common::CLUSTER, &[]).unwrap();
     assert_eq!(
         agent_exchange(&s, &other, &foreign, encode(&hello(common::CLUSTER))),
@@ -304,26 +251,15 @@ fn a_silent_agent_is_pinged_then_dropped() {
     // Another identity for the silent agent, so the real one stays connected.
     let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
     let addr = s.hub.agent_addr;
-    let connector = tls_client(&s.ca, &cert);
+    let tls = agent::client_tls(&s.ca.cert_pem(), &cert).unwrap();
     let seen = s.rt.block_on(async move {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = connector
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        tls.write_all(&encode(&hello("edge-silent"))).await.unwrap();
-        let mut buf = BytesMut::new();
-        let mut dec = Decoder::new(kubehub_wire::DEFAULT_MAX_FRAME_SIZE);
+        let mut a = ScriptedAgent::connect(addr, tls).await.unwrap();
+        a.send(&encode(&hello("edge-silent"))).await.unwrap();
         let mut seen = Vec::new();
-        loop {
-            while let Ok(Some(f)) = dec.decode(&mut buf) {
-                seen.push(f);
-            }
-            match tokio::time::timeout(Duration::from_secs(10), tls.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return seen,
-            }
+        while let Some(f) = a.next_frame(Duration::from_secs(10)).await {
+            seen.push(f);
         }
+        seen
     });
     assert!(matches!(seen.first(), Some(Frame::HelloAck(_))), "{seen:?}");
     assert!(
@@ -350,9 +286,7 @@ fn shutdown_drains_tunnels_and_refuses_new_agents() {
         },
     );
     let mut w = s.k().spawn(&["get", "pods", "-A", "-w"]);
-    let _ = kubehub_perf::testkit::read_until(&mut w, Duration::from_secs(10), |o| {
-        o.contains("Running")
-    });
+    let _ = kubehub_testkit::read_until(&mut w, Duration::from_secs(10), |o| o.contains("Running"));
     assert!(
         s.hub.shutdown(Duration::from_secs(10)),
         "tunnels closed within the grace period"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use kubehub_hub::tls::{handshake, TlsError};
-use kubehub_perf::pki::{self, CertPem, DevCa};
+use kubehub_pki::{self as pki, Ca, CertPem};
 use monoio::net::{TcpListener, TcpStream};
 use rustls::pki_types::ServerName;
 
@@ -27,7 +27,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_config(ca: &DevCa, server: &CertPem) -> Arc<rustls::ServerConfig> {
+fn server_config(ca: &Ca, server: &CertPem) -> Arc<rustls::ServerConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(pki::parse_certs(&ca.cert_pem()).unwrap());
     let verifier =
@@ -47,7 +47,7 @@ fn server_config(ca: &DevCa, server: &CertPem) -> Arc<rustls::ServerConfig> {
     )
 }
 
-fn client_config(ca: &DevCa, client: Option<&CertPem>) -> Arc<rustls::ClientConfig> {
+fn client_config(ca: &Ca, client: Option<&CertPem>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(pki::parse_certs(&ca.cert_pem()).unwrap());
     let b = rustls::ClientConfig::builder_with_provider(provider())
@@ -72,7 +72,7 @@ fn der_contains(cert: &[u8], name: &str) -> bool {
 
 #[test]
 fn mutual_tls_full_duplex_and_large_transfers() {
-    let ca = DevCa::generate("test CA").unwrap();
+    let ca = Ca::generate("test CA").unwrap();
     let server_cert = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
     let client_cert = ca.issue_client("agent-edge-7", &["agents"]).unwrap();
     let scfg = server_config(&ca, &server_cert);
@@ -142,7 +142,7 @@ fn mutual_tls_full_duplex_and_large_transfers() {
 
 #[test]
 fn client_without_certificate_is_refused() {
-    let ca = DevCa::generate("test CA").unwrap();
+    let ca = Ca::generate("test CA").unwrap();
     let server_cert = ca.issue_server(&["localhost"]).unwrap();
     let scfg = server_config(&ca, &server_cert);
     let ccfg = client_config(&ca, None);
@@ -173,7 +173,7 @@ fn client_without_certificate_is_refused() {
 
 #[test]
 fn silent_peer_times_out() {
-    let ca = DevCa::generate("test CA").unwrap();
+    let ca = Ca::generate("test CA").unwrap();
     let server_cert = ca.issue_server(&["localhost"]).unwrap();
     let scfg = server_config(&ca, &server_cert);
     rt().block_on(async move {

@@ -82,16 +82,10 @@ struct GetArgs {
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn client(ca: Option<&std::path::Path>, conns: usize) -> Result<HttpClient, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca {
-        let pem = std::fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-    }
+    let roots = match ca {
+        Some(ca) => kubehub_pki::load_roots(ca).map_err(|e| e.to_string())?,
+        None => rustls::RootCertStore::empty(),
+    };
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -218,9 +212,8 @@ mod idle {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use bytes::BytesMut;
-    use kubehub_perf::pki::{self, DevCa};
-    use kubehub_wire::{Capabilities, Decoder, EncodeBuf, Frame, Hello, Ping, Settings};
+    use kubehub_pki::Ca;
+    use kubehub_testkit::agent::{client_tls, ScriptedAgent};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn rss_kib(pid: u32) -> Result<u64, String> {
@@ -237,60 +230,15 @@ mod idle {
         std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
     }
 
+    /// The smallest agent: HELLO, then only answers pings.
     async fn agent(
         addr: std::net::SocketAddr,
         tls: Arc<rustls::ClientConfig>,
         cluster: String,
     ) -> Result<(), String> {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let name =
-            rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let mut s = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut eb = EncodeBuf::new();
-        eb.push(&Frame::Hello(Hello {
-            min_version: 1,
-            max_version: 1,
-            capabilities: Capabilities(0),
-            settings: Settings::default(),
-            agent_id: cluster.clone(),
-            cluster_id: cluster,
-            software: "kubehub-perf idle agent".into(),
-        }));
-        let mut hello = Vec::new();
-        while bytes::Buf::has_remaining(&eb) {
-            let c = bytes::Buf::chunk(&eb).to_vec();
-            bytes::Buf::advance(&mut eb, c.len());
-            hello.extend_from_slice(&c);
-        }
-        s.write_all(&hello).await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(1024);
-        let mut dec = Decoder::default();
-        loop {
-            while let Some(f) = dec.decode(&mut buf).map_err(|e| e.to_string())? {
-                match f {
-                    Frame::Ping(p) if !p.ack => {
-                        let mut eb = EncodeBuf::new();
-                        eb.push(&Frame::Ping(Ping {
-                            ack: true,
-                            opaque: p.opaque,
-                        }));
-                        let c = bytes::Buf::chunk(&eb).to_vec();
-                        s.write_all(&c).await.map_err(|e| e.to_string())?;
-                    }
-                    Frame::GoAway(g) => return Err(format!("GOAWAY {}: {}", g.code, g.message)),
-                    _ => {}
-                }
-            }
-            if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                return Err("hub closed".into());
-            }
-        }
+        let mut a = ScriptedAgent::connect(addr, tls).await?;
+        a.hello(&cluster, &cluster).await?;
+        Err(a.idle().await)
     }
 
     async fn connected(admin: std::net::SocketAddr) -> Option<usize> {
@@ -314,7 +262,7 @@ mod idle {
     pub async fn run(a: super::IdleArgs) -> Result<(), String> {
         let dir = &a.dir;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let ca = DevCa::generate("idle agents CA").map_err(|e| e.to_string())?;
+        let ca = Ca::generate("idle agents CA").map_err(|e| e.to_string())?;
         let hub = ca
             .issue_server(&["localhost", "127.0.0.1"])
             .map_err(|e| e.to_string())?;
@@ -345,31 +293,14 @@ mod idle {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Warm the hub up with one tunnel so its per-core structures exist, then measure.
-        let roots = {
-            let mut r = rustls::RootCertStore::empty();
-            r.add_parsable_certificates(
-                pki::parse_certs(&ca.cert_pem()).map_err(|e| e.to_string())?,
-            );
-            Arc::new(r)
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut configs = Vec::with_capacity(a.count + 1);
         for i in 0..=a.count {
             let c = ca
                 .issue_client(&format!("idle-{i}"), &[])
                 .map_err(|e| e.to_string())?;
-            let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots.clone())
-                .with_client_auth_cert(
-                    pki::parse_certs(&c.cert).map_err(|e| e.to_string())?,
-                    pki::parse_key(&c.key).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
-            configs.push(Arc::new(cfg));
+            configs.push(client_tls(&ca.cert_pem(), &c)?);
         }
+        // Warm the hub up with one tunnel so its per-core structures exist, then measure.
         let mut tasks = Vec::new();
         let first = configs.remove(0);
         tasks.push(tokio::spawn(agent(agent_addr, first, "idle-0".into())));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::BodyExt;
-use kubehub_perf::sim::api::handle;
-use kubehub_perf::sim::{Cluster, ClusterConfig};
+use kubehub_sim::api::handle;
+use kubehub_sim::{Cluster, ClusterConfig};
 use serde_json::{json, Value};
 
 struct Resp {
@@ -492,7 +492,7 @@ async fn list_resource_version_semantics() {
     assert_status(&r, 410, "Expired");
 }
 
-async fn read_lines(resp: http::Response<kubehub_perf::sim::api::Body>, n: usize) -> Vec<Value> {
+async fn read_lines(resp: http::Response<kubehub_sim::api::Body>, n: usize) -> Vec<Value> {
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let mut out = Vec::new();

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::sync::Arc;
 
-use kubehub_perf::testkit::Kubectl;
+use kubehub_testkit::Kubectl;
 
 use kubehub_kapi::kubeconfig::Kubeconfig;
-use kubehub_perf::pki::{self, DevCa};
-use kubehub_perf::sim::{self, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
+use kubehub_pki::{self as pki, Ca};
+use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
 
 pub struct Sim {
     pub cluster: Arc<Cluster>,
@@ -31,7 +31,7 @@ pub async fn start(cfg: ClusterConfig, spec: SeedSpec, tls: bool, token: Option<
     };
     let mut ca_pem = None;
     if tls {
-        let ca = DevCa::generate("test CA").unwrap();
+        let ca = Ca::generate("test CA").unwrap();
         let cert = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
         opts.tls = Some(Arc::new(pki::server_config(&cert).unwrap()));
         std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();

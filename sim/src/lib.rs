@@ -1,4 +1,8 @@
-//! The edge API server simulator: a faithful-where-it-shows imitation of kube-apiserver.
+//! # kubehub-sim: the edge API server simulator
+//!
+//! A faithful-where-it-shows imitation of kube-apiserver: no real API server can run on the
+//! machines KubeHub is built and tested on, so every test, the demo and the load harness talk
+//! to this one, served over HTTP(S) by `kubehub sim` or hosted in-process by the thousand.
 //!
 //! * [`store`]: objects, the resourceVersion counter, the event history (etcd + watch cache).
 //! * [`cluster`]: the verbs, with kube-apiserver's semantics and errors.

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::start;
-use kubehub_perf::sim::{ClusterConfig, SeedSpec};
-use kubehub_perf::testkit::read_until;
+use kubehub_sim::{ClusterConfig, SeedSpec};
+use kubehub_testkit::read_until;
 use serde_json::{json, Value};
 
 async fn sim() -> common::Sim {

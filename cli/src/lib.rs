@@ -1,7 +1,10 @@
-//! The `kubehub` command line.
+//! # kubehub-cli: the `kubehub` command
 //!
-//! Subcommands are added as the pieces they start land (`hub`, `agent`, `meta`, `sim`, `demo`,
-//! `ctl`); `kubehub --help` lists what this build has.
+//! The one user-facing binary. Each subcommand starts a piece that lives in its own crate:
+//! `hub` (kubehub-hub), `agent` (kubehub-agent), `sim` (kubehub-sim), `certs` (kubehub-pki),
+//! and `demo`, all of them on loopback from configuration files it writes. `meta` and `ctl`
+//! arrive with the metaserver; `kubehub --help` lists what this build has. Nothing else
+//! depends on this crate: the libraries never depend on the command line.
 
 mod run;
 mod sim;
@@ -13,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "kubehub", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `kubehub_perf=debug`); the
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `kubehub_hub=debug`); the
     /// `RUST_LOG` environment variable overrides it.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,

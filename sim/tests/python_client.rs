@@ -5,7 +5,7 @@
 
 mod common;
 
-use kubehub_perf::sim::{ClusterConfig, SeedSpec};
+use kubehub_sim::{ClusterConfig, SeedSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kubernetes_client() {

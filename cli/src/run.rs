@@ -6,11 +6,11 @@ use std::sync::Arc;
 use clap::Args;
 use kubehub_agent::{Agent, AgentConfig};
 use kubehub_kapi::kubeconfig::Kubeconfig;
-use kubehub_perf::pki::DevCa;
-use kubehub_perf::sim::{self, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
+use kubehub_pki::Ca;
+use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
 
 use super::sim::wait_for_signal;
-use crate::config::HubConfig;
+use kubehub_hub::config::HubConfig;
 
 /// Options of `kubehub certs`.
 #[derive(Debug, Args)]
@@ -54,30 +54,13 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-fn issue_all(args: &CertsArgs) -> Result<DevCa, String> {
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
-    let ca = DevCa::generate("kubehub development CA").map_err(|e| e.to_string())?;
-    write(&args.dir, "ca.crt", &ca.cert_pem())?;
-    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-    let hub = ca.issue_server(&hosts).map_err(|e| e.to_string())?;
-    write(&args.dir, "hub.crt", &hub.cert)?;
-    write(&args.dir, "hub.key", &hub.key)?;
-    for c in &args.clusters {
-        let a = ca
-            .issue_client(c, &["kubehub:agents"])
-            .map_err(|e| e.to_string())?;
-        write(&args.dir, &format!("agent-{c}.crt"), &a.cert)?;
-        write(&args.dir, &format!("agent-{c}.key"), &a.key)?;
-    }
-    for u in &args.users {
-        let c = ca
-            .issue_client(u, &["kubehub:users"])
-            .map_err(|e| e.to_string())?;
-        write(&args.dir, &format!("user-{u}.crt"), &c.cert)?;
-        write(&args.dir, &format!("user-{u}.key"), &c.key)?;
-    }
-    Ok(ca)
+fn issue_all(args: &CertsArgs) -> Result<Ca, String> {
+    let set = kubehub_pki::DevSet {
+        clusters: args.clusters.clone(),
+        hosts: args.hosts.clone(),
+        users: args.users.clone(),
+    };
+    kubehub_pki::write_dev_set(&args.dir, &set).map_err(|e| e.to_string())
 }
 
 /// `kubehub certs`.
@@ -105,7 +88,7 @@ pub fn hub(args: ConfigArgs) -> i32 {
             return 2;
         }
     };
-    let hub = match crate::server::start(cfg) {
+    let hub = match kubehub_hub::server::start(cfg) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("kubehub hub: {e}");
@@ -260,7 +243,7 @@ listen = "127.0.0.1:0"
     );
     let hub_path = write(dir, "hub.toml", &hub_toml)?;
     let hub_cfg = HubConfig::load(&hub_path).map_err(|e| e.to_string())?;
-    let hub = crate::server::start(hub_cfg).map_err(|e| e.to_string())?;
+    let hub = kubehub_hub::server::start(hub_cfg).map_err(|e| e.to_string())?;
     // The agent, likewise.
     let agent_toml = format!(
         r#"# Written by `kubehub demo`. Every option is documented in agent/src/config.rs.

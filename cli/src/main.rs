@@ -3,6 +3,6 @@
 use clap::Parser;
 
 fn main() {
-    let cli = kubehub_hub::cli::Cli::parse();
-    std::process::exit(kubehub_hub::cli::run(cli));
+    let cli = kubehub_cli::Cli::parse();
+    std::process::exit(kubehub_cli::run(cli));
 }

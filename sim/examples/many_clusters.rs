@@ -1,10 +1,10 @@
 //! Hosts many small simulated clusters in one process and reports the memory they take.
 //!
-//! `cargo run --release -p kubehub-perf --example many_clusters -- 1000`
+//! `cargo run --release -p kubehub-sim --example many_clusters -- 1000`
 
 use std::time::Instant;
 
-use kubehub_perf::sim::{seed, Cluster, ClusterConfig, SeedSpec};
+use kubehub_sim::{seed, Cluster, ClusterConfig, SeedSpec};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

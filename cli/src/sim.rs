@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use kubehub_kapi::kubeconfig::Kubeconfig;
-use kubehub_perf::pki::{self, DevCa};
-use kubehub_perf::sim::{self, Churn, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
+use kubehub_pki::{self as pki, Ca};
+use kubehub_sim::{self as sim, Churn, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
 
 /// Options of `kubehub sim`.
 #[derive(Debug, Args)]
@@ -137,7 +137,7 @@ async fn serve(args: SimArgs) -> Result<(), String> {
     };
     let mut ca_pem = None;
     if args.tls {
-        let ca = DevCa::generate("kubehub sim CA").map_err(|e| e.to_string())?;
+        let ca = Ca::generate("kubehub sim CA").map_err(|e| e.to_string())?;
         let host = args.listen.ip().to_string();
         let cert = ca
             .issue_server(&["localhost", "127.0.0.1", host.as_str()])

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Config};
-use kubehub_perf::sim::{Churn, ClusterConfig, SeedSpec};
+use kubehub_sim::{Churn, ClusterConfig, SeedSpec};
 use serde_json::json;
 
 async fn client(s: &common::Sim) -> Client {
@@ -183,7 +183,7 @@ async fn reflector_follows_churn_and_recovers_from_410() {
     s.cluster.set_available(false);
     s.cluster.disconnect_watchers();
     for _ in 0..5 {
-        kubehub_perf::sim::seed::churn_once(&s.cluster).unwrap();
+        kubehub_sim::seed::churn_once(&s.cluster).unwrap();
     }
     s.cluster.compact_history();
     tokio::time::sleep(Duration::from_millis(300)).await;

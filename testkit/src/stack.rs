@@ -1,27 +1,28 @@
 //! A whole KubeHub on loopback for tests: simulator → agent → hub, with real TLS and a
-//! kubeconfig for kubectl.
-#![allow(dead_code, clippy::unwrap_used)]
+//! kubeconfig for kubectl. [`start`] builds it; the [`Stack`] keeps every piece reachable
+//! (stop and restart the agent, issue more certificates from its CA, call the hub with curl).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::Kubectl;
 use kubehub_agent::config::{AgentConfig, Limits as AgentLimits, Reconnect, Tls, Upstream};
 use kubehub_agent::Agent;
 use kubehub_hub::config::{HubConfig, Limits, Listener};
 use kubehub_hub::server::{self, Hub};
 use kubehub_kapi::kubeconfig::Kubeconfig;
-use kubehub_perf::pki::DevCa;
-use kubehub_perf::sim::{self, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
-use kubehub_perf::testkit::Kubectl;
+use kubehub_pki::Ca;
+use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
 
 pub const CLUSTER: &str = "edge-1";
 pub const TOKEN: &str = "alice-token";
 
+#[derive(Debug)]
 pub struct Stack {
     pub rt: tokio::runtime::Runtime,
-    pub ca: DevCa,
+    pub ca: Ca,
     pub dir: tempfile::TempDir,
     pub cluster: Arc<Cluster>,
     pub sim: Option<Server>,
@@ -51,14 +52,17 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = DevCa::generate("kubehub test CA").unwrap();
-    let hub_cert = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let agent_cert = ca.issue_client(CLUSTER, &["kubehub:agents"]).unwrap();
-    let ca_path = write(d, "ca.crt", &ca.cert_pem());
-    let hub_crt = write(d, "hub.crt", &hub_cert.cert);
-    let hub_key = write(d, "hub.key", &hub_cert.key);
-    let agent_crt = write(d, "agent.crt", &agent_cert.cert);
-    let agent_key = write(d, "agent.key", &agent_cert.key);
+    let set = kubehub_pki::DevSet {
+        clusters: vec![CLUSTER.into()],
+        hosts: vec!["localhost".into(), "127.0.0.1".into()],
+        users: vec![],
+    };
+    let ca = kubehub_pki::write_dev_set(d, &set).unwrap();
+    let ca_path = d.join("ca.crt");
+    let hub_crt = d.join("hub.crt");
+    let hub_key = d.join("hub.key");
+    let agent_crt = d.join(format!("agent-{CLUSTER}.crt"));
+    let agent_key = d.join(format!("agent-{CLUSTER}.key"));
     let tokens = write(d, "tokens.csv", &format!("{TOKEN},alice,1001,\"devs\"\n"));
     let cluster = Cluster::new("sim", cluster_cfg);
     sim::seed(&cluster, &SeedSpec::default()).unwrap();

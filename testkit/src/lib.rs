@@ -1,0 +1,17 @@
+//! # kubehub-testkit: what the tests of every KubeHub crate share (dev-only)
+//!
+//! * [`kubectl`]: the real kubectl with a kubeconfig and a discovery cache of its own, and a
+//!   line reader for commands that stream (`get -w`, `logs -f`).
+//! * [`stack`]: a whole KubeHub on loopback: simulator → agent → hub, real TLS, a kubeconfig.
+//! * [`agent`]: a scripted agent that speaks the tunnel protocol by hand (HELLO, pings,
+//!   arbitrary bytes), for tests and measurements that need a misbehaving or minimal agent.
+//!
+//! Only tests and the load harness depend on this crate; the product crates never do
+//! (`tests/layout.rs` checks that).
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up is a failed test
+
+pub mod agent;
+pub mod kubectl;
+pub mod stack;
+
+pub use kubectl::{read_until, Kubectl, KUBECTL};

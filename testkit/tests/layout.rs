@@ -1,0 +1,97 @@
+//! Architecture invariant: the product does not depend on the test tooling. The hub and the
+//! agent libraries never pull in the simulator, the load harness, these test helpers or the
+//! command line; the simulator stands alone; only the `kubehub` binary crate sees them all.
+//! (`wire/tests/no_runtime.rs` checks the protocol crate's own rule.)
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
+use std::process::Command;
+
+/// The crates `package` depends on for building (not for its tests), by name.
+fn normal_deps(package: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none"])
+        .args(["--offline", "--format", "{p}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deps: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        deps.iter().any(|d| d == package),
+        "unexpected output: {deps:?}"
+    );
+    deps
+}
+
+fn assert_free_of(package: &str, forbidden: &[&str]) {
+    let deps = normal_deps(package);
+    for f in forbidden {
+        assert!(
+            !deps.iter().any(|d| d == f),
+            "{package} must not depend on {f}; it pulls in: {deps:?}"
+        );
+    }
+}
+
+const TOOLING: [&str; 4] = [
+    "kubehub-sim",
+    "kubehub-perf",
+    "kubehub-testkit",
+    "kubehub-cli",
+];
+
+#[test]
+fn hub_and_agent_do_not_depend_on_test_tooling_or_the_command_line() {
+    assert_free_of("kubehub-hub", &TOOLING);
+    assert_free_of("kubehub-agent", &TOOLING);
+    assert_free_of("kubehub-hub", &["kubehub-agent", "tokio-rustls", "hyper"]);
+    assert_free_of("kubehub-agent", &["kubehub-hub", "monoio"]);
+}
+
+#[test]
+fn shared_crates_stand_alone() {
+    for shared in [
+        "kubehub-wire",
+        "kubehub-kapi",
+        "kubehub-pki",
+        "kubehub-meta",
+    ] {
+        assert_free_of(shared, &TOOLING);
+        assert_free_of(shared, &["kubehub-hub", "kubehub-agent"]);
+    }
+    assert_free_of(
+        "kubehub-sim",
+        &[
+            "kubehub-hub",
+            "kubehub-agent",
+            "kubehub-perf",
+            "kubehub-testkit",
+            "kubehub-cli",
+        ],
+    );
+}
+
+#[test]
+fn the_binary_crate_sees_every_piece() {
+    let deps = normal_deps("kubehub-cli");
+    for piece in [
+        "kubehub-hub",
+        "kubehub-agent",
+        "kubehub-meta",
+        "kubehub-sim",
+        "kubehub-pki",
+    ] {
+        assert!(deps.iter().any(|d| d == piece), "kubehub-cli lacks {piece}");
+    }
+}
