@@ -6,6 +6,8 @@
 //!
 //! * [`path`]: what an API path addresses (`/apis/apps/v1/namespaces/x/deployments/y/scale`).
 //! * [`query`]: list and watch options from the query string.
+//! * [`request_info`](mod@request_info): what a request asks for (verb, resource, namespace,
+//!   name), read as kube-apiserver reads it for authorization and cache routing.
 //! * [`selector`]: label and field selectors, parsed and matched as kube-apiserver does.
 //! * [`status`]: `Status` error bodies shaped exactly as kube-apiserver shapes them.
 //! * [`accept`]: content negotiation (plain JSON, `Table`, `PartialObjectMetadata`).
@@ -24,10 +26,12 @@ pub mod http;
 pub mod kubeconfig;
 pub mod path;
 pub mod query;
+pub mod request_info;
 pub mod resources;
 pub mod selector;
 pub mod status;
 pub mod table;
 pub mod time;
 
+pub use request_info::{decode_path, request_info, RequestInfo, RequestInfoError, Verb};
 pub use status::Status;
