@@ -13,18 +13,24 @@
 //!   decoding (length checked before allocation, payloads as zero-copy [`bytes::Bytes`] slices).
 //! * [`session`]: per-connection state: stream ids, per-stream state machines and flow control.
 //! * [`handshake`]: HELLO / HELLO_ACK negotiation.
+//! * [`conn`]: the connection engine both ends drive after the handshake: one [`Connection`]
+//!   per tunnel owns the session, the decoder, the stream table and send buffers, the control
+//!   frames still to send (never dropped, bounded by coalescing), keepalive and drain; the
+//!   driver feeds it bytes and the time and pulls bytes, events and its next deadline.
 //!
 //! The byte layout and the rules are written down in `wire/PROTOCOL.md`, next to this code.
 
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod session;
 
 pub use codec::{decode_exact, encode, Decoder, EncodeBuf, FrameHeader, MAX_WINDOW};
+pub use conn::{CloseReason, ConnConfig, Connection, Event, OpenError, ResetOrigin, StreamGone};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::*;
 pub use session::{Role, Session, SessionError, StreamKind, StreamState};
