@@ -32,6 +32,7 @@
 //! data_chunk = 16384                 # largest DATA frame the hub sends
 //! handshake_timeout_ms = 10000       # TLS + HELLO must complete within this
 //! idle_timeout_ms = 300000           # a user connection idle between requests is closed
+//! request_head_timeout_ms = 30000    # a request head must arrive whole within this of its first byte (else 408, close)
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
 //! drain_timeout_ms = 5000            # on shutdown, streams still open after this are ended
@@ -114,6 +115,9 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     /// Idle user connections are closed after this.
     pub idle_timeout_ms: u64,
+    /// A request head must be complete within this of its first byte, or the connection is
+    /// answered 408 and closed (a slow trickle cannot hold a connection slot).
+    pub request_head_timeout_ms: u64,
     /// Deadline for the agent's response head.
     pub response_timeout_ms: u64,
     /// PING interval on idle tunnels.
@@ -136,6 +140,7 @@ impl Default for Limits {
             data_chunk: 16 * 1024,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
+            request_head_timeout_ms: 30_000,
             response_timeout_ms: 60_000,
             keepalive_ms: 15_000,
             drain_timeout_ms: 5_000,
@@ -241,6 +246,11 @@ impl HubConfig {
         if l.max_header_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_header_bytes must be at least 1024".into(),
+            ));
+        }
+        if l.request_head_timeout_ms == 0 || l.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.request_head_timeout_ms and limits.idle_timeout_ms must be above 0".into(),
             ));
         }
         if self.agent_listener.client_ca.is_none() {

@@ -46,6 +46,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The tunnel byte counter for `direction` (`to_agent`, `from_agent`), to keep and bump
+    /// without a lookup per frame.
+    pub fn bytes(&self, direction: &'static str) -> Counter {
+        self.tunnel_bytes
+            .get_or_create(&DirectionLabel { direction })
+            .clone()
+    }
+
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("kubehub_hub");

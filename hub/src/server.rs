@@ -4,7 +4,7 @@
 //! stays on the core that accepted it. Core 0 also serves the admin listener.
 //!
 //! Ownership: an agent tunnel belongs to the core that accepted it; user requests reach it
-//! through its command channel ([`crate::route::Registry`]) from any core.
+//! through its command channel ([`crate::registry::Registry`]) from any core.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,11 +18,12 @@ use tracing::{info, warn};
 
 use kubehub_pki as pki;
 
-use crate::auth::TokenAuth;
 use crate::config::{HubConfig, Listener};
 use crate::metrics::Metrics;
+use crate::proxy::authenticate::TokenAuth;
+use crate::proxy::authorize::AllowAuthenticated;
 use crate::proxy::{serve_user, ProxyCtx};
-use crate::route::Registry;
+use crate::registry::Registry;
 use crate::tunnel::{serve_agent, TunnelCtx};
 
 /// Why the hub could not start.
@@ -33,7 +34,7 @@ pub enum HubError {
     Config(#[from] crate::config::ConfigError),
     /// Token file problem.
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::proxy::authenticate::AuthError),
     /// Certificate or key problem.
     #[error("TLS material for {what}: {why}")]
     Tls {
@@ -219,6 +220,7 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         let proxy = ProxyCtx {
             registry: registry.clone(),
             auth: auth.clone(),
+            authz: Arc::new(AllowAuthenticated),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             impersonate: cfg.impersonate,

@@ -1,16 +1,19 @@
-//! `tunnel`: one agent connection, owned by the core that accepted it.
+//! `tunnel`: one agent connection, owned by the core that accepted it, driving the shared
+//! protocol engine ([`kubehub_wire::Connection`]).
 //!
-//! Tasks of a tunnel (all on the owning core, sharing [`State`] through `Rc<RefCell<_>>`,
-//! never borrowed across an await):
-//! * the **reader** (this module's [`serve_agent`] after the handshake): decodes frames, runs
-//!   them through the [`Session`], and delivers response heads and bodies to each stream's
-//!   consumer (the user connection, possibly on another core);
-//! * the **commander**: takes [`TunnelCmd`]s from request handlers on any core (open a stream,
-//!   send body bytes, release credit, cancel) and turns them into frames;
-//! * the **writer**: encodes queued frames with [`EncodeBuf`] and writes them in batches, and
-//!   while idle pings the agent (closing the tunnel if it has been silent too long).
+//! After the handshake (certificate common name = HELLO's cluster id) the engine owns the
+//! protocol: streams, flow control, keepalive, drain, every frame to send. This module only
+//! moves bytes and messages around it. Three tasks on the owning core share the [`Tunnel`]
+//! through `Rc<RefCell<_>>`, never borrowed across an await:
+//! * the **reader**: socket bytes → `Connection::handle_bytes` → events to each stream's
+//!   consumer (a user connection, possibly on another core);
+//! * the **commander**: [`TunnelCmd`]s from request handlers on any core (open a stream, send
+//!   body bytes, release credit, cancel) → engine calls;
+//! * the **writer**: `Connection::poll_transmit` → batched writes; its timer drives the
+//!   engine's keepalive and drain (`handle_timeout`), and it starts the drain on shutdown.
 //!
-//! Identity: the agent's certificate common name is its cluster id; HELLO must claim the same.
+//! Whoever changes the engine's state wakes the writer; the writer flushes until the engine
+//! has nothing to send, so no frame the engine queued (credit, a GOAWAY) is ever dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,19 +23,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use kubehub_wire::conn::{ConnConfig, Event, OpenError as WireOpenError, ResetOrigin};
 use kubehub_wire::handshake::{self, Offer};
-use kubehub_wire::session::Received;
 use kubehub_wire::{
-    Capabilities, Data, Decoder, EncodeBuf, ErrorCode, Frame, GoAway, Ping, Request, Reset, Role,
-    Session, SessionError, StreamId,
+    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Frame, GoAway, Role, StreamId,
 };
 use monoio::net::TcpStream;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Limits;
-use crate::metrics::{DirectionLabel, Metrics};
-use crate::route::{OpenError, Registry, StreamEvent, TunnelCmd};
+use crate::metrics::Metrics;
+use crate::registry::{OpenError, Registry, RequestHead, StreamEvent, TunnelCmd};
 use crate::tls::{self, TlsReader, TlsWriter};
 
 /// What every tunnel on a core shares.
@@ -50,101 +53,6 @@ pub struct TunnelCtx {
     pub tls: Arc<rustls::ServerConfig>,
     /// Becomes `true` when the hub drains for shutdown.
     pub drain: tokio::sync::watch::Receiver<bool>,
-}
-
-/// Frames queued for the writer, at most this many.
-const WRITE_QUEUE: usize = 1024;
-
-/// The writer's queue: local to the core (no atomics), bounded (senders wait for room), and
-/// holding no memory while empty, so an idle tunnel costs nothing here.
-#[derive(Default)]
-struct WriteQueue {
-    frames: RefCell<std::collections::VecDeque<Frame>>,
-    ready: Notify,
-    room: Notify,
-    closed: Cell<bool>,
-}
-
-impl WriteQueue {
-    /// Queues a frame, waiting while the queue is full. `Err` once the writer is gone.
-    async fn send(&self, f: Frame) -> Result<(), ()> {
-        loop {
-            if self.closed.get() {
-                return Err(());
-            }
-            let room = self.room.notified();
-            {
-                let mut q = self.frames.borrow_mut();
-                if q.len() < WRITE_QUEUE {
-                    q.push_back(f);
-                    self.ready.notify_one();
-                    return Ok(());
-                }
-            }
-            room.await;
-        }
-    }
-
-    /// The next frame; `None` once closed and drained.
-    async fn recv(&self) -> Option<Frame> {
-        loop {
-            let ready = self.ready.notified();
-            if let Some(f) = self.try_recv() {
-                return Some(f);
-            }
-            if self.closed.get() {
-                return None;
-            }
-            ready.await;
-        }
-    }
-
-    fn try_recv(&self) -> Option<Frame> {
-        let f = self.frames.borrow_mut().pop_front();
-        if f.is_some() {
-            self.room.notify_one();
-        }
-        f
-    }
-
-    fn is_empty(&self) -> bool {
-        self.frames.borrow().is_empty()
-    }
-
-    /// Gives back the queue's memory while it is empty.
-    fn shrink(&self) {
-        let mut q = self.frames.borrow_mut();
-        if q.is_empty() {
-            *q = std::collections::VecDeque::new();
-        }
-    }
-
-    fn close(&self) {
-        self.closed.set(true);
-        self.ready.notify_waiters();
-        self.room.notify_waiters();
-    }
-}
-
-type Out = Rc<WriteQueue>;
-/// Commands queued for a tunnel, at most this many.
-const COMMAND_QUEUE: usize = 1024;
-
-struct PendingData {
-    data: bytes::Bytes,
-    end: bool,
-    ack: oneshot::Sender<bool>,
-}
-
-struct Slot {
-    events: mpsc::UnboundedSender<StreamEvent>,
-    pending: Option<PendingData>,
-}
-
-struct State {
-    session: Session,
-    streams: HashMap<StreamId, Slot>,
-    closed: bool,
 }
 
 /// The cluster id in a certificate: its subject common name.
@@ -264,75 +172,284 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     if write_buf(&mut wr, &mut eb).await.is_err() {
         return;
     }
-    decoder.set_max_frame_size(agreed.hub_settings.max_frame_size);
     let cluster = hello.cluster_id.clone();
     info!(%peer, cluster = %cluster, agent = %hello.agent_id, software = %hello.software, "agent connected");
-
-    let state = Rc::new(RefCell::new(State {
-        session: Session::new(Role::Hub, agreed.hub_settings, agreed.agent_settings),
-        streams: HashMap::new(),
-        closed: false,
-    }));
-    let out_tx: Out = Rc::new(WriteQueue::default());
-    let out_rx = out_tx.clone();
+    let now = Instant::now();
+    let cfg = ConnConfig {
+        keepalive: Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
+        max_data_frame: ctx.limits.data_chunk,
+        // Two chunks per stream in the engine at most; the request handler waits for the
+        // ack of each chunk (see `TunnelCmd::Data`).
+        send_buffer: 2 * ctx.limits.data_chunk,
+        accept_requests: false,
+        // Cache sync arrives with the cache; until then sync streams are refused.
+        accept_sync: false,
+    };
+    let mut conn = Connection::new(
+        Role::Hub,
+        agreed.hub_settings,
+        agreed.agent_settings,
+        cfg,
+        now,
+    );
+    // Bytes the agent sent right behind its HELLO.
+    conn.handle_bytes(&mut buf, now);
     let (cmd_tx, cmd_rx) = mpsc::channel::<TunnelCmd>(COMMAND_QUEUE);
-    let closing = Rc::new(Notify::new());
-    let last_rx = Rc::new(Cell::new(Instant::now()));
     let generation = ctx.registry.register(&cluster, &hello.agent_id, cmd_tx);
     ctx.metrics.agents.inc();
-
-    let writer = monoio::spawn(writer(
-        wr,
-        eb,
-        out_rx,
-        WriterCtx {
-            ctx: ctx.clone(),
-            cluster: cluster.clone(),
-            generation,
-            state: state.clone(),
-            closing: closing.clone(),
-            last_rx: last_rx.clone(),
-        },
-    ));
-    let commander = monoio::spawn(commander(
-        cmd_rx,
-        state.clone(),
-        out_tx.clone(),
-        ctx.clone(),
-        closing.clone(),
-    ));
-
-    let why = read_loop(
-        &mut rd,
-        &mut buf,
-        &mut decoder,
-        &state,
-        &out_tx,
-        &ctx,
-        &last_rx,
-        &closing,
-    )
-    .await;
+    // One statement each: `get_or_create` returns a read guard that lives to the end of its
+    // statement, and a second call that must insert would wait on it forever.
+    let from_agent = ctx.metrics.bytes("from_agent");
+    let to_agent = ctx.metrics.bytes("to_agent");
+    let tunnel = Rc::new(Tunnel {
+        state: RefCell::new(State {
+            conn,
+            slots: HashMap::new(),
+            why: None,
+        }),
+        ctx: ctx.clone(),
+        cluster: cluster.clone(),
+        generation,
+        wake: Notify::new(),
+        closing: Notify::new(),
+        done: Cell::new(false),
+        from_agent,
+        to_agent,
+    });
+    tunnel.dispatch();
+    let span = tracing::info_span!("tunnel", cluster = %cluster, agent = %hello.agent_id);
+    let writer = monoio::spawn(writer(wr, eb, tunnel.clone()).instrument(span.clone()));
+    let commander = monoio::spawn(commander(cmd_rx, tunnel.clone()).instrument(span.clone()));
+    read_loop(&mut rd, &mut buf, &tunnel).instrument(span).await;
+    // However the reader ended, the writer flushes what the engine still has (a GOAWAY) and
+    // closes the socket; then nothing is left to command.
+    tunnel.wake.notify_one();
+    writer.await;
+    commander.await;
+    let why = tunnel.state.borrow().why.clone().unwrap_or_default();
     info!(cluster = %cluster, "agent disconnected: {why}");
-
-    // Tear down: unregister first so new requests get 503, then fail what is in flight.
-    ctx.registry.unregister(&cluster, generation);
+    tunnel.unregister();
     ctx.metrics.agents.dec();
-    {
-        let mut st = state.borrow_mut();
-        st.closed = true;
-        for (_, slot) in st.streams.drain() {
-            let _ = slot.events.send(StreamEvent::Reset(ErrorCode::CANCEL));
-            if let Some(p) = slot.pending {
-                let _ = p.ack.send(false);
-            }
-            ctx.metrics.streams.dec();
+}
+
+/// Commands queued for a tunnel, at most this many.
+const COMMAND_QUEUE: usize = 1024;
+
+/// Bytes encoded per write at most.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// The consumer of one stream.
+struct Slot {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    /// The ack of the request body chunk the engine holds, answered once the stream can take
+    /// more (or failed if the stream ends first).
+    ack: Option<oneshot::Sender<bool>>,
+}
+
+struct State {
+    conn: Connection,
+    slots: HashMap<StreamId, Slot>,
+    /// Why the connection closed, once it did.
+    why: Option<String>,
+}
+
+/// One agent connection, shared by its three tasks.
+struct Tunnel {
+    state: RefCell<State>,
+    ctx: Rc<TunnelCtx>,
+    cluster: String,
+    generation: u64,
+    /// The engine may have something to send: the writer looks.
+    wake: Notify,
+    /// The writer is gone: the reader and the commander stop (see [`Tunnel::close`]).
+    closing: Notify,
+    done: Cell<bool>,
+    from_agent: Counter,
+    to_agent: Counter,
+}
+
+impl Tunnel {
+    /// The writer is done: the other tasks stop (now, or as soon as they look).
+    fn close(&self) {
+        self.done.set(true);
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once [`Tunnel::close`] was called, even if that happened before this was.
+    async fn closed(&self) {
+        let notified = self.closing.notified();
+        if !self.done.get() {
+            notified.await;
         }
     }
-    closing.notify_waiters();
-    out_tx.close();
-    commander.await;
-    writer.await;
+
+    fn unregister(&self) {
+        self.ctx.registry.unregister(&self.cluster, self.generation);
+    }
+
+    /// Hands the engine's events to the streams' consumers, and wakes the writer.
+    fn dispatch(&self) {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        while let Some(ev) = st.conn.poll_event() {
+            match ev {
+                Event::Response {
+                    id,
+                    status,
+                    fields,
+                    end_stream,
+                } => {
+                    self.deliver(st, id, StreamEvent::Head { status, fields });
+                    if end_stream {
+                        self.finish(st, id, Some(StreamEvent::End));
+                    }
+                }
+                Event::Data {
+                    id,
+                    data,
+                    end_stream,
+                } => {
+                    self.from_agent.inc_by(data.len() as u64);
+                    if !data.is_empty() {
+                        self.deliver(st, id, StreamEvent::Data(data));
+                    }
+                    if end_stream {
+                        self.finish(st, id, Some(StreamEvent::End));
+                    }
+                }
+                Event::End { id, .. } => self.finish(st, id, Some(StreamEvent::End)),
+                Event::Reset { id, code, origin } => {
+                    debug!(stream = id, %code, ?origin, "stream reset");
+                    // A stream ended by our drain deadline ends cleanly for its user (a watch
+                    // ends as when an API server ends it; the client reconnects elsewhere).
+                    let ev = if origin == ResetOrigin::Drain {
+                        StreamEvent::End
+                    } else {
+                        StreamEvent::Reset(code)
+                    };
+                    self.finish(st, id, Some(ev));
+                }
+                Event::Writable { id } => {
+                    if let Some(ack) = st.slots.get_mut(&id).and_then(|s| s.ack.take()) {
+                        let _ = ack.send(true);
+                    }
+                }
+                Event::GoAway { code, message } => {
+                    info!(%code, "agent is going away: {message}");
+                    // No new requests for this tunnel: the agent reconnects elsewhere.
+                    self.unregister();
+                }
+                Event::Discovery(d) => debug!(types = d.resources.len(), "discovery report"),
+                Event::Sync { .. } | Event::Request { .. } => {}
+                Event::Closed(reason) => {
+                    self.unregister();
+                    st.why = Some(reason.to_string());
+                    for (_, slot) in st.slots.drain() {
+                        let _ = slot.events.send(StreamEvent::Reset(ErrorCode::CANCEL));
+                        if let Some(ack) = slot.ack {
+                            let _ = ack.send(false);
+                        }
+                        self.ctx.metrics.streams.dec();
+                    }
+                }
+            }
+        }
+        drop(guard);
+        self.wake.notify_one();
+    }
+
+    /// Gives an event to a stream's consumer; a consumer that is gone cancels the stream.
+    fn deliver(&self, st: &mut State, id: StreamId, ev: StreamEvent) {
+        let ok = st.slots.get(&id).is_some_and(|s| s.events.send(ev).is_ok());
+        if !ok && st.slots.contains_key(&id) {
+            st.conn.reset(id, ErrorCode::CANCEL);
+            self.finish(st, id, None);
+        }
+    }
+
+    /// Removes a stream, telling its consumer how it ended.
+    fn finish(&self, st: &mut State, id: StreamId, ev: Option<StreamEvent>) {
+        if let Some(slot) = st.slots.remove(&id) {
+            if let Some(ev) = ev {
+                let _ = slot.events.send(ev);
+            }
+            if let Some(ack) = slot.ack {
+                let _ = ack.send(false);
+            }
+            self.ctx.metrics.streams.dec();
+        }
+    }
+
+    /// Applies one command from a request handler.
+    fn command(&self, cmd: TunnelCmd) {
+        {
+            let mut guard = self.state.borrow_mut();
+            let st = &mut *guard;
+            match cmd {
+                TunnelCmd::Open {
+                    head,
+                    end_stream,
+                    events,
+                    reply,
+                } => {
+                    let RequestHead {
+                        method,
+                        path,
+                        fields,
+                    } = *head;
+                    match st.conn.open_request(method, path, fields, end_stream) {
+                        Ok(id) => {
+                            st.slots.insert(id, Slot { events, ack: None });
+                            self.ctx.metrics.streams.inc();
+                            let _ = reply.send(Ok(id));
+                        }
+                        Err(e) => {
+                            let e = match e {
+                                WireOpenError::Busy => OpenError::Busy,
+                                WireOpenError::Closing => OpenError::Closing,
+                                WireOpenError::Invalid(why) => OpenError::Invalid(why),
+                            };
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                TunnelCmd::Data {
+                    stream,
+                    data,
+                    end,
+                    ack,
+                } => {
+                    let n = data.len() as u64;
+                    let slot = st.slots.get_mut(&stream);
+                    match slot {
+                        Some(slot) if slot.ack.is_none() => {
+                            if st.conn.send_data(stream, data, end).is_err() {
+                                let _ = ack.send(false);
+                            } else {
+                                self.to_agent.inc_by(n);
+                                if st.conn.is_writable(stream) || end {
+                                    let _ = ack.send(true);
+                                } else {
+                                    slot.ack = Some(ack);
+                                }
+                            }
+                        }
+                        _ => {
+                            let _ = ack.send(false);
+                        }
+                    }
+                }
+                TunnelCmd::Release { stream, n } => st.conn.release(stream, n),
+                TunnelCmd::Cancel { stream } => {
+                    if st.slots.contains_key(&stream) {
+                        st.conn.reset(stream, ErrorCode::CANCEL);
+                        self.finish(st, stream, None);
+                    }
+                }
+            }
+        }
+        self.dispatch();
+    }
 }
 
 async fn reject(ctx: &TunnelCtx, peer: SocketAddr, wr: &mut TlsWriter, g: GoAway) {
@@ -358,510 +475,121 @@ async fn write_buf(wr: &mut TlsWriter, eb: &mut EncodeBuf) -> std::io::Result<()
     Ok(())
 }
 
-/// What the writer needs besides its socket and queue.
-struct WriterCtx {
-    ctx: Rc<TunnelCtx>,
-    cluster: String,
-    generation: u64,
-    state: Rc<RefCell<State>>,
-    closing: Rc<Notify>,
-    last_rx: Rc<Cell<Instant>>,
+async fn commander(mut rx: mpsc::Receiver<TunnelCmd>, tunnel: Rc<Tunnel>) {
+    loop {
+        let cmd = monoio::select! {
+            c = rx.recv() => c,
+            _ = tunnel.closed() => None,
+        };
+        let Some(cmd) = cmd else { break };
+        tunnel.command(cmd);
+    }
+    // Whatever is still queued gets a clear "closing", not a hang.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        tunnel.command(cmd);
+    }
 }
 
-/// Writes queued frames in batches. Its timer also does the tunnel's housekeeping, so an idle
-/// tunnel needs no other task for it: PING the agent while idle (GOAWAY and close after three
-/// silent intervals), and on hub shutdown drain (unregister, GOAWAY, let streams finish for
-/// `drain_timeout_ms`, end the rest, close).
-async fn writer(mut wr: TlsWriter, mut eb: EncodeBuf, rx: Out, w: WriterCtx) {
+async fn read_loop(rd: &mut TlsReader, buf: &mut BytesMut, tunnel: &Rc<Tunnel>) {
+    loop {
+        if tunnel.state.borrow().conn.is_closed() {
+            return;
+        }
+        let read = monoio::select! {
+            r = rd.read(buf) => Some(r),
+            _ = tunnel.closed() => None,
+        };
+        let now = Instant::now();
+        {
+            let mut st = tunnel.state.borrow_mut();
+            match read {
+                None => st.conn.transport_closed("the hub closed the connection"),
+                Some(Ok(0)) => st.conn.transport_closed("the agent closed the connection"),
+                Some(Ok(_)) => st.conn.handle_bytes(buf, now),
+                Some(Err(e)) => st.conn.transport_closed(&format!("read failed: {e}")),
+            }
+        }
+        tunnel.dispatch();
+    }
+}
+
+/// Flushes what the engine has to send, in batches of whole frames; drives its timers; starts
+/// the drain when the hub shuts down. Ends once the engine is closed and flushed (or the
+/// socket fails), closing the socket.
+async fn writer(mut wr: TlsWriter, mut eb: EncodeBuf, tunnel: Rc<Tunnel>) {
     // The HELLO_ACK left a scratch buffer behind; an idle tunnel keeps none.
     eb.release_memory();
-    let to_agent = w
-        .ctx
-        .metrics
-        .tunnel_bytes
-        .get_or_create(&DirectionLabel {
-            direction: "to_agent",
-        })
-        .clone();
-    let every = Duration::from_millis(w.ctx.limits.keepalive_ms.max(100));
-    let mut drain = w.ctx.drain.clone();
+    let mut drain = tunnel.ctx.drain.clone();
     let mut drain_watch = true;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut pings = 0u64;
-    let mut next_tick = Instant::now() + every;
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        let first = monoio::select! {
-            f = rx.recv() => f,
-            _ = w.closing.notified() => None,
+        // Everything the engine has, written out.
+        loop {
+            let more = {
+                let mut st = tunnel.state.borrow_mut();
+                if st.conn.has_transmit() {
+                    let n = st.conn.poll_transmit(&mut eb, WRITE_BATCH);
+                    tracing::trace!(frames = n, bytes = eb.remaining(), "encoded");
+                    // `has_transmit` promised a frame; never spin if it was wrong.
+                    n > 0
+                } else {
+                    false
+                }
+            };
+            if !more && eb.is_empty() {
+                break;
+            }
+            if let Err(e) = write_buf(&mut wr, &mut eb).await {
+                tunnel
+                    .state
+                    .borrow_mut()
+                    .conn
+                    .transport_closed(&format!("write failed: {e}"));
+                tunnel.dispatch();
+                let _ = wr.close().await;
+                tunnel.close();
+                return;
+            }
+        }
+        if tunnel.state.borrow().conn.is_closed() {
+            break;
+        }
+        // Going idle: hold no buffers while waiting.
+        eb.release_memory();
+        let deadline = tunnel.state.borrow().conn.poll_timeout();
+        let wait = deadline.map_or(IDLE_WAIT, |d| d.saturating_duration_since(Instant::now()));
+        monoio::select! {
+            _ = tunnel.wake.notified() => {}
+            _ = monoio::time::sleep(wait) => {
+                tunnel.state.borrow_mut().conn.handle_timeout(Instant::now());
+                tunnel.dispatch();
+            }
             r = drain.changed(), if drain_watch => {
                 match r {
                     Ok(()) if *drain.borrow() => {
                         drain_watch = false;
-                        drain_deadline = Some(Instant::now() + Duration::from_millis(w.ctx.limits.drain_timeout_ms));
-                        next_tick = Instant::now() + Duration::from_millis(50);
-                        w.ctx.registry.unregister(&w.cluster, w.generation);
-                        w.state.borrow_mut().closed = true;
-                        info!(cluster = %w.cluster, "draining tunnel");
-                        Some(Frame::GoAway(GoAway {
-                            last_stream_id: 0,
-                            code: ErrorCode::NO_ERROR,
-                            message: "hub is shutting down".into(),
-                        }))
+                        // No new requests here; streams in flight may finish until the deadline.
+                        tunnel.unregister();
+                        info!("draining tunnel");
+                        let deadline = Instant::now()
+                            + Duration::from_millis(tunnel.ctx.limits.drain_timeout_ms);
+                        tunnel.state.borrow_mut().conn.go_away(
+                            ErrorCode::NO_ERROR,
+                            "hub is shutting down",
+                            deadline,
+                        );
+                        tunnel.dispatch();
                     }
-                    Ok(()) => continue,
-                    Err(_) => {
-                        // The hub handle is gone: no drain will come.
-                        drain_watch = false;
-                        continue;
-                    }
+                    Ok(()) => {}
+                    // The hub handle is gone: no drain will come.
+                    Err(_) => drain_watch = false,
                 }
-            },
-            _ = monoio::time::sleep(wait) => {
-                if let Some(deadline) = drain_deadline {
-                    next_tick = Instant::now() + Duration::from_millis(50);
-                    if Instant::now() >= deadline {
-                        end_all_streams(&w, &mut eb);
-                    }
-                    if w.state.borrow().streams.is_empty() {
-                        let _ = write_buf(&mut wr, &mut eb).await;
-                        w.closing.notify_waiters();
-                        break;
-                    }
-                    if eb.is_empty() { continue } else { None }
-                } else {
-                    next_tick = Instant::now() + every;
-                    if w.last_rx.get().elapsed() > every * 3 {
-                        // Silent for three intervals: say why, then close.
-                        eb.push(&Frame::GoAway(GoAway {
-                            last_stream_id: 0,
-                            code: ErrorCode::NO_ERROR,
-                            message: "keepalive timeout".into(),
-                        }));
-                        let _ = write_buf(&mut wr, &mut eb).await;
-                        w.closing.notify_waiters();
-                        break;
-                    }
-                    pings += 1;
-                    Some(Frame::Ping(Ping { ack: false, opaque: pings }))
-                }
-            },
-        };
-        let push = |eb: &mut EncodeBuf, f: &Frame| {
-            if let Frame::Data(d) = f {
-                to_agent.inc_by(d.payload.len() as u64);
             }
-            eb.push(f);
-        };
-        match first {
-            Some(f) => push(&mut eb, &f),
-            None if eb.is_empty() => break,
-            None => {}
-        }
-        // Batch whatever else is queued into one write.
-        while eb.remaining() < 256 * 1024 {
-            match rx.try_recv() {
-                Some(f) => push(&mut eb, &f),
-                None => break,
-            }
-        }
-        if let Err(e) = write_buf(&mut wr, &mut eb).await {
-            debug!("tunnel write failed: {e}");
-            break;
-        }
-        if rx.is_empty() {
-            // Going idle: hold no buffers while waiting.
-            eb.release_memory();
-            rx.shrink();
         }
     }
     let _ = wr.close().await;
+    tunnel.close();
 }
 
-/// Drain timeout: long-lived streams (watches, logs -f) would never finish. End them cleanly for
-/// their users and cancel them at the agent.
-fn end_all_streams(w: &WriterCtx, eb: &mut EncodeBuf) {
-    let mut st = w.state.borrow_mut();
-    let ids: Vec<StreamId> = st.streams.keys().copied().collect();
-    for id in ids {
-        let f = Frame::Reset(Reset {
-            stream_id: id,
-            code: ErrorCode::CANCEL,
-        });
-        if st.session.send(&f).is_ok() {
-            eb.push(&f);
-        }
-        finish(&mut st, &w.ctx.metrics, id, Some(StreamEvent::End));
-    }
-}
-
-/// Sends `frames` to the writer, in order.
-async fn send_all(out: &Out, frames: Vec<Frame>) -> bool {
-    for f in frames {
-        if out.send(f).await.is_err() {
-            return false;
-        }
-    }
-    true
-}
-
-/// Removes a stream, telling its consumer why.
-fn finish(st: &mut State, metrics: &Metrics, id: StreamId, ev: Option<StreamEvent>) {
-    if let Some(slot) = st.streams.remove(&id) {
-        if let Some(ev) = ev {
-            let _ = slot.events.send(ev);
-        }
-        if let Some(p) = slot.pending {
-            let _ = p.ack.send(false);
-        }
-        metrics.streams.dec();
-    }
-}
-
-/// Sends pending request body bytes of `id` if the windows allow; returns frames to write.
-fn flush_pending(st: &mut State, id: StreamId, chunk: usize, out: &mut Vec<Frame>) {
-    let Some(slot) = st.streams.get_mut(&id) else {
-        return;
-    };
-    let Some(p) = slot.pending.take() else { return };
-    let cap = st.session.send_capacity(id) as usize;
-    if cap < p.data.len().min(chunk) && !p.data.is_empty() {
-        slot.pending = Some(p);
-        return;
-    }
-    let mut data = p.data;
-    let mut ok = true;
-    while !data.is_empty() || p.end {
-        let cap = st.session.send_capacity(id) as usize;
-        let n = data.len().min(chunk).min(cap);
-        if n == 0 && !data.is_empty() {
-            break;
-        }
-        let piece = data.split_to(n);
-        let end = p.end && data.is_empty();
-        let f = Frame::Data(Data {
-            stream_id: id,
-            end_stream: end,
-            payload: piece,
-        });
-        if st.session.send(&f).is_err() {
-            ok = false;
-            break;
-        }
-        out.push(f);
-        if data.is_empty() {
-            break;
-        }
-    }
-    if data.is_empty() || !ok {
-        let _ = p.ack.send(ok);
-    } else if let Some(slot) = st.streams.get_mut(&id) {
-        slot.pending = Some(PendingData {
-            data,
-            end: p.end,
-            ack: p.ack,
-        });
-    }
-}
-
-async fn commander(
-    mut rx: mpsc::Receiver<TunnelCmd>,
-    state: Rc<RefCell<State>>,
-    out: Out,
-    ctx: Rc<TunnelCtx>,
-    closing: Rc<Notify>,
-) {
-    loop {
-        let cmd = monoio::select! {
-            c = rx.recv() => c,
-            _ = closing.notified() => None,
-        };
-        let Some(cmd) = cmd else { break };
-        let mut frames = Vec::new();
-        {
-            let mut st = state.borrow_mut();
-            let st = &mut *st;
-            match cmd {
-                TunnelCmd::Open {
-                    head,
-                    end_stream,
-                    events,
-                    reply,
-                } => {
-                    if st.closed {
-                        let _ = reply.send(Err(OpenError::Closing));
-                        continue;
-                    }
-                    let id = match st.session.next_stream_id() {
-                        Ok(id) => id,
-                        Err(SessionError::Stream { .. }) => {
-                            let _ = reply.send(Err(OpenError::Busy));
-                            continue;
-                        }
-                        Err(SessionError::Connection { .. }) => {
-                            let _ = reply.send(Err(OpenError::Closing));
-                            continue;
-                        }
-                    };
-                    let f = Frame::Request(Request {
-                        stream_id: id,
-                        end_stream,
-                        method: head.method,
-                        path: head.path,
-                        fields: head.fields,
-                    });
-                    if st.session.send(&f).is_err() {
-                        let _ = reply.send(Err(OpenError::Closing));
-                        continue;
-                    }
-                    st.streams.insert(
-                        id,
-                        Slot {
-                            events,
-                            pending: None,
-                        },
-                    );
-                    ctx.metrics.streams.inc();
-                    frames.push(f);
-                    let _ = reply.send(Ok(id));
-                }
-                TunnelCmd::Data {
-                    stream,
-                    data,
-                    end,
-                    ack,
-                } => match st.streams.get_mut(&stream) {
-                    Some(slot) if slot.pending.is_none() => {
-                        slot.pending = Some(PendingData { data, end, ack });
-                        flush_pending(st, stream, ctx.limits.data_chunk, &mut frames);
-                    }
-                    _ => {
-                        let _ = ack.send(false);
-                    }
-                },
-                TunnelCmd::Release { stream, n } => {
-                    if let Some(wu) = st.session.release(stream, n) {
-                        frames.push(Frame::WindowUpdate(wu));
-                    }
-                }
-                TunnelCmd::Cancel { stream } => {
-                    if st.streams.contains_key(&stream) {
-                        let f = Frame::Reset(Reset {
-                            stream_id: stream,
-                            code: ErrorCode::CANCEL,
-                        });
-                        if st.session.send(&f).is_ok() {
-                            frames.push(f);
-                        }
-                        finish(st, &ctx.metrics, stream, None);
-                    }
-                }
-            }
-        }
-        if !send_all(&out, frames).await {
-            break;
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    rd: &mut TlsReader,
-    buf: &mut BytesMut,
-    decoder: &mut Decoder,
-    state: &Rc<RefCell<State>>,
-    out: &Out,
-    ctx: &Rc<TunnelCtx>,
-    last_rx: &Rc<Cell<Instant>>,
-    closing: &Rc<Notify>,
-) -> String {
-    let from_agent = ctx
-        .metrics
-        .tunnel_bytes
-        .get_or_create(&DirectionLabel {
-            direction: "from_agent",
-        })
-        .clone();
-    loop {
-        // Every whole frame in the buffer first.
-        loop {
-            let frame = match decoder.decode(buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    let g = GoAway {
-                        last_stream_id: 0,
-                        code: e.code(),
-                        message: e.to_string(),
-                    };
-                    let _ = out.send(Frame::GoAway(g)).await;
-                    return format!("protocol error: {e}");
-                }
-            };
-            last_rx.set(Instant::now());
-            let mut frames = Vec::new();
-            let result = {
-                let mut st = state.borrow_mut();
-                handle_frame(
-                    &mut st,
-                    frame,
-                    &ctx.metrics,
-                    &from_agent,
-                    ctx.limits.data_chunk,
-                    &mut frames,
-                )
-            };
-            if !send_all(out, frames).await {
-                return "writer closed".into();
-            }
-            if let Err(why) = result {
-                return why;
-            }
-        }
-        let read = monoio::select! {
-            r = rd.read(buf) => Some(r),
-            _ = closing.notified() => None,
-        };
-        match read {
-            None => return "closed by the hub".into(),
-            Some(Ok(0)) => return "connection closed".into(),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return format!("read failed: {e}"),
-        }
-    }
-}
-
-/// Applies one frame from the agent. `Err` ends the connection (after `frames` are sent).
-fn handle_frame(
-    st: &mut State,
-    frame: Frame,
-    metrics: &Metrics,
-    from_agent: &prometheus_client::metrics::counter::Counter,
-    chunk: usize,
-    frames: &mut Vec<Frame>,
-) -> Result<(), String> {
-    let id = frame.stream_id();
-    match st.session.recv(&frame) {
-        Err(SessionError::Connection { code, reason }) => {
-            frames.push(Frame::GoAway(GoAway {
-                last_stream_id: 0,
-                code,
-                message: reason.into(),
-            }));
-            return Err(format!("agent broke the protocol: {reason} ({code})"));
-        }
-        Err(SessionError::Stream {
-            stream,
-            code,
-            reason,
-        }) => {
-            debug!(stream, %code, "stream error: {reason}");
-            frames.push(Frame::Reset(Reset {
-                stream_id: stream,
-                code,
-            }));
-            finish(st, metrics, stream, Some(StreamEvent::Reset(code)));
-            return Ok(());
-        }
-        Ok(Received {
-            deliver,
-            window_update,
-        }) => {
-            if let Some(wu) = window_update {
-                frames.push(Frame::WindowUpdate(wu));
-            }
-            if !deliver {
-                return Ok(());
-            }
-        }
-    }
-    let send = |st: &mut State, ev: StreamEvent| -> bool {
-        match st.streams.get(&id) {
-            Some(slot) => slot.events.send(ev).is_ok(),
-            None => false,
-        }
-    };
-    match frame {
-        Frame::Response(r) => {
-            let ok = send(
-                st,
-                StreamEvent::Head {
-                    status: r.status,
-                    fields: r.fields,
-                },
-            );
-            if r.end_stream {
-                finish(st, metrics, id, Some(StreamEvent::End));
-            } else if !ok {
-                cancel(st, metrics, id, frames);
-            }
-        }
-        Frame::Data(d) => {
-            from_agent.inc_by(d.payload.len() as u64);
-            // Empty DATA carries nothing to deliver (and must not grow the queue).
-            let ok = d.payload.is_empty() || send(st, StreamEvent::Data(d.payload));
-            if d.end_stream {
-                finish(st, metrics, id, Some(StreamEvent::End));
-            } else if !ok {
-                cancel(st, metrics, id, frames);
-            }
-        }
-        Frame::End(_) => finish(st, metrics, id, Some(StreamEvent::End)),
-        Frame::Reset(r) => finish(st, metrics, id, Some(StreamEvent::Reset(r.code))),
-        Frame::WindowUpdate(w) => {
-            let ids: Vec<StreamId> = if w.stream_id == 0 {
-                st.streams
-                    .iter()
-                    .filter(|(_, s)| s.pending.is_some())
-                    .map(|(k, _)| *k)
-                    .collect()
-            } else {
-                vec![w.stream_id]
-            };
-            for sid in ids {
-                flush_pending(st, sid, chunk, frames);
-            }
-        }
-        Frame::Ping(p) if !p.ack => frames.push(Frame::Ping(Ping {
-            ack: true,
-            opaque: p.opaque,
-        })),
-        Frame::Ping(_) => {}
-        Frame::GoAway(g) => info!(code = %g.code, "agent is going away: {}", g.message),
-        Frame::Discovery(d) => debug!(types = d.resources.len(), "discovery report"),
-        Frame::SnapshotBegin(_) => {
-            // Not negotiated yet: refuse the sync stream.
-            let f = Frame::Reset(Reset {
-                stream_id: id,
-                code: ErrorCode::REFUSED_STREAM,
-            });
-            if st.session.send(&f).is_ok() {
-                frames.push(f);
-            }
-        }
-        Frame::Request(_) => {
-            // The hub serves no requests from agents (yet).
-            let f = Frame::Reset(Reset {
-                stream_id: id,
-                code: ErrorCode::REFUSED_STREAM,
-            });
-            if st.session.send(&f).is_ok() {
-                frames.push(f);
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The consumer is gone: reset the stream towards the agent.
-fn cancel(st: &mut State, metrics: &Metrics, id: StreamId, frames: &mut Vec<Frame>) {
-    let f = Frame::Reset(Reset {
-        stream_id: id,
-        code: ErrorCode::CANCEL,
-    });
-    if st.session.send(&f).is_ok() {
-        frames.push(f);
-    }
-    finish(st, metrics, id, None);
-}
+/// The writer's wait when the engine has no timer (keepalive disabled): it is woken anyway.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);

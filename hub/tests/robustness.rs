@@ -312,3 +312,64 @@ fn shutdown_drains_tunnels_and_refuses_new_agents() {
         "{f:?}"
     );
 }
+
+#[test]
+fn a_trickling_request_head_gets_408_and_the_connection_closes() {
+    let limits = Limits {
+        request_head_timeout_ms: 400,
+        ..Limits::default()
+    };
+    let s = common::start(ClusterConfig::default(), limits);
+    let (answer, elapsed, idle_then_served) = s.rt.block_on(async {
+        // A head that never completes: one byte of a header every 100 ms.
+        let mut tls = s.user_connection().await;
+        let started = std::time::Instant::now();
+        tls.write_all(b"GET /clusters/edge-1/api/v1/namespaces HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = tls.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    byte[0] = b'X';
+                    if tls.write_all(&byte).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "never closed");
+        }
+        let elapsed = started.elapsed();
+        // A connection that is merely idle between requests is governed by the idle timeout,
+        // not the head timeout: after waiting longer than the head timeout it is still served.
+        let mut idle = s.user_connection().await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let req = format!(
+            "GET /clusters/edge-1/api/v1/namespaces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            common::TOKEN
+        );
+        idle.write_all(req.as_bytes()).await.unwrap();
+        let n = idle.read(&mut buf).await.unwrap();
+        let served = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (String::from_utf8_lossy(&out).into_owned(), elapsed, served)
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("\"kind\":\"Status\""),
+        "a Status body: {answer}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "closed after the head timeout, not the idle timeout: {elapsed:?}"
+    );
+    assert!(
+        idle_then_served.starts_with("HTTP/1.1 200"),
+        "{idle_then_served}"
+    );
+}

@@ -92,28 +92,51 @@ impl Status {
         Status::new(401, "Unauthorized", "Unauthorized")
     }
 
-    /// 403 Forbidden, as the authorizer words it.
+    /// 403 Forbidden for a resource request, worded as kube-apiserver's authorization filter
+    /// words it: `pods "web" is forbidden: User "alice" cannot create resource "pods/exec" in
+    /// API group "" in the namespace "default"`, then `: {reason}` when the authorizer gave one.
+    /// `resource` includes the subresource (`pods/exec`); `name` and `namespace` may be empty.
     pub fn forbidden(
         user: &str,
         verb: &str,
         group: &str,
         resource: &str,
-        namespace: Option<&str>,
+        name: &str,
+        namespace: &str,
+        reason: &str,
     ) -> Status {
-        let scope = match namespace {
-            Some(ns) => format!("in the namespace \"{ns}\""),
-            None => "at the cluster scope".to_owned(),
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace \"{namespace}\"")
         };
-        let mut s = Status::new(
-            403,
-            "Forbidden",
-            format!(
-                "{} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}",
-                qualified(group, resource)
-            ),
+        let base = resource.split('/').next().unwrap_or(resource);
+        let what = if name.is_empty() {
+            qualified(group, base)
+        } else {
+            format!("{} \"{name}\"", qualified(group, base))
+        };
+        let mut msg = format!(
+            "{what} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
         );
-        s.details = details(group, resource, "");
+        if !reason.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(reason);
+        }
+        let mut s = Status::new(403, "Forbidden", msg);
+        s.details = details(group, base, name);
         s
+    }
+
+    /// 403 Forbidden for a non-resource request (`/version`, `/apis`, …), as kube-apiserver
+    /// words it: `forbidden: User "alice" cannot get path "/version"`.
+    pub fn forbidden_path(user: &str, verb: &str, path: &str, reason: &str) -> Status {
+        let mut msg = format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\"");
+        if !reason.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(reason);
+        }
+        Status::new(403, "Forbidden", msg)
     }
 
     /// 404 NotFound for an object.
@@ -300,6 +323,28 @@ pub fn success(group: &str, resource: &str, name: &str, uid: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forbidden_is_worded_like_kube_apiserver() {
+        let s = Status::forbidden("alice", "create", "", "pods/exec", "web", "default", "");
+        assert_eq!(
+            s.message,
+            "pods \"web\" is forbidden: User \"alice\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\""
+        );
+        assert_eq!((s.code, s.reason), (403, "Forbidden"));
+        let v = s.to_value();
+        assert_eq!(v["details"], json!({"name": "web", "kind": "pods"}));
+        let s = Status::forbidden("bob", "list", "apps", "deployments", "", "", "no grant");
+        assert_eq!(
+            s.message,
+            "deployments.apps is forbidden: User \"bob\" cannot list resource \"deployments\" in API group \"apps\" at the cluster scope: no grant"
+        );
+        let s = Status::forbidden_path("bob", "get", "/version", "");
+        assert_eq!(
+            s.message,
+            "forbidden: User \"bob\" cannot get path \"/version\""
+        );
+    }
 
     #[test]
     fn not_found_is_shaped_like_kube_apiserver() {

@@ -193,6 +193,28 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A raw TLS connection to the hub's user listener (trusting the stack's CA), for tests
+    /// that write requests by hand. Call inside `rt.block_on`.
+    pub async fn user_connection(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(kubehub_pki::parse_certs(&self.ca.cert_pem()).unwrap());
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(self.hub.user_addr)
+            .await
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
     pub fn stop_agent(&mut self) {
         if let Some(a) = self.agent.take() {
             self.rt.block_on(a.stop());

@@ -1,6 +1,6 @@
-//! `auth`: who is asking. Bearer tokens from a static file, like kube-apiserver's
+//! `authenticate`: who is asking. Bearer tokens from a static file, like kube-apiserver's
 //! `--token-auth-file`: one `token,user,uid,"group1,group2"` per line (`#` comments). The
-//! metaserver replaces this source of truth later.
+//! metaserver replaces this source of truth later; the phase stays [`authenticate`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,6 +106,15 @@ impl TokenAuth {
         }
         self.tokens.get(token.trim())
     }
+}
+
+/// The authenticate phase: the user the request's bearer token names, or 401.
+pub fn authenticate<'a>(
+    auth: &'a TokenAuth,
+    head: &crate::http::RequestHead,
+) -> Result<&'a User, super::error::ProxyError> {
+    auth.authenticate(head.header("authorization"))
+        .ok_or(super::error::ProxyError::Unauthorized)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-//! `route`: which cluster a request is for, and where that cluster's tunnel lives.
+//! `registry`: where each cluster's tunnel lives, and the messages request handlers and tunnels
+//! exchange.
 //!
-//! Users address a cluster with a path prefix, as Rancher does: the kubeconfig's server URL is
-//! `https://HUB/clusters/{cluster}` and every Kubernetes path follows it. The [`Registry`] maps a
-//! cluster to the command channel of the tunnel task that owns its agent connection (on
-//! whichever core accepted it); a request on any core reaches the tunnel by message passing.
+//! The [`Registry`] maps a cluster to the command channel of the tunnel task that owns its
+//! agent connection (on whichever core accepted it); a request on any core reaches the tunnel
+//! by message passing ([`TunnelCmd`] in, [`StreamEvent`] back).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,17 +12,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use kubehub_wire::{ErrorCode, Fields, StreamId};
 use tokio::sync::{mpsc, oneshot};
-
-/// Splits `/clusters/{cluster}/rest…` into the cluster and the Kubernetes path (`/` at least).
-pub fn split_cluster_path(path_and_query: &str) -> Option<(&str, &str)> {
-    let rest = path_and_query.strip_prefix("/clusters/")?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (cluster, tail) = rest.split_at(end);
-    if cluster.is_empty() {
-        return None;
-    }
-    Some((cluster, tail))
-}
 
 /// What the tunnel sends back for a stream.
 #[derive(Debug)]
@@ -43,7 +32,7 @@ pub enum StreamEvent {
 }
 
 /// Why a stream could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// The tunnel is closing or closed.
     #[error("the agent's tunnel is closing")]
@@ -51,6 +40,10 @@ pub enum OpenError {
     /// The agent's concurrent stream limit is reached.
     #[error("too many concurrent requests to this cluster")]
     Busy,
+    /// The request head cannot be carried (a field or the whole head beyond what the agent
+    /// accepts).
+    #[error("the request cannot be forwarded: {0}")]
+    Invalid(String),
 }
 
 /// A request head to forward.
@@ -190,21 +183,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_paths() {
-        assert_eq!(
-            split_cluster_path("/clusters/edge-1/api/v1/pods?watch=1"),
-            Some(("edge-1", "/api/v1/pods?watch=1"))
-        );
-        assert_eq!(split_cluster_path("/clusters/edge-1"), Some(("edge-1", "")));
-        assert_eq!(
-            split_cluster_path("/clusters/edge-1?x=1"),
-            Some(("edge-1", "?x=1"))
-        );
-        assert_eq!(split_cluster_path("/clusters//api"), None);
-        assert_eq!(split_cluster_path("/api/v1"), None);
-    }
 
     #[test]
     fn registry_generations() {

@@ -1,0 +1,384 @@
+//! `proxy`: one user connection, request after request (keep-alive). A request's path is the
+//! module list, in order:
+//!
+//! `resolve → authenticate → authorize → route → backend → respond`
+//!
+//! * [`resolve`]: cluster and Kubernetes path from `/clusters/{id}/…`; what the request asks
+//!   (kube-apiserver's request info: verb, group, resource, namespace, name).
+//! * [`authenticate`]: who is asking (bearer token).
+//! * [`authorize`]: may they ([`authorize::Authorizer`]; 403 worded as kube-apiserver's).
+//! * [`route`]: which backend answers (the cluster's tunnel; the cache, planned).
+//! * [`backend`]: the request in flight at that backend, its answer as a stream of events.
+//! * [`respond`]: the answer written as HTTP/1.1, credit returned as the client takes it.
+//! * [`error`]: every way a request can fail, and the one place that decides the answer
+//!   (including "never 503 once the agent may have the request").
+//!
+//! A reader task owns the TLS reader for the whole connection and hands plaintext over a
+//! bounded channel, so the handler can wait for the agent and for the client at the same time:
+//! a client that hangs up during a watch cancels the stream at once.
+
+pub mod authenticate;
+pub mod authorize;
+pub mod backend;
+pub mod error;
+pub mod resolve;
+pub mod respond;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kubehub_kapi::Status;
+use kubehub_wire::Fields;
+use monoio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
+
+use self::authenticate::{TokenAuth, User};
+use self::authorize::Authorizer;
+use self::backend::Exchange;
+use self::error::{ProxyError, Reached};
+use self::respond::Responder;
+use crate::config::Limits;
+use crate::http::{self, BodyDecoder, BodyPart, HeadError, RequestHead};
+use crate::metrics::{CodeLabel, Metrics};
+use crate::registry::{self, Registry};
+use crate::tls::{self, TlsWriter};
+
+/// What every user connection on a core shares.
+#[derive(Debug)]
+pub struct ProxyCtx {
+    /// Clusters to tunnels.
+    pub registry: Arc<Registry>,
+    /// Bearer tokens.
+    pub auth: Arc<TokenAuth>,
+    /// Who may do what.
+    pub authz: Arc<dyn Authorizer>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub limits: Limits,
+    /// Add impersonation headers.
+    pub impersonate: bool,
+    /// TLS for users.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// One user connection's state between requests: bytes read but not used yet (the next
+/// request's head, a body), the reader task's channel, and the writing half.
+#[derive(Debug)]
+pub struct Conn {
+    /// Plaintext read from the client and not consumed yet.
+    pub buf: BytesMut,
+    inbound: mpsc::Receiver<BytesMut>,
+    /// The writing half of the TLS connection.
+    pub wr: TlsWriter,
+}
+
+impl Conn {
+    /// Waits for more bytes from the client and appends them to `buf`; `false` once the
+    /// client closed its side (or the connection failed).
+    pub async fn read_more(&mut self) -> bool {
+        match self.inbound.recv().await {
+            Some(chunk) => {
+                self.buf.extend_from_slice(&chunk);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves one user connection until it closes.
+pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
+    let _ = tcp.set_nodelay(true);
+    let tls_conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(%peer, "TLS setup: {e}");
+            return;
+        }
+    };
+    let stream = match tls::handshake(tcp, tls_conn.into(), ctx.limits.handshake_timeout()).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%peer, "user TLS handshake failed: {e}");
+            return;
+        }
+    };
+    let (mut rd, wr) = stream.into_split();
+    let (in_tx, inbound) = mpsc::channel::<BytesMut>(4);
+    monoio::spawn(async move {
+        loop {
+            let mut chunk = BytesMut::with_capacity(4096);
+            // Ends with the connection: when the handler is done, the socket is released even
+            // if the client keeps its side open.
+            let read = monoio::select! {
+                r = rd.read(&mut chunk) => r,
+                _ = in_tx.closed() => return,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if in_tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut conn = Conn {
+        buf: BytesMut::new(),
+        inbound,
+        wr,
+    };
+    loop {
+        let head = match read_head(&ctx, &mut conn).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(status) => {
+                debug!(%peer, code = status.code, "bad request head: {}", status.message);
+                ctx.metrics
+                    .requests
+                    .get_or_create(&CodeLabel { code: status.code })
+                    .inc();
+                let _ = conn
+                    .wr
+                    .write_all(&[&http::status_response(&status, true, false)])
+                    .await;
+                break;
+            }
+        };
+        let span = tracing::debug_span!(
+            "request",
+            %peer,
+            method = %String::from_utf8_lossy(&head.method),
+            cluster = tracing::field::Empty,
+            user = tracing::field::Empty,
+            stream = tracing::field::Empty,
+        );
+        if !handle(&ctx, head, &mut conn).instrument(span).await {
+            break;
+        }
+    }
+    let _ = conn.wr.close().await;
+}
+
+/// The next request head. `Ok(None)`: the client closed, or stayed idle past the idle
+/// timeout, between requests. `Err`: the answer for a head that cannot be served (after which
+/// the connection closes): malformed or ambiguous (400), too large (431), an unsupported
+/// transfer coding (501), or a head that trickled in slower than `request_head_timeout_ms`
+/// (408: a connection may not hold its slot without ever sending a whole request).
+async fn read_head(ctx: &ProxyCtx, conn: &mut Conn) -> Result<Option<RequestHead>, Status> {
+    let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+    let head_timeout = Duration::from_millis(ctx.limits.request_head_timeout_ms);
+    // The head's clock starts with its first byte (which may already be buffered).
+    let mut head_deadline = (!conn.buf.is_empty()).then(|| Instant::now() + head_timeout);
+    loop {
+        match http::parse_head(&mut conn.buf, ctx.limits.max_header_bytes) {
+            Ok(Some(h)) => return Ok(Some(h)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(match &e {
+                    HeadError::TooLarge => {
+                        Status::new(431, "RequestHeaderFieldsTooLarge", e.to_string())
+                    }
+                    HeadError::UnsupportedEncoding => {
+                        Status::new(501, "NotImplemented", e.to_string())
+                    }
+                    HeadError::Malformed(_) => Status::bad_request(e.to_string()),
+                })
+            }
+        }
+        let wait = match head_deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => idle,
+        };
+        match monoio::time::timeout(wait, conn.read_more()).await {
+            Ok(true) => {
+                head_deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+            }
+            Ok(false) => return Ok(None),
+            Err(_) if head_deadline.is_some() => {
+                return Err(Status::new(
+                    408,
+                    "Timeout",
+                    format!("the request head did not arrive within {head_timeout:?}"),
+                ))
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// The fields forwarded to the agent: end-to-end fields minus credentials and any
+/// impersonation the user tried, plus the hub's impersonation of the authenticated user.
+fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields {
+    let mut out: Fields = head
+        .fields
+        .iter()
+        .filter(|(n, _)| {
+            !(http::is_hop_by_hop(n)
+                || n.eq_ignore_ascii_case(b"authorization")
+                || n.eq_ignore_ascii_case(b"host")
+                || n.len() >= 12 && n[..12].eq_ignore_ascii_case(b"impersonate-"))
+        })
+        .cloned()
+        .collect();
+    if impersonate {
+        out.push((
+            Bytes::from_static(b"Impersonate-User"),
+            Bytes::from(user.name.clone()),
+        ));
+        for g in &user.groups {
+            out.push((
+                Bytes::from_static(b"Impersonate-Group"),
+                Bytes::from(g.clone()),
+            ));
+        }
+        if !user.uid.is_empty() {
+            out.push((
+                Bytes::from_static(b"Impersonate-Uid"),
+                Bytes::from(user.uid.clone()),
+            ));
+        }
+    }
+    out
+}
+
+/// Handles one request through the phases; returns whether the connection stays open.
+async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
+    let started = Instant::now();
+    let has_body = head.body != http::BodyKind::None;
+    // Until the body is read to its end, bytes of it are still on the connection: it cannot
+    // carry another request.
+    let mut out = Responder::new(&ctx.metrics, &head, !has_body);
+    // resolve → authenticate → authorize → route: nothing has left the hub yet.
+    let prepared = (|| {
+        let target = resolve::resolve(&head)?;
+        let span = tracing::Span::current();
+        span.record("cluster", target.cluster.as_str());
+        let user = authenticate::authenticate(&ctx.auth, &head)?;
+        span.record("user", user.name.as_str());
+        let info = target.info()?;
+        authorize::authorize(&*ctx.authz, user, &target.cluster, &info)?;
+        let backend = route::route(&ctx.registry, &target.cluster, &info)?;
+        Ok::<_, ProxyError>((target, user, backend))
+    })();
+    let (target, user, backend) = match prepared {
+        Ok(p) => p,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    // backend: open the request there.
+    let forwarded = registry::RequestHead {
+        method: head.method.clone(),
+        path: Bytes::from(target.path),
+        fields: forward_fields(&head, user, ctx.impersonate),
+    };
+    let cluster = target.cluster;
+    let mut ex = match backend.open(&cluster, forwarded, !has_body).await {
+        Ok(ex) => ex,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    tracing::Span::current().record("stream", ex.stream_id());
+    // From here on the agent may have the request: errors are never "retry" (see `error`).
+    if has_body {
+        match upload(ctx, &head, conn, &mut ex).await {
+            Ok(true) => out = Responder::new(&ctx.metrics, &head, true),
+            // The stream ended before the body was through (the agent answered early, or reset
+            // it): the answer or the reason is waiting in the exchange.
+            Ok(false) => {}
+            Err(e) => {
+                ex.cancel().await;
+                out.error(conn, &e, Reached::MaybeAgent).await;
+                return false;
+            }
+        }
+    }
+    let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
+    match respond::relay(conn, &mut out, &mut ex, &cluster, started, deadline).await {
+        Ok(keep) => keep,
+        Err(e) => out.error(conn, &e, Reached::MaybeAgent).await,
+    }
+}
+
+/// Sends the request body to the backend, one chunk in flight. `Ok(true)`: all of it went;
+/// `Ok(false)`: the stream ended first. `Err`: the body was malformed or the client left.
+async fn upload(
+    ctx: &ProxyCtx,
+    head: &RequestHead,
+    conn: &mut Conn,
+    ex: &mut Exchange,
+) -> Result<bool, ProxyError> {
+    let mut dec = BodyDecoder::new(head.body);
+    loop {
+        let (data, end) = match dec.decode(&mut conn.buf, ctx.limits.data_chunk) {
+            Ok(BodyPart::Data(data)) => (data, false),
+            Ok(BodyPart::End) => (Bytes::new(), true),
+            Ok(BodyPart::More) => {
+                if !conn.read_more().await {
+                    return Err(ProxyError::ClientGone);
+                }
+                continue;
+            }
+            Err(e) => return Err(ProxyError::BadBody(e.to_string())),
+        };
+        if !ex.send_body(data, end).await {
+            return Ok(false);
+        }
+        if end {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_fields_carry_the_authenticated_user_only() {
+        let mut buf = BytesMut::from(
+            &b"GET /clusters/a/api HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer secret\r\nImpersonate-User: root\r\nimpersonate-group: system:masters\r\nConnection: keep-alive\r\nAccept: application/json\r\n\r\n"[..],
+        );
+        let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        let user = User {
+            name: "alice".into(),
+            uid: "1001".into(),
+            groups: vec!["devs".into(), "ops".into()],
+        };
+        let f = forward_fields(&head, &user, true);
+        let pairs: Vec<(String, String)> = f
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("Accept", "application/json"),
+            ("Impersonate-User", "alice"),
+            ("Impersonate-Group", "devs"),
+            ("Impersonate-Group", "ops"),
+            ("Impersonate-Uid", "1001"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(
+            pairs, want,
+            "credentials, hop-by-hop fields and the user's own impersonation are dropped"
+        );
+        let f = forward_fields(&head, &user, false);
+        assert_eq!(
+            f.len(),
+            1,
+            "without impersonation only end-to-end fields pass"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! `resolve`: which cluster a request is for, and what it asks of that cluster.
+//!
+//! Users address a cluster with a path prefix, as Rancher does: the kubeconfig's server URL is
+//! `https://HUB/clusters/{cluster}` and every Kubernetes path follows it. What remains is
+//! parsed the way kube-apiserver parses it ([`kubehub_kapi::request_info`]): verb, group,
+//! resource, subresource, namespace, name. Authorization and routing work from that.
+
+use kubehub_kapi::request_info::{decode_path, request_info, RequestInfo};
+
+use super::error::ProxyError;
+use crate::http::RequestHead;
+
+/// A request's cluster and its path on that cluster's API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The cluster id.
+    pub cluster: String,
+    /// Path and query on the edge API server (starts with `/`).
+    pub path: String,
+    /// The method, as sent.
+    pub method: String,
+    /// The path part, percent-decoded (what authorization reads).
+    decoded: String,
+}
+
+impl Target {
+    /// What the request asks, as kube-apiserver would see it (borrows from the target).
+    pub fn info(&self) -> Result<RequestInfo<'_>, ProxyError> {
+        let query = self.path.split_once('?').map_or("", |(_, q)| q);
+        request_info(&self.method, &self.decoded, query)
+            .map_err(|e| ProxyError::BadPath(Box::new(e.to_status())))
+    }
+}
+
+/// Splits `/clusters/{cluster}/rest…` into the cluster and the Kubernetes path (`""` when
+/// nothing follows the cluster).
+pub fn split_cluster_path(path_and_query: &str) -> Option<(&str, &str)> {
+    let rest = path_and_query.strip_prefix("/clusters/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (cluster, tail) = rest.split_at(end);
+    if cluster.is_empty() {
+        return None;
+    }
+    Some((cluster, tail))
+}
+
+/// The resolve phase.
+pub fn resolve(head: &RequestHead) -> Result<Target, ProxyError> {
+    let target = String::from_utf8_lossy(&head.target);
+    let (cluster, rest) = split_cluster_path(&target).ok_or(ProxyError::NoCluster)?;
+    let path = if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    };
+    let raw_path = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+    let decoded = decode_path(raw_path)
+        .map_err(|e| ProxyError::BadPath(Box::new(e.to_status())))?
+        .into_owned();
+    Ok(Target {
+        cluster: cluster.to_owned(),
+        method: String::from_utf8_lossy(&head.method).into_owned(),
+        decoded,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn cluster_paths() {
+        assert_eq!(
+            split_cluster_path("/clusters/edge-1/api/v1/pods?watch=1"),
+            Some(("edge-1", "/api/v1/pods?watch=1"))
+        );
+        assert_eq!(split_cluster_path("/clusters/edge-1"), Some(("edge-1", "")));
+        assert_eq!(
+            split_cluster_path("/clusters/edge-1?x=1"),
+            Some(("edge-1", "?x=1"))
+        );
+        assert_eq!(split_cluster_path("/clusters//api"), None);
+        assert_eq!(split_cluster_path("/api/v1"), None);
+    }
+
+    #[test]
+    fn a_request_resolves_to_its_cluster_and_what_it_asks() {
+        let mut buf = BytesMut::from(
+            &b"POST /clusters/edge-1/api/v1/namespaces/default/pods/web/exec?command=ls HTTP/1.1\r\nHost: hub\r\n\r\n"[..],
+        );
+        let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        let t = resolve(&head).unwrap();
+        assert_eq!(t.cluster, "edge-1");
+        assert_eq!(
+            t.path,
+            "/api/v1/namespaces/default/pods/web/exec?command=ls"
+        );
+        let info = t.info().unwrap();
+        assert_eq!(info.verb.as_str(), "create");
+        assert_eq!(
+            (info.resource, info.subresource, &*info.name, info.namespace),
+            ("pods", "exec", "web", "default")
+        );
+        let mut buf =
+            BytesMut::from(&b"GET /clusters/edge-1?x=1 HTTP/1.1\r\nHost: hub\r\n\r\n"[..]);
+        let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        assert_eq!(resolve(&head).unwrap().path, "/?x=1");
+        let mut buf = BytesMut::from(&b"GET /api/v1/pods HTTP/1.1\r\nHost: hub\r\n\r\n"[..]);
+        let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        assert!(matches!(resolve(&head), Err(ProxyError::NoCluster)));
+        let mut buf = BytesMut::from(
+            &b"GET /clusters/e/api/v1/namespaces/a%zz/pods HTTP/1.1\r\nHost: hub\r\n\r\n"[..],
+        );
+        let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        let e = resolve(&head).unwrap_err();
+        assert_eq!(
+            e.status(crate::proxy::error::Reached::Hub).unwrap().code,
+            400
+        );
+    }
+}
