@@ -1,11 +1,14 @@
 //! The agent's side of a tunnel: dial, mutual TLS, HELLO, then serve the streams the hub opens
-//! until the connection ends.
+//! until the connection ends, driving the shared protocol engine ([`Connection`]).
 //!
-//! Tasks: the reader (decodes frames and runs them through the [`Session`]), the writer (encodes
-//! queued frames in batches), the keepalive, and one task per stream that forwards the request
-//! to the edge API server and streams the answer back, waiting for flow-control credit before
-//! each DATA frame. The session sits behind a `std::sync::Mutex` that is never held across an
-//! await.
+//! The engine owns the protocol (streams, flow control, keepalive, every frame to send); this
+//! module moves bytes and work around it. Tasks: the reader (socket bytes into the engine,
+//! its timers, its events to the streams), the writer (whatever the engine has to send, in
+//! batches), and one task per stream that forwards the request to the edge API server and
+//! streams the answer back, pausing while the stream's send buffer is full. The engine sits
+//! behind a `std::sync::Mutex` that is never held across an await; whoever changes it wakes
+//! the writer, which flushes until the engine has nothing left, so no frame (credit, a GOAWAY)
+//! is ever dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
+use kubehub_wire::conn::{ConnConfig, Event};
 use kubehub_wire::handshake::{self, Offer};
 use kubehub_wire::{
-    Capabilities, Data, Decoder, EncodeBuf, End, ErrorCode, Frame, GoAway, Hello, Ping, Request,
-    Reset, Response, Role, Session, SessionError, StreamId,
+    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, Hello, Role, StreamId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
 use crate::upstream::{is_hop_by_hop, UpBody, UpstreamClient};
@@ -47,34 +50,46 @@ pub enum TunnelError {
     Closed(String),
 }
 
+/// One stream the hub opened.
 struct Slot {
+    /// The request body, on its way to the upstream request.
     body: Option<mpsc::Sender<Bytes>>,
+    /// The task forwarding it.
     task: Option<AbortHandle>,
 }
 
 struct State {
-    session: Session,
+    conn: Connection,
     streams: HashMap<StreamId, Slot>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled on every WINDOW_UPDATE: stream tasks waiting for credit look again.
-    credit: Notify,
-    out: mpsc::Sender<Frame>,
-    chunk: usize,
+    /// The engine may have something to send: the writer looks.
+    wake: Notify,
+    /// A stream's send buffer drained (`Event::Writable`): stream tasks waiting look again.
+    writable: Notify,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Runs `f` on the engine, then wakes the writer.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let out = f(&mut self.lock().conn);
+        self.wake.notify_one();
+        out
+    }
 }
 
-const WRITE_QUEUE: usize = 1024;
-/// Request body chunks buffered per stream before the upstream takes them (the hub sends at
-/// most one chunk at a time per stream).
+/// Request body chunks buffered per stream before the upstream takes them. The hub sends no
+/// more than the stream window (256 KiB by default, 16 chunks of 16 KiB), so a compliant hub
+/// never fills this; one that does gets the stream reset.
 const BODY_QUEUE: usize = 64;
+/// Bytes encoded per write at most.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// The TLS client configuration for the hubs (TLS 1.3, the agent's client certificate).
 pub fn client_tls(cfg: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -175,54 +190,53 @@ pub async fn run_once(
     on_up();
     metrics.connected.inc();
 
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(WRITE_QUEUE);
+    let (mut rd, wr) = tokio::io::split(tls);
+    let keepalive = Duration::from_millis(u64::from(ack.keepalive_ms).max(100));
+    let cfg = ConnConfig {
+        keepalive,
+        max_data_frame: cfg.limits.data_chunk,
+        // Two chunks queued in the engine per stream before its task waits.
+        send_buffer: 2 * cfg.limits.data_chunk,
+        accept_requests: true,
+        accept_sync: false,
+    };
+    let mut conn = Connection::new(
+        Role::Agent,
+        agreed.agent_settings,
+        agreed.hub_settings,
+        cfg,
+        Instant::now(),
+    );
+    // Frames the hub sent right behind its HELLO_ACK.
+    conn.handle_bytes(&mut buf, Instant::now());
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            session: Session::new(Role::Agent, agreed.agent_settings, agreed.hub_settings),
+            conn,
             streams: HashMap::new(),
         }),
-        credit: Notify::new(),
-        out: out_tx,
-        chunk: cfg
-            .limits
-            .data_chunk
-            .min(agreed.hub_settings.max_frame_size as usize),
+        wake: Notify::new(),
+        writable: Notify::new(),
     });
-    let writer = tokio::spawn(async move {
-        let mut eb = EncodeBuf::new();
-        while let Some(f) = out_rx.recv().await {
-            eb.push(&f);
-            while eb.remaining() < 256 * 1024 {
-                match out_rx.try_recv() {
-                    Ok(f) => eb.push(&f),
-                    Err(_) => break,
-                }
-            }
-            if write_all(&mut wr, &mut eb).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = tokio::spawn(writer(
+        wr,
+        shared.clone(),
+        upstream.clone(),
+        metrics.clone(),
+    ));
     // However this function ends (returning, or dropped when the agent stops), the streams
     // and the writer end with it, so the socket closes and the hub sees the tunnel go.
-    let _cleanup = Cleanup {
+    let cleanup = Cleanup {
         shared: shared.clone(),
         writer: writer.abort_handle(),
         metrics: metrics.clone(),
     };
-    let keepalive_every = Duration::from_millis(u64::from(ack.keepalive_ms).max(100));
-    read_loop(
-        &mut rd,
-        &mut buf,
-        &mut decoder,
-        &shared,
-        &upstream,
-        keepalive_every,
-        &metrics,
-    )
-    .await
+    let why = read_loop(&mut rd, &mut buf, &shared, &upstream, &metrics).await;
+    // The engine may still hold its last words (a GOAWAY): give the writer a moment to flush
+    // them, then close.
+    shared.wake.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    cleanup.writer.abort();
+    Err(TunnelError::Closed(why))
 }
 
 struct Cleanup {
@@ -262,40 +276,76 @@ async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// Writes whatever the engine has to send, whenever it is woken; ends (shutting the socket
+/// down) once the engine is closed and flushed, or the socket fails.
+async fn writer<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
+    shared: Arc<Shared>,
+    upstream: UpstreamClient,
+    metrics: Arc<Metrics>,
+) {
+    let mut eb = EncodeBuf::new();
+    loop {
+        let (encoded, closed) = {
+            let mut st = shared.lock();
+            let n = if st.conn.has_transmit() {
+                st.conn.poll_transmit(&mut eb, WRITE_BATCH)
+            } else {
+                0
+            };
+            (n, st.conn.is_closed() && !st.conn.has_transmit())
+        };
+        // Sending drains send buffers: streams waiting to write hear it now (Writable), not
+        // whenever the hub next says something.
+        dispatch(&shared, &upstream, &metrics);
+        if encoded > 0 {
+            if let Err(e) = write_all(&mut wr, &mut eb).await {
+                debug!("tunnel write failed: {e}");
+                shared.with(|c| c.transport_closed(&format!("write failed: {e}")));
+                break;
+            }
+            continue;
+        }
+        if closed {
+            break;
+        }
+        eb.release_memory();
+        shared.wake.notified().await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Reads from the hub into the engine, drives its timers, and hands its events out, until
+/// the connection closes; returns why.
 async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
-    decoder: &mut Decoder,
     shared: &Arc<Shared>,
     upstream: &UpstreamClient,
-    keepalive: Duration,
     metrics: &Arc<Metrics>,
-) -> Result<(), TunnelError> {
-    let mut last_rx = Instant::now();
-    let mut ping = tokio::time::interval(keepalive);
-    ping.tick().await;
-    let mut n_ping = 0u64;
+) -> String {
     loop {
-        while let Some(frame) = decoder
-            .decode(buf)
-            .map_err(|e| TunnelError::Closed(format!("hub sent bad bytes: {e}")))?
-        {
-            last_rx = Instant::now();
-            handle_frame(frame, shared, upstream, metrics).await?;
-        }
-        tokio::select! {
-            r = rd.read_buf(buf) => match r {
-                Ok(0) => return Err(TunnelError::Closed("hub closed the connection".into())),
-                Ok(_) => {}
-                Err(e) => return Err(TunnelError::Closed(format!("read failed: {e}"))),
-            },
-            _ = ping.tick() => {
-                if last_rx.elapsed() > keepalive * 3 {
-                    return Err(TunnelError::Closed("hub silent for three keepalive intervals".into()));
-                }
-                n_ping += 1;
-                let _ = shared.out.send(Frame::Ping(Ping { ack: false, opaque: n_ping })).await;
+        let deadline = shared.lock().conn.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            r = rd.read_buf(buf) => {
+                let now = Instant::now();
+                let mut st = shared.lock();
+                match r {
+                    Ok(0) => st.conn.transport_closed("hub closed the connection"),
+                    Ok(_) => st.conn.handle_bytes(buf, now),
+                    Err(e) => st.conn.transport_closed(&format!("read failed: {e}")),
+                }
+            }
+            _ = sleep => shared.lock().conn.handle_timeout(Instant::now()),
+        }
+        if let Some(why) = dispatch(shared, upstream, metrics) {
+            return why;
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(16 * 1024);
@@ -303,189 +353,127 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-async fn handle_frame(
-    frame: Frame,
+/// Hands the engine's events out: new requests get a task, body bytes go to their upstream
+/// request, resets cancel it. Returns why the connection closed, once it did.
+fn dispatch(
     shared: &Arc<Shared>,
     upstream: &UpstreamClient,
     metrics: &Arc<Metrics>,
-) -> Result<(), TunnelError> {
-    let id = frame.stream_id();
-    let mut reply = Vec::new();
-    let mut spawn_req = None;
-    {
-        let mut st = shared.lock();
-        let st = &mut *st;
-        match st.session.recv(&frame) {
-            Err(SessionError::Connection { code, reason }) => {
-                drop(std::mem::take(&mut reply));
-                let g = Frame::GoAway(GoAway {
-                    last_stream_id: 0,
-                    code,
-                    message: reason.into(),
-                });
-                let out = shared.out.clone();
-                tokio::spawn(async move {
-                    let _ = out.send(g).await;
-                });
-                return Err(TunnelError::Closed(format!(
-                    "hub broke the protocol: {reason}"
-                )));
+) -> Option<String> {
+    let mut closed = None;
+    let mut st = shared.lock();
+    let st = &mut *st;
+    while let Some(ev) = st.conn.poll_event() {
+        match ev {
+            Event::Request {
+                id,
+                method,
+                path,
+                fields,
+                end_stream,
+            } => {
+                let (body_tx, body_rx) = if end_stream {
+                    (None, None)
+                } else {
+                    let (t, r) = mpsc::channel(BODY_QUEUE);
+                    (Some(t), Some(r))
+                };
+                metrics.streams.inc();
+                let req = Forward {
+                    id,
+                    method,
+                    path,
+                    fields,
+                };
+                let task = tokio::spawn(
+                    forward(
+                        req,
+                        body_rx,
+                        shared.clone(),
+                        upstream.clone(),
+                        metrics.clone(),
+                    )
+                    .instrument(tracing::debug_span!("stream", stream = id)),
+                );
+                st.streams.insert(
+                    id,
+                    Slot {
+                        body: body_tx,
+                        task: Some(task.abort_handle()),
+                    },
+                );
             }
-            Err(SessionError::Stream {
-                stream,
-                code,
-                reason,
-            }) => {
-                debug!(stream, %code, "stream error: {reason}");
-                reply.push(Frame::Reset(Reset {
-                    stream_id: stream,
-                    code,
-                }));
-                if let Some(slot) = st.streams.remove(&stream) {
-                    if let Some(t) = slot.task {
-                        t.abort();
+            Event::Data {
+                id,
+                data,
+                end_stream,
+            } => {
+                let mut overflow = false;
+                if let Some(slot) = st.streams.get_mut(&id) {
+                    if !data.is_empty() {
+                        if let Some(tx) = &slot.body {
+                            overflow = tx.try_send(data).is_err();
+                        }
+                    }
+                    if end_stream {
+                        slot.body = None;
                     }
                 }
-            }
-            Ok(r) => {
-                if let Some(wu) = r.window_update {
-                    reply.push(Frame::WindowUpdate(wu));
-                }
-                if r.deliver {
-                    match frame {
-                        Frame::Request(req) => {
-                            let (body_tx, body_rx) = if req.end_stream {
-                                (None, None)
-                            } else {
-                                let (t, r) = mpsc::channel(BODY_QUEUE);
-                                (Some(t), Some(r))
-                            };
-                            st.streams.insert(
-                                id,
-                                Slot {
-                                    body: body_tx,
-                                    task: None,
-                                },
-                            );
-                            spawn_req = Some((req, body_rx));
-                        }
-                        Frame::Data(d) => {
-                            let mut reset = false;
-                            if let Some(slot) = st.streams.get_mut(&id) {
-                                if !d.payload.is_empty() {
-                                    if let Some(tx) = &slot.body {
-                                        reset = tx.try_send(d.payload).is_err();
-                                    }
-                                }
-                                if d.end_stream {
-                                    slot.body = None;
-                                }
-                            }
-                            if reset {
-                                reply.push(Frame::Reset(Reset {
-                                    stream_id: id,
-                                    code: ErrorCode::ENHANCE_YOUR_CALM,
-                                }));
-                                if let Some(slot) = st.streams.remove(&id) {
-                                    if let Some(t) = slot.task {
-                                        t.abort();
-                                    }
-                                }
-                            }
-                        }
-                        Frame::End(_) => {
-                            if let Some(slot) = st.streams.get_mut(&id) {
-                                slot.body = None;
-                            }
-                        }
-                        Frame::Reset(_) => {
-                            // The user went away: cancel the upstream request.
-                            if let Some(slot) = st.streams.remove(&id) {
-                                if let Some(t) = slot.task {
-                                    t.abort();
-                                }
-                            }
-                        }
-                        Frame::WindowUpdate(_) => shared.credit.notify_waiters(),
-                        Frame::Ping(p) if !p.ack => reply.push(Frame::Ping(Ping {
-                            ack: true,
-                            opaque: p.opaque,
-                        })),
-                        Frame::GoAway(g) => {
-                            info!(code = %g.code, "hub is going away: {}", g.message)
-                        }
-                        _ => {}
-                    }
+                if overflow {
+                    warn!(stream = id, "the hub sent more body than the stream window");
+                    st.conn.reset(id, ErrorCode::ENHANCE_YOUR_CALM);
+                    abort(st, id);
                 }
             }
+            Event::End { id, .. } => {
+                if let Some(slot) = st.streams.get_mut(&id) {
+                    slot.body = None;
+                }
+            }
+            // The user went away (or the stream broke): cancel the upstream request.
+            Event::Reset { id, .. } => abort(st, id),
+            Event::Writable { .. } => shared.writable.notify_waiters(),
+            Event::GoAway { code, message } => info!(%code, "hub is going away: {message}"),
+            Event::Response { .. } | Event::Discovery(_) | Event::Sync { .. } => {}
+            Event::Closed(reason) => closed = Some(reason.to_string()),
         }
     }
-    if let Some((req, body_rx)) = spawn_req {
-        metrics.streams.inc();
-        let task = tokio::spawn(forward(
-            req,
-            body_rx,
-            shared.clone(),
-            upstream.clone(),
-            metrics.clone(),
-        ));
-        let mut st = shared.lock();
-        match st.streams.get_mut(&id) {
-            Some(slot) => slot.task = Some(task.abort_handle()),
-            None => task.abort(),
-        }
+    // The writer has work (an answer, credit), or must see the close.
+    if st.conn.has_transmit() || st.conn.is_closed() {
+        shared.wake.notify_one();
     }
-    for f in reply {
-        if shared.out.send(f).await.is_err() {
-            return Err(TunnelError::Closed("writer closed".into()));
-        }
-    }
-    Ok(())
+    closed
 }
 
-/// Sends `f` after the session accepted it.
-async fn send(shared: &Shared, f: Frame) -> bool {
-    let ok = shared.lock().session.send(&f).is_ok();
-    ok && shared.out.send(f).await.is_ok()
+fn abort(st: &mut State, id: StreamId) {
+    if let Some(slot) = st.streams.remove(&id) {
+        if let Some(t) = slot.task {
+            t.abort();
+        }
+    }
 }
 
-/// Sends body bytes on `id`, waiting for flow-control credit.
-async fn send_data(shared: &Shared, id: StreamId, mut data: Bytes) -> bool {
-    while !data.is_empty() {
-        let notified = shared.credit.notified();
+/// Sends body bytes on `id`, waiting while the stream's send buffer is full. `false`: the
+/// stream is gone.
+async fn send_data(shared: &Shared, id: StreamId, data: Bytes) -> bool {
+    loop {
+        let notified = shared.writable.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let frame = {
+        {
             let mut st = shared.lock();
-            let cap = st.session.send_capacity(id) as usize;
-            if cap == 0 {
-                if !st.streams.contains_key(&id) {
-                    return false;
-                }
-                None
-            } else {
-                let n = data.len().min(cap).min(shared.chunk);
-                let f = Frame::Data(Data {
-                    stream_id: id,
-                    end_stream: false,
-                    payload: data.split_to(n),
-                });
-                if st.session.send(&f).is_err() {
-                    return false;
-                }
-                Some(f)
+            if !st.streams.contains_key(&id) {
+                return false;
             }
-        };
-        match frame {
-            Some(f) => {
-                if shared.out.send(f).await.is_err() {
-                    return false;
-                }
+            if st.conn.is_writable(id) {
+                let ok = st.conn.send_data(id, data, false).is_ok();
+                drop(st);
+                shared.wake.notify_one();
+                return ok;
             }
-            None => notified.await,
         }
+        notified.await;
     }
-    true
 }
 
 fn status_body(
@@ -508,76 +496,69 @@ fn status_body(
     (code, fields, body)
 }
 
+/// A request the hub forwarded.
+struct Forward {
+    id: StreamId,
+    method: Bytes,
+    path: Bytes,
+    fields: Fields,
+}
+
 /// One forwarded request: upstream call, then the response streamed back.
 async fn forward(
-    req: Request,
+    req: Forward,
     body_rx: Option<mpsc::Receiver<Bytes>>,
     shared: Arc<Shared>,
     upstream: UpstreamClient,
     metrics: Arc<Metrics>,
 ) {
-    let id = req.stream_id;
+    let id = req.id;
+    answer(req, body_rx, &shared, upstream).await;
+    shared.lock().streams.remove(&id);
+    metrics.streams.dec();
+}
+
+async fn answer(
+    req: Forward,
+    body_rx: Option<mpsc::Receiver<Bytes>>,
+    shared: &Arc<Shared>,
+    upstream: UpstreamClient,
+) {
+    let id = req.id;
     let body: UpBody = match body_rx {
         None => http_body_util::Empty::<Bytes>::new()
             .map_err(|e| match e {})
             .boxed(),
         Some(rx) => {
-            // Credit for request body bytes goes back as the upstream takes them.
+            // Credit for request body bytes goes back as the upstream takes them. The engine
+            // queues the WINDOW_UPDATE itself: it cannot be lost to a full queue.
             let s2 = shared.clone();
             let stream = ReceiverStream::new(rx).map(move |b: Bytes| {
-                let wu = s2.lock().session.release(id, b.len() as u32);
-                if let Some(wu) = wu {
-                    if s2.out.try_send(Frame::WindowUpdate(wu)).is_err() {
-                        warn!(stream = id, "writer queue full: credit update dropped");
-                    }
-                }
+                s2.with(|c| c.release(id, b.len() as u32));
                 Ok::<_, std::io::Error>(hyper::body::Frame::data(b))
             });
             BodyExt::boxed(StreamBody::new(stream))
         }
     };
-    let done = |shared: &Shared| {
-        let mut st = shared.lock();
-        st.streams.remove(&id);
-    };
-    let resp = upstream
+    let resp = match upstream
         .send(&req.method, &req.path, &req.fields, body)
-        .await;
-    let resp = match resp {
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
-            warn!(stream = id, "edge API server unreachable: {e}");
+            warn!("edge API server unreachable: {e}");
             let (code, fields, body) = status_body(
                 503,
                 "ServiceUnavailable",
                 format!("the edge API server is unreachable from the agent: {e}"),
             );
-            let _ = send(
-                &shared,
-                Frame::Response(Response {
-                    stream_id: id,
-                    end_stream: false,
-                    status: code,
-                    fields,
-                }),
-            )
-            .await
-                && send_data(&shared, id, body).await
-                && send(
-                    &shared,
-                    Frame::End(End {
-                        stream_id: id,
-                        trailers: vec![],
-                    }),
-                )
-                .await;
-            done(&shared);
-            metrics.streams.dec();
+            let _ = shared.with(|c| c.send_response(id, code, fields, false).is_ok())
+                && shared.with(|c| c.send_data(id, body, true).is_ok());
             return;
         }
     };
     let status = resp.status().as_u16();
-    let fields: Vec<(Bytes, Bytes)> = resp
+    let fields: Fields = resp
         .headers()
         .iter()
         .filter(|(n, _)| !is_hop_by_hop(n.as_str().as_bytes()))
@@ -589,30 +570,19 @@ async fn forward(
         })
         .collect();
     let mut body = resp.into_body();
-    if !send(
-        &shared,
-        Frame::Response(Response {
-            stream_id: id,
-            end_stream: false,
-            status,
-            fields,
-        }),
-    )
-    .await
+    if shared
+        .with(|c| c.send_response(id, status, fields, false))
+        .is_err()
     {
-        done(&shared);
-        metrics.streams.dec();
         return;
     }
     let mut trailers = Vec::new();
-    let mut failed = false;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => match f.into_data() {
                 Ok(data) => {
-                    if !send_data(&shared, id, data).await {
-                        failed = true;
-                        break;
+                    if !send_data(shared, id, data).await {
+                        return;
                     }
                 }
                 Err(f) => {
@@ -630,30 +600,15 @@ async fn forward(
                 }
             },
             Err(e) => {
-                debug!(stream = id, "upstream body failed: {e}");
-                let _ = send(
-                    &shared,
-                    Frame::Reset(Reset {
-                        stream_id: id,
-                        code: ErrorCode::UPSTREAM,
-                    }),
-                )
-                .await;
-                failed = true;
-                break;
+                debug!("upstream body failed: {e}");
+                shared.with(|c| c.reset(id, ErrorCode::UPSTREAM));
+                return;
             }
         }
     }
-    if !failed {
-        let _ = send(
-            &shared,
-            Frame::End(End {
-                stream_id: id,
-                trailers,
-            }),
-        )
-        .await;
-    }
-    done(&shared);
-    metrics.streams.dec();
+    let _ = if trailers.is_empty() {
+        shared.with(|c| c.send_data(id, Bytes::new(), true))
+    } else {
+        shared.with(|c| c.send_end(id, trailers))
+    };
 }

@@ -354,8 +354,12 @@ impl Tunnel {
                 }
             }
         }
+        // The writer has work (credit, a RESET), or must see the close.
+        let wake = st.conn.has_transmit() || st.conn.is_closed();
         drop(guard);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     /// Gives an event to a stream's consumer; a consumer that is gone cancels the stream.
@@ -536,6 +540,11 @@ async fn writer(mut wr: TlsWriter, mut eb: EncodeBuf, tunnel: Rc<Tunnel>) {
                     false
                 }
             };
+            // Sending drains send buffers: a request body waiting for room hears it now
+            // (Writable), not whenever the agent next says something.
+            if more {
+                tunnel.dispatch();
+            }
             if !more && eb.is_empty() {
                 break;
             }

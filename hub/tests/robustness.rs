@@ -373,3 +373,72 @@ fn a_trickling_request_head_gets_408_and_the_connection_closes() {
         "{idle_then_served}"
     );
 }
+
+/// Sends `req` on a fresh user connection and returns the whole answer (the request asks the
+/// hub to close afterwards).
+fn raw_exchange(s: &common::Stack, req: Vec<u8>) -> String {
+    s.rt.block_on(async {
+        let mut tls = s.user_connection().await;
+        tls.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+#[test]
+fn request_bodies_larger_than_many_windows_arrive_whole() {
+    // 1.2 MB of body is about five stream windows (256 KiB): the upload only completes if the
+    // agent's credit for consumed body bytes always reaches the hub.
+    let s = stack();
+    let blob = "y".repeat(1_200_000);
+    let path = "/clusters/edge-1/api/v1/namespaces/default/configmaps";
+    let body = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"blob": blob}})
+            .to_string()
+    };
+    // Content-Length framing.
+    let b = body("upload-length");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        common::TOKEN,
+        b.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(b.as_bytes());
+    let out = raw_exchange(&s, req);
+    assert!(
+        out.starts_with("HTTP/1.1 201"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
+    // Chunked framing, in odd-sized chunks.
+    let b = body("upload-chunked");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        common::TOKEN
+    )
+    .into_bytes();
+    for piece in b.as_bytes().chunks(7_001) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let out = raw_exchange(&s, req);
+    assert!(
+        out.starts_with("HTTP/1.1 201"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
+    // Both arrived byte for byte.
+    for name in ["upload-length", "upload-chunked"] {
+        let cm = s.ok(&["get", "configmap", "-n", "default", name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&cm).unwrap();
+        assert_eq!(
+            v["data"]["blob"].as_str().map(str::len),
+            Some(1_200_000),
+            "{name}"
+        );
+    }
+}
