@@ -85,12 +85,15 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
 }
 
-/// The delay before reconnect attempt `attempt` (0-based): full jitter over an exponential
-/// ceiling, so reconnects of many agents spread out.
+/// The delay before reconnect attempt `attempt` (0-based): "full jitter", a uniform draw from
+/// zero to an exponential ceiling (`initial × 2^attempt`, at most `max`). When a hub restarts,
+/// its thousands of agents spread their reconnects evenly over the whole window instead of
+/// arriving in waves; a draw that lands near zero is harmless because the ceiling, not the
+/// draw, grows with each failure.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
     let ceiling = initial.saturating_mul(1u32 << attempt.min(16)).min(max);
     let ms = ceiling.as_millis().max(1) as u64;
-    Duration::from_millis(rng.random_range(ms / 2..=ms))
+    Duration::from_millis(rng.random_range(0..=ms))
 }
 
 impl Agent {
@@ -223,14 +226,20 @@ mod tests {
         for attempt in 0..20 {
             let d = backoff(attempt, i, m, &mut rng);
             let ceiling = (500u64 << attempt.min(16)).min(30_000);
-            assert!(
-                d.as_millis() as u64 <= ceiling && d.as_millis() as u64 >= ceiling / 2,
-                "{attempt}: {d:?}"
-            );
+            assert!(d.as_millis() as u64 <= ceiling, "{attempt}: {d:?}");
         }
-        let spread: std::collections::HashSet<u128> = (0..50)
-            .map(|_| backoff(5, i, m, &mut rng).as_millis())
+        // Full jitter: draws cover the whole window, its lower half included.
+        let draws: Vec<u64> = (0..1000)
+            .map(|_| backoff(5, i, m, &mut rng).as_millis() as u64)
             .collect();
-        assert!(spread.len() > 20, "jitter spreads reconnects");
+        let ceiling = 16_000;
+        let low = draws.iter().filter(|&&d| d < ceiling / 4).count();
+        let high = draws.iter().filter(|&&d| d > ceiling * 3 / 4).count();
+        assert!(
+            low > 150 && high > 150,
+            "uniform over [0, ceiling]: {low} low, {high} high"
+        );
+        let spread: std::collections::HashSet<u64> = draws.into_iter().collect();
+        assert!(spread.len() > 500, "jitter spreads reconnects");
     }
 }
