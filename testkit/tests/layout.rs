@@ -1,7 +1,8 @@
 //! Architecture invariant: the product does not depend on the test tooling. The hub and the
 //! agent libraries never pull in the simulator, the load harness, these test helpers or the
 //! command line; the simulator stands alone; only the `kubehub` binary crate sees them all.
-//! (`wire/tests/no_runtime.rs` checks the protocol crate's own rule.)
+//! And the protocol crate depends on no async runtime, so the monoio hub and the tokio agent
+//! drive the same engine and it stays fuzzable in isolation.
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
@@ -80,6 +81,20 @@ fn shared_crates_stand_alone() {
             "kubehub-cli",
         ],
     );
+}
+
+#[test]
+fn wire_has_no_async_runtime_dependency() {
+    let runtimes = [
+        "tokio",
+        "monoio",
+        "async-std",
+        "smol",
+        "glommio",
+        "futures-executor",
+        "mio",
+    ];
+    assert_free_of("kubehub-wire", &runtimes);
 }
 
 #[test]

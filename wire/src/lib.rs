@@ -5,7 +5,7 @@
 //! cache-sync streams (a snapshot of one resource type, then its watch events). This crate is
 //! the protocol and nothing else. It is *sans-IO*: bytes in, frames out, and state machines that
 //! say what may be sent and received next. It depends on no async runtime (an architecture
-//! invariant, checked by `wire/tests/no_runtime.rs`), so the monoio hub and the tokio
+//! invariant, checked by `testkit/tests/layout.rs`), so the monoio hub and the tokio
 //! agent share it unchanged, and it can be fuzzed and property-tested in isolation.
 //!
 //! * [`frame`]: the frames as plain data.
