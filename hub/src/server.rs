@@ -21,7 +21,7 @@ use kubehub_pki as pki;
 use crate::config::{HubConfig, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::authenticate::TokenAuth;
-use crate::proxy::authorize::AllowAuthenticated;
+use crate::proxy::authorize::{AllowAuthenticated, Authorizer};
 use crate::proxy::{serve_user, ProxyCtx};
 use crate::registry::Registry;
 use crate::tunnel::{serve_agent, TunnelCtx};
@@ -192,6 +192,12 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpLi
 
 /// Starts the hub's worker threads.
 pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
+    start_with(cfg, Arc::new(AllowAuthenticated))
+}
+
+/// Starts the hub with `authz` deciding who may do what (the metaserver's grants will come in
+/// this way; tests pass their own policies).
+pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, HubError> {
     cfg.validate()?;
     let n = cfg.worker_count();
     let user_tls = user_tls(&cfg.user_listener)?;
@@ -220,7 +226,7 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         let proxy = ProxyCtx {
             registry: registry.clone(),
             auth: auth.clone(),
-            authz: Arc::new(AllowAuthenticated),
+            authz: authz.clone(),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             impersonate: cfg.impersonate,

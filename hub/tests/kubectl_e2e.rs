@@ -185,3 +185,51 @@ fn agent_loss_ends_watches_and_gives_503_until_it_returns() {
     s.wait_connected(true, Duration::from_secs(10));
     assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
 }
+
+/// A policy for the test below: alice may do anything but delete config maps.
+#[derive(Debug)]
+struct NoConfigMapDeletes;
+
+impl kubehub_hub::proxy::authorize::Authorizer for NoConfigMapDeletes {
+    fn authorize(
+        &self,
+        _: &kubehub_hub::proxy::authenticate::User,
+        _: &str,
+        info: &kubehub_kapi::RequestInfo<'_>,
+    ) -> kubehub_hub::proxy::authorize::Decision {
+        use kubehub_hub::proxy::authorize::Decision;
+        if info.resource == "configmaps" && info.verb.as_str() == "delete" {
+            Decision::Deny("config maps are kept".into())
+        } else {
+            Decision::Allow
+        }
+    }
+}
+
+#[test]
+fn a_denied_request_is_a_kube_apiserver_forbidden_and_never_reaches_the_cluster() {
+    let s = common::start_with(
+        ClusterConfig::default(),
+        Limits::default(),
+        std::sync::Arc::new(NoConfigMapDeletes),
+    );
+    let out = s.kubectl(&[
+        "delete",
+        "configmap",
+        "-n",
+        "kube-system",
+        "kube-root-ca.crt",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "Error from server (Forbidden): configmaps \"kube-root-ca.crt\" is forbidden: User \"alice\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"kube-system\": config maps are kept"
+        ),
+        "{err}"
+    );
+    // Nothing reached the edge: the object is still there, and what is allowed still works.
+    assert!(s
+        .ok(&["get", "configmap", "-n", "kube-system"])
+        .contains("kube-root-ca.crt"));
+}

@@ -11,6 +11,7 @@ use crate::Kubectl;
 use kubehub_agent::config::{AgentConfig, Limits as AgentLimits, Reconnect, Tls, Upstream};
 use kubehub_agent::Agent;
 use kubehub_hub::config::{HubConfig, Limits, Listener};
+use kubehub_hub::proxy::authorize::{AllowAuthenticated, Authorizer};
 use kubehub_hub::server::{self, Hub};
 use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_pki::Ca;
@@ -40,6 +41,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
+    start_with(cluster_cfg, limits, Arc::new(AllowAuthenticated))
+}
+
+/// [`start`], with `authz` deciding in the hub who may do what.
+pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Authorizer>) -> Stack {
     // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -93,7 +99,7 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
         }),
         limits,
     };
-    let hub = server::start(hub_cfg).unwrap();
+    let hub = server::start_with(hub_cfg, authz).unwrap();
     let agent_cfg = AgentConfig {
         cluster_id: CLUSTER.into(),
         agent_id: Some("agent-test".into()),
