@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -56,22 +55,9 @@ struct Conn {
 
 impl Conn {
     async fn open(s: &Stack) -> Conn {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(kubehub_pki::parse_certs(&s.ca.cert_pem()).unwrap());
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(s.hub.user_addr).await.unwrap();
-        let connect = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect("localhost".try_into().unwrap(), tcp);
-        let tls = tokio::time::timeout(WAIT, connect)
+        let tls = tokio::time::timeout(WAIT, s.user_connection())
             .await
-            .expect("TLS handshake with the hub timed out")
-            .unwrap();
+            .expect("TLS handshake with the hub timed out");
         Conn {
             tls,
             buf: BytesMut::new(),

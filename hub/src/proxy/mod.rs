@@ -217,11 +217,20 @@ async fn read_head(ctx: &ProxyCtx, conn: &mut Conn) -> Result<Option<RequestHead
 /// The fields forwarded to the agent: end-to-end fields minus credentials and any
 /// impersonation the user tried, plus the hub's impersonation of the authenticated user.
 fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields {
+    // Fields the client named in `Connection` are for this hop only (RFC 9110 §7.6.1).
+    let connection_listed = |name: &[u8]| {
+        head.fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+    };
     let mut out: Fields = head
         .fields
         .iter()
         .filter(|(n, _)| {
             !(http::is_hop_by_hop(n)
+                || connection_listed(n)
                 || n.eq_ignore_ascii_case(b"authorization")
                 || n.eq_ignore_ascii_case(b"host")
                 || n.len() >= 12 && n[..12].eq_ignore_ascii_case(b"impersonate-"))
@@ -342,7 +351,7 @@ mod tests {
     #[test]
     fn forwarded_fields_carry_the_authenticated_user_only() {
         let mut buf = BytesMut::from(
-            &b"GET /clusters/a/api HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer secret\r\nImpersonate-User: root\r\nimpersonate-group: system:masters\r\nConnection: keep-alive\r\nAccept: application/json\r\n\r\n"[..],
+            &b"GET /clusters/a/api HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer secret\r\nImpersonate-User: root\r\nimpersonate-group: system:masters\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: application/json\r\n\r\n"[..],
         );
         let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
         let user = User {
@@ -372,7 +381,7 @@ mod tests {
         .collect();
         assert_eq!(
             pairs, want,
-            "credentials, hop-by-hop fields and the user's own impersonation are dropped"
+            "credentials, hop-by-hop fields (and those Connection names) and the user's own impersonation are dropped"
         );
         let f = forward_fields(&head, &user, false);
         assert_eq!(
