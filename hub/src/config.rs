@@ -31,7 +31,7 @@
 //! max_frame_size = 2097152           # largest tunnel frame accepted
 //! data_chunk = 16384                 # largest DATA frame the hub sends
 //! handshake_timeout_ms = 10000       # TLS + HELLO must complete within this
-//! idle_timeout_ms = 300000           # a user connection idle between requests is closed
+//! idle_timeout_ms = 300000           # a user connection idle between requests (or mid-body: 408) is closed
 //! request_head_timeout_ms = 30000    # a request head must arrive whole within this of its first byte (else 408, close)
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
@@ -113,7 +113,8 @@ pub struct Limits {
     pub data_chunk: usize,
     /// TLS + HELLO deadline.
     pub handshake_timeout_ms: u64,
-    /// Idle user connections are closed after this.
+    /// Idle user connections are closed after this; a request body that stops arriving for
+    /// this long is answered 408 (and its stream cancelled).
     pub idle_timeout_ms: u64,
     /// A request head must be complete within this of its first byte, or the connection is
     /// answered 408 and closed (a slow trickle cannot hold a connection slot).

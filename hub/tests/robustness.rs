@@ -442,3 +442,34 @@ fn request_bodies_larger_than_many_windows_arrive_whole() {
         );
     }
 }
+
+#[test]
+fn a_request_body_that_stops_arriving_gets_408_and_frees_the_stream() {
+    let limits = Limits {
+        idle_timeout_ms: 500,
+        ..Limits::default()
+    };
+    let s = common::start(ClusterConfig::default(), limits);
+    let answer = s.rt.block_on(async {
+        let mut tls = s.user_connection().await;
+        let req = format!(
+            "POST /clusters/edge-1/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"apiVersion\":",
+            common::TOKEN
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The stream at the agent was cancelled, not left open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = s.curl_admin("/metrics");
+        if m.contains("kubehub_hub_streams_open 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

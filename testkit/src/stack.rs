@@ -221,6 +221,20 @@ impl Stack {
             .unwrap()
     }
 
+    /// GET on the hub's admin listener (`/metrics`, `/healthz`, `/readyz`): the whole answer.
+    pub fn curl_admin(&self, path: &str) -> String {
+        let addr = self
+            .hub
+            .admin_addr
+            .expect("the stack's hub has an admin listener");
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn stop_agent(&mut self) {
         if let Some(a) = self.agent.take() {
             self.rt.block_on(a.stop());

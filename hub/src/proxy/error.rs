@@ -57,6 +57,9 @@ pub enum ProxyError {
     /// The request body could not be decoded.
     #[error("bad request body: {0}")]
     BadBody(String),
+    /// The client stopped sending its request body.
+    #[error("the request body stopped arriving for {0:?}")]
+    BodyTimeout(Duration),
     /// No response head within the deadline.
     #[error("cluster {cluster:?} did not answer within {after:?}")]
     Timeout {
@@ -102,6 +105,7 @@ impl ProxyError {
                 Status::bad_request(self.to_string())
             }
             ProxyError::Timeout { .. } => Status::new(504, "Timeout", self.to_string()),
+            ProxyError::BodyTimeout(_) => Status::new(408, "Timeout", self.to_string()),
             ProxyError::AgentReset { .. } => Status::new(502, "BadGateway", self.to_string()),
             ProxyError::ClientGone => return None,
         };
@@ -120,6 +124,7 @@ impl ProxyError {
             ProxyError::BadBody(_) => "bad_body",
             ProxyError::Unforwardable(_) => "unforwardable",
             ProxyError::Timeout { .. } => "timeout",
+            ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::AgentReset { .. } => "agent_reset",
             ProxyError::ClientGone => "client_gone",
         }

@@ -315,7 +315,8 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
 }
 
 /// Sends the request body to the backend, one chunk in flight. `Ok(true)`: all of it went;
-/// `Ok(false)`: the stream ended first. `Err`: the body was malformed or the client left.
+/// `Ok(false)`: the stream ended first. `Err`: the body was malformed, the client left, or it
+/// sent nothing for the idle timeout.
 async fn upload(
     ctx: &ProxyCtx,
     head: &RequestHead,
@@ -328,10 +329,14 @@ async fn upload(
             Ok(BodyPart::Data(data)) => (data, false),
             Ok(BodyPart::End) => (Bytes::new(), true),
             Ok(BodyPart::More) => {
-                if !conn.read_more().await {
-                    return Err(ProxyError::ClientGone);
+                // A client that stops sending mid-body gets the idle timeout, as between
+                // requests, not forever.
+                let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+                match monoio::time::timeout(idle, conn.read_more()).await {
+                    Ok(true) => continue,
+                    Ok(false) => return Err(ProxyError::ClientGone),
+                    Err(_) => return Err(ProxyError::BodyTimeout(idle)),
                 }
-                continue;
             }
             Err(e) => return Err(ProxyError::BadBody(e.to_string())),
         };
