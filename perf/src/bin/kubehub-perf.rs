@@ -7,6 +7,8 @@
 //! ```text
 //! kubehub-perf get --url https://127.0.0.1:8443/clusters/demo/api/v1/namespaces/default/configmaps/x \
 //!     --token T --ca ca.crt --rate 500 --duration 20 --connections 8
+//! kubehub-perf idle-agents --hub-bin target/release/kubehub --count 1000
+//! kubehub-perf bulk --kubehub target/release/kubehub --rounds 3
 //! ```
 
 use std::sync::Arc;
@@ -18,6 +20,10 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+
+// In a directory of its own: a file next to this one would be taken for another binary.
+#[path = "kubehub-perf/bulk.rs"]
+mod bulk;
 
 #[derive(Debug, Parser)]
 #[command(name = "kubehub-perf", version, about = "KubeHub's load generator")]
@@ -33,6 +39,10 @@ enum Cmd {
     /// Memory of idle agent tunnels: starts `kubehub hub` as its own process, connects many
     /// minimal agents to it, and reports the hub's resident memory per tunnel.
     IdleAgents(IdleArgs),
+    /// Throughput of a multi-MB LIST and of many `logs -f` streams through hub + tunnel +
+    /// agent vs directly from a TLS simulator, with CPU time per MB (per line) of each process;
+    /// starts everything from the `kubehub` binary given, so older builds can be compared.
+    Bulk(bulk::BulkArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,6 +209,7 @@ fn main() {
     let res = match cli.command {
         Cmd::Get(a) => rt.block_on(run_get(a)),
         Cmd::IdleAgents(a) => rt.block_on(idle::run(a)),
+        Cmd::Bulk(a) => rt.block_on(bulk::run(a)),
     };
     if let Err(e) = res {
         eprintln!("kubehub-perf: {e}");
