@@ -96,6 +96,19 @@ fn client(ca: Option<&std::path::Path>, conns: usize) -> Result<HttpClient, Stri
         Some(ca) => kubehub_pki::load_roots(ca).map_err(|e| e.to_string())?,
         None => rustls::RootCertStore::empty(),
     };
+    https_client(roots, conns)
+}
+
+/// An HTTP/1.1 client over TLS (or plain HTTP) trusting `roots`, keeping up to `conns` idle
+/// connections per host.
+fn https_client<B>(
+    roots: rustls::RootCertStore,
+    conns: usize,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

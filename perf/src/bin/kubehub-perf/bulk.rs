@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use kubehub_pki::Ca;
 
 /// Options of `kubehub-perf bulk`.
@@ -207,24 +206,7 @@ fn client(ca_pem: &str) -> Result<HttpClient, String> {
     for c in kubehub_pki::parse_certs(ca_pem).map_err(|e| e.to_string())? {
         roots.add(c).map_err(|e| e.to_string())?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let conn = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(conn))
+    super::https_client(roots, 1024)
 }
 
 impl Target {
