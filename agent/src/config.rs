@@ -29,6 +29,7 @@
 //! max_frame_size = 2097152           # largest frame accepted from the hub
 //! data_chunk = 16384                 # largest DATA frame the agent sends
 //! connect_timeout_ms = 10000         # TCP + TLS + HELLO deadline
+//! discovery_interval_ms = 300000     # report the edge's resource types to the hub again this often (new CRDs)
 //!
 //! [reconnect]                        # exponential backoff with full jitter
 //! initial_ms = 500
@@ -120,6 +121,10 @@ pub struct Limits {
     pub data_chunk: usize,
     /// TCP + TLS + HELLO deadline.
     pub connect_timeout_ms: u64,
+    /// The edge API server's discovery is read and reported to the hub when a tunnel comes
+    /// up and again this often (custom resource types come and go); a failed read is retried
+    /// within a tenth of this (at least 1 s).
+    pub discovery_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -131,6 +136,7 @@ impl Default for Limits {
             max_frame_size: kubehub_wire::DEFAULT_MAX_FRAME_SIZE,
             data_chunk: 16 * 1024,
             connect_timeout_ms: 10_000,
+            discovery_interval_ms: 300_000,
         }
     }
 }

@@ -3,12 +3,14 @@
 //! One agent runs next to each edge cluster. It dials the hubs over mutual TLS, says HELLO
 //! (the [`kubehub_wire`] protocol), and runs every request the hub forwards against the local
 //! API server, streaming the answer back. It reconnects after any failure with exponential
-//! backoff and full jitter, so thousands of agents never reconnect in lock-step. (Discovery
-//! reports and cache sync arrive with the hub's cache.)
+//! backoff and full jitter, so thousands of agents never reconnect in lock-step. It reports the
+//! edge cluster's resource types to the hub ([`discovery`]); cache sync arrives with the
+//! hub's cache.
 //!
 //! The agent runs on tokio; it is not the hot path.
 
 pub mod config;
+pub mod discovery;
 pub mod tunnel;
 pub mod upstream;
 

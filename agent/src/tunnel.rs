@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
-use kubehub_wire::conn::{ConnConfig, Event};
+use kubehub_wire::conn::{ConnConfig, Event, OpenError as WireOpenError};
 use kubehub_wire::handshake::{self, Offer};
 use kubehub_wire::{
     Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, Hello, Role, StreamId,
@@ -192,7 +192,8 @@ pub async fn run_once(
 
     let (mut rd, wr) = tokio::io::split(tls);
     let keepalive = Duration::from_millis(u64::from(ack.keepalive_ms).max(100));
-    let cfg = ConnConfig {
+    let discovery_every = Duration::from_millis(cfg.limits.discovery_interval_ms);
+    let conn_cfg = ConnConfig {
         keepalive,
         max_data_frame: cfg.limits.data_chunk,
         // Two chunks queued in the engine per stream before its task waits.
@@ -204,7 +205,7 @@ pub async fn run_once(
         Role::Agent,
         agreed.agent_settings,
         agreed.hub_settings,
-        cfg,
+        conn_cfg,
         Instant::now(),
     );
     // Frames the hub sent right behind its HELLO_ACK.
@@ -225,9 +226,14 @@ pub async fn run_once(
     ));
     // However this function ends (returning, or dropped when the agent stops), the streams
     // and the writer end with it, so the socket closes and the hub sees the tunnel go.
+    let discovery = tokio::spawn(
+        report_discovery(shared.clone(), upstream.clone(), discovery_every)
+            .instrument(tracing::debug_span!("discovery")),
+    );
     let cleanup = Cleanup {
         shared: shared.clone(),
         writer: writer.abort_handle(),
+        discovery: discovery.abort_handle(),
         metrics: metrics.clone(),
     };
     let why = read_loop(&mut rd, &mut buf, &shared, &upstream, &metrics).await;
@@ -242,6 +248,7 @@ pub async fn run_once(
 struct Cleanup {
     shared: Arc<Shared>,
     writer: AbortHandle,
+    discovery: AbortHandle,
     metrics: Arc<Metrics>,
 }
 
@@ -254,6 +261,7 @@ impl Drop for Cleanup {
             }
         }
         self.writer.abort();
+        self.discovery.abort();
         self.metrics.connected.dec();
     }
 }
@@ -313,6 +321,33 @@ async fn writer<W: tokio::io::AsyncWrite + Unpin>(
         shared.wake.notified().await;
     }
     let _ = wr.shutdown().await;
+}
+
+/// Reports the edge's resource types to the hub now and every `every` (0: once), retrying a
+/// failed read sooner.
+async fn report_discovery(shared: Arc<Shared>, upstream: UpstreamClient, every: Duration) {
+    let retry = (every / 10).max(Duration::from_secs(1));
+    loop {
+        let wait = match crate::discovery::discover(&upstream).await {
+            Ok(d) => {
+                let n = d.resources.len();
+                match shared.with(|c| c.send_discovery(d)) {
+                    Ok(()) => debug!(types = n, "resource types reported"),
+                    Err(WireOpenError::Closing) => return,
+                    Err(e) => warn!("resource types not reported: {e}"),
+                }
+                if every.is_zero() {
+                    return;
+                }
+                every
+            }
+            Err(e) => {
+                warn!("reading the edge API server's discovery: {e}; again in {retry:?}");
+                retry
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Reads from the hub into the engine, drives its timers, and hands its events out, until

@@ -7,10 +7,12 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use kubehub_wire::{ErrorCode, Fields, StreamId};
+
+use kubehub_wire::{ErrorCode, Fields, ResourceType, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
 /// What the tunnel sends back for a stream.
@@ -121,11 +123,21 @@ pub enum Lookup {
     Unknown,
 }
 
+/// What a cluster's agent reported it serves (its DISCOVERY frame).
+#[derive(Debug, Clone)]
+pub struct ClusterTypes {
+    /// The tunnel that reported them.
+    pub generation: u64,
+    /// The resource types, in the API server's order.
+    pub types: Arc<[ResourceType]>,
+}
+
 /// Clusters to tunnels, shared by every core. Read once per request, written when agents
-/// connect or leave.
+/// connect or leave (and when they report their resource types).
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: DashMap<String, AgentHandle>,
+    types: DashMap<String, ClusterTypes>,
     known: HashSet<String>,
     next_generation: AtomicU64,
 }
@@ -168,10 +180,52 @@ impl Registry {
         generation
     }
 
-    /// Removes the tunnel of `cluster` if it is still the one registered as `generation`.
+    /// Removes the tunnel of `cluster` if it is still the one registered as `generation`
+    /// (with what it reported).
     pub fn unregister(&self, cluster: &str, generation: u64) {
         self.agents
             .remove_if(cluster, |_, h| h.generation == generation);
+        self.types
+            .remove_if(cluster, |_, t| t.generation == generation);
+    }
+
+    /// Records the resource types the tunnel `generation` of `cluster` reported, replacing
+    /// an earlier report; ignored if that tunnel is no longer the registered one.
+    pub fn set_types(&self, cluster: &str, generation: u64, types: Vec<ResourceType>) {
+        let current = self
+            .agents
+            .get(cluster)
+            .is_some_and(|h| h.generation == generation);
+        if current {
+            self.types.insert(
+                cluster.to_owned(),
+                ClusterTypes {
+                    generation,
+                    types: types.into(),
+                },
+            );
+        }
+    }
+
+    /// The resource types `cluster`'s connected agent reported, if it did.
+    pub fn types(&self, cluster: &str) -> Option<ClusterTypes> {
+        self.types.get(cluster).map(|t| t.clone())
+    }
+
+    /// Connected clusters with their agent ids and reported types, sorted by cluster.
+    pub fn snapshot(&self) -> Vec<(String, String, Option<ClusterTypes>)> {
+        let mut out: Vec<_> = self
+            .agents
+            .iter()
+            .map(|e| (e.key().clone(), e.value().agent_id.clone()))
+            .collect();
+        out.sort();
+        out.into_iter()
+            .map(|(c, a)| {
+                let t = self.types(&c);
+                (c, a, t)
+            })
+            .collect()
     }
 
     /// Connected agents.
@@ -194,8 +248,15 @@ mod tests {
         let g2 = r.register("a", "agent-2", tx);
         r.unregister("a", g1); // a stale tunnel leaving does not remove the new one
         assert!(matches!(r.lookup("a"), Lookup::Online(ref h) if h.generation == g2));
+        let pods = kubehub_kapi::resources::builtin()[..2].to_vec();
+        r.set_types("a", g1, pods.clone()); // from a tunnel that is gone: ignored
+        assert!(r.types("a").is_none());
+        r.set_types("a", g2, pods.clone());
+        assert_eq!(r.types("a").map(|t| t.types.len()), Some(2));
+        assert_eq!(r.snapshot()[0].0, "a");
         r.unregister("a", g2);
         assert!(matches!(r.lookup("a"), Lookup::Offline));
+        assert!(r.types("a").is_none(), "a tunnel's report leaves with it");
         assert!(!r.serves("b"));
         assert!(Registry::new(&[]).serves("anything"));
     }

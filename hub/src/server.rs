@@ -351,6 +351,31 @@ impl Drop for ConnGuard {
     }
 }
 
+/// `/clusters` on the admin listener: every connected cluster, its agent, and the resource
+/// types the agent reported (`group/version/resource`, core types as `v1/pods`).
+fn clusters_json(registry: &Registry) -> String {
+    let clusters: Vec<serde_json::Value> = registry
+        .snapshot()
+        .into_iter()
+        .map(|(cluster, agent, types)| {
+            let types: Option<Vec<String>> = types.map(|t| {
+                t.types
+                    .iter()
+                    .map(|r| {
+                        kubehub_kapi::resources::api_version(&r.group, &r.version)
+                            + "/"
+                            + &r.resource
+                    })
+                    .collect()
+            });
+            serde_json::json!({"cluster": cluster, "agent": agent, "types": types})
+        })
+        .collect();
+    let mut body = serde_json::json!({ "clusters": clusters }).to_string();
+    body.push('\n');
+    body
+}
+
 async fn admin_loop(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
@@ -380,6 +405,7 @@ async fn admin_loop(listener: TcpListener, registry: Arc<Registry>, metrics: Arc
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     metrics.encode(),
                 ),
+                "/clusters" => (200, "application/json", clusters_json(&registry)),
                 _ => (404, "text/plain", "not found\n".to_owned()),
             };
             let resp = format!(

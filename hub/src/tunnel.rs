@@ -339,7 +339,12 @@ impl Tunnel {
                     // No new requests for this tunnel: the agent reconnects elsewhere.
                     self.unregister();
                 }
-                Event::Discovery(d) => debug!(types = d.resources.len(), "discovery report"),
+                Event::Discovery(d) => {
+                    debug!(types = d.resources.len(), "resource types reported");
+                    self.ctx
+                        .registry
+                        .set_types(&self.cluster, self.generation, d.resources);
+                }
                 Event::Sync { .. } | Event::Request { .. } => {}
                 Event::Closed(reason) => {
                     self.unregister();

@@ -233,3 +233,55 @@ fn a_denied_request_is_a_kube_apiserver_forbidden_and_never_reaches_the_cluster(
         .ok(&["get", "configmap", "-n", "kube-system"])
         .contains("kube-root-ca.crt"));
 }
+
+#[test]
+fn the_agent_reports_the_edge_clusters_resource_types() {
+    let s = stack();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reported = loop {
+        if let Some(t) = s.hub.registry.types(common::CLUSTER) {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no discovery report from the agent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Exactly what the edge API server serves (the simulator's discovery), in its order,
+    // subresources included; caching is the hub's decision, so none is marked cached.
+    let served = kubehub_kapi::resources::builtin();
+    assert_eq!(reported.types.len(), served.len());
+    for (got, want) in reported.types.iter().zip(served) {
+        assert_eq!(
+            (&got.group, &got.version, &got.resource, &got.kind),
+            (&want.group, &want.version, &want.resource, &want.kind)
+        );
+        assert_eq!((got.namespaced, got.verbs), (want.namespaced, want.verbs));
+        assert_eq!(got.short_names, want.short_names);
+        assert!(!got.cached);
+    }
+    let pods = reported
+        .types
+        .iter()
+        .find(|t| t.group.is_empty() && t.resource == "pods")
+        .unwrap();
+    assert!(pods.namespaced && pods.short_names == ["po"]);
+    // SREs see it on the admin listener.
+    let admin = s.curl_admin("/clusters");
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    let body: Value = serde_json::from_str(admin.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["clusters"][0]["cluster"], common::CLUSTER);
+    assert_eq!(body["clusters"][0]["agent"], "agent-test");
+    let types: Vec<&str> = body["clusters"][0]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        types.contains(&"v1/pods") && types.contains(&"apps/v1/deployments"),
+        "{types:?}"
+    );
+    assert!(types.contains(&"v1/pods/log"), "{types:?}");
+}

@@ -411,6 +411,182 @@ pub fn field_value(obj: &Value, field: &str) -> Option<String> {
     }
 }
 
+/// A discovery document that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("discovery document: {0}")]
+pub struct DiscoveryError(pub String);
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Splits a `groupVersion` (`apps/v1`, or `v1` for the core group) into group and version.
+pub fn split_group_version(gv: &str) -> (&str, &str) {
+    gv.split_once('/').unwrap_or(("", gv))
+}
+
+/// Reads `/api` (`APIVersions`): the core group's versions.
+pub fn parse_api_versions(doc: &Value) -> Result<Vec<String>, DiscoveryError> {
+    let versions = strings(&doc["versions"]);
+    if versions.is_empty() {
+        return Err(DiscoveryError("APIVersions without versions".into()));
+    }
+    Ok(versions)
+}
+
+/// Reads `/apis` (`APIGroupList`): each named group with its versions, the preferred first.
+pub fn parse_api_group_list(doc: &Value) -> Result<Vec<(String, Vec<String>)>, DiscoveryError> {
+    let groups = doc["groups"]
+        .as_array()
+        .ok_or_else(|| DiscoveryError("APIGroupList without groups".into()))?;
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let Some(name) = g["name"].as_str().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let preferred = g["preferredVersion"]["version"].as_str();
+        let mut versions: Vec<String> = g["versions"]
+            .as_array()
+            .map(|vs| {
+                vs.iter()
+                    .filter_map(|v| v["version"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(p) = preferred {
+            if let Some(i) = versions.iter().position(|v| v == p) {
+                let v = versions.remove(i);
+                versions.insert(0, v);
+            }
+        }
+        if !versions.is_empty() {
+            out.push((name.to_owned(), versions));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads an `APIResourceList` (`/api/v1`, `/apis/{group}/{version}`) into resource types, as
+/// the agent reports them. Subresources (`pods/log`) are kept; verbs outside the eight the
+/// protocol carries are dropped; entries without a name or kind are skipped. `cached` is
+/// false: whether a type is cached is the hub's decision, not the API server's.
+pub fn parse_api_resource_list(doc: &Value) -> Result<Vec<ResourceType>, DiscoveryError> {
+    let gv = doc["groupVersion"]
+        .as_str()
+        .ok_or_else(|| DiscoveryError("APIResourceList without groupVersion".into()))?;
+    let (group, version) = split_group_version(gv);
+    let resources = doc["resources"]
+        .as_array()
+        .ok_or_else(|| DiscoveryError(format!("APIResourceList {gv} without resources")))?;
+    let mut out = Vec::with_capacity(resources.len());
+    for r in resources {
+        let (Some(name), Some(kind)) = (r["name"].as_str(), r["kind"].as_str()) else {
+            continue;
+        };
+        if name.is_empty() || kind.is_empty() {
+            continue;
+        }
+        let verbs = Verbs(strings(&r["verbs"]).iter().fold(0, |acc, v| {
+            acc | Verbs::NAMES
+                .iter()
+                .position(|n| n == v)
+                .map_or(0, |i| 1 << i)
+        }));
+        out.push(ResourceType {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            resource: name.to_owned(),
+            kind: kind.to_owned(),
+            singular: r["singularName"].as_str().unwrap_or_default().to_owned(),
+            namespaced: r["namespaced"].as_bool().unwrap_or(false),
+            cached: false,
+            verbs,
+            short_names: strings(&r["shortNames"]),
+            categories: strings(&r["categories"]),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    #[test]
+    fn discovery_documents_read_back_into_the_types_they_were_made_from() {
+        let types = builtin();
+        assert_eq!(
+            parse_api_versions(&api_versions("127.0.0.1:6443")).unwrap(),
+            ["v1"]
+        );
+        let groups = parse_api_group_list(&api_group_list(types)).unwrap();
+        assert_eq!(groups, super::groups(types));
+        let mut back = Vec::new();
+        for (g, versions) in std::iter::once((String::new(), vec!["v1".to_owned()])).chain(groups) {
+            for v in versions {
+                let doc = api_resource_list(types, &g, &v).unwrap();
+                back.extend(parse_api_resource_list(&doc).unwrap());
+            }
+        }
+        assert_eq!(back.len(), types.len());
+        for (got, want) in back.iter().zip(types) {
+            let want = ResourceType {
+                cached: false,
+                ..want.clone()
+            };
+            assert_eq!(got, &want);
+        }
+    }
+
+    #[test]
+    fn real_world_shapes_and_junk() {
+        let doc = serde_json::json!({
+            "kind": "APIGroupList",
+            "groups": [
+                {"name": "autoscaling", "versions": [{"groupVersion": "autoscaling/v1", "version": "v1"}, {"groupVersion": "autoscaling/v2", "version": "v2"}],
+                 "preferredVersion": {"groupVersion": "autoscaling/v2", "version": "v2"}},
+                {"name": "", "versions": [{"version": "v1"}]},
+                {"name": "empty", "versions": []}
+            ]
+        });
+        assert_eq!(
+            parse_api_group_list(&doc).unwrap(),
+            [(
+                "autoscaling".to_owned(),
+                vec!["v2".to_owned(), "v1".to_owned()]
+            )],
+            "preferred version first; nameless and versionless groups skipped"
+        );
+        let doc = serde_json::json!({
+            "groupVersion": "batch/v1",
+            "resources": [
+                {"name": "jobs", "singularName": "job", "namespaced": true, "kind": "Job",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch", "escalate"],
+                 "categories": ["all"]},
+                {"name": "jobs/status", "singularName": "", "namespaced": true, "kind": "Job", "verbs": ["get", "patch", "update"]},
+                {"name": "nameless"}
+            ]
+        });
+        let types = parse_api_resource_list(&doc).unwrap();
+        assert_eq!(types.len(), 2);
+        assert_eq!(
+            (types[0].group.as_str(), types[0].version.as_str()),
+            ("batch", "v1")
+        );
+        assert_eq!(types[0].verbs, Verbs::KNOWN, "unknown verbs dropped");
+        assert_eq!(types[1].resource, "jobs/status");
+        assert!(parse_api_resource_list(&serde_json::json!({"resources": []})).is_err());
+        assert!(parse_api_group_list(&serde_json::json!({})).is_err());
+        assert!(parse_api_versions(&serde_json::json!({"versions": []})).is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
