@@ -56,6 +56,15 @@
 //! * **Streams are freed** once both halves are done (our last frame encoded and the peer's
 //!   received), or when they are reset.
 //!
+//! # Sync streams
+//!
+//! The agent opens one per cached resource type with [`Connection::open_sync`], then queues
+//! snapshot items, the snapshot's end and watch events ([`Connection::send_snapshot_items`],
+//! [`Connection::send_snapshot_end`], [`Connection::send_watch_event`]; a relist restarts with
+//! [`Connection::send_snapshot_begin`]). Each goes out whole once the windows allow; the
+//! hub (with [`ConnConfig::accept_sync`]) gets them as [`Event::Sync`] and releases their
+//! credit once applied, which is what slows an agent whose hub falls behind.
+//!
 //! # Events of a stream
 //!
 //! The peer's half of a stream ends with the `end_stream` flag of [`Event::Request`],
@@ -73,8 +82,9 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::{self, Decoder, EncodeBuf, MAX_WINDOW};
 use crate::error::ErrorCode;
 use crate::frame::{
-    Data, Discovery, End, Fields, Frame, GoAway, Ping, Request, Reset, Response, Settings,
-    StreamId, WindowUpdate,
+    Data, Discovery, End, EventType, Fields, Frame, GoAway, Ping, Request, Reset, ResourceKey,
+    Response, Settings, SnapshotBegin, SnapshotEnd, SnapshotItems, StreamId, WatchEvent,
+    WindowUpdate,
 };
 use crate::session::{Role, Session, SessionError, StreamKind, StreamState};
 
@@ -344,16 +354,26 @@ struct Stream {
     /// Responder: RESPONSE was queued (body may follow).
     responded: bool,
     data: VecDeque<Bytes>,
+    /// Sync streams we opened: SNAPSHOT_BEGIN (a restart), SNAPSHOT_ITEMS, SNAPSHOT_END and
+    /// WATCH_EVENT frames in the application's order (their flow-controlled bytes count in
+    /// `buffered`). A frame is never split: it waits until the window takes it whole.
+    sync: VecDeque<Frame>,
+    /// Sync streams: the application is inside a snapshot (checked when it queues frames, so
+    /// the session never refuses one at transmit time).
+    in_snapshot: bool,
+    /// Sync streams we opened: the resource type (repeated in a restarting SNAPSHOT_BEGIN).
+    key: Option<ResourceKey>,
     buffered: usize,
     fin: Fin,
     sched: Sched,
 }
 
 impl Stream {
-    /// A frame is waiting (the REQUEST head is scheduled apart, through `opens`).
+    /// A frame is waiting (the opening head is scheduled apart, through `opens`).
     fn has_next(&self) -> bool {
         self.response.is_some()
             || !self.data.is_empty()
+            || !self.sync.is_empty()
             || matches!(self.fin, Fin::Flag | Fin::Trailers(_))
     }
 
@@ -372,8 +392,8 @@ pub struct Connection {
     /// Largest DATA payload per frame.
     max_frame: usize,
     streams: HashMap<StreamId, Stream>,
-    /// REQUEST heads of streams we opened, in id order.
-    opens: VecDeque<Request>,
+    /// Opening frames (REQUEST, SNAPSHOT_BEGIN) of streams we opened, in id order.
+    opens: VecDeque<Frame>,
     /// Streams with a frame to send, round-robin.
     ready: VecDeque<StreamId>,
     /// Streams whose next DATA waits for window.
@@ -587,9 +607,6 @@ impl Connection {
         self.session
             .send(&frame)
             .map_err(|e| OpenError::Invalid(e.to_string()))?;
-        let Frame::Request(request) = frame else {
-            return Err(OpenError::Invalid("not a REQUEST".into()));
-        };
         self.streams.insert(
             id,
             Stream {
@@ -599,13 +616,183 @@ impl Connection {
                 response: None,
                 responded: false,
                 data: VecDeque::new(),
+                sync: VecDeque::new(),
+                in_snapshot: false,
+                key: None,
                 buffered: 0,
                 fin: if end_stream { Fin::Done } else { Fin::Open },
                 sched: Sched::Idle,
             },
         );
-        self.opens.push_back(request);
+        self.opens.push_back(frame);
         Ok(id)
+    }
+
+    /// Opens a sync stream for one resource type (the agent, with the CACHE_SYNC capability):
+    /// SNAPSHOT_BEGIN is queued and a snapshot is in progress. Then
+    /// [`Connection::send_snapshot_items`]…, [`Connection::send_snapshot_end`], and
+    /// [`Connection::send_watch_event`]s; [`Connection::send_snapshot_begin`] restarts the
+    /// snapshot (after a relist); [`Connection::send_end`] closes the stream.
+    pub fn open_sync(&mut self, resource: ResourceKey) -> Result<StreamId, OpenError> {
+        if self.closed.is_some() || self.drain_deadline.is_some() || self.peer_goaway.is_some() {
+            return Err(OpenError::Closing);
+        }
+        if resource.version.is_empty() || resource.resource.is_empty() {
+            return Err(OpenError::Invalid(
+                "a sync stream needs a version and a resource".into(),
+            ));
+        }
+        let id = match self.session.next_stream_id() {
+            Ok(id) => id,
+            Err(SessionError::Stream { .. }) => return Err(OpenError::Busy),
+            Err(SessionError::Connection { .. }) => return Err(OpenError::Closing),
+        };
+        let resource_key = resource.clone();
+        let frame = Frame::SnapshotBegin(SnapshotBegin {
+            stream_id: id,
+            resource,
+        });
+        self.check_frame(&frame).map_err(OpenError::Invalid)?;
+        self.session
+            .send(&frame)
+            .map_err(|e| OpenError::Invalid(e.to_string()))?;
+        self.streams.insert(
+            id,
+            Stream {
+                local: true,
+                kind: StreamKind::Sync,
+                head_sent: false,
+                response: None,
+                responded: false,
+                data: VecDeque::new(),
+                sync: VecDeque::new(),
+                in_snapshot: true,
+                key: Some(resource_key),
+                buffered: 0,
+                fin: Fin::Open,
+                sched: Sched::Idle,
+            },
+        );
+        self.opens.push_back(frame);
+        Ok(id)
+    }
+
+    /// The sync stream `id` we opened, for queuing `frame`: it must fit the peer's maximum
+    /// frame size, and the snapshot phase must allow it (`inside`: items and end go inside a
+    /// snapshot, watch events outside, a restart anywhere).
+    fn queue_sync(
+        &mut self,
+        id: StreamId,
+        frame: Frame,
+        inside: Option<bool>,
+    ) -> Result<(), StreamGone> {
+        let s = self.app_stream(id)?;
+        if s.kind != StreamKind::Sync || !s.local {
+            return Err(invalid(id, "not a sync stream this side opened"));
+        }
+        if let Some(inside) = inside {
+            if s.in_snapshot != inside {
+                return Err(invalid(
+                    id,
+                    if inside {
+                        "snapshot items or end outside a snapshot"
+                    } else {
+                        "a watch event inside a snapshot"
+                    },
+                ));
+            }
+        }
+        let max = self.session.remote_settings().max_frame_size as usize;
+        let len = codec::body_len(&frame);
+        if len > max {
+            return Err(invalid(
+                id,
+                &format!("{len}-byte frame larger than the peer's maximum of {max}"),
+            ));
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            match &frame {
+                Frame::SnapshotBegin(_) => s.in_snapshot = true,
+                Frame::SnapshotEnd(_) => s.in_snapshot = false,
+                _ => {}
+            }
+            if frame.frame_type().is_flow_controlled() {
+                s.buffered += len;
+            }
+            s.sync.push_back(frame);
+        }
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Restarts the snapshot of sync stream `id` (the receiver keeps serving the previous
+    /// one until the new one ends).
+    pub fn send_snapshot_begin(&mut self, id: StreamId) -> Result<(), StreamGone> {
+        let resource = match self.opening_key(id) {
+            Some(k) => k,
+            None => return Err(StreamGone::NotOpen(id)),
+        };
+        let frame = Frame::SnapshotBegin(SnapshotBegin {
+            stream_id: id,
+            resource,
+        });
+        self.queue_sync(id, frame, None)
+    }
+
+    /// The resource a sync stream we opened carries.
+    fn opening_key(&self, id: StreamId) -> Option<ResourceKey> {
+        self.streams.get(&id).and_then(|s| s.key.clone())
+    }
+
+    /// A batch of JSON-encoded objects of the snapshot in progress. The batch goes out as one
+    /// frame: keep it within the peer's maximum frame size and sync window.
+    pub fn send_snapshot_items(
+        &mut self,
+        id: StreamId,
+        items: Vec<Bytes>,
+    ) -> Result<(), StreamGone> {
+        let frame = Frame::SnapshotItems(SnapshotItems {
+            stream_id: id,
+            items,
+        });
+        self.queue_sync(id, frame, Some(true))
+    }
+
+    /// Ends the snapshot in progress: consistent as of `resource_version`.
+    pub fn send_snapshot_end(
+        &mut self,
+        id: StreamId,
+        resource_version: String,
+    ) -> Result<(), StreamGone> {
+        if resource_version.len() > STR16 {
+            return Err(invalid(id, "resourceVersion longer than 65,535 bytes"));
+        }
+        let frame = Frame::SnapshotEnd(SnapshotEnd {
+            stream_id: id,
+            resource_version,
+        });
+        self.queue_sync(id, frame, Some(true))
+    }
+
+    /// One change after the snapshot: `object` is the JSON-encoded object (for BOOKMARK, one
+    /// with just `metadata.resourceVersion`).
+    pub fn send_watch_event(
+        &mut self,
+        id: StreamId,
+        event: EventType,
+        resource_version: String,
+        object: Bytes,
+    ) -> Result<(), StreamGone> {
+        if resource_version.len() > STR16 {
+            return Err(invalid(id, "resourceVersion longer than 65,535 bytes"));
+        }
+        let frame = Frame::WatchEvent(WatchEvent {
+            stream_id: id,
+            event,
+            resource_version,
+            object,
+        });
+        self.queue_sync(id, frame, Some(false))
     }
 
     /// Queues the RESPONSE head of a stream the peer opened. `end_stream`: no body follows.
@@ -660,6 +847,9 @@ impl Connection {
         end_stream: bool,
     ) -> Result<(), StreamGone> {
         let s = self.app_stream(id)?;
+        if s.kind == StreamKind::Sync {
+            return Err(invalid(id, "DATA on a sync stream"));
+        }
         if !s.local && !s.responded {
             return Err(invalid(id, "DATA before RESPONSE"));
         }
@@ -1072,13 +1262,13 @@ impl Connection {
         }
         // REQUEST heads of streams opened before a GOAWAY go out before it: after GOAWAY this
         // side opens nothing. (A close clears them, so its GOAWAY is the last frame.)
-        if let Some(request) = self.opens.pop_front() {
-            let id = request.stream_id;
+        if let Some(head) = self.opens.pop_front() {
+            let id = head.stream_id();
             if let Some(s) = self.streams.get_mut(&id) {
                 s.head_sent = true;
             }
             self.schedule(id);
-            return Some(Frame::Request(request));
+            return Some(head);
         }
         if let Some(g) = self.goaway.take() {
             return Some(Frame::GoAway(g));
@@ -1099,6 +1289,28 @@ impl Connection {
             let mut writable = false;
             let frame = if let Some(r) = s.response.take() {
                 Frame::Response(r)
+            } else if let Some(front) = s.sync.front() {
+                // Sync frames go whole: a flow-controlled one waits for window enough for it.
+                let len = if front.frame_type().is_flow_controlled() {
+                    codec::body_len(front)
+                } else {
+                    0
+                };
+                if len > self.session.send_capacity(id) as usize {
+                    s.sched = Sched::Blocked;
+                    self.blocked.insert(id);
+                    continue;
+                }
+                let before = s.buffered;
+                s.buffered -= len;
+                let limit = self.cfg.send_buffer;
+                writable = len > 0
+                    && s.app_open()
+                    && (s.buffered == 0 || (before >= limit && s.buffered < limit));
+                match s.sync.pop_front() {
+                    Some(f) => f,
+                    None => continue,
+                }
             } else if let Some(front) = s.data.front_mut() {
                 let cap = self.session.send_capacity(id) as usize;
                 if cap == 0 {
@@ -1192,7 +1404,14 @@ impl Connection {
         self.streams.get(&id).is_some_and(|s| {
             s.sched == Sched::Ready
                 && s.has_next()
-                && (s.response.is_some() || s.data.is_empty() || self.session.send_capacity(id) > 0)
+                && (s.response.is_some()
+                    || match s.sync.front() {
+                        Some(f) if f.frame_type().is_flow_controlled() => {
+                            codec::body_len(f) <= self.session.send_capacity(id) as usize
+                        }
+                        Some(_) => true,
+                        None => s.data.is_empty() || self.session.send_capacity(id) > 0,
+                    })
         })
     }
 
@@ -1231,7 +1450,7 @@ impl Connection {
             Sched::Idle => {}
         }
         if !s.head_sent {
-            self.opens.retain(|r| r.stream_id != id);
+            self.opens.retain(|f| f.stream_id() != id);
         }
         self.stream_credit.remove(&id);
         Some(s)
@@ -1403,6 +1622,9 @@ fn remote_stream(kind: StreamKind) -> Stream {
         response: None,
         responded: false,
         data: VecDeque::new(),
+        sync: VecDeque::new(),
+        in_snapshot: false,
+        key: None,
         buffered: 0,
         // We never send on a sync stream the peer opened.
         fin: if kind == StreamKind::Sync {

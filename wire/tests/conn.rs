@@ -1682,3 +1682,237 @@ fn writable_fires_when_the_buffer_drains_below_the_limit_and_when_it_empties() {
     assert_eq!(writable, vec![0, 0, 1, 1]);
     assert_eq!(net.agent().send_buffered(id), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sync streams sent by the engine
+
+fn sync_net() -> Net {
+    let hub = ConnConfig {
+        accept_sync: true,
+        ..cfg(false)
+    };
+    Net::new(settings(64 * 1024, 128 * 1024, 16), hub, cfg(true))
+}
+
+fn pods() -> ResourceKey {
+    ResourceKey {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "pods".into(),
+    }
+}
+
+/// Drains the hub's sync events, releasing their credit as an applying cache would; returns
+/// the frames in order.
+fn hub_sync_frames(net: &mut Net, release: bool) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for e in net.events(HUB) {
+        match e {
+            Event::Sync { id, frame, credit } => {
+                if release {
+                    net.hub().release(id, credit);
+                }
+                out.push(frame);
+            }
+            Event::End { .. } => out.push(Frame::End(End {
+                stream_id: 0,
+                trailers: vec![],
+            })),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_sync_stream_carries_snapshots_and_events_through_many_windows() {
+    let mut net = sync_net();
+    let id = net.agent().open_sync(pods()).unwrap();
+    // 64 objects of 3 KiB in batches of 4: 192 KiB through a 16 KiB sync window.
+    let object = |i: usize| Bytes::from(format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(3000)));
+    for batch in 0..16 {
+        let items = (0..4).map(|k| object(batch * 4 + k)).collect();
+        net.agent().send_snapshot_items(id, items).unwrap();
+    }
+    net.agent().send_snapshot_end(id, "100".into()).unwrap();
+    net.agent()
+        .send_watch_event(id, EventType::Modified, "101".into(), object(7))
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        net.pump();
+        let frames = hub_sync_frames(&mut net, true);
+        if frames.is_empty() {
+            break;
+        }
+        got.extend(frames);
+    }
+    let mut items = Vec::new();
+    let mut rest = Vec::new();
+    for f in &got {
+        match f {
+            Frame::SnapshotBegin(b) => assert_eq!(b.resource, pods()),
+            Frame::SnapshotItems(i) => items.extend(i.items.iter().cloned()),
+            other => rest.push(other.clone()),
+        }
+    }
+    assert_eq!(
+        items,
+        (0..64).map(object).collect::<Vec<_>>(),
+        "every object, in order"
+    );
+    assert!(matches!(&rest[0], Frame::SnapshotEnd(e) if e.resource_version == "100"));
+    assert!(
+        matches!(&rest[1], Frame::WatchEvent(w) if w.resource_version == "101" && w.object == object(7))
+    );
+    assert!(
+        matches!(got[0], Frame::SnapshotBegin(_)),
+        "the stream opens with its BEGIN"
+    );
+
+    // A relist restarts the snapshot on the same stream; END closes it and frees it.
+    net.agent().send_snapshot_begin(id).unwrap();
+    net.agent()
+        .send_snapshot_items(id, vec![object(1)])
+        .unwrap();
+    net.agent().send_snapshot_end(id, "200".into()).unwrap();
+    net.agent().send_end(id, vec![]).unwrap();
+    net.pump();
+    let got = hub_sync_frames(&mut net, true);
+    assert!(matches!(&got[0], Frame::SnapshotBegin(b) if b.resource == pods()));
+    assert!(matches!(&got[1], Frame::SnapshotItems(i) if i.items == [object(1)]));
+    assert!(matches!(&got[2], Frame::SnapshotEnd(e) if e.resource_version == "200"));
+    assert!(matches!(&got[3], Frame::End(_)));
+    net.pump();
+    assert_eq!(net.agent().open_streams(), 0);
+    assert_eq!(net.hub().open_streams(), 0);
+}
+
+#[test]
+fn sync_frames_are_checked_when_queued() {
+    let mut net = sync_net();
+    let id = net.agent().open_sync(pods()).unwrap();
+    let obj = b("{}");
+    // Inside a snapshot: no watch events, no DATA.
+    assert!(matches!(
+        net.agent()
+            .send_watch_event(id, EventType::Added, "1".into(), obj.clone()),
+        Err(StreamGone::Invalid { .. })
+    ));
+    assert!(matches!(
+        net.agent().send_data(id, obj.clone(), false),
+        Err(StreamGone::Invalid { .. })
+    ));
+    net.agent().send_snapshot_end(id, "1".into()).unwrap();
+    // After it: no items, no second end.
+    assert!(matches!(
+        net.agent().send_snapshot_items(id, vec![obj.clone()]),
+        Err(StreamGone::Invalid { .. })
+    ));
+    assert!(matches!(
+        net.agent().send_snapshot_end(id, "2".into()),
+        Err(StreamGone::Invalid { .. })
+    ));
+    // A frame the peer could not take whole is refused, not split.
+    let huge = Bytes::from(vec![b'x'; 20 * 1024]);
+    assert!(matches!(
+        net.agent()
+            .send_watch_event(id, EventType::Added, "2".into(), huge),
+        Err(StreamGone::Invalid { .. })
+    ));
+    // Only the opener sends on a sync stream; a request stream is not a sync stream.
+    assert!(matches!(
+        net.hub().send_snapshot_items(id, vec![obj.clone()]),
+        Err(StreamGone::NotOpen(_) | StreamGone::Invalid { .. })
+    ));
+    assert!(matches!(
+        net.agent().open_sync(ResourceKey {
+            group: String::new(),
+            version: String::new(),
+            resource: "pods".into()
+        }),
+        Err(OpenError::Invalid(_))
+    ));
+    net.pump();
+    // Everything accepted went through and nothing broke the session.
+    let got = hub_sync_frames(&mut net, true);
+    assert!(
+        matches!(
+            got.as_slice(),
+            [Frame::SnapshotBegin(_), Frame::SnapshotEnd(_)]
+        ),
+        "{got:?}"
+    );
+    assert!(!net.hub().is_closed() && !net.agent().is_closed());
+}
+
+#[test]
+fn a_sync_stream_waiting_for_window_does_not_hold_up_requests() {
+    let mut net = sync_net();
+    let id = net.agent().open_sync(pods()).unwrap();
+    // 10 batches of 8 KiB: more than the send buffer (64 KiB) and the sync window (16 KiB).
+    for i in 0..10 {
+        let items = vec![Bytes::from(vec![b'a' + i; 8 * 1024])];
+        net.agent().send_snapshot_items(id, items).unwrap();
+    }
+    net.pump();
+    // The hub applies nothing: the sync window (16 KiB) stays full.
+    let first = hub_sync_frames(&mut net, false);
+    assert!(
+        first.len() < 11,
+        "the window holds the snapshot back: {}",
+        first.len()
+    );
+    assert!(!net.agent().is_writable(id));
+    // Meanwhile a request goes through both ways.
+    let r = net
+        .hub()
+        .open_request(b("GET"), b("/api/v1/pods"), vec![], true)
+        .unwrap();
+    net.pump();
+    let ev = net.events(AGENT);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Request { id, .. } if *id == r)));
+    net.agent().send_response(r, 200, vec![], true).unwrap();
+    net.pump();
+    assert!(net
+        .events(HUB)
+        .iter()
+        .any(|e| matches!(e, Event::Response { id, .. } if *id == r)));
+    // Once the hub applies and releases, the rest of the snapshot follows, and the agent hears
+    // that the stream can take more.
+    let mut total = first.len();
+    let mut writable = false;
+    for f in &first {
+        if let Frame::SnapshotItems(i) = f {
+            net.hub().release(
+                id,
+                4 + i.items.iter().map(|x| 4 + x.len() as u32).sum::<u32>(),
+            );
+        }
+    }
+    for _ in 0..50 {
+        let frames = {
+            let mut out = Vec::new();
+            for e in net.events(HUB) {
+                if let Event::Sync { id, frame, credit } = e {
+                    net.hub().release(id, credit);
+                    out.push(frame);
+                }
+            }
+            out
+        };
+        total += frames.len();
+        net.pump();
+        writable |= net
+            .events(AGENT)
+            .iter()
+            .any(|e| matches!(e, Event::Writable { id: w } if *w == id));
+        if total == 11 {
+            break;
+        }
+    }
+    assert_eq!(total, 11, "BEGIN and 10 batches");
+    assert!(writable, "the agent heard that the stream takes more");
+}
