@@ -588,44 +588,16 @@ impl Connection {
         fields: Fields,
         end_stream: bool,
     ) -> Result<StreamId, OpenError> {
-        if self.closed.is_some() || self.drain_deadline.is_some() || self.peer_goaway.is_some() {
-            return Err(OpenError::Closing);
-        }
-        let id = match self.session.next_stream_id() {
-            Ok(id) => id,
-            Err(SessionError::Stream { .. }) => return Err(OpenError::Busy),
-            Err(SessionError::Connection { .. }) => return Err(OpenError::Closing),
-        };
-        let frame = Frame::Request(Request {
-            stream_id: id,
-            end_stream,
-            method,
-            path,
-            fields,
-        });
-        self.check_frame(&frame).map_err(OpenError::Invalid)?;
-        self.session
-            .send(&frame)
-            .map_err(|e| OpenError::Invalid(e.to_string()))?;
-        self.streams.insert(
-            id,
-            Stream {
-                local: true,
-                kind: StreamKind::Request,
-                head_sent: false,
-                response: None,
-                responded: false,
-                data: VecDeque::new(),
-                sync: VecDeque::new(),
-                in_snapshot: false,
-                key: None,
-                buffered: 0,
-                fin: if end_stream { Fin::Done } else { Fin::Open },
-                sched: Sched::Idle,
-            },
-        );
-        self.opens.push_back(frame);
-        Ok(id)
+        let fin = if end_stream { Fin::Done } else { Fin::Open };
+        self.open_local(StreamKind::Request, fin, None, |stream_id| {
+            Frame::Request(Request {
+                stream_id,
+                end_stream,
+                method,
+                path,
+                fields,
+            })
+        })
     }
 
     /// Opens a sync stream for one resource type (the agent, with the CACHE_SYNC capability):
@@ -634,24 +606,37 @@ impl Connection {
     /// [`Connection::send_watch_event`]s; [`Connection::send_snapshot_begin`] restarts the
     /// snapshot (after a relist); [`Connection::send_end`] closes the stream.
     pub fn open_sync(&mut self, resource: ResourceKey) -> Result<StreamId, OpenError> {
-        if self.closed.is_some() || self.drain_deadline.is_some() || self.peer_goaway.is_some() {
-            return Err(OpenError::Closing);
-        }
         if resource.version.is_empty() || resource.resource.is_empty() {
             return Err(OpenError::Invalid(
                 "a sync stream needs a version and a resource".into(),
             ));
+        }
+        let key = resource.clone();
+        self.open_local(StreamKind::Sync, Fin::Open, Some(key), |stream_id| {
+            Frame::SnapshotBegin(SnapshotBegin {
+                stream_id,
+                resource,
+            })
+        })
+    }
+
+    /// Opens a stream of ours with the opening frame `make(id)` (queued in id order).
+    fn open_local(
+        &mut self,
+        kind: StreamKind,
+        fin: Fin,
+        key: Option<ResourceKey>,
+        make: impl FnOnce(StreamId) -> Frame,
+    ) -> Result<StreamId, OpenError> {
+        if self.closed.is_some() || self.drain_deadline.is_some() || self.peer_goaway.is_some() {
+            return Err(OpenError::Closing);
         }
         let id = match self.session.next_stream_id() {
             Ok(id) => id,
             Err(SessionError::Stream { .. }) => return Err(OpenError::Busy),
             Err(SessionError::Connection { .. }) => return Err(OpenError::Closing),
         };
-        let resource_key = resource.clone();
-        let frame = Frame::SnapshotBegin(SnapshotBegin {
-            stream_id: id,
-            resource,
-        });
+        let frame = make(id);
         self.check_frame(&frame).map_err(OpenError::Invalid)?;
         self.session
             .send(&frame)
@@ -660,16 +645,17 @@ impl Connection {
             id,
             Stream {
                 local: true,
-                kind: StreamKind::Sync,
+                kind,
                 head_sent: false,
                 response: None,
                 responded: false,
                 data: VecDeque::new(),
                 sync: VecDeque::new(),
-                in_snapshot: true,
-                key: Some(resource_key),
+                // A sync stream opens with its first snapshot under way.
+                in_snapshot: kind == StreamKind::Sync,
+                key,
                 buffered: 0,
-                fin: Fin::Open,
+                fin,
                 sched: Sched::Idle,
             },
         );
