@@ -276,19 +276,15 @@ fn check_host(r: &RequestHead) -> Result<(), HeadError> {
 /// * Content-Length: every field the same value (duplicates are merged into one, as Go does),
 ///   and that value only digits and at most 2^63-1; else 400.
 fn framing(r: &mut RequestHead) -> Result<BodyKind, HeadError> {
-    let is = |n: &Bytes, name: &str| n.eq_ignore_ascii_case(name.as_bytes());
-    let te: Vec<&Bytes> = r
-        .fields
-        .iter()
-        .filter(|(n, _)| is(n, "transfer-encoding"))
-        .map(|(_, v)| v)
-        .collect();
-    let cl: Vec<&Bytes> = r
-        .fields
-        .iter()
-        .filter(|(n, _)| is(n, "content-length"))
-        .map(|(_, v)| v)
-        .collect();
+    let values = |name: &str| -> Vec<&Bytes> {
+        r.fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let te = values("transfer-encoding");
+    let cl = values("content-length");
     if !te.is_empty() && !cl.is_empty() {
         return Err(malformed(
             "both Content-Length and Transfer-Encoding are present: the body's length is \

@@ -221,7 +221,7 @@ fn epoll_rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>
 }
 
 /// A runtime on io_uring. The machines KubeHub is built and tested on have it (and the hub
-/// uses it in production), so its absence fails the test rather than skipping it.
+/// uses it in production), so its absence is a test failure.
 fn uring_rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
     assert!(
         monoio::utils::detect_uring(),
