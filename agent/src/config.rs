@@ -4,6 +4,8 @@
 //! cluster_id = "edge-1"              # must match the CN of the agent's certificate
 //! agent_id = "edge-1-a"              # this instance (default: cluster_id)
 //! hubs = ["hub.example.com:8444"]    # one tunnel per hub
+//! labels = { region = "eu", tier = "small" }  # the cluster's labels, sent in HELLO: hubs
+//!                                    # choose the cached types by them ([[cache.overrides]])
 //!
 //! [tls]                              # mutual TLS towards the hubs
 //! ca = "ca.crt"                      # CA of the hubs' certificates
@@ -34,6 +36,18 @@
 //! [reconnect]                        # exponential backoff with full jitter
 //! initial_ms = 500
 //! max_ms = 30000
+//!
+//! [sync]                             # cache sync: list-watching the types the hub caches
+//! page_size = 500                    # objects per list page (limit=); a list follows `continue`
+//! batch_bytes = 65536                # largest batch of snapshot objects sent to the hub (one
+//!                                    # object larger than this goes alone); 1 KiB to 1 MiB
+//! progress_grace_ms = 200            # a freshness check waits this long for the watch to reach
+//!                                    # the edge's current resourceVersion before confirming by a list
+//! watch_timeout_min_s = 300          # each watch asks the API server to end it after a random
+//! watch_timeout_max_s = 600          # time in [min, max] (spreads re-watches out)
+//! request_timeout_ms = 60000         # deadline of one list page or probe (a watch's response head)
+//! backoff_initial_ms = 500           # after an API server failure, retry after a full-jitter
+//! backoff_max_ms = 30000             # exponential backoff between these bounds
 //! ```
 
 use std::net::SocketAddr;
@@ -173,6 +187,81 @@ impl Default for Reconnect {
     }
 }
 
+/// `[sync]`: how the agent list-watches each resource type the hub caches (the reflector,
+/// `crate::reflector`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReflectorConfig {
+    /// Objects per list page (`limit`); a list follows `continue` tokens to the end.
+    pub page_size: u32,
+    /// Largest batch of snapshot objects (the sum of their JSON sizes) sent to the hub at once;
+    /// an object larger than this is sent alone. The batch travels in one frame, so it must stay
+    /// well below the hub's maximum frame size (2 MiB by default): 1 KiB to 1 MiB.
+    pub batch_bytes: usize,
+    /// A freshness check (the hub's PROGRESS_REQUEST) first reads the edge's current
+    /// resourceVersion; if the watch has not delivered that far, the reflector waits this long
+    /// for it before confirming with a list compared against what it sent.
+    pub progress_grace_ms: u64,
+    /// Each watch asks the API server to end it after a random time between
+    /// `watch_timeout_min_s` and `watch_timeout_max_s` seconds (client-go draws from 5-10 min),
+    /// so the watches of many types and agents do not restart in step.
+    pub watch_timeout_min_s: u64,
+    /// See `watch_timeout_min_s`.
+    pub watch_timeout_max_s: u64,
+    /// Deadline of one list page or freshness probe (head and body), and of a watch's response
+    /// head. A watch that sends nothing (not even a bookmark) for its timeout plus this long is
+    /// considered dead and restarted.
+    pub request_timeout_ms: u64,
+    /// First retry delay after the API server failed (full-jitter exponential backoff).
+    pub backoff_initial_ms: u64,
+    /// Largest retry delay.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ReflectorConfig {
+    fn default() -> Self {
+        ReflectorConfig {
+            page_size: 500,
+            batch_bytes: 64 * 1024,
+            progress_grace_ms: 200,
+            watch_timeout_min_s: 300,
+            watch_timeout_max_s: 600,
+            request_timeout_ms: 60_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl ReflectorConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(format!("sync.{m}")));
+        if !(1..=100_000).contains(&self.page_size) {
+            return bad("page_size must be 1 to 100000");
+        }
+        if !(1024..=1024 * 1024).contains(&self.batch_bytes) {
+            return bad("batch_bytes must be 1024 to 1048576");
+        }
+        if self.progress_grace_ms > 60_000 {
+            return bad("progress_grace_ms must be at most 60000");
+        }
+        if self.watch_timeout_min_s == 0 || self.watch_timeout_min_s > self.watch_timeout_max_s {
+            return bad("watch_timeout_min_s must be at least 1 and at most watch_timeout_max_s");
+        }
+        if self.watch_timeout_max_s > 24 * 3600 {
+            return bad("watch_timeout_max_s must be at most 86400");
+        }
+        if self.request_timeout_ms < 100 {
+            return bad("request_timeout_ms must be at least 100");
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_ms {
+            return bad("backoff_initial_ms must be at least 1 and at most backoff_max_ms");
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +273,9 @@ pub struct AgentConfig {
     pub agent_id: Option<String>,
     /// Hubs to dial.
     pub hubs: Vec<String>,
+    /// The cluster's labels (sent in HELLO).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// TLS towards the hubs.
     pub tls: Tls,
     /// The edge API server.
@@ -197,6 +289,9 @@ pub struct AgentConfig {
     /// Backoff.
     #[serde(default)]
     pub reconnect: Reconnect,
+    /// Cache sync.
+    #[serde(default)]
+    pub sync: ReflectorConfig,
 }
 
 impl AgentConfig {
@@ -251,6 +346,7 @@ impl AgentConfig {
                 "upstream.client_cert and client_key go together".into(),
             ));
         }
+        self.sync.validate()?;
         Ok(())
     }
 
@@ -259,5 +355,54 @@ impl AgentConfig {
         self.agent_id
             .clone()
             .unwrap_or_else(|| self.cluster_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The example in this module's documentation is a valid agent.toml whose `[sync]` values
+    /// are the defaults.
+    #[test]
+    fn documented_example_parses_with_default_sync() {
+        let src = include_str!("config.rs");
+        let toml_text: String = src
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(toml_text.contains("[sync]"), "{toml_text}");
+        let cfg: AgentConfig = toml::from_str(&toml_text).unwrap();
+        assert_eq!(cfg.sync, ReflectorConfig::default());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn sync_options_are_validated() {
+        let parse = |t: &str| toml::from_str::<ReflectorConfig>(t);
+        let c = parse("page_size = 100\nprogress_grace_ms = 0").unwrap();
+        assert_eq!(c.page_size, 100);
+        assert_eq!(c.batch_bytes, 64 * 1024);
+        c.validate().unwrap();
+        assert!(parse("pagesize = 1").is_err(), "unknown keys are refused");
+        for bad in [
+            "page_size = 0",
+            "batch_bytes = 100",
+            "batch_bytes = 4194304",
+            "watch_timeout_min_s = 0",
+            "watch_timeout_min_s = 700",
+            "request_timeout_ms = 10",
+            "backoff_initial_ms = 0",
+            "backoff_initial_ms = 60000",
+            "progress_grace_ms = 600000",
+        ] {
+            assert!(parse(bad).unwrap().validate().is_err(), "{bad}");
+        }
     }
 }

@@ -4,19 +4,24 @@
 //! (the [`kubehub_wire`] protocol), and runs every request the hub forwards against the local
 //! API server, streaming the answer back. It reconnects after any failure with exponential
 //! backoff and full jitter, so thousands of agents never reconnect in lock-step. It reports the
-//! edge cluster's resource types to the hub ([`discovery`]); cache sync arrives with the
-//! hub's cache.
+//! edge cluster's resource types to the hub ([`discovery`]), and list-watches the types the
+//! hub caches ([`reflector`]).
 //!
 //! The agent runs on tokio; it is not the hot path.
 
 pub mod config;
 pub mod discovery;
+pub mod reflector;
+mod sync;
 pub mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use tokio::sync::watch;
@@ -31,7 +36,122 @@ pub struct Metrics {
     pub connected: Gauge,
     /// Streams in flight.
     pub streams: Gauge,
+    /// Cache sync (the reflectors), per resource type.
+    pub sync: SyncMetrics,
     registry: prometheus_client::registry::Registry,
+}
+
+/// Labels of per-type sync gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncTypeLabel {
+    /// `group/version/resource` (`version/resource` for core).
+    pub resource: String,
+}
+
+/// Labels of per-type sync counters with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncReasonLabel {
+    /// `group/version/resource` (`version/resource` for core).
+    pub resource: String,
+    /// Why (see the metric).
+    pub reason: &'static str,
+}
+
+/// Labels of forwarded watch events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncEventLabel {
+    /// `group/version/resource` (`version/resource` for core).
+    pub resource: String,
+    /// `added`, `modified`, `deleted` or `bookmark`.
+    pub event: &'static str,
+}
+
+/// Labels of freshness (progress) answers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncOutcomeLabel {
+    /// `group/version/resource` (`version/resource` for core).
+    pub resource: String,
+    /// `immediate` (the watch had already delivered the edge's version), `watch` (it did
+    /// within the grace period), `list` (confirmed by a list compared with what was sent) or
+    /// `failed` (answered "": the API server failed, or versions are not numbers).
+    pub outcome: &'static str,
+}
+
+/// The reflectors' metrics (`kubehub_agent_sync_*`), labelled by resource type.
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    /// Snapshots started, by reason: `initial`, `expired` (410 Gone: the watch could not
+    /// resume), `too_large` (the API server is behind the version the agent holds).
+    pub relists: Family<SyncReasonLabel, Counter>,
+    /// Watches started again, by reason: `closed` (the API server ended it, normally at its
+    /// timeout), `error` (an ERROR event or a failed read), `stalled` (nothing for too long).
+    pub watch_restarts: Family<SyncReasonLabel, Counter>,
+    /// Failed calls to the API server, each followed by a backoff, by reason: `connect`,
+    /// `timeout`, `http_429`, `http_5xx`, `http_4xx`, `malformed`, `too_large`.
+    pub failures: Family<SyncReasonLabel, Counter>,
+    /// Watch events received from the API server (forwarded or skipped as already sent).
+    pub received: Family<SyncTypeLabel, Counter>,
+    /// Events sent towards the hub, by type.
+    pub events: Family<SyncEventLabel, Counter>,
+    /// Freshness (progress) requests answered, by outcome.
+    pub progress: Family<SyncOutcomeLabel, Counter>,
+    /// Objects held (the reflector's copy of what the hub has).
+    pub objects: Family<SyncTypeLabel, Gauge>,
+    /// Bytes of those objects.
+    pub object_bytes: Family<SyncTypeLabel, Gauge>,
+    /// 1 while the reflector waits for the hub to take its output (backpressure).
+    pub blocked: Family<SyncTypeLabel, Gauge>,
+}
+
+impl SyncMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("sync");
+        r.register(
+            "relists",
+            "Snapshots (lists) started, by reason",
+            self.relists.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Watches started again, by reason",
+            self.watch_restarts.clone(),
+        );
+        r.register(
+            "failures",
+            "Failed calls to the edge API server (each followed by a backoff), by reason",
+            self.failures.clone(),
+        );
+        r.register(
+            "received",
+            "Watch events received from the edge API server",
+            self.received.clone(),
+        );
+        r.register(
+            "events",
+            "Watch events sent towards the hub, by type",
+            self.events.clone(),
+        );
+        r.register(
+            "progress",
+            "Freshness (progress) requests answered, by outcome",
+            self.progress.clone(),
+        );
+        r.register(
+            "objects",
+            "Objects held per synced type",
+            self.objects.clone(),
+        );
+        r.register(
+            "object_bytes",
+            "Bytes of the objects held per synced type",
+            self.object_bytes.clone(),
+        );
+        r.register(
+            "blocked",
+            "1 while the type's reflector waits for the hub to take its output",
+            self.blocked.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -49,9 +169,12 @@ impl Default for Metrics {
             "Forwarded requests in flight",
             streams.clone(),
         );
+        let sync = SyncMetrics::default();
+        sync.register(&mut registry);
         Metrics {
             connected,
             streams,
+            sync,
             registry,
         }
     }

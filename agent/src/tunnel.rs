@@ -19,7 +19,8 @@ use http_body_util::{BodyExt, StreamBody};
 use kubehub_wire::conn::{ConnConfig, Event, OpenError as WireOpenError};
 use kubehub_wire::handshake::{self, Offer};
 use kubehub_wire::{
-    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, Hello, Role, StreamId,
+    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, Hello, ResourceKey,
+    Role, StreamId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +31,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
+use crate::sync::{SyncEnv, Syncs};
 use crate::upstream::{is_hop_by_hop, UpBody, UpstreamClient};
 use crate::Metrics;
 
@@ -61,14 +63,19 @@ struct Slot {
 struct State {
     conn: Connection,
     streams: HashMap<StreamId, Slot>,
+    /// The sync streams (types the hub caches).
+    syncs: Syncs,
 }
 
-struct Shared {
+/// One tunnel's engine and what its tasks share.
+pub(crate) struct Shared {
     state: Mutex<State>,
     /// The engine may have something to send: the writer looks.
     wake: Notify,
     /// A stream's send buffer drained (`Event::Writable`): stream tasks waiting look again.
     writable: Notify,
+    /// What the sync streams need.
+    sync_env: SyncEnv,
 }
 
 impl Shared {
@@ -81,6 +88,67 @@ impl Shared {
         let out = f(&mut self.lock().conn);
         self.wake.notify_one();
         out
+    }
+
+    /// [`Shared::with`], for the sync pumps.
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        self.with(f)
+    }
+
+    /// Opens the sync stream of `key` (its SNAPSHOT_BEGIN), waiting while the hub's stream
+    /// limit is reached. `None`: the tunnel is closing.
+    pub(crate) async fn open_sync(&self, key: &ResourceKey) -> Option<StreamId> {
+        loop {
+            let notified = self.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                match st.conn.open_sync(key.clone()) {
+                    Ok(id) => {
+                        st.syncs.record_open(key, id);
+                        drop(st);
+                        self.wake.notify_one();
+                        return Some(id);
+                    }
+                    Err(WireOpenError::Busy) => {}
+                    Err(e) => {
+                        debug!("sync stream not opened: {e}");
+                        return None;
+                    }
+                }
+            }
+            // A stream ending frees a slot; look again then (or after a while).
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
+    }
+
+    /// Waits until stream `id` may take another frame. `false`: it is gone.
+    pub(crate) async fn wait_writable(&self, id: StreamId) -> bool {
+        loop {
+            let notified = self.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if !st.conn.can_send(id) {
+                    return false;
+                }
+                if st.conn.is_writable(id) {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Starts the sync of `key` again, if still wanted (after the hub reset its stream).
+    pub(crate) fn restart_sync(self: &Arc<Self>, key: ResourceKey, env: &SyncEnv) {
+        let mut st = self.lock();
+        if st.conn.is_closed() {
+            return;
+        }
+        st.syncs.restart(key, self, env);
     }
 }
 
@@ -135,7 +203,7 @@ pub async fn run_once(
         .await
         .map_err(|_| TunnelError::Handshake("timed out".into()))??;
     let offer = Offer {
-        capabilities: Capabilities(0),
+        capabilities: Capabilities::CACHE_SYNC,
         settings: cfg.limits.settings(),
         ..Offer::default()
     };
@@ -147,6 +215,11 @@ pub async fn run_once(
         agent_id: cfg.agent_id(),
         cluster_id: cfg.cluster_id.clone(),
         software: format!("kubehub-agent {}", env!("CARGO_PKG_VERSION")),
+        labels: cfg
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     };
     let mut eb = EncodeBuf::new();
     eb.push(&Frame::Hello(hello));
@@ -200,6 +273,7 @@ pub async fn run_once(
         send_buffer: 2 * cfg.limits.data_chunk,
         accept_requests: true,
         accept_sync: false,
+        capabilities: agreed.capabilities,
     };
     let mut conn = Connection::new(
         Role::Agent,
@@ -214,9 +288,16 @@ pub async fn run_once(
         state: Mutex::new(State {
             conn,
             streams: HashMap::new(),
+            syncs: Syncs::default(),
         }),
         wake: Notify::new(),
         writable: Notify::new(),
+        sync_env: SyncEnv {
+            upstream: upstream.clone(),
+            cfg: cfg.sync.clone(),
+            restart_after: Duration::from_millis(cfg.reconnect.max_ms),
+            metrics: metrics.clone(),
+        },
     });
     let writer = tokio::spawn(writer(
         wr,
@@ -255,6 +336,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
+        st.syncs.stop_all();
         for (_, slot) in st.streams.drain() {
             if let Some(t) = slot.task {
                 t.abort();
@@ -465,12 +547,26 @@ fn dispatch(
                     slot.body = None;
                 }
             }
-            // The user went away (or the stream broke): cancel the upstream request.
-            Event::Reset { id, .. } => abort(st, id),
+            // The user went away (or the stream broke): cancel the upstream request. A sync
+            // stream the hub reset restarts later with a fresh list.
+            Event::Reset { id, .. } => {
+                abort(st, id);
+                st.syncs.stream_reset(id, shared, &shared.sync_env);
+            }
+            Event::SyncRequest(keys) => {
+                info!(types = keys.len(), "the hub asks to sync");
+                for id in st.syncs.set_wanted(keys, shared, &shared.sync_env) {
+                    let _ = st.conn.send_end(id, Vec::new());
+                }
+            }
+            Event::ProgressRequest { id, seq } => st.syncs.progress_request(id, seq),
             Event::Writable { .. } => shared.writable.notify_waiters(),
             Event::GoAway { code, message } => info!(%code, "hub is going away: {message}"),
             Event::Response { .. } | Event::Discovery(_) | Event::Sync { .. } => {}
-            Event::Closed(reason) => closed = Some(reason.to_string()),
+            Event::Closed(reason) => {
+                st.syncs.stop_all();
+                closed = Some(reason.to_string())
+            }
         }
     }
     // The writer has work (an answer, credit), or must see the close.

@@ -36,6 +36,28 @@
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
 //! drain_timeout_ms = 5000            # on shutdown, streams still open after this are ended
+//!
+//! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
+//! enabled = true
+//! # Types to cache, "version/resource" (core) or "group/version/resource". Default: every
+//! # list+watch type of core/v1 and apps/v1 except secrets (opt in: a hub holding every edge
+//! # cluster's secrets in memory is a target worth not creating by default).
+//! types = ["v1/pods", "v1/services", "apps/v1/deployments"]
+//! history_window = 4096              # changes kept per cluster and type, for watches resuming
+//!                                    # from a resourceVersion (older: 410 Gone). Memory: the
+//!                                    # changed objects' JSON size plus ~200 bytes each
+//! consistency = "probe"              # resourceVersion-unset reads: "probe" confirms the cache
+//!                                    # is current with the agent first (as kube-apiserver does);
+//!                                    # "bounded-staleness" serves if confirmed within max_staleness_ms
+//! max_staleness_ms = 1000            # with "bounded-staleness" only
+//! consistent_read_timeout_ms = 3000  # a read waits this long for confirmation, then is forwarded
+//! stale_grace_ms = 30000             # agent gone: reads served from the cache this long, with a
+//!                                    # `Warning` header; then 503
+//! shards = 64                        # shards of the cluster map (power of two); ~100 bytes each
+//!
+//! [[cache.overrides]]                # clusters whose labels (agent.toml `labels`) all match
+//! labels = { tier = "small" }        # use these types instead (first matching override wins)
+//! types = ["v1/pods"]
 //! ```
 
 use std::net::SocketAddr;
@@ -203,6 +225,165 @@ pub struct HubConfig {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// The cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// How `resourceVersion`-unset reads (kubectl's default, "most recent") are confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Ask the agent to confirm the type is current (one request shared by every read
+    /// waiting on that cluster and type), then serve from the cache.
+    Probe,
+    /// Serve if the type was confirmed current within `max_staleness_ms`; otherwise probe.
+    BoundedStaleness,
+}
+
+/// A group/version/resource as written in hub.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TypeName {
+    /// API group ("" for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+impl TypeName {
+    /// Parses `version/resource` (core) or `group/version/resource`.
+    pub fn parse(s: &str) -> Result<TypeName, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (group, version, resource) = match parts.as_slice() {
+            [v, r] => ("", *v, *r),
+            [g, v, r] if !g.is_empty() => (*g, *v, *r),
+            _ => {
+                return Err(format!(
+                    "cache type {s:?}: expected \"version/resource\" (core) or \"group/version/resource\""
+                ))
+            }
+        };
+        if version.is_empty() || resource.is_empty() {
+            return Err(format!("cache type {s:?}: empty version or resource"));
+        }
+        Ok(TypeName {
+            group: group.into(),
+            version: version.into(),
+            resource: resource.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for TypeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            write!(f, "{}/{}", self.version, self.resource)
+        } else {
+            write!(f, "{}/{}/{}", self.group, self.version, self.resource)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TypeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TypeName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Cached types for clusters with given labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheOverride {
+    /// Every label must match the cluster's.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The types cached for those clusters.
+    pub types: Vec<TypeName>,
+}
+
+/// The `[cache]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Serve reads from the cache at all.
+    pub enabled: bool,
+    /// Types cached by default.
+    pub types: Vec<TypeName>,
+    /// Per-label replacements of `types`.
+    pub overrides: Vec<CacheOverride>,
+    /// Changes kept per cluster and type.
+    pub history_window: usize,
+    /// How most-recent reads are confirmed.
+    pub consistency: Consistency,
+    /// With bounded staleness: how old a confirmation may be.
+    pub max_staleness_ms: u64,
+    /// How long a read waits for confirmation before it is forwarded.
+    pub consistent_read_timeout_ms: u64,
+    /// How long reads are served after the agent left.
+    pub stale_grace_ms: u64,
+    /// Shards of the cluster map.
+    pub shards: usize,
+}
+
+/// The default cached types: every list+watch type of core/v1 and apps/v1 the simulator
+/// serves, except secrets.
+fn default_cache_types() -> Vec<TypeName> {
+    kubehub_kapi::resources::builtin()
+        .iter()
+        .filter(|t| t.cached && t.resource != "secrets")
+        .filter(|t| t.group.is_empty() || t.group == "apps")
+        .map(|t| TypeName {
+            group: t.group.clone(),
+            version: t.version.clone(),
+            resource: t.resource.clone(),
+        })
+        .collect()
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            types: default_cache_types(),
+            overrides: Vec::new(),
+            history_window: 4096,
+            consistency: Consistency::Probe,
+            max_staleness_ms: 1000,
+            consistent_read_timeout_ms: 3000,
+            stale_grace_ms: 30_000,
+            shards: 64,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The types to cache for a cluster with these labels.
+    pub fn types_for(&self, labels: &[(String, String)]) -> &[TypeName] {
+        self.overrides
+            .iter()
+            .find(|o| {
+                o.labels
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map_or(&self.types, |o| &o.types)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(format!("cache.{m}")));
+        if self.history_window == 0 {
+            return bad("history_window must be at least 1");
+        }
+        if !self.shards.is_power_of_two() {
+            return bad("shards must be a power of two");
+        }
+        if self.consistent_read_timeout_ms == 0 {
+            return bad("consistent_read_timeout_ms must be above 0");
+        }
+        Ok(())
+    }
 }
 
 impl HubConfig {
@@ -254,6 +435,7 @@ impl HubConfig {
                 "limits.request_head_timeout_ms and limits.idle_timeout_ms must be above 0".into(),
             ));
         }
+        self.cache.validate()?;
         if self.agent_listener.client_ca.is_none() {
             return Err(ConfigError::Invalid(
                 "agent_listener.client_ca is required (agents authenticate with certificates)"

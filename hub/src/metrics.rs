@@ -21,6 +21,33 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// Labels of cache read counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    /// `get`, `list` or `watch`.
+    pub verb: &'static str,
+    /// `hit`, `stale` (served while the agent is away) or `forward`.
+    pub outcome: &'static str,
+    /// Why it was forwarded (`""` for hits).
+    pub reason: &'static str,
+}
+
+/// Labels of per-type cache gauges and counters (aggregated over clusters: per-cluster
+/// figures are on the admin listener's `/clusters`, where 10k clusters do not make 100k
+/// series).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// `group/version/resource` (`version/resource` for core).
+    pub resource: String,
+}
+
+/// Labels of freshness confirmations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `confirmed`, `recent` (bounded staleness), `unconfirmed` or `timeout`.
+    pub outcome: &'static str,
+}
+
 /// The hub's metrics (shared by every core; all updates are atomic).
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +63,20 @@ pub struct Metrics {
     pub latency: Histogram,
     /// Tunnel connections refused (handshake, identity, protocol).
     pub tunnel_rejects: Counter,
+    /// Reads offered to the cache, by verb and outcome.
+    pub cache_reads: Family<CacheLabel, Counter>,
+    /// Confirmations of currency that reads waited for, by outcome.
+    pub cache_freshness: Family<OutcomeLabel, Counter>,
+    /// Seconds reads waited for a confirmation.
+    pub cache_freshness_wait: Histogram,
+    /// Sync events applied (watch events and snapshot objects), by type.
+    pub cache_events: Family<TypeLabel, Counter>,
+    /// Snapshots (lists and relists) applied, by type.
+    pub cache_snapshots: Family<TypeLabel, Counter>,
+    /// Watches served from the cache, open now.
+    pub cache_watchers: Gauge,
+    /// Watches ended because they fell behind the history window.
+    pub cache_watchers_cut: Counter,
     registry: Registry,
 }
 
@@ -85,6 +126,48 @@ impl Metrics {
             "Agent connections refused",
             tunnel_rejects.clone(),
         );
+        let cache_reads = Family::<CacheLabel, Counter>::default();
+        let cache_freshness = Family::<OutcomeLabel, Counter>::default();
+        let cache_freshness_wait = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let cache_events = Family::<TypeLabel, Counter>::default();
+        let cache_snapshots = Family::<TypeLabel, Counter>::default();
+        let cache_watchers = Gauge::default();
+        let cache_watchers_cut = Counter::default();
+        registry.register(
+            "cache_reads",
+            "Reads offered to the cache: hit, stale or forward (with the reason)",
+            cache_reads.clone(),
+        );
+        registry.register(
+            "cache_freshness",
+            "Confirmations that a cached type is current, by outcome",
+            cache_freshness.clone(),
+        );
+        registry.register(
+            "cache_freshness_wait_seconds",
+            "Time reads waited for a confirmation",
+            cache_freshness_wait.clone(),
+        );
+        registry.register(
+            "cache_events",
+            "Objects and watch events applied to the cache",
+            cache_events.clone(),
+        );
+        registry.register(
+            "cache_snapshots",
+            "Snapshots (lists and relists) applied to the cache",
+            cache_snapshots.clone(),
+        );
+        registry.register(
+            "cache_watchers",
+            "Watches served from the cache",
+            cache_watchers.clone(),
+        );
+        registry.register(
+            "cache_watchers_cut",
+            "Cache watches ended because they fell behind the history window",
+            cache_watchers_cut.clone(),
+        );
         Metrics {
             agents,
             streams,
@@ -92,6 +175,13 @@ impl Metrics {
             requests,
             latency,
             tunnel_rejects,
+            cache_reads,
+            cache_freshness,
+            cache_freshness_wait,
+            cache_events,
+            cache_snapshots,
+            cache_watchers,
+            cache_watchers_cut,
             registry,
         }
     }

@@ -99,6 +99,14 @@ pub enum TunnelCmd {
         /// The stream.
         stream: StreamId,
     },
+    /// Reads wait for a confirmation that this cached type is current: send a
+    /// PROGRESS_REQUEST with `seq` on its sync stream (or fail the confirmation).
+    Progress {
+        /// The type.
+        slot: Arc<crate::cache::TypeSlot>,
+        /// The confirmation's sequence number.
+        seq: u32,
+    },
 }
 
 /// A connected agent.

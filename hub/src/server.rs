@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use kubehub_pki as pki;
 
+use crate::cache::Caches;
 use crate::config::{HubConfig, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::authenticate::TokenAuth;
@@ -69,6 +70,8 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The caches of every cluster.
+    pub caches: Arc<Caches>,
     drain: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -205,6 +208,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
     let auth = Arc::new(TokenAuth::load(&cfg.token_file)?);
     let registry = Arc::new(Registry::new(&cfg.clusters));
     let metrics = Arc::new(Metrics::new());
+    let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
     let user = reuseport_listeners(cfg.user_listener.listen, n)?;
     let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
     let user_addr = user[0].local_addr().map_err(|source| HubError::Bind {
@@ -231,6 +235,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
             limits: cfg.limits.clone(),
             impersonate: cfg.impersonate,
             tls: user_tls.clone(),
+            caches: caches.clone(),
         };
         let tunnel = TunnelCtx {
             registry: registry.clone(),
@@ -239,6 +244,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
             hub_id: cfg.id.clone(),
             tls: agent_tls.clone(),
             drain: drain_rx.clone(),
+            caches: caches.clone(),
         };
         let admin_l = if core == 0 { admin.take() } else { None };
         let (reg, met) = (registry.clone(), metrics.clone());
@@ -311,6 +317,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
         admin_addr,
         registry,
         metrics,
+        caches,
         drain,
         threads,
     })

@@ -33,6 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::cache::ingest::Ingest;
+use crate::cache::Caches;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::registry::{OpenError, Registry, RequestHead, StreamEvent, TunnelCmd};
@@ -53,6 +55,8 @@ pub struct TunnelCtx {
     pub tls: Arc<rustls::ServerConfig>,
     /// Becomes `true` when the hub drains for shutdown.
     pub drain: tokio::sync::watch::Receiver<bool>,
+    /// The caches the tunnels' sync streams feed.
+    pub caches: Arc<Caches>,
 }
 
 /// The cluster id in a certificate: its subject common name.
@@ -157,8 +161,11 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         return reject(&ctx, peer, &mut wr, g).await;
     }
     let offer = Offer {
-        // Cache sync arrives with the cache; until then the hub does not ask for it.
-        capabilities: Capabilities(0),
+        capabilities: if ctx.caches.cfg.enabled {
+            Capabilities::CACHE_SYNC
+        } else {
+            Capabilities(0)
+        },
         settings: ctx.limits.settings(),
         ..Offer::default()
     };
@@ -183,7 +190,8 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         send_buffer: 2 * ctx.limits.data_chunk,
         accept_requests: false,
         // Cache sync arrives with the cache; until then sync streams are refused.
-        accept_sync: false,
+        accept_sync: agreed.capabilities.contains(Capabilities::CACHE_SYNC),
+        capabilities: agreed.capabilities,
     };
     let mut conn = Connection::new(
         Role::Hub,
@@ -201,11 +209,14 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     // statement, and a second call that must insert would wait on it forever.
     let from_agent = ctx.metrics.bytes("from_agent");
     let to_agent = ctx.metrics.bytes("to_agent");
+    let cluster_cache = ctx.caches.cluster_or_new(&cluster);
     let tunnel = Rc::new(Tunnel {
         state: RefCell::new(State {
             conn,
             slots: HashMap::new(),
             why: None,
+            ingest: Ingest::new(cluster_cache, generation),
+            labels: hello.labels.clone(),
         }),
         ctx: ctx.clone(),
         cluster: cluster.clone(),
@@ -251,6 +262,10 @@ struct State {
     slots: HashMap<StreamId, Slot>,
     /// Why the connection closed, once it did.
     why: Option<String>,
+    /// The sync streams, feeding the cluster's caches.
+    ingest: Ingest,
+    /// The cluster's labels (HELLO): which types it caches.
+    labels: Vec<(String, String)>,
 }
 
 /// One agent connection, shared by its three tasks.
@@ -317,9 +332,13 @@ impl Tunnel {
                         self.finish(st, id, Some(StreamEvent::End));
                     }
                 }
-                Event::End { id, .. } => self.finish(st, id, Some(StreamEvent::End)),
+                Event::End { id, .. } => {
+                    st.ingest.ended(id);
+                    self.finish(st, id, Some(StreamEvent::End))
+                }
                 Event::Reset { id, code, origin } => {
                     debug!(stream = id, %code, ?origin, "stream reset");
+                    st.ingest.ended(id);
                     // A stream ended by our drain deadline ends cleanly for its user (a watch
                     // ends as when an API server ends it; the client reconnects elsewhere).
                     let ev = if origin == ResetOrigin::Drain {
@@ -341,13 +360,26 @@ impl Tunnel {
                 }
                 Event::Discovery(d) => {
                     debug!(types = d.resources.len(), "resource types reported");
+                    self.sync_types(st, &d.resources);
                     self.ctx
                         .registry
                         .set_types(&self.cluster, self.generation, d.resources);
                 }
-                Event::Sync { .. } | Event::Request { .. } => {}
+                Event::Sync { id, frame, credit } => {
+                    let fx = st.ingest.frame(id, frame, Instant::now());
+                    if let Some(code) = fx.reset {
+                        st.conn.reset(id, code);
+                    } else {
+                        if let Some(seq) = fx.request_progress {
+                            let _ = st.conn.request_progress(id, seq);
+                        }
+                        st.conn.release(id, credit);
+                    }
+                }
+                Event::Request { .. } | Event::SyncRequest(_) | Event::ProgressRequest { .. } => {}
                 Event::Closed(reason) => {
                     self.unregister();
+                    st.ingest.closed();
                     st.why = Some(reason.to_string());
                     for (_, slot) in st.slots.drain() {
                         let _ = slot.events.send(StreamEvent::Reset(ErrorCode::CANCEL));
@@ -364,6 +396,26 @@ impl Tunnel {
         drop(guard);
         if wake {
             self.wake.notify_one();
+        }
+    }
+
+    /// Asks the agent to sync the configured types it reported (a new report may change
+    /// them).
+    fn sync_types(&self, st: &mut State, reported: &[kubehub_wire::ResourceType]) {
+        if !st
+            .conn
+            .session()
+            .capabilities()
+            .contains(Capabilities::CACHE_SYNC)
+        {
+            return;
+        }
+        let wanted = self.ctx.caches.wanted(&st.labels, reported);
+        let cluster = self.ctx.caches.cluster_or_new(&self.cluster);
+        let keys = cluster.set_types(wanted, self.ctx.caches.cfg.history_window);
+        debug!(types = keys.len(), "asking the agent to sync");
+        if let Err(e) = st.conn.send_sync_request(keys) {
+            debug!("sync request not sent: {e}");
         }
     }
 
@@ -449,6 +501,15 @@ impl Tunnel {
                     }
                 }
                 TunnelCmd::Release { stream, n } => st.conn.release(stream, n),
+                TunnelCmd::Progress { slot, seq } => {
+                    let sent = st
+                        .ingest
+                        .stream_of(&slot)
+                        .is_some_and(|id| st.conn.request_progress(id, seq).is_ok());
+                    if !sent {
+                        slot.freshness.fail_all();
+                    }
+                }
                 TunnelCmd::Cancel { stream } => {
                     if st.slots.contains_key(&stream) {
                         st.conn.reset(stream, ErrorCode::CANCEL);

@@ -74,6 +74,11 @@ impl Query {
         )
     }
 
+    /// The parameter names, in order (repeated names repeat).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -8,16 +8,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use kubehub_kapi::accept::{negotiate, Wants};
+use kubehub_cache::{
+    concat, error_line, list_body, render_event, render_list, render_object, Filter, ListRequest,
+    Render,
+};
+use kubehub_kapi::accept::negotiate;
 use kubehub_kapi::path::{self, Endpoint, ResourcePath};
 use kubehub_kapi::query::{IncludeObject, ListOptions, Query};
-use kubehub_kapi::resources::{self, api_version};
-use kubehub_kapi::selector::{FieldSelector, LabelSelector};
-use kubehub_kapi::table::{self, ListMeta};
+use kubehub_kapi::resources;
+use kubehub_kapi::table::ListMeta;
 use kubehub_kapi::Status;
 use kubehub_wire::{ResourceType, Verbs};
 use serde_json::{json, Value};
@@ -25,9 +28,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use super::cluster::{base_resource, Cluster, DeleteOptions, ListRequest, PatchType, WatchItem};
+use super::cluster::{Cluster, DeleteOptions, PatchType, WatchItem};
 use super::openapi;
-use super::store::Filter;
 
 /// A response body: whole, or streamed.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -180,7 +182,7 @@ async fn resource(
     match (rp.name, rp.subresource, method) {
         (None, None, Method::GET) => {
             let opts = ListOptions::from_query(query)?;
-            let filter = filter_for(t, ns, &opts)?;
+            let filter = Filter::for_request(t, ns, &opts)?;
             if opts.watch {
                 allow(Verbs::WATCH)?;
                 watch(cluster, req, ty, filter, opts)
@@ -201,16 +203,13 @@ async fn resource(
         (None, None, Method::DELETE) => {
             allow(Verbs::DELETE_COLLECTION)?;
             let opts = ListOptions::from_query(query)?;
-            let filter = filter_for(t, ns, &opts)?;
+            let filter = Filter::for_request(t, ns, &opts)?;
             let items = cluster.delete_collection(ty, &filter, dry_run)?;
-            Ok(list_json(
-                t,
-                &items,
-                &ListMeta {
-                    resource_version: cluster.resource_version().to_string(),
-                    ..ListMeta::default()
-                },
-            ))
+            let meta = ListMeta {
+                resource_version: cluster.resource_version().to_string(),
+                ..ListMeta::default()
+            };
+            Ok(json_response(200, concat(&list_body(t, &meta, &items))))
         }
         (Some(name), None, Method::GET) => {
             allow(Verbs::GET)?;
@@ -295,42 +294,6 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions, Status> {
     })
 }
 
-fn filter_for(t: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> Result<Filter, Status> {
-    Ok(Filter {
-        namespace: ns.map(str::to_owned),
-        labels: LabelSelector::parse(opts.label_selector.as_deref().unwrap_or(""))?,
-        fields: FieldSelector::parse(
-            opts.field_selector.as_deref().unwrap_or(""),
-            resources::field_selectors(&t.group, base_resource(&t.resource)),
-        )?,
-    })
-}
-
-fn parse_obj(b: &[u8]) -> Value {
-    serde_json::from_slice(b).unwrap_or(Value::Null)
-}
-
-fn list_json(t: &ResourceType, items: &[Bytes], meta: &ListMeta) -> Response<Body> {
-    let mut out = BytesMut::with_capacity(128 + items.iter().map(|i| i.len() + 1).sum::<usize>());
-    out.extend_from_slice(
-        format!(
-            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{},"items":["#,
-            t.kind,
-            api_version(&t.group, &t.version),
-            meta.to_value()
-        )
-        .as_bytes(),
-    );
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b",");
-        }
-        out.extend_from_slice(item);
-    }
-    out.extend_from_slice(b"]}");
-    json_response(200, out.freeze())
-}
-
 fn list(
     cluster: &Arc<Cluster>,
     req: &Request<Bytes>,
@@ -349,45 +312,9 @@ fn list(
             continue_token: opts.continue_token.clone(),
         },
     )?;
-    let meta = ListMeta {
-        resource_version: page.resource_version.to_string(),
-        continue_token: page.continue_token,
-        remaining: page.remaining,
-    };
-    Ok(match wants {
-        Wants::Json => list_json(t, &page.items, &meta),
-        Wants::Table(v) => {
-            let objs: Vec<Value> = page.items.iter().map(|b| parse_obj(b)).collect();
-            value_response(
-                200,
-                &table::table(
-                    &t.group,
-                    &t.resource,
-                    &objs,
-                    &meta,
-                    opts.include_object,
-                    v,
-                    SystemTime::now(),
-                ),
-            )
-        }
-        Wants::Metadata(v) => {
-            let items: Vec<Value> = page
-                .items
-                .iter()
-                .map(|b| table::partial_metadata(&parse_obj(b), v))
-                .collect();
-            value_response(
-                200,
-                &json!({
-                    "kind": "PartialObjectMetadataList",
-                    "apiVersion": format!("meta.k8s.io/{v}"),
-                    "metadata": meta.to_value(),
-                    "items": items,
-                }),
-            )
-        }
-    })
+    let render = Render::new(wants, opts.include_object);
+    let body = render_list(t, render, &page.list_meta(), &page.items, SystemTime::now());
+    Ok(json_response(200, concat(&body)))
 }
 
 fn single(
@@ -396,77 +323,16 @@ fn single(
     obj: &Bytes,
     query: &Query,
 ) -> Result<Response<Body>, Status> {
-    Ok(match negotiate(header_str(req, header::ACCEPT))? {
-        Wants::Json => json_response(200, obj.clone()),
-        Wants::Table(v) => {
-            let include = ListOptions::from_query(query)
-                .map(|o| o.include_object)
-                .unwrap_or(IncludeObject::Metadata);
-            let o = parse_obj(obj);
-            value_response(
-                200,
-                &table::table(
-                    &t.group,
-                    base_resource(&t.resource),
-                    &[o],
-                    &ListMeta::default(),
-                    include,
-                    v,
-                    SystemTime::now(),
-                ),
-            )
-        }
-        Wants::Metadata(v) => value_response(200, &table::partial_metadata(&parse_obj(obj), v)),
-    })
-}
-
-/// How each watch event's object is rendered.
-#[derive(Clone, Copy)]
-enum Render {
-    Json,
-    Table(&'static str, IncludeObject),
-    Metadata(&'static str),
-}
-
-fn event_line(t: &ResourceType, render: Render, kind: &str, object: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(object.len() + 40);
-    out.extend_from_slice(br#"{"type":""#);
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(br#"","object":"#);
-    match (render, kind) {
-        (Render::Json, _) | (_, "BOOKMARK") | (_, "ERROR") => out.extend_from_slice(object),
-        (Render::Table(v, include), _) => {
-            let o = parse_obj(object);
-            let rv = o["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned();
-            let meta = ListMeta {
-                resource_version: rv,
-                ..ListMeta::default()
-            };
-            let tbl = table::table(
-                &t.group,
-                &t.resource,
-                &[o],
-                &meta,
-                include,
-                v,
-                SystemTime::now(),
-            );
-            out.extend_from_slice(&serde_json::to_vec(&tbl).unwrap_or_default());
-        }
-        (Render::Metadata(v), _) => {
-            let p = table::partial_metadata(&parse_obj(object), v);
-            out.extend_from_slice(&serde_json::to_vec(&p).unwrap_or_default());
-        }
-    }
-    out.extend_from_slice(b"}\n");
-    out.freeze()
+    let wants = negotiate(header_str(req, header::ACCEPT))?;
+    let include = ListOptions::from_query(query)
+        .map(|o| o.include_object)
+        .unwrap_or(IncludeObject::Metadata);
+    let body = render_object(t, Render::new(wants, include), obj, SystemTime::now());
+    Ok(json_response(200, body))
 }
 
 fn item_line(t: &ResourceType, render: Render, item: &WatchItem) -> Bytes {
-    event_line(t, render, item.kind.as_str(), &item.object)
+    render_event(t, render, item.kind, &item.object, SystemTime::now()).to_bytes()
 }
 
 fn streaming(rx: mpsc::Receiver<Bytes>, content_type: &str) -> Response<Body> {
@@ -486,20 +352,17 @@ fn watch(
     filter: Filter,
     opts: ListOptions,
 ) -> Result<Response<Body>, Status> {
-    let t = &cluster.types()[ty];
-    let render = match negotiate(header_str(req, header::ACCEPT))? {
-        Wants::Json => Render::Json,
-        Wants::Table(v) => Render::Table(v, opts.include_object),
-        Wants::Metadata(v) => Render::Metadata(v),
-    };
+    let render = Render::new(
+        negotiate(header_str(req, header::ACCEPT))?,
+        opts.include_object,
+    );
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let response = streaming(rx, "application/json");
     let start = match cluster.watch(ty, &filter, opts.version, opts.send_initial_events) {
         Ok(s) => s,
         Err(status) => {
             // As kube-apiserver: a 200 whose only event is an ERROR carrying the Status.
-            let line = event_line(t, render, "ERROR", &status.to_json());
-            let _ = tx.try_send(line);
+            let _ = tx.try_send(error_line(&status));
             return Ok(response);
         }
     };
@@ -531,9 +394,9 @@ fn watch(
                         if ev.ty != ty {
                             continue;
                         }
-                        if let Some(kind) = filter.translate(&ev) {
-                            let line = event_line(t, render, kind.as_str(), &ev.object);
-                            if tx.send(line).await.is_err() {
+                        if let Some(kind) = ev.visible_to(&filter) {
+                            let line = render_event(t, render, kind.into(), &ev.object, SystemTime::now());
+                            if tx.send(line.to_bytes()).await.is_err() {
                                 return;
                             }
                         }
@@ -565,7 +428,7 @@ fn logs(
     name: &str,
     query: &Query,
 ) -> Result<Response<Body>, Status> {
-    let pod = parse_obj(&cluster.get(pods, ns, name)?);
+    let pod: Value = serde_json::from_slice(&cluster.get(pods, ns, name)?).unwrap_or(Value::Null);
     let containers: Vec<String> = pod["spec"]["containers"]
         .as_array()
         .map(|a| {

@@ -9,9 +9,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use bytes::Bytes;
-use kubehub_kapi::query::{Version, VersionMatch};
+use kubehub_cache::{bookmark_object, list_position, paginate, ChangeKind, Filter, Meta, ObjKey};
+use kubehub_kapi::query::Version;
 use kubehub_kapi::resources::builtin;
 use kubehub_kapi::time::rfc3339;
 use kubehub_kapi::Status;
@@ -23,7 +23,9 @@ use tokio::sync::{broadcast, watch};
 
 use super::objects::{self, Ctx};
 use super::patch::strategic_merge;
-use super::store::{Event, Filter, Meta, ObjKey, State, Stored};
+use super::store::{Event, State, Stored};
+
+pub use kubehub_cache::{base_resource, ListPage, ListRequest};
 
 /// Tunables of a simulated cluster.
 #[derive(Debug, Clone)]
@@ -72,30 +74,6 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("name", &self.name).finish()
     }
-}
-
-/// One page of a list.
-#[derive(Debug, Clone)]
-pub struct ListPage {
-    /// The matching objects, serialized.
-    pub items: Vec<Bytes>,
-    /// The version the list is consistent at.
-    pub resource_version: u64,
-    /// Token for the next page, if there is one.
-    pub continue_token: Option<String>,
-    /// Matching objects after this page, when a limit cut the list.
-    pub remaining: Option<u64>,
-}
-
-/// Where a list reads from and which page.
-#[derive(Debug, Clone)]
-pub struct ListRequest {
-    /// resourceVersion semantics.
-    pub version: Version,
-    /// Page size (None: all).
-    pub limit: Option<u64>,
-    /// `continue` token from the previous page.
-    pub continue_token: Option<String>,
 }
 
 /// One event as a watch delivers it.
@@ -174,33 +152,6 @@ fn parse(json: &[u8]) -> Result<Value, Status> {
         .map_err(|e| Status::internal(format!("stored object unreadable: {e}")))
 }
 
-/// `base64(json)` continue tokens, shaped like kube-apiserver's.
-fn encode_continue(rv: u64, key: &ObjKey) -> String {
-    let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{}/{}", key.0, key.1)});
-    base64::engine::general_purpose::STANDARD.encode(raw.to_string())
-}
-
-fn decode_continue(token: &str) -> Result<(u64, ObjKey), Status> {
-    let bad = |why: &str| Status::bad_request(format!("continue key is not valid: {why}"));
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad("not JSON"))?;
-    if v["v"] != "meta.k8s.io/v1" {
-        return Err(bad("server does not recognize this encoded version"));
-    }
-    let rv = v["rv"]
-        .as_u64()
-        .ok_or_else(|| bad("missing resourceVersion"))?;
-    let start = v["start"]
-        .as_str()
-        .ok_or_else(|| bad("missing start key"))?;
-    let (ns, name) = start
-        .split_once('/')
-        .ok_or_else(|| bad("malformed start key"))?;
-    Ok((rv, (ns.into(), name.into())))
-}
-
 impl Cluster {
     /// A cluster with the namespaces every cluster has (`default`, `kube-system`,
     /// `kube-public`, `kube-node-lease`), each with its `default` service account.
@@ -269,7 +220,7 @@ impl Cluster {
     pub fn keys(&self, ty: usize) -> Vec<(String, String)> {
         lock(&self.inner).state.objects[ty]
             .keys()
-            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .map(|k| (k.namespace().to_string(), k.name().to_string()))
             .collect()
     }
 
@@ -303,7 +254,7 @@ impl Cluster {
         } else {
             ""
         };
-        (ns.into(), name.into())
+        ObjKey::new(ns, name)
     }
 
     fn not_found(&self, ty: usize, name: &str) -> Status {
@@ -326,23 +277,7 @@ impl Cluster {
     pub fn list(&self, ty: usize, filter: &Filter, req: &ListRequest) -> Result<ListPage, Status> {
         let inner = lock(&self.inner);
         let st = &inner.state;
-        let (read_rv, start) = match &req.continue_token {
-            Some(token) => {
-                let (rv, key) = decode_continue(token)?;
-                if rv < st.oldest_available() {
-                    return Err(Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
-                }
-                (rv, Some(key))
-            }
-            None => match req.version {
-                Version::MostRecent | Version::Any => (st.rv, None),
-                Version::At(n, _) if n > st.rv => {
-                    return Err(Status::too_large_resource_version(n, st.rv))
-                }
-                Version::At(_, VersionMatch::NotOlderThan) => (st.rv, None),
-                Version::At(n, VersionMatch::Exact) => (n, None),
-            },
-        };
+        let (read_rv, start) = list_position(req, st.rv, st.oldest_available())?;
         let objs = st.objects_at(ty, read_rv)?;
         let range = match &start {
             Some(k) => {
@@ -350,28 +285,7 @@ impl Cluster {
             }
             None => objs.range::<ObjKey, _>(..),
         };
-        let mut items = Vec::new();
-        let mut last = None;
-        let mut remaining = 0u64;
-        let limit = req.limit.unwrap_or(u64::MAX);
-        for (key, obj) in range.filter(|(k, s)| filter.matches(k, &s.meta)) {
-            if (items.len() as u64) < limit {
-                items.push(obj.json.clone());
-                last = Some(key);
-            } else {
-                remaining += 1;
-            }
-        }
-        let (continue_token, remaining) = match (remaining, last) {
-            (0, _) | (_, None) => (None, None),
-            (n, Some(k)) => (Some(encode_continue(read_rv, k)), Some(n)),
-        };
-        Ok(ListPage {
-            items,
-            resource_version: read_rv,
-            continue_token,
-            remaining,
-        })
+        Ok(paginate(range, filter, req.limit, read_rv))
     }
 
     /// Creates an object (`dry_run`: validates and returns it without storing).
@@ -389,7 +303,7 @@ impl Cluster {
         let mut inner = lock(&self.inner);
         let Inner { state, rng } = &mut *inner;
         if let Some(ns) = path_ns {
-            if !state.objects[self.namespaces()].contains_key(&("".into(), ns.into())) {
+            if !state.objects[self.namespaces()].contains_key(&ObjKey::new("", ns)) {
                 return Err(Status::not_found("", "namespaces", ns));
             }
         }
@@ -454,7 +368,7 @@ impl Cluster {
                 nodes
                     .keys()
                     .nth(i)
-                    .map(|(_, n)| n.to_string())
+                    .map(|k| k.name().to_string())
                     .unwrap_or_default()
             }
         };
@@ -480,7 +394,7 @@ impl Cluster {
             meta: Meta::of(&t.group, &t.resource, &obj),
         };
         let out = stored.json.clone();
-        let ev = state.commit(ty, key, EventType::Added, rv, Some(stored), None);
+        let ev = state.commit(ty, key, ChangeKind::Added, rv, Some(stored), None);
         let _ = self.events.send(ev);
         drop(inner);
         if t.kind == "Namespace" {
@@ -694,7 +608,7 @@ impl Cluster {
             uid: old_uid,
             meta: Meta::of(&t.group, &t.resource, &next),
         };
-        let ev = state.commit(ty, key, EventType::Modified, rv, Some(stored), None);
+        let ev = state.commit(ty, key, ChangeKind::Modified, rv, Some(stored), None);
         let _ = self.events.send(ev);
         Ok(to_view(subresource, &next))
     }
@@ -778,7 +692,7 @@ impl Cluster {
         let mut last = parse(&existing.json)?;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
         let last = to_bytes(&last);
-        let ev = state.commit(ty, key, EventType::Deleted, rv, None, Some(last.clone()));
+        let ev = state.commit(ty, key, ChangeKind::Deleted, rv, None, Some(last.clone()));
         let _ = self.events.send(ev);
         Ok(last)
     }
@@ -799,9 +713,9 @@ impl Cluster {
                 .collect()
         };
         let mut out = Vec::with_capacity(keys.len());
-        for (ns, name) in keys {
-            let ns = (!ns.is_empty()).then_some(&*ns);
-            match self.delete(ty, ns, &name, &DeleteOptions::default(), dry_run) {
+        for key in keys {
+            let ns = Some(key.namespace()).filter(|ns| !ns.is_empty());
+            match self.delete(ty, ns, key.name(), &DeleteOptions::default(), dry_run) {
                 Ok(b) => out.push(b),
                 Err(e) if e.code == 404 => {} // raced with another delete
                 Err(e) => return Err(e),
@@ -838,9 +752,9 @@ impl Cluster {
         } else if let Version::At(n, _) = version {
             for ev in st.events_since(n)? {
                 if ev.ty == ty {
-                    if let Some(kind) = filter.translate(&ev) {
+                    if let Some(kind) = ev.visible_to(filter) {
                         initial.push(WatchItem {
-                            kind,
+                            kind: kind.into(),
                             object: ev.object.clone(),
                         });
                     }
@@ -857,18 +771,9 @@ impl Cluster {
 
     /// A BOOKMARK event's object for type `ty` at version `rv`.
     pub fn bookmark(&self, ty: usize, rv: u64, initial_events_end: bool) -> WatchItem {
-        let t = &self.types[ty];
-        let mut obj = json!({
-            "kind": t.kind,
-            "apiVersion": kubehub_kapi::resources::api_version(&t.group, &t.version),
-            "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null},
-        });
-        if initial_events_end {
-            obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-        }
         WatchItem {
             kind: EventType::Bookmark,
-            object: to_bytes(&obj),
+            object: bookmark_object(&self.types[ty], rv, initial_events_end),
         }
     }
 
@@ -877,11 +782,6 @@ impl Cluster {
     pub fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
         f(&mut lock(&self.inner).rng)
     }
-}
-
-/// `pods` for `pods/log`.
-pub fn base_resource(resource: &str) -> &str {
-    resource.split('/').next().unwrap_or(resource)
 }
 
 fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), Status> {

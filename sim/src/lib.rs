@@ -24,4 +24,4 @@ pub mod store;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use seed::{seed, Churn, SeedSpec};
-pub use server::{serve, Router, ServeOptions, Server};
+pub use server::{serve, RequestLog, Router, ServeOptions, Server};

@@ -37,6 +37,28 @@ pub struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Require `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Record every request served here (tests count what reached the edge).
+    pub log: Option<Arc<RequestLog>>,
+}
+
+/// The requests a simulator served, in arrival order: `METHOD path?query`.
+#[derive(Debug, Default)]
+pub struct RequestLog(std::sync::Mutex<Vec<String>>);
+
+impl RequestLog {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    /// Everything recorded so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// A running server; dropping it (or [`Server::shutdown`]) stops it.
@@ -158,6 +180,9 @@ async fn serve_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if let Some(log) = &opts.log {
+        log.push(format!("{} {}", req.method(), req.uri()));
+    }
     if !authorized(opts, &req) && !matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         return status_response(&Status::unauthorized());
     }

@@ -11,56 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kubehub_kapi::resources::{field_selectors, field_value};
-use kubehub_kapi::selector::{FieldSelector, LabelSelector};
+use kubehub_cache::{ChangeKind, Filter, Listed, Meta, ObjKey};
 use kubehub_kapi::Status;
-use kubehub_wire::EventType;
-use serde_json::Value;
 use tokio::sync::broadcast;
-
-/// (namespace or "", name): the order kube-apiserver lists in.
-pub type ObjKey = (Box<str>, Box<str>);
-
-/// What selectors look at, extracted once per write.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta {
-    labels: Box<[(Box<str>, Box<str>)]>,
-    fields: Box<[(&'static str, Box<str>)]>,
-}
-
-impl Meta {
-    /// Extracts the labels and the resource's selectable fields of `obj`.
-    pub fn of(group: &str, resource: &str, obj: &Value) -> Meta {
-        let labels = obj
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str().into(), v.into())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let fields = field_selectors(group, resource)
-            .iter()
-            .filter_map(|f| field_value(obj, f).map(|v| (*f, v.into_boxed_str())))
-            .collect();
-        Meta { labels, fields }
-    }
-
-    fn label(&self, k: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(key, _)| &**key == k)
-            .map(|(_, v)| &**v)
-    }
-
-    fn field(&self, f: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(key, _)| *key == f)
-            .map(|(_, v)| &**v)
-    }
-}
 
 /// A stored object.
 #[derive(Debug, Clone)]
@@ -85,7 +38,7 @@ pub struct Event {
     /// The object's key.
     pub key: ObjKey,
     /// ADDED, MODIFIED or DELETED.
-    pub kind: EventType,
+    pub kind: ChangeKind,
     /// The object after the change (for DELETED: its last state, at the deletion's version).
     pub object: Bytes,
     /// Selector view of `object`.
@@ -95,53 +48,25 @@ pub struct Event {
     pub prev: Option<(Bytes, Meta)>,
 }
 
-/// Which objects a list or watch wants.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Restrict to one namespace.
-    pub namespace: Option<String>,
-    /// `labelSelector`
-    pub labels: LabelSelector,
-    /// `fieldSelector`
-    pub fields: FieldSelector,
+impl Event {
+    /// The event a watch with `filter` sees, if any (selector transitions become ADDED or
+    /// DELETED).
+    pub fn visible_to(&self, filter: &Filter) -> Option<ChangeKind> {
+        filter.translate(
+            &self.key,
+            self.kind,
+            &self.meta,
+            self.prev.as_ref().map(|(_, m)| m),
+        )
+    }
 }
 
-impl Filter {
-    /// Whether an object with this key and selector view is wanted.
-    pub fn matches(&self, key: &ObjKey, meta: &Meta) -> bool {
-        if let Some(ns) = &self.namespace {
-            if &*key.0 != ns.as_str() {
-                return false;
-            }
-        }
-        self.labels.matches(|k| meta.label(k))
-            && self.fields.matches(|f| match f {
-                "metadata.name" => Some(&*key.1),
-                "metadata.namespace" => Some(&*key.0),
-                _ => meta.field(f),
-            })
+impl Listed for Stored {
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    /// The event a watcher with this filter sees for `ev`, if any: an object that starts
-    /// matching is ADDED, one that stops matching is DELETED (as kube-apiserver's watch cache
-    /// does).
-    pub fn translate(&self, ev: &Event) -> Option<EventType> {
-        let now = self.matches(&ev.key, &ev.meta);
-        let before = ev
-            .prev
-            .as_ref()
-            .is_some_and(|(_, m)| self.matches(&ev.key, m));
-        match ev.kind {
-            EventType::Added if now => Some(EventType::Added),
-            EventType::Deleted if before || now => Some(EventType::Deleted),
-            EventType::Modified => match (before, now) {
-                (true, true) => Some(EventType::Modified),
-                (false, true) => Some(EventType::Added),
-                (true, false) => Some(EventType::Deleted),
-                (false, false) => None,
-            },
-            _ => None,
-        }
+    fn json(&self) -> &Bytes {
+        &self.json
     }
 }
 
@@ -184,7 +109,7 @@ impl State {
         &mut self,
         ty: usize,
         key: ObjKey,
-        kind: EventType,
+        kind: ChangeKind,
         rv: u64,
         next: Option<Stored>,
         deleted_json: Option<Bytes>,
@@ -300,7 +225,8 @@ pub type Events = broadcast::Sender<Arc<Event>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use kubehub_kapi::selector::LabelSelector;
+    use serde_json::{json, Value};
 
     fn stored(name: &str, rv: u64, labels: Value) -> Stored {
         let obj = json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv.to_string(), "labels": labels}});
@@ -313,7 +239,7 @@ mod tests {
     }
 
     fn key(name: &str) -> ObjKey {
-        ("ns".into(), name.into())
+        ObjKey::new("ns", name)
     }
 
     #[test]
@@ -322,7 +248,7 @@ mod tests {
         st.commit(
             0,
             key("a"),
-            EventType::Added,
+            ChangeKind::Added,
             2,
             Some(stored("a", 2, json!({}))),
             None,
@@ -330,7 +256,7 @@ mod tests {
         st.commit(
             0,
             key("b"),
-            EventType::Added,
+            ChangeKind::Added,
             3,
             Some(stored("b", 3, json!({}))),
             None,
@@ -338,12 +264,12 @@ mod tests {
         st.commit(
             0,
             key("a"),
-            EventType::Modified,
+            ChangeKind::Modified,
             4,
             Some(stored("a", 4, json!({"x": "1"}))),
             None,
         );
-        st.commit(0, key("b"), EventType::Deleted, 5, None, None);
+        st.commit(0, key("b"), ChangeKind::Deleted, 5, None, None);
         // Window of 3: the event at 2 is gone; watching from 2 still works (it needs 3..),
         // from 1 does not.
         assert_eq!(st.oldest_available(), 2);
@@ -366,7 +292,7 @@ mod tests {
         st.commit(
             0,
             key("a"),
-            EventType::Added,
+            ChangeKind::Added,
             2,
             Some(stored("a", 2, json!({"app": "web"}))),
             None,
@@ -374,7 +300,7 @@ mod tests {
         let ev = st.commit(
             0,
             key("a"),
-            EventType::Modified,
+            ChangeKind::Modified,
             3,
             Some(stored("a", 3, json!({"app": "db"}))),
             None,
@@ -391,9 +317,12 @@ mod tests {
             namespace: Some("other".into()),
             ..Filter::default()
         };
-        assert_eq!(web.translate(&ev), Some(EventType::Deleted));
-        assert_eq!(db.translate(&ev), Some(EventType::Added));
-        assert_eq!(Filter::default().translate(&ev), Some(EventType::Modified));
-        assert_eq!(other_ns.translate(&ev), None);
+        assert_eq!(ev.visible_to(&web), Some(ChangeKind::Deleted));
+        assert_eq!(ev.visible_to(&db), Some(ChangeKind::Added));
+        assert_eq!(
+            ev.visible_to(&Filter::default()),
+            Some(ChangeKind::Modified)
+        );
+        assert_eq!(ev.visible_to(&other_ns), None);
     }
 }

@@ -44,6 +44,7 @@ pub fn hello(cluster: &str, agent_id: &str) -> Frame {
         agent_id: agent_id.into(),
         cluster_id: cluster.into(),
         software: "kubehub-testkit scripted agent".into(),
+        labels: Vec::new(),
     })
 }
 

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use crate::Kubectl;
 use kubehub_agent::config::{AgentConfig, Limits as AgentLimits, Reconnect, Tls, Upstream};
 use kubehub_agent::Agent;
-use kubehub_hub::config::{HubConfig, Limits, Listener};
+use kubehub_hub::config::{CacheConfig, HubConfig, Limits, Listener};
 use kubehub_hub::proxy::authorize::{AllowAuthenticated, Authorizer};
 use kubehub_hub::server::{self, Hub};
 use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_pki::Ca;
-use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions, Server};
+use kubehub_sim::{
+    self as sim, Cluster, ClusterConfig, RequestLog, Router, SeedSpec, ServeOptions, Server,
+};
 
 pub const CLUSTER: &str = "edge-1";
 pub const TOKEN: &str = "alice-token";
@@ -28,10 +30,72 @@ pub struct Stack {
     pub cluster: Arc<Cluster>,
     pub sim: Option<Server>,
     pub sim_addr: std::net::SocketAddr,
+    /// Every request the simulator served.
+    pub sim_log: Arc<RequestLog>,
     pub hub: Hub,
     pub agent: Option<Agent>,
     pub agent_cfg: AgentConfig,
     pub kubeconfig: PathBuf,
+}
+
+/// An HTTP answer: status, head fields (lower-cased names), body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+fn curl_reply(mut cmd: Command, url: &str, headers: &[&str]) -> Reply {
+    let head_file = tempfile::NamedTempFile::new().unwrap();
+    cmd.args(["-sS", "--max-time", "20", "-D"])
+        .arg(head_file.path());
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read_to_string(head_file.path()).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: out.stdout,
+    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -46,6 +110,46 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
 
 /// [`start`], with `authz` deciding in the hub who may do what.
 pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Authorizer>) -> Stack {
+    start_opts(StackOptions {
+        cluster: cluster_cfg,
+        limits,
+        authz,
+        cache: CacheConfig::default(),
+    })
+}
+
+/// Everything a test may choose about its stack.
+#[derive(Debug)]
+pub struct StackOptions {
+    /// The simulated cluster.
+    pub cluster: ClusterConfig,
+    /// The hub's limits.
+    pub limits: Limits,
+    /// Who may do what.
+    pub authz: Arc<dyn Authorizer>,
+    /// The hub's cache.
+    pub cache: CacheConfig,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            cluster: ClusterConfig::default(),
+            limits: Limits::default(),
+            authz: Arc::new(AllowAuthenticated),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// A stack built from `opts`.
+pub fn start_opts(opts: StackOptions) -> Stack {
+    let StackOptions {
+        cluster: cluster_cfg,
+        limits,
+        authz,
+        cache,
+    } = opts;
     // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -71,12 +175,16 @@ pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Aut
     let agent_key = d.join(format!("agent-{CLUSTER}.key"));
     let tokens = write(d, "tokens.csv", &format!("{TOKEN},alice,1001,\"devs\"\n"));
     let cluster = Cluster::new("sim", cluster_cfg);
+    let sim_log = Arc::new(RequestLog::default());
     sim::seed(&cluster, &SeedSpec::default()).unwrap();
     let sim_server = rt
         .block_on(sim::serve(
             "127.0.0.1:0".parse().unwrap(),
             Router::Single(cluster.clone()),
-            ServeOptions::default(),
+            ServeOptions {
+                log: Some(sim_log.clone()),
+                ..ServeOptions::default()
+            },
         ))
         .unwrap();
     let sim_addr = sim_server.local_addr();
@@ -98,12 +206,14 @@ pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Aut
             listen: "127.0.0.1:0".parse().unwrap(),
         }),
         limits,
+        cache,
     };
     let hub = server::start_with(hub_cfg, authz).unwrap();
     let agent_cfg = AgentConfig {
         cluster_id: CLUSTER.into(),
         agent_id: Some("agent-test".into()),
         hubs: vec![hub.agent_addr.to_string()],
+        labels: Default::default(),
         tls: Tls {
             ca: ca_path.clone(),
             cert: agent_crt,
@@ -124,6 +234,7 @@ pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Aut
             initial_ms: 100,
             max_ms: 1000,
         },
+        sync: Default::default(),
     };
     let agent = {
         let _g = rt.enter();
@@ -147,6 +258,7 @@ pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Aut
         cluster,
         sim: Some(sim_server),
         sim_addr,
+        sim_log,
         hub,
         agent: Some(agent),
         agent_cfg,
@@ -233,6 +345,54 @@ impl Stack {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A GET through the hub with extra request headers: (status, response head, body).
+    pub fn hub_get(&self, path: &str, headers: &[&str]) -> Reply {
+        let url = format!(
+            "https://127.0.0.1:{}/clusters/{CLUSTER}{path}",
+            self.hub.user_addr.port()
+        );
+        let mut cmd = Command::new("curl");
+        cmd.arg("--cacert")
+            .arg(self.dir.path().join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        curl_reply(cmd, &url, headers)
+    }
+
+    /// The same GET straight to the simulator (the edge API server), bypassing KubeHub.
+    pub fn sim_get(&self, path: &str, headers: &[&str]) -> Reply {
+        curl_reply(
+            Command::new("curl"),
+            &format!("http://{}{path}", self.sim_addr),
+            headers,
+        )
+    }
+
+    /// Waits until the hub's cache of `resource` (core `v1` or `apps/v1`) is synced.
+    pub fn wait_synced(&self, group: &str, resource: &str, within: Duration) {
+        let key = kubehub_wire::ResourceKey {
+            group: group.into(),
+            version: "v1".into(),
+            resource: resource.into(),
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            let synced = self
+                .hub
+                .caches
+                .cluster(CLUSTER)
+                .and_then(|c| c.slot(&key))
+                .is_some_and(|s| s.is_synced());
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{resource} not synced within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stop_agent(&mut self) {

@@ -20,6 +20,10 @@ fn main() -> std::io::Result<()> {
             agent_id: "agent-1".into(),
             cluster_id: "edge-1".into(),
             software: "kubehub 0.1.0".into(),
+            labels: vec![
+                ("region".into(), "eu-west".into()),
+                ("tier".into(), "".into()),
+            ],
         }),
         Frame::HelloAck(HelloAck {
             version: 1,
@@ -102,6 +106,29 @@ fn main() -> std::io::Result<()> {
             event: EventType::Modified,
             resource_version: "11".into(),
             object: b(br#"{"kind":"Pod"}"#),
+        }),
+        Frame::SyncRequest(SyncRequest {
+            resources: vec![
+                ResourceKey {
+                    group: String::new(),
+                    version: "v1".into(),
+                    resource: "pods".into(),
+                },
+                ResourceKey {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    resource: "deployments".into(),
+                },
+            ],
+        }),
+        Frame::ProgressRequest(ProgressRequest {
+            stream_id: 1,
+            seq: 1,
+        }),
+        Frame::Progress(Progress {
+            stream_id: 1,
+            seq: 1,
+            resource_version: "11".into(),
         }),
     ];
     let mut all = BytesMut::new();

@@ -184,13 +184,14 @@ fn put_str16<S: Sink>(s: &mut S, b: &[u8]) {
     s.put_slice(&b[..n]);
 }
 
-fn put_fields<S: Sink>(s: &mut S, fields: &Fields) {
-    let n = fields.len().min(u16::MAX as usize);
-    debug_assert_eq!(n, fields.len(), "too many header fields");
+/// A list of (name, value) pairs with a 16-bit count: header fields, cluster labels.
+fn put_pairs<S: Sink, N: AsRef<[u8]>, V: AsRef<[u8]>>(s: &mut S, pairs: &[(N, V)]) {
+    let n = pairs.len().min(u16::MAX as usize);
+    debug_assert_eq!(n, pairs.len(), "too many pairs in a 16-bit list");
     put_u16(s, n as u16);
-    for (name, value) in &fields[..n] {
-        put_str16(s, name);
-        put_str16(s, value);
+    for (name, value) in &pairs[..n] {
+        put_str16(s, name.as_ref());
+        put_str16(s, value.as_ref());
     }
 }
 
@@ -208,11 +209,11 @@ fn str16_len(b: &[u8]) -> usize {
     2 + b.len().min(u16::MAX as usize)
 }
 
-fn fields_len(fields: &Fields) -> usize {
-    2 + fields
+fn pairs_len<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> usize {
+    2 + pairs
         .iter()
         .take(u16::MAX as usize)
-        .map(|(n, v)| str16_len(n) + str16_len(v))
+        .map(|(n, v)| str16_len(n.as_ref()) + str16_len(v.as_ref()))
         .sum::<usize>()
 }
 
@@ -225,12 +226,13 @@ pub fn body_len(frame: &Frame) -> usize {
                 + str16_len(h.agent_id.as_bytes())
                 + str16_len(h.cluster_id.as_bytes())
                 + str16_len(h.software.as_bytes())
+                + pairs_len(&h.labels)
         }
         Frame::HelloAck(h) => 2 + 8 + SETTINGS_LEN + 4 + str16_len(h.hub_id.as_bytes()),
-        Frame::Request(r) => str16_len(&r.method) + str16_len(&r.path) + fields_len(&r.fields),
-        Frame::Response(r) => 2 + fields_len(&r.fields),
+        Frame::Request(r) => str16_len(&r.method) + str16_len(&r.path) + pairs_len(&r.fields),
+        Frame::Response(r) => 2 + pairs_len(&r.fields),
         Frame::Data(d) => d.payload.len(),
-        Frame::End(e) => fields_len(&e.trailers),
+        Frame::End(e) => pairs_len(&e.trailers),
         Frame::Reset(_) => 4,
         Frame::WindowUpdate(_) => 4,
         Frame::Ping(_) => 8,
@@ -240,7 +242,16 @@ pub fn body_len(frame: &Frame) -> usize {
         Frame::SnapshotItems(s) => 4 + s.items.iter().map(|i| 4 + i.len()).sum::<usize>(),
         Frame::SnapshotEnd(e) => str16_len(e.resource_version.as_bytes()),
         Frame::WatchEvent(w) => 1 + str16_len(w.resource_version.as_bytes()) + w.object.len(),
+        Frame::SyncRequest(r) => 4 + r.resources.iter().map(resource_key_len).sum::<usize>(),
+        Frame::ProgressRequest(_) => 4,
+        Frame::Progress(p) => 4 + str16_len(p.resource_version.as_bytes()),
     }
+}
+
+fn put_resource_key<S: Sink>(s: &mut S, k: &ResourceKey) {
+    put_str16(s, k.group.as_bytes());
+    put_str16(s, k.version.as_bytes());
+    put_str16(s, k.resource.as_bytes());
 }
 
 fn resource_key_len(k: &ResourceKey) -> usize {
@@ -294,6 +305,7 @@ fn encode_into<S: Sink>(frame: &Frame, s: &mut S) {
             put_str16(s, h.agent_id.as_bytes());
             put_str16(s, h.cluster_id.as_bytes());
             put_str16(s, h.software.as_bytes());
+            put_pairs(s, &h.labels);
         }
         Frame::HelloAck(h) => {
             put_u16(s, h.version);
@@ -305,14 +317,14 @@ fn encode_into<S: Sink>(frame: &Frame, s: &mut S) {
         Frame::Request(r) => {
             put_str16(s, &r.method);
             put_str16(s, &r.path);
-            put_fields(s, &r.fields);
+            put_pairs(s, &r.fields);
         }
         Frame::Response(r) => {
             put_u16(s, r.status);
-            put_fields(s, &r.fields);
+            put_pairs(s, &r.fields);
         }
         Frame::Data(d) => s.put_payload(&d.payload),
-        Frame::End(e) => put_fields(s, &e.trailers),
+        Frame::End(e) => put_pairs(s, &e.trailers),
         Frame::Reset(r) => put_u32(s, r.code.0),
         Frame::WindowUpdate(w) => put_u32(s, w.increment),
         Frame::Ping(p) => put_u64(s, p.opaque),
@@ -340,11 +352,7 @@ fn encode_into<S: Sink>(frame: &Frame, s: &mut S) {
                 put_str_list(s, &r.categories);
             }
         }
-        Frame::SnapshotBegin(b) => {
-            put_str16(s, b.resource.group.as_bytes());
-            put_str16(s, b.resource.version.as_bytes());
-            put_str16(s, b.resource.resource.as_bytes());
-        }
+        Frame::SnapshotBegin(b) => put_resource_key(s, &b.resource),
         Frame::SnapshotItems(items) => {
             put_u32(s, items.items.len() as u32);
             for item in &items.items {
@@ -357,6 +365,17 @@ fn encode_into<S: Sink>(frame: &Frame, s: &mut S) {
             s.put_slice(&[w.event as u8]);
             put_str16(s, w.resource_version.as_bytes());
             s.put_payload(&w.object);
+        }
+        Frame::SyncRequest(r) => {
+            put_u32(s, r.resources.len() as u32);
+            for k in &r.resources {
+                put_resource_key(s, k);
+            }
+        }
+        Frame::ProgressRequest(p) => put_u32(s, p.seq),
+        Frame::Progress(p) => {
+            put_u32(s, p.seq);
+            put_str16(s, p.resource_version.as_bytes());
         }
     }
 }
@@ -627,6 +646,25 @@ fn read_str_list(r: &mut Reader, field: &'static str) -> Result<Vec<String>, Dec
     Ok(out)
 }
 
+/// Cluster labels: a 16-bit count of (name, value) pairs; names non-empty and unique.
+fn read_labels(r: &mut Reader) -> Result<Vec<(String, String)>, DecodeError> {
+    let count = r.u16("label count")? as usize;
+    // A label takes at least 5 bytes (two lengths and a 1-byte name).
+    let mut labels = Vec::with_capacity(count.min(r.body.len() / 5));
+    for _ in 0..count {
+        let name = r.string16("label name")?;
+        if name.is_empty() {
+            return Err(r.invalid("label name", "empty"));
+        }
+        labels.push((name, r.string16("label value")?));
+    }
+    let mut names = std::collections::HashSet::with_capacity(labels.len());
+    if !labels.iter().all(|(name, _)| names.insert(name.as_str())) {
+        return Err(r.invalid("label name", "repeated"));
+    }
+    Ok(labels)
+}
+
 fn read_resource_key(r: &mut Reader) -> Result<ResourceKey, DecodeError> {
     let key = ResourceKey {
         group: r.string16("group")?,
@@ -657,6 +695,7 @@ fn parse_body(h: FrameHeader, body: Bytes) -> Result<Frame, DecodeError> {
                 agent_id: r.string16("agent_id")?,
                 cluster_id: r.string16("cluster_id")?,
                 software: r.string16("software")?,
+                labels: read_labels(&mut r)?,
             })
         }
         FrameType::HelloAck => {
@@ -806,6 +845,24 @@ fn parse_body(h: FrameHeader, body: Bytes) -> Result<Frame, DecodeError> {
                 object: r.rest(),
             })
         }
+        FrameType::SyncRequest => {
+            let count = r.u32("resource count")? as usize;
+            // A key takes at least 8 bytes (three lengths, a version and a resource).
+            let mut resources = Vec::with_capacity(count.min(r.body.len() / 8));
+            for _ in 0..count {
+                resources.push(read_resource_key(&mut r)?);
+            }
+            Frame::SyncRequest(SyncRequest { resources })
+        }
+        FrameType::ProgressRequest => Frame::ProgressRequest(ProgressRequest {
+            stream_id: h.stream_id,
+            seq: r.u32("seq")?,
+        }),
+        FrameType::Progress => Frame::Progress(Progress {
+            stream_id: h.stream_id,
+            seq: r.u32("seq")?,
+            resource_version: r.string16("resource_version")?,
+        }),
     };
     r.finish()?;
     Ok(frame)

@@ -37,18 +37,20 @@
 //! * **The control queue is bounded by coalescing, not by dropping**: at most one pending
 //!   PING answer (the latest opaque), one keepalive PING, one connection-level WINDOW_UPDATE
 //!   (increments summed), one WINDOW_UPDATE per open stream (summed), one RESET per stream,
-//!   one DISCOVERY (the latest report), one GOAWAY. So it is O(open streams) whatever the peer
-//!   sends. RESETs are queued only for streams the peer opened or that we opened; a compliant
-//!   peer keeps at most `local.max_concurrent_streams + remote.max_concurrent_streams` of them
-//!   pending, and a peer that provokes more while not reading our answers gets GOAWAY
-//!   `ENHANCE_YOUR_CALM`.
+//!   one DISCOVERY (the latest report), one SYNC_REQUEST (the latest set), one
+//!   PROGRESS_REQUEST per sync stream (the latest `seq`), one GOAWAY. So it is O(open
+//!   streams) whatever the peer sends. RESETs are queued only for streams the peer opened or
+//!   that we opened; a compliant peer keeps at most
+//!   `local.max_concurrent_streams + remote.max_concurrent_streams` of them pending, and a peer
+//!   that provokes more while not reading our answers gets GOAWAY `ENHANCE_YOUR_CALM`.
 //! * **Output order**: control frames first (PING answers, PING, WINDOW_UPDATE, RESET,
-//!   DISCOVERY), then REQUEST heads of newly opened streams (in stream id order, as the peer
-//!   requires), then GOAWAY (so no stream opens after it; a close drops unsent heads, so its
-//!   GOAWAY is the last frame), then stream frames. Within a stream the order is the application's
-//!   (RESPONSE head, DATA…, END). Across streams, frames go round-robin, one frame per stream
-//!   per turn, so one big stream does not starve the others; a stream without window is set
-//!   aside until credit arrives and never blocks others.
+//!   DISCOVERY, SYNC_REQUEST, PROGRESS_REQUEST), then REQUEST heads of newly opened streams
+//!   (in stream id order, as the peer requires), then GOAWAY (so no stream opens after it; a
+//!   close drops unsent heads, so its GOAWAY is the last frame), then stream frames. Within a
+//!   stream the order is the application's (RESPONSE head, DATA…, END; on a sync stream the
+//!   snapshot frames, watch events and PROGRESS). Across streams, frames go round-robin, one
+//!   frame per stream per turn, so one big stream does not starve the others; a stream without
+//!   window is set aside until credit arrives and never blocks others.
 //! * **Send buffers hold what the application gave, no more**: `send_data` appends the
 //!   [`Bytes`] as they are (no copy; split with [`Bytes::split_to`] into frames of at most
 //!   `max_data_frame` and the window). The application paces itself with
@@ -58,12 +60,21 @@
 //!
 //! # Sync streams
 //!
-//! The agent opens one per cached resource type with [`Connection::open_sync`], then queues
-//! snapshot items, the snapshot's end and watch events ([`Connection::send_snapshot_items`],
+//! The hub says which resource types it wants with [`Connection::send_sync_request`] (the
+//! whole set each time; the agent gets [`Event::SyncRequest`]). The agent opens one sync
+//! stream per wanted type it serves with [`Connection::open_sync`], then queues snapshot
+//! items, the snapshot's end and watch events ([`Connection::send_snapshot_items`],
 //! [`Connection::send_snapshot_end`], [`Connection::send_watch_event`]; a relist restarts with
 //! [`Connection::send_snapshot_begin`]). Each goes out whole once the windows allow; the
 //! hub (with [`ConnConfig::accept_sync`]) gets them as [`Event::Sync`] and releases their
 //! credit once applied, which is what slows an agent whose hub falls behind.
+//!
+//! For a consistent read the hub asks how current a stream is with
+//! [`Connection::request_progress`]; the agent gets [`Event::ProgressRequest`] and answers
+//! with [`Connection::send_progress`]. PROGRESS takes no window but is queued with the
+//! stream's other frames, so it reaches the hub after every change queued before it (it waits
+//! with them while the stream waits for credit); the hub gets it as [`Event::Sync`].
+//! SYNC_REQUEST needs CACHE_SYNC in [`ConnConfig::capabilities`] on both sides.
 //!
 //! # Events of a stream
 //!
@@ -82,9 +93,9 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::{self, Decoder, EncodeBuf, MAX_WINDOW};
 use crate::error::ErrorCode;
 use crate::frame::{
-    Data, Discovery, End, EventType, Fields, Frame, GoAway, Ping, Request, Reset, ResourceKey,
-    Response, Settings, SnapshotBegin, SnapshotEnd, SnapshotItems, StreamId, WatchEvent,
-    WindowUpdate,
+    Capabilities, Data, Discovery, End, EventType, Fields, Frame, GoAway, Ping, Progress,
+    ProgressRequest, Request, Reset, ResourceKey, Response, Settings, SnapshotBegin, SnapshotEnd,
+    SnapshotItems, StreamId, SyncRequest, WatchEvent, WindowUpdate,
 };
 use crate::session::{Role, Session, SessionError, StreamKind, StreamState};
 
@@ -113,10 +124,15 @@ pub struct ConnConfig {
     /// The peer may open sync streams (SNAPSHOT_BEGIN). If `false`, they are answered with
     /// RESET `REFUSED_STREAM` and no event; if `true`, their frames arrive as [`Event::Sync`].
     pub accept_sync: bool,
+    /// The capabilities the handshake agreed ([`crate::handshake::Agreed::capabilities`]).
+    /// Without [`Capabilities::CACHE_SYNC`], SYNC_REQUEST is neither sent
+    /// ([`Connection::send_sync_request`] fails) nor accepted (a connection error).
+    pub capabilities: Capabilities,
 }
 
 impl Default for ConnConfig {
-    /// Keepalive 15 s, 64 KiB DATA frames, 256 KiB send buffer, the peer may open nothing.
+    /// Keepalive 15 s, 64 KiB DATA frames, 256 KiB send buffer, the peer may open nothing, no
+    /// capabilities.
     fn default() -> Self {
         ConnConfig {
             keepalive: Duration::from_secs(15),
@@ -124,6 +140,7 @@ impl Default for ConnConfig {
             send_buffer: 256 * 1024,
             accept_requests: false,
             accept_sync: false,
+            capabilities: Capabilities::default(),
         }
     }
 }
@@ -271,8 +288,9 @@ pub enum Event {
     /// The agent's resource types (hub side).
     Discovery(Discovery),
     /// A frame of a sync stream the peer opened (only with [`ConnConfig::accept_sync`]):
-    /// SNAPSHOT_BEGIN (opening or restarting it), SNAPSHOT_ITEMS, SNAPSHOT_END or WATCH_EVENT.
-    /// END arrives as [`Event::End`].
+    /// SNAPSHOT_BEGIN (opening or restarting it), SNAPSHOT_ITEMS, SNAPSHOT_END, WATCH_EVENT or
+    /// PROGRESS (the answer to [`Connection::request_progress`], or unsolicited with `seq`
+    /// 0). END arrives as [`Event::End`].
     Sync {
         /// The stream.
         id: StreamId,
@@ -282,11 +300,26 @@ pub enum Event {
         /// the frame is applied (0 for frames without flow control).
         credit: u32,
     },
+    /// The hub's SYNC_REQUEST (agent side): the complete set of resource types it wants
+    /// synced from now on, replacing any earlier set. Open a sync stream
+    /// ([`Connection::open_sync`]) for each type served and not yet synced, end
+    /// ([`Connection::send_end`]) or reset those no longer wanted, ignore types not served.
+    SyncRequest(Vec<ResourceKey>),
+    /// The hub asks how current sync stream `id` (ours) is (agent side): answer with
+    /// [`Connection::send_progress`] and the same `seq`, once every change up to the
+    /// resourceVersion answered has been queued on the stream.
+    ProgressRequest {
+        /// The sync stream.
+        id: StreamId,
+        /// To echo in the answer.
+        seq: u32,
+    },
     /// The connection is closed. Exactly once, and the last event.
     Closed(CloseReason),
 }
 
-/// Why [`Connection::open_request`] (or [`Connection::send_discovery`]) failed.
+/// Why [`Connection::open_request`] (or [`Connection::send_discovery`],
+/// [`Connection::send_sync_request`]) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// The peer's concurrent stream limit is reached; retry when a stream ends.
@@ -405,6 +438,9 @@ pub struct Connection {
     stream_credit: BTreeMap<StreamId, u32>,
     resets: BTreeMap<StreamId, ErrorCode>,
     discovery: Option<Discovery>,
+    sync_request: Option<SyncRequest>,
+    /// PROGRESS_REQUESTs on sync streams the peer opened: the latest `seq` per stream.
+    progress_requests: BTreeMap<StreamId, u32>,
     goaway: Option<GoAway>,
     reset_limit: usize,
     // Lifecycle.
@@ -441,7 +477,7 @@ impl Connection {
             now.checked_add(cfg.keepalive)
         };
         Connection {
-            session: Session::new(role, local, remote),
+            session: Session::new(role, local, remote, cfg.capabilities),
             decoder: Decoder::new(local.max_frame_size),
             max_frame,
             cfg,
@@ -455,6 +491,8 @@ impl Connection {
             stream_credit: BTreeMap::new(),
             resets: BTreeMap::new(),
             discovery: None,
+            sync_request: None,
+            progress_requests: BTreeMap::new(),
             goaway: None,
             reset_limit,
             events: VecDeque::new(),
@@ -571,6 +609,8 @@ impl Connection {
         self.stream_credit.clear();
         self.resets.clear();
         self.discovery = None;
+        self.sync_request = None;
+        self.progress_requests.clear();
         self.goaway = None;
     }
 
@@ -665,7 +705,7 @@ impl Connection {
 
     /// The sync stream `id` we opened, for queuing `frame`: it must fit the peer's maximum
     /// frame size, and the snapshot phase must allow it (`inside`: items and end go inside a
-    /// snapshot, watch events outside, a restart anywhere).
+    /// snapshot, watch events and PROGRESS outside, a restart anywhere).
     fn queue_sync(
         &mut self,
         id: StreamId,
@@ -678,14 +718,9 @@ impl Connection {
         }
         if let Some(inside) = inside {
             if s.in_snapshot != inside {
-                return Err(invalid(
-                    id,
-                    if inside {
-                        "snapshot items or end outside a snapshot"
-                    } else {
-                        "a watch event inside a snapshot"
-                    },
-                ));
+                let place = if inside { "outside" } else { "inside" };
+                let name = frame.frame_type().name();
+                return Err(invalid(id, &format!("{name} {place} a snapshot")));
             }
         }
         let max = self.session.remote_settings().max_frame_size as usize;
@@ -750,9 +785,7 @@ impl Connection {
         id: StreamId,
         resource_version: String,
     ) -> Result<(), StreamGone> {
-        if resource_version.len() > STR16 {
-            return Err(invalid(id, "resourceVersion longer than 65,535 bytes"));
-        }
+        check_resource_version(id, &resource_version)?;
         let frame = Frame::SnapshotEnd(SnapshotEnd {
             stream_id: id,
             resource_version,
@@ -769,9 +802,7 @@ impl Connection {
         resource_version: String,
         object: Bytes,
     ) -> Result<(), StreamGone> {
-        if resource_version.len() > STR16 {
-            return Err(invalid(id, "resourceVersion longer than 65,535 bytes"));
-        }
+        check_resource_version(id, &resource_version)?;
         let frame = Frame::WatchEvent(WatchEvent {
             stream_id: id,
             event,
@@ -779,6 +810,54 @@ impl Connection {
             object,
         });
         self.queue_sync(id, frame, Some(false))
+    }
+
+    /// Answers a PROGRESS_REQUEST ([`Event::ProgressRequest`], same `seq`; `seq` 0 for an
+    /// unsolicited report): every change of the type up to `resource_version` has been queued
+    /// on sync stream `id` (ours) before this call. Empty `resource_version`: the agent could
+    /// not confirm. PROGRESS takes no window, but it is queued behind the stream's frames and
+    /// never overtakes them: it goes out after every frame queued before it, waiting with
+    /// them for credit. Refused inside a snapshot (after BEGIN, before its END).
+    pub fn send_progress(
+        &mut self,
+        id: StreamId,
+        seq: u32,
+        resource_version: &str,
+    ) -> Result<(), StreamGone> {
+        check_resource_version(id, resource_version)?;
+        let frame = Frame::Progress(Progress {
+            stream_id: id,
+            seq,
+            resource_version: resource_version.to_owned(),
+        });
+        self.queue_sync(id, frame, Some(false))
+    }
+
+    /// Asks the opener of sync stream `id` (the agent; the stream is one the peer opened)
+    /// how current the stream is: PROGRESS_REQUEST `seq` is queued as a control frame (not
+    /// flow-controlled) and the answer arrives as [`Event::Sync`] with a [`Frame::Progress`]
+    /// of the same `seq`, after every change up to its resourceVersion. A request not yet
+    /// sent is replaced by a later one on the same stream: use increasing numbers, and take an
+    /// answer with a `seq` at least yours as the answer to yours.
+    pub fn request_progress(&mut self, id: StreamId, seq: u32) -> Result<(), StreamGone> {
+        if self.closed.is_some() {
+            return Err(StreamGone::NotOpen(id));
+        }
+        let Some(s) = self.streams.get(&id) else {
+            return Err(StreamGone::NotOpen(id));
+        };
+        if s.kind != StreamKind::Sync || s.local {
+            return Err(invalid(
+                id,
+                "PROGRESS_REQUEST goes only on a sync stream the peer opened",
+            ));
+        }
+        let frame = Frame::ProgressRequest(ProgressRequest { stream_id: id, seq });
+        self.session
+            .send(&frame)
+            .map_err(|e| invalid(id, &e.to_string()))?;
+        self.progress_requests.insert(id, seq);
+        Ok(())
     }
 
     /// Queues the RESPONSE head of a stream the peer opened. `end_stream`: no body follows.
@@ -906,26 +985,51 @@ impl Connection {
 
     /// Queues a DISCOVERY report (agent → hub), replacing one not yet sent.
     pub fn send_discovery(&mut self, discovery: Discovery) -> Result<(), OpenError> {
-        if self.closed.is_some() {
-            return Err(OpenError::Closing);
-        }
         let frame = Frame::Discovery(discovery);
         if !discovery_fits(&frame) {
             return Err(OpenError::Invalid("a DISCOVERY field is too long".into()));
         }
-        self.check_frame(&frame).map_err(OpenError::Invalid)?;
-        self.session
-            .send(&frame)
-            .map_err(|e| OpenError::Invalid(e.to_string()))?;
-        if let Frame::Discovery(d) = frame {
+        if let Frame::Discovery(d) = self.check_control(frame)? {
             self.discovery = Some(d);
         }
         Ok(())
     }
 
+    /// Queues a SYNC_REQUEST (hub → agent, with [`Capabilities::CACHE_SYNC`] agreed): the
+    /// complete set of resource types to sync from now on. Replaces one not yet sent (only the
+    /// latest set matters). Fails with [`OpenError::Invalid`] on the agent, without
+    /// CACHE_SYNC, for a key without version or resource, or a frame above the peer's maximum
+    /// frame size; with [`OpenError::Closing`] once the connection is closed.
+    pub fn send_sync_request(&mut self, keys: Vec<ResourceKey>) -> Result<(), OpenError> {
+        let frame = Frame::SyncRequest(SyncRequest { resources: keys });
+        if let Frame::SyncRequest(r) = self.check_control(frame)? {
+            self.sync_request = Some(r);
+        }
+        Ok(())
+    }
+
+    /// A control frame on stream 0 the application asked for: refused once closed, if it
+    /// would not decode at the peer, or if the session refuses it (direction, capability).
+    fn check_control(&mut self, frame: Frame) -> Result<Frame, OpenError> {
+        if self.closed.is_some() {
+            return Err(OpenError::Closing);
+        }
+        self.check_frame(&frame).map_err(OpenError::Invalid)?;
+        self.session
+            .send(&frame)
+            .map_err(|e| OpenError::Invalid(e.to_string()))?;
+        Ok(frame)
+    }
+
     /// Bytes given by the application for stream `id` and not yet encoded.
     pub fn send_buffered(&self, id: StreamId) -> usize {
         self.streams.get(&id).map_or(0, |s| s.buffered)
+    }
+
+    /// Whether the application may still send on `id`: the stream is known here and its
+    /// sending half is open (it may be full: see [`Connection::is_writable`]).
+    pub fn can_send(&self, id: StreamId) -> bool {
+        self.closed.is_none() && self.streams.get(&id).is_some_and(|s| s.app_open())
     }
 
     /// The application may send on `id` (`send_data` would succeed) and its send buffer holds
@@ -999,8 +1103,8 @@ impl Connection {
             || self.ready.iter().any(|id| self.sendable(*id))
     }
 
-    /// Control frames waiting to be sent (PING, WINDOW_UPDATE, RESET, DISCOVERY, GOAWAY).
-    /// Bounded by coalescing: see the module docs.
+    /// Control frames waiting to be sent (PING, WINDOW_UPDATE, RESET, DISCOVERY,
+    /// SYNC_REQUEST, PROGRESS_REQUEST, GOAWAY). Bounded by coalescing: see the module docs.
     pub fn pending_control_frames(&self) -> usize {
         usize::from(self.ping_ack.is_some())
             + usize::from(self.ping_out.is_some())
@@ -1008,6 +1112,8 @@ impl Connection {
             + self.stream_credit.len()
             + self.resets.len()
             + usize::from(self.discovery.is_some())
+            + usize::from(self.sync_request.is_some())
+            + self.progress_requests.len()
             + usize::from(self.goaway.is_some())
     }
 
@@ -1122,7 +1228,8 @@ impl Connection {
             Frame::SnapshotBegin(_)
             | Frame::SnapshotItems(_)
             | Frame::SnapshotEnd(_)
-            | Frame::WatchEvent(_) => {
+            | Frame::WatchEvent(_)
+            | Frame::Progress(_) => {
                 if known {
                     let credit = if frame.frame_type().is_flow_controlled() {
                         codec::body_len(&frame).min(u32::MAX as usize) as u32
@@ -1191,6 +1298,12 @@ impl Connection {
             }
             Frame::GoAway(g) => self.peer_going_away(g),
             Frame::Discovery(d) => self.emit(Event::Discovery(d)),
+            Frame::SyncRequest(r) => self.emit(Event::SyncRequest(r.resources)),
+            Frame::ProgressRequest(p) => {
+                if known {
+                    self.emit(Event::ProgressRequest { id, seq: p.seq });
+                }
+            }
             Frame::Hello(_) | Frame::HelloAck(_) => {} // the session rejects them
         }
     }
@@ -1245,6 +1358,12 @@ impl Connection {
         }
         if let Some(d) = self.discovery.take() {
             return Some(Frame::Discovery(d));
+        }
+        if let Some(r) = self.sync_request.take() {
+            return Some(Frame::SyncRequest(r));
+        }
+        if let Some((stream_id, seq)) = self.progress_requests.pop_first() {
+            return Some(Frame::ProgressRequest(ProgressRequest { stream_id, seq }));
         }
         // REQUEST heads of streams opened before a GOAWAY go out before it: after GOAWAY this
         // side opens nothing. (A close clears them, so its GOAWAY is the last frame.)
@@ -1439,6 +1558,7 @@ impl Connection {
             self.opens.retain(|f| f.stream_id() != id);
         }
         self.stream_credit.remove(&id);
+        self.progress_requests.remove(&id);
         Some(s)
     }
 
@@ -1557,6 +1677,10 @@ impl Connection {
             }
             Frame::Response(r) => fields_fit(&r.fields),
             Frame::End(e) => fields_fit(&e.trailers),
+            Frame::SnapshotBegin(b) => key_fits(&b.resource),
+            Frame::SyncRequest(r) => {
+                r.resources.len() <= u32::MAX as usize && r.resources.iter().all(key_fits)
+            }
             _ => true,
         };
         if !fits {
@@ -1583,6 +1707,19 @@ fn fields_fit(fields: &Fields) -> bool {
         && fields
             .iter()
             .all(|(n, v)| n.len() <= STR16 && v.len() <= STR16)
+}
+
+fn key_fits(k: &ResourceKey) -> bool {
+    [&k.group, &k.version, &k.resource]
+        .iter()
+        .all(|s| s.len() <= STR16)
+}
+
+fn check_resource_version(id: StreamId, resource_version: &str) -> Result<(), StreamGone> {
+    if resource_version.len() > STR16 {
+        return Err(invalid(id, "resourceVersion longer than 65,535 bytes"));
+    }
+    Ok(())
 }
 
 fn discovery_fits(frame: &Frame) -> bool {

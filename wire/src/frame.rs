@@ -55,11 +55,17 @@ pub enum FrameType {
     SnapshotEnd = 0x0d,
     /// One watch event of a synced resource type.
     WatchEvent = 0x0e,
+    /// Hub → agent: the complete set of resource types the hub wants synced.
+    SyncRequest = 0x0f,
+    /// Hub → agent, on a sync stream: how current is this stream?
+    ProgressRequest = 0x10,
+    /// Agent → hub, on a sync stream: every change up to a resourceVersion has been sent.
+    Progress = 0x11,
 }
 
 impl FrameType {
     /// Every frame type, in type-byte order.
-    pub const ALL: [FrameType; 15] = [
+    pub const ALL: [FrameType; 18] = [
         FrameType::Hello,
         FrameType::HelloAck,
         FrameType::Request,
@@ -75,6 +81,9 @@ impl FrameType {
         FrameType::SnapshotItems,
         FrameType::SnapshotEnd,
         FrameType::WatchEvent,
+        FrameType::SyncRequest,
+        FrameType::ProgressRequest,
+        FrameType::Progress,
     ];
 
     /// The name PROTOCOL.md and log lines use, e.g. `WINDOW_UPDATE`.
@@ -95,6 +104,9 @@ impl FrameType {
             FrameType::SnapshotItems => "SNAPSHOT_ITEMS",
             FrameType::SnapshotEnd => "SNAPSHOT_END",
             FrameType::WatchEvent => "WATCH_EVENT",
+            FrameType::SyncRequest => "SYNC_REQUEST",
+            FrameType::ProgressRequest => "PROGRESS_REQUEST",
+            FrameType::Progress => "PROGRESS",
         }
     }
 
@@ -120,7 +132,8 @@ impl FrameType {
             | FrameType::HelloAck
             | FrameType::Ping
             | FrameType::GoAway
-            | FrameType::Discovery => Some(true),
+            | FrameType::Discovery
+            | FrameType::SyncRequest => Some(true),
             FrameType::WindowUpdate => None,
             _ => Some(false),
         }
@@ -201,6 +214,9 @@ pub struct Hello {
     pub cluster_id: String,
     /// The agent's software version, for humans.
     pub software: String,
+    /// The cluster's labels (name, value), from agent.toml; the hub picks the types it caches
+    /// by them. Names are non-empty and unique; values may be empty.
+    pub labels: Vec<(String, String)>,
 }
 
 /// HELLO_ACK: the hub's answer to HELLO. Stream 0.
@@ -393,7 +409,7 @@ pub struct Discovery {
     pub resources: Vec<ResourceType>,
 }
 
-/// Names a resource type on a sync stream.
+/// Names a resource type: the type of a sync stream (SNAPSHOT_BEGIN), an entry of SYNC_REQUEST.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResourceKey {
     /// API group, empty for the core group.
@@ -484,6 +500,40 @@ pub struct WatchEvent {
     pub object: Bytes,
 }
 
+/// SYNC_REQUEST: the complete set of resource types the hub wants synced from now on; replaces
+/// any earlier set. Stream 0, hub → agent, only with [`Capabilities::CACHE_SYNC`]. The agent
+/// opens a sync stream for each type it can list and watch, ends the sync streams of types no
+/// longer in the set, and ignores types it does not serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// The resource types (a key listed twice counts once).
+    pub resources: Vec<ResourceKey>,
+}
+
+/// PROGRESS_REQUEST: the receiver of a sync stream (the hub) asks its opener (the agent) to
+/// confirm how current the stream is; answered with a [`Progress`] carrying the same `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressRequest {
+    /// The sync stream.
+    pub stream_id: StreamId,
+    /// Echoed in the answer. Requests on a stream should carry increasing numbers: the engine
+    /// replaces a request not yet sent with a later one, whose answer answers both.
+    pub seq: u32,
+}
+
+/// PROGRESS: every change of the stream's type up to `resource_version` has been sent on the
+/// stream before this frame. Only outside a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The sync stream.
+    pub stream_id: StreamId,
+    /// The `seq` of the [`ProgressRequest`] answered; 0 when unsolicited.
+    pub seq: u32,
+    /// The resourceVersion up to which the stream is complete; empty when the agent could not
+    /// confirm (the reads it was asked for stay unconfirmed).
+    pub resource_version: String,
+}
+
 /// Any frame of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -503,6 +553,9 @@ pub enum Frame {
     SnapshotItems(SnapshotItems),
     SnapshotEnd(SnapshotEnd),
     WatchEvent(WatchEvent),
+    SyncRequest(SyncRequest),
+    ProgressRequest(ProgressRequest),
+    Progress(Progress),
 }
 
 impl Frame {
@@ -524,6 +577,9 @@ impl Frame {
             Frame::SnapshotItems(_) => FrameType::SnapshotItems,
             Frame::SnapshotEnd(_) => FrameType::SnapshotEnd,
             Frame::WatchEvent(_) => FrameType::WatchEvent,
+            Frame::SyncRequest(_) => FrameType::SyncRequest,
+            Frame::ProgressRequest(_) => FrameType::ProgressRequest,
+            Frame::Progress(_) => FrameType::Progress,
         }
     }
 
@@ -534,7 +590,8 @@ impl Frame {
             | Frame::HelloAck(_)
             | Frame::Ping(_)
             | Frame::GoAway(_)
-            | Frame::Discovery(_) => 0,
+            | Frame::Discovery(_)
+            | Frame::SyncRequest(_) => 0,
             Frame::Request(f) => f.stream_id,
             Frame::Response(f) => f.stream_id,
             Frame::Data(f) => f.stream_id,
@@ -545,6 +602,8 @@ impl Frame {
             Frame::SnapshotItems(f) => f.stream_id,
             Frame::SnapshotEnd(f) => f.stream_id,
             Frame::WatchEvent(f) => f.stream_id,
+            Frame::ProgressRequest(f) => f.stream_id,
+            Frame::Progress(f) => f.stream_id,
         }
     }
 
@@ -591,5 +650,8 @@ impl_from!(
     SnapshotBegin,
     SnapshotItems,
     SnapshotEnd,
-    WatchEvent
+    WatchEvent,
+    SyncRequest,
+    ProgressRequest,
+    Progress
 );

@@ -124,6 +124,7 @@ mod tests {
             agent_id: "a1".into(),
             cluster_id: "edge-1".into(),
             software: "test".into(),
+            labels: vec![("region".into(), "eu-1".into())],
         }
     }
 

@@ -130,6 +130,8 @@ struct Stream {
 #[derive(Debug)]
 pub struct Session {
     role: Role,
+    /// What the handshake agreed; CACHE_SYNC allows SYNC_REQUEST.
+    capabilities: Capabilities,
     local: Settings,
     remote: Settings,
     streams: HashMap<StreamId, Stream>,
@@ -146,10 +148,17 @@ pub struct Session {
 
 impl Session {
     /// A session after the handshake. `local` are the settings this side announced (what it
-    /// receives), `remote` those the peer announced.
-    pub fn new(role: Role, local: Settings, remote: Settings) -> Session {
+    /// receives), `remote` those the peer announced, `capabilities` those both agreed
+    /// ([`crate::handshake::Agreed::capabilities`]).
+    pub fn new(
+        role: Role,
+        local: Settings,
+        remote: Settings,
+        capabilities: Capabilities,
+    ) -> Session {
         Session {
             role,
+            capabilities,
             local,
             remote,
             streams: HashMap::new(),
@@ -168,6 +177,11 @@ impl Session {
     /// This side's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The capabilities both sides agreed.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// Settings the peer announced.
@@ -274,14 +288,21 @@ impl Session {
 
     /// Returns application-consumed bytes of `stream` to the peer as credit. Returns the
     /// WINDOW_UPDATE to send once at least half the stream's initial window is owed, so
-    /// updates stay rare. Unknown or finished streams need no credit.
+    /// updates stay rare; sooner on a sync stream whose window is under twice the maximum frame
+    /// size, so a frame that cannot be split never waits for window for good. Unknown or
+    /// finished streams need no credit.
     pub fn release(&mut self, stream: StreamId, n: u32) -> Option<WindowUpdate> {
+        let max_frame = self.local.max_frame_size;
         let s = self.streams.get_mut(&stream)?;
         if !s.recv_open {
             return None;
         }
         s.recv_unreleased = s.recv_unreleased.saturating_add(n);
-        if s.recv_unreleased >= (s.recv_initial / 2).max(1) {
+        let due = match s.kind {
+            StreamKind::Request => (s.recv_initial / 2).max(1),
+            StreamKind::Sync => unsplittable_threshold(s.recv_initial, max_frame),
+        };
+        if s.recv_unreleased >= due {
             let increment = s.recv_unreleased.min(MAX_WINDOW - s.recv_window);
             s.recv_unreleased -= increment;
             s.recv_window += increment;
@@ -296,7 +317,11 @@ impl Session {
 
     fn release_connection(&mut self, n: u32) -> Option<WindowUpdate> {
         self.conn_unreleased = self.conn_unreleased.saturating_add(n);
-        if self.conn_unreleased >= (self.local.initial_connection_window / 2).max(1) {
+        let due = unsplittable_threshold(
+            self.local.initial_connection_window,
+            self.local.max_frame_size,
+        );
+        if self.conn_unreleased >= due {
             let increment = self.conn_unreleased.min(MAX_WINDOW - self.conn_recv);
             self.conn_unreleased -= increment;
             self.conn_recv += increment;
@@ -353,9 +378,20 @@ impl Session {
                 ))
             }
             Frame::Ping(_) | Frame::Discovery(_) => return Ok(()),
+            Frame::SyncRequest(_) => return self.check_sync_request(Role::Hub),
             Frame::GoAway(g) => {
                 self.local_last_stream = Some(g.last_stream_id);
                 return Ok(());
+            }
+            Frame::ProgressRequest(_) => {
+                return match self.streams.get(&id) {
+                    Some(s) => check_progress_request(id, s, false),
+                    None => Err(stream_err(
+                        id,
+                        ErrorCode::STREAM_CLOSED,
+                        "stream is not open",
+                    )),
+                }
             }
             Frame::WindowUpdate(_) | Frame::Reset(_)
                 if id != 0 && self.stream_state(id) == StreamState::Idle =>
@@ -450,6 +486,10 @@ impl Session {
                 ))
             }
             Frame::Ping(_) | Frame::Discovery(_) => return deliver(None),
+            Frame::SyncRequest(_) => {
+                self.check_sync_request(Role::Agent)?;
+                return deliver(None);
+            }
             Frame::GoAway(g) => {
                 if g.last_stream_id != 0 && !self.role.owns(g.last_stream_id) {
                     return Err(conn_err(ErrorCode::PROTOCOL, "GOAWAY names a peer stream"));
@@ -532,6 +572,12 @@ impl Session {
                 s.send_window += w.increment;
                 return deliver(None);
             }
+            // Flows against the stream, like WINDOW_UPDATE: the opener's receiving half is
+            // closed from the start.
+            Frame::ProgressRequest(_) => {
+                check_progress_request(id, s, true)?;
+                return deliver(None);
+            }
             _ => {}
         }
         if !s.recv_open {
@@ -570,6 +616,49 @@ impl Session {
         let window_update = self.release_connection(len);
         deliver(window_update)
     }
+
+    /// SYNC_REQUEST may be sent or received here: `receiver` is the role it flows to, and
+    /// CACHE_SYNC must have been agreed. Either rule broken is a connection error.
+    fn check_sync_request(&self, receiver: Role) -> Result<(), SessionError> {
+        if self.role != receiver {
+            return Err(conn_err(
+                ErrorCode::PROTOCOL,
+                "SYNC_REQUEST flows hub to agent",
+            ));
+        }
+        if !self.capabilities.contains(Capabilities::CACHE_SYNC) {
+            return Err(conn_err(
+                ErrorCode::PROTOCOL,
+                "SYNC_REQUEST without the CACHE_SYNC capability",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PROGRESS_REQUEST may go on stream `s`: a sync stream, from its receiver to its opener (the
+/// side that has `s.local == receiving`). Anything else is a stream error.
+fn check_progress_request(id: StreamId, s: &Stream, receiving: bool) -> Result<(), SessionError> {
+    if s.kind != StreamKind::Sync || s.local != receiving {
+        return Err(stream_err(
+            id,
+            ErrorCode::PROTOCOL,
+            "PROGRESS_REQUEST goes only from a sync stream's receiver to its opener",
+        ));
+    }
+    Ok(())
+}
+
+/// How many owed bytes make a receiver return credit on a window that carries frames which
+/// cannot be split (sync streams, and the connection, which carries them too): half the
+/// `initial` window, to keep updates rare, but at most `initial - max_frame + 1`. A sender
+/// holding a frame of up to `max_frame` bytes (the receiver's maximum) must always get the
+/// window for it once everything before it was consumed: with `owed` bytes not returned its
+/// window is `initial - owed`, so at most `initial - max_frame` may stay owed.
+fn unsplittable_threshold(initial: u32, max_frame: u32) -> u32 {
+    (initial / 2)
+        .min(initial.saturating_sub(max_frame).saturating_add(1))
+        .max(1)
 }
 
 /// Bytes of flow-control credit a frame consumes.
@@ -609,6 +698,8 @@ fn check_order(frame: &Frame, s: &mut Stream, sending: bool) -> Result<(), &'sta
         (StreamKind::Sync, Frame::SnapshotEnd(_)) => return Err("SNAPSHOT_END without BEGIN"),
         (StreamKind::Sync, Frame::WatchEvent(_)) if !s.phase => {}
         (StreamKind::Sync, Frame::WatchEvent(_)) => return Err("watch event inside a snapshot"),
+        (StreamKind::Sync, Frame::Progress(_)) if !s.phase => {}
+        (StreamKind::Sync, Frame::Progress(_)) => return Err("PROGRESS inside a snapshot"),
         (StreamKind::Sync, Frame::End(_)) => {}
         _ => return Err("frame type not allowed on this kind of stream"),
     }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -39,6 +39,8 @@ struct Net {
     sides: [Side; 2],
     pipes: [BytesMut; 2],
     now: Instant,
+    /// The streams side `i` sent RESET for.
+    resets_sent: [BTreeSet<StreamId>; 2],
 }
 
 fn settings(stream_window: u32, conn_window: u32, max_streams: u32) -> Settings {
@@ -58,14 +60,29 @@ fn cfg(accept_requests: bool) -> ConnConfig {
         send_buffer: 64 * 1024,
         accept_requests,
         accept_sync: false,
+        // Net sets what the handshake agreed.
+        capabilities: Capabilities::default(),
     }
 }
 
 impl Net {
-    /// Hub and agent after a real handshake, both announcing `s`.
+    /// Hub and agent after a real handshake, both announcing `s` and the default
+    /// capabilities (CACHE_SYNC among them).
     fn new(s: Settings, hub_cfg: ConnConfig, agent_cfg: ConnConfig) -> Net {
+        Net::with_capabilities(s, Offer::default().capabilities, hub_cfg, agent_cfg)
+    }
+
+    /// Hub and agent after a real handshake, both announcing `s` and `capabilities`; both
+    /// engines get the capabilities agreed, as the drivers do.
+    fn with_capabilities(
+        s: Settings,
+        capabilities: Capabilities,
+        mut hub_cfg: ConnConfig,
+        mut agent_cfg: ConnConfig,
+    ) -> Net {
         let offer = Offer {
             settings: s,
+            capabilities,
             ..Offer::default()
         };
         let hello = Hello {
@@ -76,9 +93,12 @@ impl Net {
             agent_id: "agent-1".into(),
             cluster_id: "edge-1".into(),
             software: "test".into(),
+            labels: vec![("env".into(), "test".into())],
         };
         let (ack, agreed) = handshake::accept(&hello, &offer, "hub-0", 1000).unwrap();
         assert_eq!(handshake::confirm(&offer, &ack).unwrap(), agreed);
+        hub_cfg.capabilities = agreed.capabilities;
+        agent_cfg.capabilities = agreed.capabilities;
         let now = Instant::now();
         let side = |conn| Side {
             conn,
@@ -105,6 +125,7 @@ impl Net {
             ],
             pipes: [BytesMut::new(), BytesMut::new()],
             now,
+            resets_sent: [BTreeSet::new(), BTreeSet::new()],
         }
     }
 
@@ -119,6 +140,7 @@ impl Net {
     /// Moves side `i`'s `poll_transmit` output (one call) into its pipe; returns the frames.
     fn pull(&mut self, i: usize, max_bytes: usize) -> usize {
         let side = &mut self.sides[i];
+        let before = self.pipes[i].len();
         let n = side.conn.poll_transmit(&mut side.eb, max_bytes);
         while side.eb.has_remaining() {
             let chunk = side.eb.chunk();
@@ -127,6 +149,11 @@ impl Net {
             side.eb.advance(len);
         }
         side.collect();
+        for f in decode_all(&self.pipes[i][before..]) {
+            if let Frame::Reset(r) = f {
+                self.resets_sent[i].insert(r.stream_id);
+            }
+        }
         n
     }
 
@@ -382,6 +409,26 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// The agent opens a sync stream.
+    OpenSync,
+    /// The agent queues the next sync frame on one of its sync streams: `what` picks among
+    /// those the snapshot phase allows (items, end or a restart inside a snapshot; a watch
+    /// event, an unsolicited PROGRESS or a restart outside), `n` sizes objects.
+    SyncFrame {
+        pick: usize,
+        what: u8,
+        n: usize,
+    },
+    /// The agent ends one of its sync streams.
+    EndSync {
+        pick: usize,
+    },
+    /// The hub asks how current a sync stream is.
+    AskProgress {
+        pick: usize,
+    },
+    /// The hub sends a SYNC_REQUEST.
+    SyncRequest,
 }
 
 fn len() -> impl Strategy<Value = usize> {
@@ -403,6 +450,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(side, max_bytes)| Op::Pull { side, max_bytes }),
         60 => (side, 1usize..40_000).prop_map(|(side, n)| Op::Deliver { side, n }),
         26 => (0u64..40).prop_map(|ms| Op::Advance { ms }),
+        10 => Just(Op::OpenSync),
+        40 => (any::<usize>(), any::<u8>(), 0usize..4_000)
+            .prop_map(|(pick, what, n)| Op::SyncFrame { pick, what, n }),
+        3 => any::<usize>().prop_map(|pick| Op::EndSync { pick }),
+        15 => any::<usize>().prop_map(|pick| Op::AskProgress { pick }),
+        3 => Just(Op::SyncRequest),
     ]
 }
 
@@ -426,11 +479,28 @@ struct AppStream {
     reset: bool,
     /// The engine refused a command: a Reset event must follow.
     expect_reset: bool,
+    /// A sync stream (the agent opens it and sends, the hub receives).
+    sync: bool,
+    /// Sync, opener: a snapshot is in progress.
+    in_snapshot: bool,
+    /// Sync: the resourceVersion last queued (opener) or received (receiver); they count up.
+    rv: u64,
+    /// Sync: the frames queued (opener) or received (receiver), in order.
+    log: Vec<Frame>,
+    /// Sync, opener: a PROGRESS_REQUEST to answer once the snapshot has ended.
+    pending_progress: Option<u32>,
+    /// Sync, receiver: the highest `seq` asked and the highest answered.
+    asked: u32,
+    answered: u32,
 }
 
 impl AppStream {
     fn can_send(&self) -> bool {
-        !self.reset && !self.send_ended && (self.opener || self.responded)
+        !self.sync && !self.reset && !self.send_ended && (self.opener || self.responded)
+    }
+    /// Sync, opener: frames may still be queued.
+    fn can_sync(&self) -> bool {
+        self.sync && self.opener && !self.reset && !self.send_ended
     }
     fn finished(&self) -> bool {
         self.reset || (self.send_ended && self.recv_ended)
@@ -441,6 +511,17 @@ impl AppStream {
 struct App {
     streams: BTreeMap<StreamId, AppStream>,
     closed: Option<CloseReason>,
+    /// Hub: SYNC_REQUESTs queued (the n-th asks for version `v{n}`). Agent: the last seen.
+    sync_requests: u32,
+}
+
+/// The key of the `n`-th SYNC_REQUEST of the random interleavings.
+fn nth_key(n: u32) -> ResourceKey {
+    ResourceKey {
+        group: String::new(),
+        version: format!("v{n}"),
+        resource: "pods".into(),
+    }
 }
 
 fn field(fields: &Fields, name: &str) -> usize {
@@ -496,12 +577,112 @@ impl App {
         s.send_ended = last;
     }
 
+    /// Agent: opens a sync stream; its snapshot starts.
+    fn open_sync(&mut self, conn: &mut Connection) {
+        match conn.open_sync(pods()) {
+            Ok(id) => {
+                let s = AppStream {
+                    opener: true,
+                    sync: true,
+                    in_snapshot: true,
+                    recv_ended: true,
+                    log: vec![Frame::SnapshotBegin(SnapshotBegin {
+                        stream_id: id,
+                        resource: pods(),
+                    })],
+                    ..AppStream::default()
+                };
+                assert!(self.streams.insert(id, s).is_none(), "id {id} reused");
+            }
+            Err(OpenError::Busy | OpenError::Closing) => {}
+            Err(e) => panic!("open_sync: {e}"),
+        }
+    }
+
+    /// Agent: queues the next sync frame on `id` (see [`Op::SyncFrame`]).
+    fn sync_frame(&mut self, conn: &mut Connection, id: StreamId, what: u8, n: usize) {
+        let s = self.streams.get_mut(&id).unwrap();
+        let begin = Frame::SnapshotBegin(SnapshotBegin {
+            stream_id: id,
+            resource: pods(),
+        });
+        let object = |k: usize| body(id, 2, s.log.len() * 8 + k, n);
+        let frame = match (s.in_snapshot, what % 6) {
+            (true, 0..=2) => Frame::SnapshotItems(SnapshotItems {
+                stream_id: id,
+                items: (0..1 + n % 3).map(object).collect(),
+            }),
+            (true, 3 | 4) => Frame::SnapshotEnd(SnapshotEnd {
+                stream_id: id,
+                resource_version: (s.rv + 1).to_string(),
+            }),
+            (false, 0..=2) => Frame::WatchEvent(WatchEvent {
+                stream_id: id,
+                event: EventType::Modified,
+                resource_version: (s.rv + 1).to_string(),
+                object: object(0),
+            }),
+            (false, 3 | 4) => Frame::Progress(Progress {
+                stream_id: id,
+                seq: 0,
+                resource_version: s.rv.to_string(),
+            }),
+            _ => begin,
+        };
+        self.queue_sync(conn, frame);
+    }
+
+    /// Agent: gives `frame` to the engine with the matching command, and logs it.
+    fn queue_sync(&mut self, conn: &mut Connection, frame: Frame) {
+        let id = frame.stream_id();
+        let s = self.streams.get_mut(&id).unwrap();
+        let r = match frame.clone() {
+            Frame::SnapshotBegin(_) => {
+                s.in_snapshot = true;
+                conn.send_snapshot_begin(id)
+            }
+            Frame::SnapshotItems(i) => conn.send_snapshot_items(id, i.items),
+            Frame::SnapshotEnd(e) => {
+                s.in_snapshot = false;
+                s.rv += 1;
+                conn.send_snapshot_end(id, e.resource_version)
+            }
+            Frame::WatchEvent(w) => {
+                s.rv += 1;
+                conn.send_watch_event(id, w.event, w.resource_version, w.object)
+            }
+            Frame::Progress(p) => conn.send_progress(id, p.seq, &p.resource_version),
+            f => panic!("not a sync frame: {f:?}"),
+        };
+        r.unwrap_or_else(|e| panic!("{frame:?}: {e}"));
+        s.log.push(frame);
+        // A request that came in during the snapshot is answered once it has ended.
+        if !s.in_snapshot {
+            if let Some(seq) = s.pending_progress.take() {
+                let answer = Frame::Progress(Progress {
+                    stream_id: id,
+                    seq,
+                    resource_version: s.rv.to_string(),
+                });
+                self.queue_sync(conn, answer);
+            }
+        }
+    }
+
     fn handle(&mut self, conn: &mut Connection, events: Vec<Event>) {
         for e in events {
             if let Some(id) = event_stream(&e) {
                 let s = self.streams.get(&id);
                 assert!(
-                    s.is_some() || matches!(e, Event::Request { .. }),
+                    s.is_some()
+                        || matches!(
+                            e,
+                            Event::Request { .. }
+                                | Event::Sync {
+                                    frame: Frame::SnapshotBegin(_),
+                                    ..
+                                }
+                        ),
                     "{e:?} on an unknown stream"
                 );
                 if let Some(s) = s {
@@ -570,6 +751,11 @@ impl App {
                 Event::End { id, trailers } => {
                     let s = self.streams.get_mut(&id).unwrap();
                     assert!(!s.recv_ended, "a second end");
+                    if s.sync {
+                        assert!(!s.opener && trailers.is_empty());
+                        s.recv_ended = true;
+                        continue;
+                    }
                     assert!(!s.opener || s.got_response, "end before the response");
                     assert_eq!(trailers, vec![(b("x-t"), b("1"))]);
                     assert_eq!(s.received, s.recv_len, "stream {id}: bytes lost");
@@ -588,7 +774,69 @@ impl App {
                     );
                     self.closed = Some(r);
                 }
-                e @ (Event::Discovery(_) | Event::Sync { .. }) => panic!("unexpected {e:?}"),
+                Event::Sync { id, frame, credit } => {
+                    let s = self.streams.entry(id).or_insert_with(|| AppStream {
+                        sync: true,
+                        send_ended: true,
+                        ..AppStream::default()
+                    });
+                    assert!(s.sync && !s.opener && !s.recv_ended, "{frame:?} on {id}");
+                    s.unreleased += credit as usize;
+                    match &frame {
+                        Frame::SnapshotEnd(SnapshotEnd {
+                            resource_version: rv,
+                            ..
+                        })
+                        | Frame::WatchEvent(WatchEvent {
+                            resource_version: rv,
+                            ..
+                        }) => s.rv = rv.parse().unwrap(),
+                        Frame::Progress(p) => {
+                            // Every change queued before it has arrived before it.
+                            assert_eq!(p.resource_version, s.rv.to_string(), "{p:?} overtook");
+                            if p.seq > 0 {
+                                assert!(p.seq <= s.asked && p.seq > s.answered, "{p:?} {s:?}");
+                                s.answered = p.seq;
+                            }
+                        }
+                        _ => {}
+                    }
+                    s.log.push(frame);
+                }
+                Event::ProgressRequest { id, seq } => {
+                    let s = self.streams.get_mut(&id).unwrap();
+                    assert!(s.sync && s.opener);
+                    if s.send_ended {
+                        // Our END is queued: the stream closes before an answer could go.
+                    } else if s.in_snapshot {
+                        s.pending_progress = Some(seq);
+                    } else {
+                        let rv = s.rv.to_string();
+                        match conn.send_progress(id, seq, &rv) {
+                            Ok(()) => s.log.push(Frame::Progress(Progress {
+                                stream_id: id,
+                                seq,
+                                resource_version: rv,
+                            })),
+                            // A RESET (or the close) came in the same batch: its event follows.
+                            Err(StreamGone::NotOpen(_)) => s.expect_reset = true,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                Event::SyncRequest(keys) => {
+                    // Coalesced, never reordered: each one newer than the last.
+                    assert_eq!(keys.len(), 1);
+                    let n: u32 = keys[0].version[1..].parse().unwrap();
+                    assert!(
+                        n > self.sync_requests,
+                        "SYNC_REQUEST {n} after {}",
+                        self.sync_requests
+                    );
+                    assert_eq!(keys[0], nth_key(n));
+                    self.sync_requests = n;
+                }
+                e @ Event::Discovery(_) => panic!("unexpected {e:?}"),
             }
         }
     }
@@ -597,6 +845,18 @@ impl App {
     fn finish_all(&mut self, conn: &mut Connection) {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
         for id in ids {
+            let s = &self.streams[&id];
+            if s.can_sync() {
+                if s.in_snapshot {
+                    let end = Frame::SnapshotEnd(SnapshotEnd {
+                        stream_id: id,
+                        resource_version: (s.rv + 1).to_string(),
+                    });
+                    self.queue_sync(conn, end);
+                }
+                conn.send_end(id, vec![]).unwrap();
+                self.streams.get_mut(&id).unwrap().send_ended = true;
+            }
             let s = &self.streams[&id];
             if s.can_send() {
                 let rest = s.send_len - s.sent;
@@ -619,7 +879,8 @@ fn event_stream(e: &Event) -> Option<StreamId> {
         | Event::End { id, .. }
         | Event::Reset { id, .. }
         | Event::Writable { id }
-        | Event::Sync { id, .. } => Some(*id),
+        | Event::Sync { id, .. }
+        | Event::ProgressRequest { id, .. } => Some(*id),
         _ => None,
     }
 }
@@ -635,17 +896,19 @@ fn pick(app: &App, n: usize, f: impl Fn(&AppStream) -> bool) -> Option<StreamId>
 }
 
 fn run_ops(ops: Vec<Op>) {
-    let prop_cfg = |accept| ConnConfig {
+    let prop_cfg = |accept_sync| ConnConfig {
         keepalive: Duration::from_millis(300),
         max_data_frame: 5_000,
         send_buffer: 10_000,
-        accept_requests: accept,
-        accept_sync: false,
+        accept_requests: true,
+        accept_sync,
+        capabilities: Capabilities::default(),
     };
+    // Both open request streams; the agent opens sync streams too, the hub receives them.
     let mut net = Net::new(
         settings(8 * 1024, 16 * 1024, 4),
         prop_cfg(true),
-        prop_cfg(true),
+        prop_cfg(false),
     );
     let mut apps = [App::default(), App::default()];
     let sync = |net: &mut Net, apps: &mut [App; 2]| {
@@ -694,6 +957,34 @@ fn run_ops(ops: Vec<Op>) {
                 net.deliver(side, n);
             }
             Op::Advance { ms } => net.advance(Duration::from_millis(ms)),
+            Op::OpenSync => apps[AGENT].open_sync(&mut net.sides[AGENT].conn),
+            Op::SyncFrame { pick: p, what, n } => {
+                if let Some(id) = pick(&apps[AGENT], p, AppStream::can_sync) {
+                    apps[AGENT].sync_frame(&mut net.sides[AGENT].conn, id, what, n);
+                }
+            }
+            Op::EndSync { pick: p } => {
+                if let Some(id) = pick(&apps[AGENT], p, AppStream::can_sync) {
+                    net.sides[AGENT].conn.send_end(id, vec![]).unwrap();
+                    apps[AGENT].streams.get_mut(&id).unwrap().send_ended = true;
+                }
+            }
+            Op::AskProgress { pick: p } => {
+                let live = |s: &AppStream| s.sync && !s.opener && !s.finished();
+                if let Some(id) = pick(&apps[HUB], p, live) {
+                    let s = apps[HUB].streams.get_mut(&id).unwrap();
+                    s.asked += 1;
+                    net.sides[HUB].conn.request_progress(id, s.asked).unwrap();
+                }
+            }
+            Op::SyncRequest => {
+                let n = apps[HUB].sync_requests + 1;
+                match net.sides[HUB].conn.send_sync_request(vec![nth_key(n)]) {
+                    Ok(()) => apps[HUB].sync_requests = n,
+                    Err(OpenError::Closing) => {}
+                    Err(e) => panic!("send_sync_request: {e}"),
+                }
+            }
         }
         sync(&mut net, &mut apps);
     }
@@ -743,6 +1034,28 @@ fn run_ops(ops: Vec<Op>) {
             }
         }
     }
+    // Every sync stream that was not reset delivered every frame, in order, to the hub.
+    for (id, a) in &apps[AGENT].streams {
+        if !a.sync || a.reset {
+            continue;
+        }
+        // The agent may END a stream before the hub sees it; if the hub refuses it then (it is
+        // going away, or has not seen an earlier stream's END yet and is at its limit), the
+        // RESET finds the stream closed at the agent, which never hears of it.
+        let Some(h) = apps[HUB].streams.get(id) else {
+            assert!(
+                net.resets_sent[HUB].contains(id) || apps[HUB].closed.is_some(),
+                "sync stream {id} never reached the hub, and the hub did not refuse it"
+            );
+            continue;
+        };
+        // (A hub's RESET may cross the agent's END: then only the hub saw a reset.)
+        if !h.reset {
+            assert!(h.recv_ended, "sync stream {id} did not end at the hub");
+            assert!(h.log == a.log, "sync stream {id}: frames lost or reordered");
+        }
+    }
+    assert!(apps[AGENT].sync_requests <= apps[HUB].sync_requests);
     // A drain that finished lets the peer close on its own, without an EOF.
     for i in [HUB, AGENT] {
         if apps[i].closed == Some(CloseReason::Drained) {
@@ -1915,4 +2228,430 @@ fn a_sync_stream_waiting_for_window_does_not_hold_up_requests() {
     }
     assert_eq!(total, 11, "BEGIN and 10 batches");
     assert!(writable, "the agent heard that the stream takes more");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sync requests and progress
+
+fn deployments() -> ResourceKey {
+    ResourceKey {
+        group: "apps".into(),
+        version: "v1".into(),
+        resource: "deployments".into(),
+    }
+}
+
+/// Side `i`'s events, without [`Event::Writable`].
+fn events_but_writable(net: &mut Net, i: usize) -> Vec<Event> {
+    let mut events = net.events(i);
+    events.retain(|e| !matches!(e, Event::Writable { .. }));
+    events
+}
+
+/// A sync stream of pods opened by the agent, its first snapshot ended at `rv`, delivered.
+fn synced_stream(net: &mut Net, rv: &str) -> StreamId {
+    let id = net.agent().open_sync(pods()).unwrap();
+    net.agent().send_snapshot_end(id, rv.into()).unwrap();
+    net.pump();
+    let got = hub_sync_frames(net, true);
+    assert!(
+        matches!(
+            got.as_slice(),
+            [Frame::SnapshotBegin(_), Frame::SnapshotEnd(_)]
+        ),
+        "{got:?}"
+    );
+    id
+}
+
+#[test]
+fn a_sync_frame_larger_than_half_the_window_is_never_stuck() {
+    // Found by the random interleavings: sync and connection windows as small as the maximum
+    // frame size (16 KiB). A 7,914-byte event, consumed, then an 8,725-byte one: had the hub
+    // waited for half a window owed before returning credit, the agent would be left with
+    // 8,470 bytes of window for good.
+    let event = |net: &mut Net, id, rv: &str, len: usize| {
+        let object = Bytes::from(vec![b'o'; len - 1 - 2 - rv.len()]);
+        net.agent()
+            .send_watch_event(id, EventType::Modified, rv.into(), object)
+            .unwrap();
+    };
+    let narrow_sync = settings(64 * 1024, 128 * 1024, 16);
+    let mut narrow_conn = narrow_sync;
+    narrow_conn.initial_sync_window = 64 * 1024;
+    narrow_conn.initial_connection_window = 16 * 1024;
+    for s in [narrow_sync, narrow_conn] {
+        let hub = ConnConfig {
+            accept_sync: true,
+            ..cfg(false)
+        };
+        let mut net = Net::new(s, hub, cfg(true));
+        let id = synced_stream(&mut net, "1");
+        event(&mut net, id, "2", 7_914);
+        net.pump();
+        assert_eq!(hub_sync_frames(&mut net, true).len(), 1);
+        event(&mut net, id, "3", 8_725);
+        net.pump();
+        let got = hub_sync_frames(&mut net, true);
+        assert!(
+            matches!(&got[..], [Frame::WatchEvent(w)] if w.resource_version == "3"),
+            "{s:?}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn progress_queued_behind_a_window_blocked_watch_event_follows_it() {
+    let mut net = sync_net();
+    let id = synced_stream(&mut net, "1");
+    // The sync window is 16 KiB: the first event fits, the second waits for credit, and the
+    // PROGRESS queued after it waits behind it though it needs no window itself.
+    let object = |c: u8| Bytes::from(vec![c; 10 * 1024]);
+    net.agent()
+        .send_watch_event(id, EventType::Added, "2".into(), object(b'a'))
+        .unwrap();
+    net.agent()
+        .send_watch_event(id, EventType::Modified, "3".into(), object(b'b'))
+        .unwrap();
+    net.agent().send_progress(id, 1, "3").unwrap();
+    let sent = net.pull_all_frames(AGENT);
+    assert!(
+        matches!(sent.as_slice(), [Frame::WatchEvent(w)] if w.resource_version == "2"),
+        "only the event that fits goes: {sent:?}"
+    );
+    assert!(!net.agent().has_transmit(), "PROGRESS does not overtake");
+    net.pump();
+    // The hub holds the credit: nothing more moves, however often we pump.
+    let got = hub_sync_frames(&mut net, false);
+    assert!(matches!(got.as_slice(), [Frame::WatchEvent(_)]), "{got:?}");
+    for _ in 0..3 {
+        net.pump();
+        assert!(net.events(HUB).is_empty());
+    }
+    // Credit comes back: the second event, then PROGRESS, in that order.
+    net.hub().release(id, 1 + 2 + 1 + 10 * 1024);
+    net.pump();
+    let events = net.events(HUB);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(
+        &events[0],
+        Event::Sync { frame: Frame::WatchEvent(w), credit, .. }
+            if w.resource_version == "3" && *credit > 0
+    ));
+    assert_eq!(
+        events[1],
+        Event::Sync {
+            id,
+            frame: Frame::Progress(Progress {
+                stream_id: id,
+                seq: 1,
+                resource_version: "3".into()
+            }),
+            credit: 0
+        }
+    );
+}
+
+#[test]
+fn progress_without_pending_frames_goes_at_once_and_uses_no_credit() {
+    let mut net = sync_net();
+    let id = synced_stream(&mut net, "5");
+    // Use up the whole sync window: PROGRESS still goes, as nothing is queued before it.
+    net.agent()
+        .send_watch_event(
+            id,
+            EventType::Added,
+            "6".into(),
+            Bytes::from(vec![b'x'; 16_000]),
+        )
+        .unwrap();
+    net.pump();
+    assert_eq!(net.agent().session().send_capacity(id), 16 * 1024 - 16_004);
+    net.agent().send_progress(id, 0, "6").unwrap();
+    net.pump();
+    let got = hub_sync_frames(&mut net, false);
+    assert!(
+        matches!(&got[..], [Frame::WatchEvent(_), Frame::Progress(p)] if p.seq == 0 && p.resource_version == "6"),
+        "{got:?}"
+    );
+    assert_eq!(net.agent().session().send_capacity(id), 16 * 1024 - 16_004);
+}
+
+#[test]
+fn sync_request_reaches_the_agent_as_an_event() {
+    let mut net = sync_net();
+    // Two before a transmit: only the newest set goes.
+    net.hub().send_sync_request(vec![pods()]).unwrap();
+    net.hub()
+        .send_sync_request(vec![pods(), deployments()])
+        .unwrap();
+    assert_eq!(net.hub().pending_control_frames(), 1);
+    assert_eq!(
+        net.pull_all_frames(HUB),
+        vec![Frame::SyncRequest(SyncRequest {
+            resources: vec![pods(), deployments()]
+        })]
+    );
+    net.pump();
+    assert_eq!(
+        net.events(AGENT),
+        vec![Event::SyncRequest(vec![pods(), deployments()])]
+    );
+    // An empty set is a set too (sync nothing).
+    net.hub().send_sync_request(vec![]).unwrap();
+    net.pump();
+    assert_eq!(net.events(AGENT), vec![Event::SyncRequest(vec![])]);
+    // The agent does not send it; keys the agent could not decode are refused.
+    assert!(matches!(
+        net.agent().send_sync_request(vec![pods()]),
+        Err(OpenError::Invalid(_))
+    ));
+    let mut no_resource = pods();
+    no_resource.resource.clear();
+    assert!(matches!(
+        net.hub().send_sync_request(vec![no_resource]),
+        Err(OpenError::Invalid(_))
+    ));
+    let mut too_long = pods();
+    too_long.group = "g".repeat(70_000);
+    assert!(matches!(
+        net.hub().send_sync_request(vec![too_long]),
+        Err(OpenError::Invalid(_))
+    ));
+    assert!(!net.hub().has_transmit());
+    // Once closed: Closing.
+    net.hub().close(ErrorCode::NO_ERROR, "bye");
+    assert_eq!(
+        net.hub().send_sync_request(vec![pods()]),
+        Err(OpenError::Closing)
+    );
+}
+
+#[test]
+fn sync_request_needs_cache_sync_and_flows_hub_to_agent() {
+    let hub_cfg = ConnConfig {
+        accept_sync: true,
+        ..cfg(false)
+    };
+    let mut net = Net::with_capabilities(
+        settings(64 * 1024, 128 * 1024, 16),
+        Capabilities::UPGRADE,
+        hub_cfg,
+        cfg(true),
+    );
+    assert!(matches!(
+        net.hub().send_sync_request(vec![pods()]),
+        Err(OpenError::Invalid(_))
+    ));
+    assert!(!net.hub().has_transmit(), "nothing queued");
+    // A peer that sends it anyway breaks the connection.
+    let frame = Frame::SyncRequest(SyncRequest {
+        resources: vec![pods()],
+    });
+    let now = net.now;
+    net.agent().handle_frame(frame.clone(), now);
+    protocol_close(&mut net, AGENT, ErrorCode::PROTOCOL);
+
+    // With CACHE_SYNC, from the agent to the hub: the wrong direction, a connection error.
+    let mut net = sync_net();
+    net.hub().handle_frame(frame, now);
+    protocol_close(&mut net, HUB, ErrorCode::PROTOCOL);
+}
+
+#[test]
+fn progress_request_and_answer_round_trip() {
+    let mut net = sync_net();
+    let id = synced_stream(&mut net, "10");
+    // Requests not yet sent coalesce per stream: the latest seq goes.
+    for seq in 1..=3 {
+        net.hub().request_progress(id, seq).unwrap();
+        assert_eq!(net.hub().pending_control_frames(), 1);
+    }
+    assert_eq!(
+        net.pull_all_frames(HUB),
+        vec![Frame::ProgressRequest(ProgressRequest {
+            stream_id: id,
+            seq: 3
+        })]
+    );
+    net.pump();
+    assert_eq!(
+        net.events(AGENT),
+        vec![Event::ProgressRequest { id, seq: 3 }]
+    );
+    // The agent queues what it has seen up to now, then answers.
+    net.agent()
+        .send_watch_event(id, EventType::Added, "11".into(), b("{}"))
+        .unwrap();
+    net.agent().send_progress(id, 3, "11").unwrap();
+    net.pump();
+    let got = hub_sync_frames(&mut net, true);
+    assert_eq!(
+        got,
+        vec![
+            Frame::WatchEvent(WatchEvent {
+                stream_id: id,
+                event: EventType::Added,
+                resource_version: "11".into(),
+                object: b("{}"),
+            }),
+            Frame::Progress(Progress {
+                stream_id: id,
+                seq: 3,
+                resource_version: "11".into(),
+            }),
+        ]
+    );
+    // "Could not confirm": an empty resourceVersion.
+    net.hub().request_progress(id, 4).unwrap();
+    net.pump();
+    assert_eq!(
+        events_but_writable(&mut net, AGENT),
+        vec![Event::ProgressRequest { id, seq: 4 }]
+    );
+    net.agent().send_progress(id, 4, "").unwrap();
+    net.pump();
+    assert!(matches!(
+        &hub_sync_frames(&mut net, true)[..],
+        [Frame::Progress(p)] if p.seq == 4 && p.resource_version.is_empty()
+    ));
+    // Inside a (restarted) snapshot the agent cannot answer until its end.
+    net.agent().send_snapshot_begin(id).unwrap();
+    assert!(matches!(
+        net.agent().send_progress(id, 5, "11"),
+        Err(StreamGone::Invalid { .. })
+    ));
+    net.agent().send_snapshot_end(id, "12".into()).unwrap();
+    net.agent().send_progress(id, 5, "12").unwrap();
+    net.pump();
+    let got = hub_sync_frames(&mut net, true);
+    assert!(matches!(
+        &got[..],
+        [Frame::SnapshotBegin(_), Frame::SnapshotEnd(_), Frame::Progress(p)] if p.seq == 5
+    ));
+    assert!(!net.hub().is_closed() && !net.agent().is_closed());
+}
+
+#[test]
+fn progress_commands_are_checked() {
+    let mut net = sync_net();
+    let id = synced_stream(&mut net, "1");
+    // The opener does not ask, the receiver does not answer, request streams have neither.
+    assert!(matches!(
+        net.agent().request_progress(id, 1),
+        Err(StreamGone::Invalid { .. })
+    ));
+    assert!(matches!(
+        net.hub().send_progress(id, 1, "1"),
+        Err(StreamGone::NotOpen(_) | StreamGone::Invalid { .. })
+    ));
+    let r = net
+        .hub()
+        .open_request(b("GET"), b("/api"), vec![], true)
+        .unwrap();
+    assert!(matches!(
+        net.hub().request_progress(r, 1),
+        Err(StreamGone::Invalid { .. })
+    ));
+    assert_eq!(
+        net.hub().request_progress(99, 1),
+        Err(StreamGone::NotOpen(99))
+    );
+    assert!(matches!(
+        net.agent().send_progress(id, 1, &"9".repeat(70_000)),
+        Err(StreamGone::Invalid { .. })
+    ));
+    // A request for a stream reset before it went out is not sent.
+    net.hub().request_progress(id, 1).unwrap();
+    net.hub().reset(id, ErrorCode::CANCEL);
+    assert_eq!(
+        net.pull_all_frames(HUB)
+            .into_iter()
+            .filter(|f| f.stream_id() == id)
+            .collect::<Vec<_>>(),
+        vec![Frame::Reset(Reset {
+            stream_id: id,
+            code: ErrorCode::CANCEL
+        })]
+    );
+    assert_eq!(net.hub().pending_control_frames(), 0);
+    assert_eq!(
+        net.hub().request_progress(id, 2),
+        Err(StreamGone::NotOpen(id))
+    );
+}
+
+#[test]
+fn progress_frames_from_the_wrong_side_reset_the_stream() {
+    let mut net = sync_net();
+    let id = synced_stream(&mut net, "1");
+    let now = net.now;
+    // The agent asking the hub on its own stream: a stream error at the hub.
+    net.hub().handle_frame(
+        Frame::ProgressRequest(ProgressRequest {
+            stream_id: id,
+            seq: 1,
+        }),
+        now,
+    );
+    assert_eq!(
+        net.events(HUB),
+        vec![Event::Reset {
+            id,
+            code: ErrorCode::PROTOCOL,
+            origin: ResetOrigin::StreamError
+        }]
+    );
+    assert_eq!(
+        net.pull_all_frames(HUB),
+        vec![Frame::Reset(Reset {
+            stream_id: id,
+            code: ErrorCode::PROTOCOL
+        })]
+    );
+    // PROGRESS inside a snapshot: a stream error at the hub, like a watch event there.
+    let mut net = sync_net();
+    let id = net.agent().open_sync(pods()).unwrap();
+    net.pump();
+    hub_sync_frames(&mut net, true);
+    net.hub().handle_frame(
+        Frame::Progress(Progress {
+            stream_id: id,
+            seq: 0,
+            resource_version: "1".into(),
+        }),
+        now,
+    );
+    assert_eq!(
+        net.events(HUB),
+        vec![Event::Reset {
+            id,
+            code: ErrorCode::PROTOCOL,
+            origin: ResetOrigin::StreamError
+        }]
+    );
+    // A PROGRESS_REQUEST on a request stream, received by the agent.
+    let mut net = sync_net();
+    let r = net
+        .hub()
+        .open_request(b("GET"), b("/api"), vec![], true)
+        .unwrap();
+    net.pump();
+    net.events(AGENT);
+    net.agent().handle_frame(
+        Frame::ProgressRequest(ProgressRequest {
+            stream_id: r,
+            seq: 1,
+        }),
+        now,
+    );
+    assert_eq!(
+        net.events(AGENT),
+        vec![Event::Reset {
+            id: r,
+            code: ErrorCode::PROTOCOL,
+            origin: ResetOrigin::StreamError
+        }]
+    );
+    assert!(!net.agent().is_closed() && !net.hub().is_closed());
 }

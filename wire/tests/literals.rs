@@ -35,9 +35,10 @@ fn hello() {
             agent_id: "a".into(),
             cluster_id: "c1".into(),
             software: "".into(),
+            labels: vec![("r".into(), "x1".into()), ("t".into(), "".into())],
         }),
         &[
-            0, 0, 0, 41, 0x00, 0, 0, 0, 0, 0, // header: len 41, HELLO, stream 0
+            0, 0, 0, 55, 0x00, 0, 0, 0, 0, 0, // header: len 55, HELLO, stream 0
             0, 1, 0, 2, // versions 1..=2
             0, 0, 0, 0, 0, 0, 0, 3, // capabilities
             0, 0, 0x40, 0, // max_frame_size
@@ -48,6 +49,9 @@ fn hello() {
             0, 1, b'a', // agent_id
             0, 2, b'c', b'1', // cluster_id
             0, 0, // software
+            0, 2, // two labels
+            0, 1, b'r', 0, 2, b'x', b'1', // r=x1
+            0, 1, b't', 0, 0, // t=""
         ],
     );
 }
@@ -245,10 +249,69 @@ fn sync_family() {
 }
 
 #[test]
+fn sync_request_and_progress() {
+    check(
+        Frame::SyncRequest(SyncRequest {
+            resources: vec![
+                ResourceKey {
+                    group: "".into(),
+                    version: "v1".into(),
+                    resource: "pods".into(),
+                },
+                ResourceKey {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    resource: "deployments".into(),
+                },
+            ],
+        }),
+        &[
+            0, 0, 0, 39, 0x0f, 0, 0, 0, 0, 0, // header: SYNC_REQUEST, stream 0
+            0, 0, 0, 2, // two keys
+            0, 0, 0, 2, b'v', b'1', 0, 4, b'p', b'o', b'd', b's', // "" v1 pods
+            0, 4, b'a', b'p', b'p', b's', 0, 2, b'v', b'1', 0, 11, b'd', b'e', b'p', b'l', b'o',
+            b'y', b'm', b'e', b'n', b't', b's', // apps v1 deployments
+        ],
+    );
+    check(
+        Frame::SyncRequest(SyncRequest { resources: vec![] }),
+        &[0, 0, 0, 4, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    check(
+        Frame::ProgressRequest(ProgressRequest {
+            stream_id: 3,
+            seq: 0x01020304,
+        }),
+        &[0, 0, 0, 4, 0x10, 0, 0, 0, 0, 3, 1, 2, 3, 4],
+    );
+    check(
+        Frame::Progress(Progress {
+            stream_id: 3,
+            seq: 7,
+            resource_version: "42".into(),
+        }),
+        &[
+            0, 0, 0, 8, 0x11, 0, 0, 0, 0, 3, // header: PROGRESS, stream 3
+            0, 0, 0, 7, // seq
+            0, 2, b'4', b'2', // resource_version
+        ],
+    );
+    check(
+        Frame::Progress(Progress {
+            stream_id: 3,
+            seq: 0,
+            resource_version: "".into(),
+        }),
+        &[0, 0, 0, 6, 0x11, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0],
+    );
+}
+
+#[test]
 fn every_frame_type_has_a_literal_test() {
     // FrameType::ALL is what the decoder accepts; this list is what the tests above pin.
     let pinned = [
         0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
+        0x0f, 0x10, 0x11,
     ];
     let all: Vec<u8> = FrameType::ALL.iter().map(|t| *t as u8).collect();
     assert_eq!(all, pinned);

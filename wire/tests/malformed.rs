@@ -63,8 +63,8 @@ fn valid_header_reserves_room_for_the_body_and_waits() {
 #[test]
 fn unknown_type_and_bad_flags() {
     assert_eq!(
-        decode_one(&header(0, 0x0f, 0, 0)).unwrap_err(),
-        DecodeError::UnknownType(0x0f)
+        decode_one(&header(0, 0x12, 0, 0)).unwrap_err(),
+        DecodeError::UnknownType(0x12)
     );
     assert_eq!(
         decode_one(&header(0, 0xff, 0, 0)).unwrap_err(),
@@ -201,6 +201,7 @@ fn hello_with_impossible_settings_is_refused() {
         agent_id: "a".into(),
         cluster_id: "c".into(),
         software: "s".into(),
+        labels: vec![],
     };
     f.settings.max_frame_size = 100; // below the 16 KiB floor
     let mut buf = BytesMut::new();
@@ -211,6 +212,240 @@ fn hello_with_impossible_settings_is_refused() {
             field: "settings",
             ..
         }
+    ));
+}
+
+/// A frame of type `ty` on `stream` with `body`.
+fn frame_bytes(ty: u8, stream: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = header(body.len() as u32, ty, 0, stream);
+    v.extend_from_slice(body);
+    v
+}
+
+fn invalid_field(r: Result<Option<Frame>, DecodeError>, field: &str) {
+    match r {
+        Err(DecodeError::InvalidField { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected invalid {field}, got {other:?}"),
+    }
+}
+
+/// A key as SNAPSHOT_BEGIN and SYNC_REQUEST carry it.
+fn key(group: &[u8], version: &[u8], resource: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for f in [group, version, resource] {
+        v.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        v.extend_from_slice(f);
+    }
+    v
+}
+
+#[test]
+fn malformed_sync_requests() {
+    let sync_request = |count: u32, keys: &[&[u8]], extra: &[u8]| {
+        let mut body = count.to_be_bytes().to_vec();
+        for k in keys {
+            body.extend_from_slice(k);
+        }
+        body.extend_from_slice(extra);
+        decode_one(&frame_bytes(0x0f, 0, &body))
+    };
+    let pods = key(b"", b"v1", b"pods");
+    assert_eq!(
+        sync_request(1, &[&pods], &[]).unwrap(),
+        Some(Frame::SyncRequest(SyncRequest {
+            resources: vec![ResourceKey {
+                group: String::new(),
+                version: "v1".into(),
+                resource: "pods".into(),
+            }]
+        }))
+    );
+    // A count above the keys present, and a huge count in a small body.
+    assert!(matches!(
+        sync_request(2, &[&pods], &[]).unwrap_err(),
+        DecodeError::Truncated {
+            ty: FrameType::SyncRequest,
+            ..
+        }
+    ));
+    assert!(matches!(
+        sync_request(u32::MAX, &[], &[]).unwrap_err(),
+        DecodeError::Truncated { .. }
+    ));
+    // A count below them: the rest is trailing bytes.
+    assert_eq!(
+        sync_request(0, &[&pods], &[]).unwrap_err(),
+        DecodeError::TrailingBytes {
+            ty: FrameType::SyncRequest,
+            extra: pods.len()
+        }
+    );
+    assert!(matches!(
+        sync_request(1, &[&pods], &[0]).unwrap_err(),
+        DecodeError::TrailingBytes { extra: 1, .. }
+    ));
+    // An empty resource or version; a resource that is not UTF-8.
+    invalid_field(
+        sync_request(1, &[&key(b"apps", b"v1", b"")], &[]),
+        "resource",
+    );
+    invalid_field(sync_request(1, &[&key(b"", b"", b"pods")], &[]), "resource");
+    invalid_field(
+        sync_request(1, &[&key(b"", b"v1", b"\xff")], &[]),
+        "resource",
+    );
+    // Stream 0 only; no flags.
+    assert!(matches!(
+        decode_one(&frame_bytes(0x0f, 1, &0u32.to_be_bytes())).unwrap_err(),
+        DecodeError::BadStreamId {
+            ty: FrameType::SyncRequest,
+            stream: 1,
+            ..
+        }
+    ));
+    let mut v = header(4, 0x0f, 0x01, 0);
+    v.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        decode_one(&v).unwrap_err(),
+        DecodeError::BadFlags {
+            ty: FrameType::SyncRequest,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn malformed_progress_frames() {
+    // PROGRESS_REQUEST: exactly a 32-bit seq, on a stream, no flags.
+    assert!(decode_one(&frame_bytes(0x10, 3, &[0, 0, 0, 1]))
+        .unwrap()
+        .is_some());
+    assert!(matches!(
+        decode_one(&frame_bytes(0x10, 3, &[0, 0, 1])).unwrap_err(),
+        DecodeError::Truncated {
+            ty: FrameType::ProgressRequest,
+            ..
+        }
+    ));
+    assert_eq!(
+        decode_one(&frame_bytes(0x10, 3, &[0, 0, 0, 1, 0])).unwrap_err(),
+        DecodeError::TrailingBytes {
+            ty: FrameType::ProgressRequest,
+            extra: 1
+        }
+    );
+    assert!(matches!(
+        decode_one(&frame_bytes(0x10, 0, &[0, 0, 0, 1])).unwrap_err(),
+        DecodeError::BadStreamId { stream: 0, .. }
+    ));
+    let mut v = header(4, 0x10, 0x01, 3);
+    v.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        decode_one(&v).unwrap_err(),
+        DecodeError::BadFlags { .. }
+    ));
+
+    // PROGRESS: seq, then a UTF-8 resourceVersion, nothing after it.
+    assert!(decode_one(&frame_bytes(0x11, 3, &[0, 0, 0, 1, 0, 1, b'5']))
+        .unwrap()
+        .is_some());
+    assert!(matches!(
+        decode_one(&frame_bytes(0x11, 3, &[0, 0, 0, 1])).unwrap_err(),
+        DecodeError::Truncated {
+            ty: FrameType::Progress,
+            field: "resource_version"
+        }
+    ));
+    assert!(matches!(
+        decode_one(&frame_bytes(0x11, 3, &[0, 0, 0, 1, 0, 3, b'5'])).unwrap_err(),
+        DecodeError::Truncated { .. }
+    ));
+    assert_eq!(
+        decode_one(&frame_bytes(0x11, 3, &[0, 0, 0, 1, 0, 1, b'5', b'6'])).unwrap_err(),
+        DecodeError::TrailingBytes {
+            ty: FrameType::Progress,
+            extra: 1
+        }
+    );
+    invalid_field(
+        decode_one(&frame_bytes(0x11, 3, &[0, 0, 0, 1, 0, 1, 0xff])),
+        "resource_version",
+    );
+    assert!(matches!(
+        decode_one(&frame_bytes(0x11, 0, &[0, 0, 0, 1, 0, 0])).unwrap_err(),
+        DecodeError::BadStreamId { stream: 0, .. }
+    ));
+}
+
+#[test]
+fn malformed_hello_labels() {
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        capabilities: Capabilities(0),
+        settings: Settings::default(),
+        agent_id: "a".into(),
+        cluster_id: "c".into(),
+        software: "s".into(),
+        labels: vec![],
+    };
+    let mut buf = BytesMut::new();
+    encode(&Frame::Hello(hello.clone()), &mut buf);
+    // The body up to the labels (HELLO without its last field, as before labels existed).
+    let before_labels = buf[HEADER_LEN..buf.len() - 2].to_vec();
+    let with_labels = |tail: &[u8]| {
+        let mut body = before_labels.clone();
+        body.extend_from_slice(tail);
+        decode_one(&frame_bytes(0x00, 0, &body))
+    };
+    assert_eq!(
+        with_labels(&[0, 1, 0, 1, b'k', 0, 1, b'v']).unwrap(),
+        Some(Frame::Hello(Hello {
+            labels: vec![("k".into(), "v".into())],
+            ..hello
+        }))
+    );
+    // No label count at all; a count above the labels present; a label without its value.
+    assert!(matches!(
+        with_labels(&[]).unwrap_err(),
+        DecodeError::Truncated {
+            ty: FrameType::Hello,
+            field: "label count"
+        }
+    ));
+    assert!(matches!(
+        with_labels(&[0, 2, 0, 1, b'k', 0, 1, b'v']).unwrap_err(),
+        DecodeError::Truncated {
+            field: "label name",
+            ..
+        }
+    ));
+    assert!(matches!(
+        with_labels(&[0, 1, 0, 1, b'k']).unwrap_err(),
+        DecodeError::Truncated {
+            field: "label value",
+            ..
+        }
+    ));
+    // An empty name, a repeated name, bytes that are not UTF-8, trailing bytes.
+    invalid_field(with_labels(&[0, 1, 0, 0, 0, 1, b'v']), "label name");
+    invalid_field(
+        with_labels(&[0, 2, 0, 1, b'k', 0, 1, b'v', 0, 1, b'k', 0, 0]),
+        "label name",
+    );
+    invalid_field(with_labels(&[0, 1, 0, 1, 0xff, 0, 0]), "label name");
+    invalid_field(with_labels(&[0, 1, 0, 1, b'k', 0, 1, 0xff]), "label value");
+    assert!(matches!(
+        with_labels(&[0, 0, 7]).unwrap_err(),
+        DecodeError::TrailingBytes {
+            ty: FrameType::Hello,
+            extra: 1
+        }
+    ));
+    // A huge count in a small body does not allocate for it.
+    assert!(matches!(
+        with_labels(&[0xff, 0xff]).unwrap_err(),
+        DecodeError::Truncated { .. }
     ));
 }
 

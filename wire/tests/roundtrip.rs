@@ -81,6 +81,24 @@ proptest! {
 }
 
 #[test]
+fn the_strategy_produces_every_frame_type() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let seen: std::collections::HashSet<FrameType> = (0..2000)
+        .map(|_| {
+            frame()
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+                .frame_type()
+        })
+        .collect();
+    for ty in FrameType::ALL {
+        assert!(seen.contains(&ty), "no {} frame generated", ty.name());
+    }
+}
+
+#[test]
 fn one_byte_at_a_time_decodes_the_same() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();

@@ -20,8 +20,13 @@ fn settings() -> Settings {
 
 fn pair() -> (Session, Session) {
     (
-        Session::new(Role::Hub, settings(), settings()),
-        Session::new(Role::Agent, settings(), settings()),
+        Session::new(Role::Hub, settings(), settings(), Capabilities::CACHE_SYNC),
+        Session::new(
+            Role::Agent,
+            settings(),
+            settings(),
+            Capabilities::CACHE_SYNC,
+        ),
     )
 }
 
@@ -242,16 +247,16 @@ fn a_slow_reader_does_not_stall_other_streams() {
 #[test]
 fn connection_window_violation_is_a_connection_error() {
     let mut s = settings();
-    s.initial_connection_window = 16 * 1024;
+    s.initial_connection_window = 32 * 1024;
     s.initial_stream_window = 64 * 1024;
-    let mut hub = Session::new(Role::Hub, s, s);
-    let mut agent = Session::new(Role::Agent, s, s);
+    let mut hub = Session::new(Role::Hub, s, s, Capabilities::CACHE_SYNC);
+    let mut agent = Session::new(Role::Agent, s, s, Capabilities::CACHE_SYNC);
     pass(&mut hub, &mut agent, request(2, true));
     pass(&mut agent, &mut hub, response(2, false));
     // Credit goes back once half the connection window is owed: one byte is not enough, so
-    // only 16 KiB - 1 remain for a peer that has seen no update.
+    // only 32 KiB - 1 remain for a peer that has seen no update.
     assert_eq!(hub.recv(&data(2, 1, false)).unwrap().window_update, None);
-    let err = hub.recv(&data(2, 16 * 1024, false)).unwrap_err();
+    let err = hub.recv(&data(2, 32 * 1024, false)).unwrap_err();
     assert!(matches!(
         err,
         SessionError::Connection {
@@ -259,6 +264,56 @@ fn connection_window_violation_is_a_connection_error() {
             ..
         }
     ));
+}
+
+#[test]
+fn credit_for_frames_that_cannot_be_split_comes_back_in_time() {
+    // A sync window as small as the maximum frame size: with credit held back until half the
+    // window is owed, 8,000 consumed bytes would stay owed and leave the sender 8,384 bytes of
+    // window, too few for a frame of up to 16 KiB that it cannot split. So it comes back at once.
+    let mut s = settings();
+    s.initial_sync_window = 16 * 1024;
+    let mut hub = Session::new(Role::Hub, s, s, Capabilities::CACHE_SYNC);
+    let mut agent = Session::new(Role::Agent, s, s, Capabilities::CACHE_SYNC);
+    pass(&mut agent, &mut hub, begin(1));
+    let items = |n: usize| {
+        Frame::SnapshotItems(SnapshotItems {
+            stream_id: 1,
+            items: vec![Bytes::from(vec![b'x'; n - 8])],
+        })
+    };
+    pass(&mut agent, &mut hub, items(8_000));
+    let wu = hub.release(1, 8_000).expect("credit due at once");
+    assert_eq!(wu.increment, 8_000);
+    pass(&mut hub, &mut agent, Frame::WindowUpdate(wu));
+    assert_eq!(agent.send_capacity(1), 16 * 1024);
+
+    // A window of twice the maximum frame size keeps updates rare: half of it, as for DATA.
+    s.initial_sync_window = 32 * 1024;
+    let mut hub = Session::new(Role::Hub, s, s, Capabilities::CACHE_SYNC);
+    let mut agent = Session::new(Role::Agent, s, s, Capabilities::CACHE_SYNC);
+    pass(&mut agent, &mut hub, begin(1));
+    pass(&mut agent, &mut hub, items(8_000));
+    assert_eq!(hub.release(1, 8_000), None);
+    pass(&mut agent, &mut hub, items(8_384));
+    assert_eq!(hub.release(1, 8_384).map(|wu| wu.increment), Some(16_384));
+
+    // The connection window carries sync frames too: the same rule.
+    s.initial_connection_window = 16 * 1024;
+    let mut hub = Session::new(Role::Hub, s, s, Capabilities::CACHE_SYNC);
+    let mut agent = Session::new(Role::Agent, s, s, Capabilities::CACHE_SYNC);
+    pass(&mut agent, &mut hub, begin(1));
+    let r = pass(&mut agent, &mut hub, items(8_000));
+    assert_eq!(
+        r.window_update.map(|wu| (wu.stream_id, wu.increment)),
+        Some((0, 8_000))
+    );
+    // Request streams, whose DATA can be split, keep the half-window rule.
+    let (mut hub, mut agent) = pair();
+    pass(&mut hub, &mut agent, request(2, true));
+    pass(&mut agent, &mut hub, response(2, false));
+    pass(&mut agent, &mut hub, data(2, 8_000, false));
+    assert_eq!(hub.release(2, 8_000), None);
 }
 
 #[test]
@@ -390,6 +445,202 @@ fn sync_stream_lifecycle() {
     assert!(hub.send(&d).is_err());
     assert!(agent.recv(&d).is_err());
     pass(&mut agent, &mut hub, d);
+}
+
+fn sync_request() -> Frame {
+    Frame::SyncRequest(SyncRequest {
+        resources: vec![ResourceKey {
+            group: String::new(),
+            version: "v1".into(),
+            resource: "pods".into(),
+        }],
+    })
+}
+
+fn progress_request(id: u32, seq: u32) -> Frame {
+    Frame::ProgressRequest(ProgressRequest { stream_id: id, seq })
+}
+
+fn progress(id: u32, seq: u32) -> Frame {
+    Frame::Progress(Progress {
+        stream_id: id,
+        seq,
+        resource_version: "7".into(),
+    })
+}
+
+fn snapshot_end(id: u32) -> Frame {
+    Frame::SnapshotEnd(SnapshotEnd {
+        stream_id: id,
+        resource_version: "7".into(),
+    })
+}
+
+fn is_conn_err(r: Result<impl std::fmt::Debug, SessionError>, code: ErrorCode) -> bool {
+    matches!(r, Err(SessionError::Connection { code: c, .. }) if c == code)
+}
+
+fn is_stream_err(r: Result<impl std::fmt::Debug, SessionError>, id: u32, code: ErrorCode) -> bool {
+    matches!(r, Err(SessionError::Stream { stream, code: c, .. }) if stream == id && c == code)
+}
+
+#[test]
+fn sync_request_flows_hub_to_agent_with_cache_sync_only() {
+    let (mut hub, mut agent) = pair();
+    pass(&mut hub, &mut agent, sync_request());
+    pass(
+        &mut hub,
+        &mut agent,
+        Frame::SyncRequest(SyncRequest { resources: vec![] }),
+    );
+    // The wrong direction is a connection error, sent or received.
+    assert!(is_conn_err(
+        agent.send(&sync_request()),
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_conn_err(hub.recv(&sync_request()), ErrorCode::PROTOCOL));
+    // Without CACHE_SYNC agreed, neither sending nor receiving.
+    let none = Capabilities(0);
+    let mut hub = Session::new(Role::Hub, settings(), settings(), none);
+    let mut agent = Session::new(Role::Agent, settings(), settings(), none);
+    assert!(is_conn_err(hub.send(&sync_request()), ErrorCode::PROTOCOL));
+    assert!(is_conn_err(
+        agent.recv(&sync_request()),
+        ErrorCode::PROTOCOL
+    ));
+    // Other capabilities do not stand in for it.
+    let upgrade = Capabilities::UPGRADE;
+    let mut agent = Session::new(Role::Agent, settings(), settings(), upgrade);
+    assert!(is_conn_err(
+        agent.recv(&sync_request()),
+        ErrorCode::PROTOCOL
+    ));
+}
+
+#[test]
+fn progress_request_goes_from_the_receiver_of_a_sync_stream_to_its_opener() {
+    let (mut hub, mut agent) = pair();
+    let id = agent.next_stream_id().unwrap();
+    pass(&mut agent, &mut hub, begin(id));
+    // The agent's receiving half is closed from the start, yet it takes PROGRESS_REQUEST,
+    // inside a snapshot too; no credit moves.
+    let (hub_cap, agent_cap) = (hub.send_capacity(id), agent.send_capacity(id));
+    let r = pass(&mut hub, &mut agent, progress_request(id, 1));
+    assert!(r.deliver && r.window_update.is_none());
+    assert_eq!(
+        (hub.send_capacity(id), agent.send_capacity(id)),
+        (hub_cap, agent_cap)
+    );
+    assert_eq!(agent.stream_state(id), StreamState::HalfClosedRemote);
+    // The opener may not ask: a stream error, sent or received.
+    assert!(is_stream_err(
+        agent.send(&progress_request(id, 2)),
+        id,
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_stream_err(
+        hub.recv(&progress_request(id, 2)),
+        id,
+        ErrorCode::PROTOCOL
+    ));
+
+    // On a request stream: a stream error both ways.
+    let (mut hub, mut agent) = pair();
+    pass(&mut hub, &mut agent, request(2, false));
+    assert!(is_stream_err(
+        hub.send(&progress_request(2, 1)),
+        2,
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_stream_err(
+        agent.recv(&progress_request(2, 1)),
+        2,
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_stream_err(
+        agent.send(&progress_request(2, 1)),
+        2,
+        ErrorCode::PROTOCOL
+    ));
+    // On a stream never opened: a connection error, like any frame on an idle stream.
+    assert!(is_conn_err(
+        agent.recv(&progress_request(5, 1)),
+        ErrorCode::PROTOCOL
+    ));
+    // On a stream closed since (crossed a RESET in flight): dropped.
+    let (mut hub, mut agent) = pair();
+    pass(&mut agent, &mut hub, begin(1));
+    pass(
+        &mut agent,
+        &mut hub,
+        Frame::Reset(Reset {
+            stream_id: 1,
+            code: ErrorCode::CANCEL,
+        }),
+    );
+    assert!(!agent.recv(&progress_request(1, 1)).unwrap().deliver);
+    assert!(hub.send(&progress_request(1, 1)).is_err());
+}
+
+#[test]
+fn progress_goes_from_the_opener_outside_a_snapshot() {
+    let (mut hub, mut agent) = pair();
+    let id = agent.next_stream_id().unwrap();
+    pass(&mut agent, &mut hub, begin(id));
+    // Inside the snapshot: a stream error, sent or received.
+    assert!(is_stream_err(
+        agent.send(&progress(id, 1)),
+        id,
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_stream_err(
+        hub.recv(&progress(id, 1)),
+        id,
+        ErrorCode::PROTOCOL
+    ));
+    let (mut hub, mut agent) = pair();
+    pass(&mut agent, &mut hub, begin(id));
+    pass(&mut agent, &mut hub, snapshot_end(id));
+    // After SNAPSHOT_END: answers and unsolicited reports (seq 0); no credit used.
+    let cap = agent.send_capacity(id);
+    pass(&mut agent, &mut hub, progress(id, 1));
+    pass(&mut agent, &mut hub, progress(id, 0));
+    assert_eq!(
+        agent.send_capacity(id),
+        cap,
+        "PROGRESS is not flow-controlled"
+    );
+    // A restarted snapshot forbids it again until its end.
+    pass(&mut agent, &mut hub, begin(id));
+    assert!(agent.send(&progress(id, 2)).is_err());
+    pass(&mut agent, &mut hub, snapshot_end(id));
+    pass(&mut agent, &mut hub, progress(id, 2));
+    // The receiver cannot send it: its sending half is closed (STREAM_CLOSED, as for any
+    // sync frame from the receiver).
+    assert!(is_stream_err(
+        hub.send(&progress(id, 3)),
+        id,
+        ErrorCode::STREAM_CLOSED
+    ));
+    assert!(is_stream_err(
+        agent.recv(&progress(id, 3)),
+        id,
+        ErrorCode::STREAM_CLOSED
+    ));
+    // Not on a request stream.
+    let (mut hub, mut agent) = pair();
+    pass(&mut hub, &mut agent, request(2, false));
+    pass(&mut agent, &mut hub, response(2, false));
+    assert!(is_stream_err(
+        agent.send(&progress(2, 1)),
+        2,
+        ErrorCode::PROTOCOL
+    ));
+    assert!(is_stream_err(
+        hub.recv(&progress(2, 1)),
+        2,
+        ErrorCode::PROTOCOL
+    ));
 }
 
 #[derive(Debug, Clone)]

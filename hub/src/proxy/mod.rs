@@ -42,6 +42,7 @@ use self::authorize::Authorizer;
 use self::backend::Exchange;
 use self::error::{ProxyError, Reached};
 use self::respond::Responder;
+use crate::cache;
 use crate::config::Limits;
 use crate::http::{self, BodyDecoder, BodyPart, HeadError, RequestHead};
 use crate::metrics::{CodeLabel, Metrics};
@@ -65,6 +66,8 @@ pub struct ProxyCtx {
     pub impersonate: bool,
     /// TLS for users.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Cached clusters.
+    pub caches: Arc<crate::cache::Caches>,
 }
 
 /// One user connection's state between requests: bytes read but not used yet (the next
@@ -274,11 +277,28 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         span.record("user", user.name.as_str());
         let info = target.info()?;
         authorize::authorize(&*ctx.authz, user, &target.cluster, &info)?;
-        let backend = route::route(&ctx.registry, &target.cluster, &info)?;
-        Ok::<_, ProxyError>((target, user, backend))
+        let cached = route::cached(&ctx.caches, &target, &info, &head);
+        let backend = route::route(&ctx.registry, &target.cluster, &info);
+        Ok::<_, ProxyError>((target, user, cached, backend))
     })();
-    let (target, user, backend) = match prepared {
+    let (target, user, cached, backend) = match prepared {
         Ok(p) => p,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    // cache: reads of synced types are answered here.
+    let written = match cached {
+        route::Cached::Read(cc, slot, plan) => {
+            match cache::serve::serve(ctx, conn, &mut out, &target.cluster, &cc, slot, *plan).await
+            {
+                cache::serve::Served::Done(keep) => return keep,
+                cache::serve::Served::Forward(_) => None,
+            }
+        }
+        route::Cached::Write(slot) => Some(slot),
+        route::Cached::No => None,
+    };
+    let backend = match backend {
+        Ok(b) => b,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
     // backend: open the request there.
@@ -308,7 +328,13 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         }
     }
     let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
-    match respond::relay(conn, &mut out, &mut ex, &cluster, started, deadline).await {
+    let result = respond::relay(conn, &mut out, &mut ex, &cluster, started, deadline).await;
+    // Read-your-writes: a write that reached the agent (whatever its answer said, or if the
+    // answer was lost) makes the next reads of its type confirm they are newer.
+    if let Some(slot) = written {
+        slot.freshness.wrote(Instant::now());
+    }
+    match result {
         Ok(keep) => keep,
         Err(e) => out.error(conn, &e, Reached::MaybeAgent).await,
     }

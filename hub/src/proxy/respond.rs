@@ -126,6 +126,63 @@ impl<'m> Responder<'m> {
         res.map_err(|_| ProxyError::ClientGone)
     }
 
+    /// Writes a whole response (its fields carry `Content-Length`) from slices, in one
+    /// batched write. Returns whether the connection may continue.
+    pub async fn whole(
+        &mut self,
+        conn: &mut Conn,
+        status: u16,
+        fields: &kubehub_wire::Fields,
+        body: &[bytes::Bytes],
+    ) -> bool {
+        let (head, f) = http::response_head(status, fields, self.head_only, self.http11, self.keep);
+        self.framing = Some(f);
+        self.count(status);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
+        parts.push(&head);
+        if f != Framing::Empty {
+            parts.extend(body.iter().map(|b| &b[..]));
+        }
+        conn.wr.write_all(&parts).await.is_ok() && self.keep && f != Framing::Close
+    }
+
+    /// Starts a streamed response (a watch): the head, with chunked framing on HTTP/1.1.
+    pub async fn start(
+        &mut self,
+        conn: &mut Conn,
+        status: u16,
+        fields: &kubehub_wire::Fields,
+    ) -> bool {
+        self.head(conn, status, fields).await.is_ok()
+    }
+
+    /// Writes `parts` as one chunk (one batched write).
+    pub async fn chunk(&mut self, conn: &mut Conn, parts: &[bytes::Bytes]) -> bool {
+        let len: usize = parts.iter().map(bytes::Bytes::len).sum();
+        if len == 0 {
+            return true;
+        }
+        let mut line = [0u8; 20];
+        let mut out: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+        let chunked = self.framing == Some(Framing::Chunked);
+        if chunked {
+            out.push(http::chunk_header(len, &mut line));
+        }
+        out.extend(parts.iter().map(|p| &p[..]));
+        if chunked {
+            out.push(b"\r\n");
+        }
+        if self.framing == Some(Framing::Empty) {
+            return true;
+        }
+        conn.wr.write_all(&out).await.is_ok()
+    }
+
+    /// Ends a streamed response. Returns whether the connection may continue.
+    pub async fn finish(&mut self, conn: &mut Conn) -> bool {
+        self.end(conn).await
+    }
+
     async fn end(&mut self, conn: &mut Conn) -> bool {
         if self.framing == Some(Framing::Chunked)
             && conn.wr.write_all(&[b"0\r\n\r\n"]).await.is_err()

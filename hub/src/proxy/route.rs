@@ -1,12 +1,81 @@
-//! `route`: which backend answers a request. Today every request goes to the cluster's tunnel;
-//! the cache (planned) will take get / list / watch of the types it holds, decided here from
-//! the request info, and the rest will still go through the tunnel.
+//! `route`: which backend answers a request. Reads of a type the cluster's cache holds go to
+//! the cache ([`cached`], with the [`crate::cache::plan`] saying how); everything else, and
+//! reads the cache declines, goes to the cluster's tunnel ([`route`]).
+
+use std::sync::Arc;
 
 use kubehub_kapi::request_info::RequestInfo;
+use kubehub_wire::ResourceKey;
 
 use super::backend::Backend;
 use super::error::ProxyError;
+use super::resolve::Target;
+use crate::cache::plan::{self, Plan};
+use crate::cache::{Caches, ClusterCache, TypeSlot};
+use crate::http::RequestHead;
 use crate::registry::{Lookup, Registry};
+
+/// What the cache has to do with a request.
+#[derive(Debug)]
+pub enum Cached {
+    /// A read it may answer.
+    Read(Arc<ClusterCache>, Arc<TypeSlot>, Box<Plan>),
+    /// A write to a cached type (reads after it must see it).
+    Write(Arc<TypeSlot>),
+    /// Nothing.
+    No,
+}
+
+/// The cache's part in a request.
+pub fn cached(
+    caches: &Caches,
+    target: &Target,
+    info: &RequestInfo<'_>,
+    head: &RequestHead,
+) -> Cached {
+    if !info.is_resource_request || !caches.cfg.enabled {
+        return Cached::No;
+    }
+    let Some(cc) = caches.cluster(&target.cluster) else {
+        return Cached::No;
+    };
+    let key = ResourceKey {
+        group: info.api_group.to_string(),
+        version: info.api_version.to_string(),
+        resource: info.resource.to_string(),
+    };
+    let Some(slot) = cc.slot(&key) else {
+        return Cached::No;
+    };
+    if !info.is_read() {
+        return Cached::Write(slot);
+    }
+    let query = target.path.split_once('?').map_or("", |(_, q)| q);
+    let accept = head
+        .fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"accept"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+    match plan::plan(info, query, accept) {
+        Ok(p) => Cached::Read(cc, slot, Box::new(p)),
+        Err(reason) => {
+            caches
+                .metrics
+                .cache_reads
+                .get_or_create(&crate::metrics::CacheLabel {
+                    verb: match info.verb {
+                        kubehub_kapi::request_info::Verb::List => "list",
+                        kubehub_kapi::request_info::Verb::Watch => "watch",
+                        _ => "get",
+                    },
+                    outcome: "forward",
+                    reason: reason.as_str(),
+                })
+                .inc();
+            Cached::No
+        }
+    }
+}
 
 /// The route phase.
 pub fn route(

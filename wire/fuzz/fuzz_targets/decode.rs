@@ -8,7 +8,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use kubehub_wire::{encode, Decoder, Role, Session, Settings, DEFAULT_MAX_FRAME_SIZE};
+use kubehub_wire::{
+    encode, Capabilities, Decoder, Role, Session, Settings, DEFAULT_MAX_FRAME_SIZE,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,14 +20,20 @@ fuzz_target!(|data: &[u8]| {
         max_concurrent_streams: 8,
         ..Settings::default()
     };
-    let mut hub = Session::new(Role::Hub, settings, settings);
-    let mut agent = Session::new(Role::Agent, settings, settings);
+    // CACHE_SYNC agreed, so the sync-request rules are exercised too.
+    let caps = Capabilities::CACHE_SYNC;
+    let mut hub = Session::new(Role::Hub, settings, settings, caps);
+    let mut agent = Session::new(Role::Agent, settings, settings, caps);
     let mut offset = 0;
     while let Ok(Some(frame)) = dec.decode(&mut buf) {
         let used = data.len() - offset - buf.len();
         let mut again = BytesMut::new();
         encode(&frame, &mut again);
-        assert_eq!(&again[..], &data[offset..offset + used], "non-canonical decode");
+        assert_eq!(
+            &again[..],
+            &data[offset..offset + used],
+            "non-canonical decode"
+        );
         offset += used;
         let _ = hub.recv(&frame);
         let _ = agent.recv(&frame);

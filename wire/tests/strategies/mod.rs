@@ -93,6 +93,15 @@ fn resource_type() -> impl Strategy<Value = ResourceType> {
         )
 }
 
+/// Cluster labels: names non-empty and unique, in any order.
+fn labels() -> impl Strategy<Value = Vec<(String, String)>> {
+    vec(("[a-z0-9./-]{1,20}", "\\PC{0,16}"), 0..4).prop_map(|mut labels| {
+        let mut seen = std::collections::HashSet::new();
+        labels.retain(|(name, _)| seen.insert(name.clone()));
+        labels
+    })
+}
+
 fn resource_key() -> impl Strategy<Value = ResourceKey> {
     ("[a-z.]{0,12}", "v[0-9]{1,2}", "[a-z]{1,12}").prop_map(|(group, version, resource)| {
         ResourceKey {
@@ -112,10 +121,11 @@ pub fn frame() -> impl Strategy<Value = Frame> {
             settings(),
             text(),
             text(),
-            text()
+            text(),
+            labels()
         )
             .prop_map(
-                |(min, extra, caps, settings, agent_id, cluster_id, software)| {
+                |(min, extra, caps, settings, agent_id, cluster_id, software, labels)| {
                     Frame::Hello(Hello {
                         min_version: min,
                         max_version: min + extra,
@@ -124,6 +134,7 @@ pub fn frame() -> impl Strategy<Value = Frame> {
                         agent_id,
                         cluster_id,
                         software,
+                        labels,
                     })
                 }
             ),
@@ -211,6 +222,18 @@ pub fn frame() -> impl Strategy<Value = Frame> {
                 event: EventType::from_u8(ev).unwrap(),
                 resource_version,
                 object,
+            })
+        ),
+        vec(resource_key(), 0..5)
+            .prop_map(|resources| Frame::SyncRequest(SyncRequest { resources })),
+        (stream_id(), any::<u32>()).prop_map(|(stream_id, seq)| Frame::ProgressRequest(
+            ProgressRequest { stream_id, seq }
+        )),
+        (stream_id(), any::<u32>(), "[0-9]{0,12}").prop_map(
+            |(stream_id, seq, resource_version)| Frame::Progress(Progress {
+                stream_id,
+                seq,
+                resource_version,
             })
         ),
     ]

@@ -1,0 +1,209 @@
+//! `ingest`: one tunnel's sync streams, applied to its cluster's caches.
+//!
+//! Runs inside the tunnel's dispatch on the tunnel's core: the one writer of every cache of
+//! that cluster. A snapshot is collected whole and swapped in at SNAPSHOT_END (readers never
+//! see half of it); watch events and bookmarks apply as they come; PROGRESS answers the
+//! freshness confirmation it names. Credit for each frame is returned once it is applied.
+//!
+//! Content the cache cannot take (an object without a name, a resourceVersion that is not an
+//! integer) ends that type's stream with a log line: its reads are forwarded from then on, and
+//! nothing wrong is ever served.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use kubehub_cache::{ChangeKind, Object};
+use kubehub_wire::{ErrorCode, EventType, Frame, StreamId};
+use tracing::{debug, info, warn};
+
+use super::freshness::Outcome;
+use super::{ClusterCache, TypeSlot};
+
+/// What the tunnel must do after a frame was applied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Reset the stream with this code (the type stops being served from the cache).
+    pub reset: Option<ErrorCode>,
+    /// Send a PROGRESS_REQUEST with this sequence number on the stream.
+    pub request_progress: Option<u32>,
+}
+
+struct Stream {
+    slot: Arc<TypeSlot>,
+    /// The snapshot being received, if one is open.
+    snapshot: Option<Vec<Object>>,
+}
+
+/// The sync streams of one tunnel.
+pub struct Ingest {
+    cluster: Arc<ClusterCache>,
+    generation: u64,
+    streams: HashMap<StreamId, Stream>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("streams", &self.streams.len())
+            .finish()
+    }
+}
+
+fn rv(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("resourceVersion {s:?} is not an integer"))
+}
+
+impl Ingest {
+    /// Ingest for `cluster`'s tunnel `generation`.
+    pub fn new(cluster: Arc<ClusterCache>, generation: u64) -> Ingest {
+        cluster.agent_back(generation);
+        Ingest {
+            cluster,
+            generation,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// The stream carrying a type, for progress requests.
+    pub fn stream_of(&self, slot: &Arc<TypeSlot>) -> Option<StreamId> {
+        self.streams
+            .iter()
+            .find(|(_, s)| Arc::ptr_eq(&s.slot, slot))
+            .map(|(id, _)| *id)
+    }
+
+    /// Applies one frame of sync stream `id`.
+    pub fn frame(&mut self, id: StreamId, frame: Frame, now: Instant) -> Effects {
+        match self.apply(id, frame, now) {
+            Ok(effects) => effects,
+            Err(why) => {
+                if let Some(s) = self.streams.remove(&id) {
+                    warn!(stream = id, resource = %s.slot.info.resource, "sync stream refused: {why}; reads of this type are forwarded");
+                    s.slot.set_synced(false);
+                } else {
+                    warn!(stream = id, "sync stream refused: {why}");
+                }
+                Effects {
+                    reset: Some(ErrorCode::PROTOCOL),
+                    request_progress: None,
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, id: StreamId, frame: Frame, now: Instant) -> Result<Effects, String> {
+        match frame {
+            Frame::SnapshotBegin(b) => {
+                let slot = self
+                    .cluster
+                    .slot(&b.resource)
+                    .ok_or_else(|| format!("type {:?} was not asked for", b.resource))?;
+                if let Some(other) = self.stream_of(&slot).filter(|o| *o != id) {
+                    return Err(format!("type already synced on stream {other}"));
+                }
+                debug!(stream = id, resource = %slot.info.resource, "snapshot begins");
+                self.streams.insert(
+                    id,
+                    Stream {
+                        slot,
+                        snapshot: Some(Vec::new()),
+                    },
+                );
+                Ok(Effects::default())
+            }
+            Frame::SnapshotItems(items) => {
+                let s = self.stream(id)?;
+                let (group, resource) = (s.slot.info.group.clone(), s.slot.info.resource.clone());
+                let snap = s.snapshot.as_mut().ok_or("items outside a snapshot")?;
+                for json in items.items {
+                    // Copied out of the tunnel's read buffer: a cached object must not keep
+                    // a whole read buffer alive.
+                    let json = Bytes::copy_from_slice(&json);
+                    snap.push(Object::parse(&group, &resource, json).map_err(|e| e.to_string())?);
+                }
+                Ok(Effects::default())
+            }
+            Frame::SnapshotEnd(end) => {
+                let s = self.stream(id)?;
+                let objects = s.snapshot.take().ok_or("SNAPSHOT_END without a snapshot")?;
+                let n = objects.len();
+                s.slot
+                    .cache
+                    .replace(objects, rv(&end.resource_version)?)
+                    .map_err(|e| e.to_string())?;
+                s.slot.set_synced(true);
+                info!(stream = id, resource = %s.slot.info.resource, objects = n, rv = %end.resource_version, "snapshot applied");
+                Ok(Effects::default())
+            }
+            Frame::WatchEvent(ev) => {
+                let s = self.stream(id)?;
+                let version = rv(&ev.resource_version)?;
+                let kind = match ev.event {
+                    EventType::Bookmark => {
+                        s.slot.cache.progress(version);
+                        return Ok(Effects::default());
+                    }
+                    EventType::Added => ChangeKind::Added,
+                    EventType::Modified => ChangeKind::Modified,
+                    EventType::Deleted => ChangeKind::Deleted,
+                };
+                let obj = parse(&s.slot, ev.object)?;
+                s.slot.cache.apply(kind, obj).map_err(|e| e.to_string())?;
+                Ok(Effects::default())
+            }
+            Frame::Progress(p) => {
+                let s = self.stream(id)?;
+                let outcome = if p.resource_version.is_empty() {
+                    Outcome::Unconfirmed
+                } else {
+                    let version = rv(&p.resource_version)?;
+                    s.slot.cache.progress(version);
+                    Outcome::Confirmed(version)
+                };
+                let next = s.slot.freshness.answered(p.seq, outcome, now);
+                Ok(Effects {
+                    reset: None,
+                    request_progress: next,
+                })
+            }
+            other => Err(format!(
+                "unexpected {} on a sync stream",
+                other.frame_type().name()
+            )),
+        }
+    }
+
+    fn stream(&mut self, id: StreamId) -> Result<&mut Stream, String> {
+        self.streams
+            .get_mut(&id)
+            .ok_or_else(|| format!("stream {id} is not a known sync stream"))
+    }
+
+    /// The stream ended (END, RESET, or the tunnel closed).
+    pub fn ended(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.remove(&id) {
+            debug!(stream = id, resource = %s.slot.info.resource, "sync stream ended");
+            s.slot.set_synced(false);
+        }
+    }
+
+    /// The tunnel closed: every stream ended.
+    pub fn closed(&mut self) {
+        let streams = std::mem::take(&mut self.streams);
+        // A newer tunnel of the cluster may already feed these slots: leave them to it.
+        if self.cluster.is_current(self.generation) {
+            for (_, s) in streams {
+                s.slot.set_synced(false);
+            }
+            self.cluster.agent_left(self.generation);
+        }
+    }
+}
+
+fn parse(slot: &TypeSlot, json: Bytes) -> Result<Object, String> {
+    let json = Bytes::copy_from_slice(&json);
+    Object::parse(&slot.info.group, &slot.info.resource, json).map_err(|e| e.to_string())
+}

@@ -1,0 +1,253 @@
+//! `cache`: get, list and watch answered by the hub from what each agent streams north.
+//!
+//! `ingest → store → serve`, one module each:
+//! * the store itself is the `kubehub-cache` crate ([`kubehub_cache::TypeCache`]: one per
+//!   cluster and type, one writer, lock-free snapshot reads, a bounded history);
+//! * [`ingest`]: a tunnel's sync streams applied to its cluster's caches, on the tunnel's core
+//!   (the single writer): snapshots replace atomically, events apply in order;
+//! * [`freshness`]: confirmations that a type is current, shared by the reads waiting on it;
+//! * [`plan`]: whether a request can be answered exactly from the cache, or why not;
+//! * [`serve`]: the answer (objects, lists, tables, watches) written from a snapshot.
+//!
+//! [`Caches`] is what every core shares: cluster → [`ClusterCache`] → type → [`TypeSlot`].
+//! A cluster's caches outlive its tunnel: after the agent leaves they answer reads for
+//! `stale_grace_ms` (marked with a `Warning`), and when it comes back its first snapshot
+//! replaces them, recorded as changes so history stays continuous.
+
+pub mod freshness;
+pub mod ingest;
+pub mod plan;
+pub mod serve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use kubehub_cache::TypeCache;
+use kubehub_wire::{ResourceKey, ResourceType};
+use tokio::sync::watch;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+
+/// The cached state of one type of one cluster.
+#[derive(Debug)]
+pub struct TypeSlot {
+    /// The type, as the agent reported it (kind, scope).
+    pub info: ResourceType,
+    /// The objects, their history, their watchers' wake-ups.
+    pub cache: TypeCache,
+    /// Confirmations of currency.
+    pub freshness: freshness::Freshness,
+    /// A snapshot has been applied and the sync stream is open: reads may be served.
+    synced: AtomicBool,
+    /// Bumped whenever the sync stream ends (agent gone, stream reset): open watches end so
+    /// that their clients relist.
+    epoch: watch::Sender<u64>,
+}
+
+impl TypeSlot {
+    fn new(info: ResourceType, history_window: usize) -> TypeSlot {
+        TypeSlot {
+            info,
+            cache: TypeCache::new(history_window),
+            freshness: freshness::Freshness::default(),
+            synced: AtomicBool::new(false),
+            epoch: watch::channel(0).0,
+        }
+    }
+
+    /// Whether a snapshot was applied on the current sync stream.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Marks the sync stream as current (after a snapshot) or ended.
+    pub fn set_synced(&self, synced: bool) {
+        let was = self.synced.swap(synced, Ordering::AcqRel);
+        if was && !synced {
+            self.epoch.send_modify(|e| *e += 1);
+            self.freshness.fail_all();
+        }
+    }
+
+    /// Changes when the sync stream ends (see [`TypeSlot::set_synced`]).
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+}
+
+/// Where the cluster's agent stands, for reads.
+#[derive(Debug)]
+pub struct ClusterCache {
+    types: RwLock<HashMap<ResourceKey, Arc<TypeSlot>>>,
+    /// Milliseconds since `origin` when the agent left; 0 while connected.
+    left_at_ms: AtomicU64,
+    /// The tunnel generation currently feeding these caches.
+    generation: AtomicU64,
+    origin: Instant,
+}
+
+impl ClusterCache {
+    fn new() -> ClusterCache {
+        ClusterCache {
+            types: RwLock::new(HashMap::new()),
+            left_at_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    /// The slot of a type, if it is cached.
+    pub fn slot(&self, key: &ResourceKey) -> Option<Arc<TypeSlot>> {
+        self.types
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The slots, sorted by type.
+    pub fn slots(&self) -> Vec<(ResourceKey, Arc<TypeSlot>)> {
+        let mut v: Vec<_> = self
+            .types
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.0.group, &a.0.version, &a.0.resource).cmp(&(
+                &b.0.group,
+                &b.0.version,
+                &b.0.resource,
+            ))
+        });
+        v
+    }
+
+    /// Makes the cached types exactly `wanted` (keeping the slots of types that stay), and
+    /// returns their keys.
+    pub fn set_types(&self, wanted: Vec<ResourceType>, history_window: usize) -> Vec<ResourceKey> {
+        let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(wanted.len());
+        for t in wanted {
+            let key = ResourceKey {
+                group: t.group.clone(),
+                version: t.version.clone(),
+                resource: t.resource.clone(),
+            };
+            let slot = match types.remove(&key) {
+                Some(s) => s,
+                None => Arc::new(TypeSlot::new(t, history_window)),
+            };
+            next.insert(key, slot);
+        }
+        for (_, gone) in types.drain() {
+            gone.set_synced(false);
+        }
+        *types = next;
+        types.keys().cloned().collect()
+    }
+
+    /// The agent of tunnel `generation` left (its sync streams ended with it); ignored if a
+    /// newer tunnel took over meanwhile.
+    pub fn agent_left(&self, generation: u64) {
+        if !self.is_current(generation) {
+            return;
+        }
+        let ms = (self.origin.elapsed().as_millis() as u64).max(1);
+        self.left_at_ms.store(ms, Ordering::Release);
+        for (_, s) in self.slots() {
+            s.set_synced(false);
+        }
+    }
+
+    /// Whether tunnel `generation` is the one feeding these caches.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
+    /// The agent is connected again, on tunnel `generation`.
+    pub fn agent_back(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
+        self.left_at_ms.store(0, Ordering::Release);
+    }
+
+    /// How long ago the agent left, if it is gone.
+    pub fn gone_for(&self) -> Option<std::time::Duration> {
+        match self.left_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+/// Every cluster's caches, shared by all cores.
+#[derive(Debug)]
+pub struct Caches {
+    /// The `[cache]` options.
+    pub cfg: CacheConfig,
+    clusters: DashMap<String, Arc<ClusterCache>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Caches {
+    /// Empty caches.
+    pub fn new(cfg: CacheConfig, metrics: Arc<Metrics>) -> Caches {
+        let clusters = DashMap::with_shard_amount(cfg.shards.max(2));
+        Caches {
+            cfg,
+            clusters,
+            metrics,
+        }
+    }
+
+    /// A cluster's caches, if it has any.
+    pub fn cluster(&self, cluster: &str) -> Option<Arc<ClusterCache>> {
+        self.clusters.get(cluster).map(|c| c.clone())
+    }
+
+    /// A cluster's caches, created empty if needed.
+    pub fn cluster_or_new(&self, cluster: &str) -> Arc<ClusterCache> {
+        self.clusters
+            .entry(cluster.to_owned())
+            .or_insert_with(|| Arc::new(ClusterCache::new()))
+            .clone()
+    }
+
+    /// The types to cache for a cluster: those configured for its labels that its agent
+    /// reported with list and watch (subresources never).
+    pub fn wanted(
+        &self,
+        labels: &[(String, String)],
+        reported: &[ResourceType],
+    ) -> Vec<ResourceType> {
+        if !self.cfg.enabled {
+            return Vec::new();
+        }
+        let names = self.cfg.types_for(labels);
+        reported
+            .iter()
+            .filter(|t| {
+                !t.resource.contains('/')
+                    && t.verbs.contains(kubehub_wire::Verbs(
+                        kubehub_wire::Verbs::LIST.0 | kubehub_wire::Verbs::WATCH.0,
+                    ))
+            })
+            .filter(|t| {
+                names.iter().any(|n| {
+                    n.group == t.group && n.version == t.version && n.resource == t.resource
+                })
+            })
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,450 @@
+//! The hub's cache seen from clients: answers equal the edge API server's, cached reads do not
+//! reach the edge, watches see the edge's events, writes are read back, and what happens when
+//! the agent leaves. Every test runs simulator → agent → hub on loopback with real TLS.
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubehub_hub::config::{CacheConfig, Consistency};
+use kubehub_testkit::stack::{self as common, Reply, StackOptions, CLUSTER, TOKEN};
+use serde_json::Value;
+
+const SYNC: Duration = Duration::from_secs(20);
+const TABLE: &str = "Accept: application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+const METADATA: &str =
+    "Accept: application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json";
+
+fn stack(cache: CacheConfig) -> common::Stack {
+    let s = common::start_opts(StackOptions {
+        cache,
+        ..StackOptions::default()
+    });
+    for r in ["pods", "configmaps", "namespaces"] {
+        s.wait_synced("", r, SYNC);
+    }
+    s.wait_synced("apps", "deployments", SYNC);
+    s
+}
+
+/// Requests the simulator served that were not the agent's own long-running watches and
+/// freshness probes: what a cached read must not cause.
+fn edge_reads(s: &common::Stack) -> Vec<String> {
+    s.sim_log
+        .lines()
+        .into_iter()
+        .filter(|l| !l.contains("watch=") && !l.contains("limit=1"))
+        .collect()
+}
+
+/// A Table's AGE cells depend on the second each server rendered them: blank them.
+fn without_age(mut v: Value) -> Value {
+    let age = v["columnDefinitions"]
+        .as_array()
+        .and_then(|cols| cols.iter().position(|c| c["name"] == "Age"));
+    if let (Some(i), Some(rows)) = (age, v["rows"].as_array_mut()) {
+        for r in rows {
+            r["cells"][i] = Value::Null;
+        }
+    }
+    v
+}
+
+/// The hub's answer and the simulator's, compared as kube clients read them: same status,
+/// same object or the same items in the same order.
+fn same_answer(hub: &Reply, sim: &Reply, what: &str) {
+    assert_eq!(hub.status, sim.status, "{what}: status");
+    let (h, e) = (without_age(hub.json()), without_age(sim.json()));
+    if h.get("items").is_some() || h.get("rows").is_some() {
+        assert_eq!(h["kind"], e["kind"], "{what}: kind");
+        assert_eq!(h["items"], e["items"], "{what}: items");
+        assert_eq!(h["rows"], e["rows"], "{what}: rows");
+        assert_eq!(
+            h["metadata"]["remainingItemCount"], e["metadata"]["remainingItemCount"],
+            "{what}: remainingItemCount"
+        );
+        assert_eq!(
+            h["metadata"]["continue"].is_string(),
+            e["metadata"]["continue"].is_string(),
+            "{what}: continue"
+        );
+    } else {
+        assert_eq!(h, e, "{what}");
+    }
+}
+
+#[test]
+fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
+    let s = stack(CacheConfig::default());
+    let pods = s.sim_get("/api/v1/pods", &[]).json();
+    let first = &pods["items"][0]["metadata"];
+    let (ns, name) = (
+        first["namespace"].as_str().unwrap(),
+        first["name"].as_str().unwrap(),
+    );
+    let label = pods["items"][0]["metadata"]["labels"]
+        .as_object()
+        .and_then(|l| l.iter().next())
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .unwrap();
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (format!("/api/v1/namespaces/{ns}/pods/{name}"), vec![]),
+        (format!("/api/v1/namespaces/{ns}/pods/{name}"), vec![TABLE]),
+        ("/api/v1/namespaces/default/pods/nope".into(), vec![]),
+        ("/api/v1/pods".into(), vec![]),
+        (format!("/api/v1/namespaces/{ns}/pods"), vec![]),
+        (format!("/api/v1/pods?labelSelector={label}"), vec![]),
+        (
+            format!("/api/v1/pods?fieldSelector=metadata.namespace%3D{ns}"),
+            vec![],
+        ),
+        (
+            "/api/v1/pods?fieldSelector=status.phase%3DRunning".into(),
+            vec![],
+        ),
+        ("/api/v1/pods?limit=3".into(), vec![]),
+        ("/api/v1/pods".into(), vec![TABLE]),
+        ("/api/v1/pods".into(), vec![METADATA]),
+        ("/api/v1/namespaces".into(), vec![]),
+        ("/apis/apps/v1/deployments".into(), vec![TABLE]),
+        (
+            "/api/v1/configmaps?labelSelector=nope%3Dnone".into(),
+            vec![],
+        ),
+    ];
+    // `resourceVersion=0`: whatever the cache holds; no confirmation, so nothing reaches the
+    // edge at all. Without it: the same answers after a confirmation (a one-object probe).
+    for rv in ["resourceVersion=0", ""] {
+        s.sim_log.clear();
+        for (path, headers) in &cases {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let p = if rv.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}{sep}{rv}")
+            };
+            let hub = s.hub_get(&p, headers);
+            let sim = s.sim_get(path, headers);
+            same_answer(&hub, &sim, &format!("{p} {headers:?}"));
+            if hub.status == 200 {
+                assert_eq!(hub.header("x-kubehub-cache"), Some("hit"), "{p}");
+            }
+        }
+        let reached: Vec<String> = edge_reads(&s)
+            .into_iter()
+            // The test's own direct requests.
+            .filter(|l| !cases.iter().any(|(p, _)| l.ends_with(p.as_str())))
+            .collect();
+        assert!(
+            reached.is_empty(),
+            "cached reads reached the edge: {reached:?}"
+        );
+    }
+    // Paging: every page from the cache, together the whole list, as the edge pages it.
+    let mut hub_items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let q = if token.is_empty() {
+            "/api/v1/pods?limit=4".to_owned()
+        } else {
+            format!("/api/v1/pods?limit=4&continue={token}")
+        };
+        let page = s.hub_get(&q, &[]).json();
+        hub_items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_owned(),
+            _ => break,
+        }
+    }
+    assert_eq!(Value::Array(hub_items), pods["items"]);
+    // Forwarded, not cached: a subresource, an exact version.
+    let log = s.hub_get(
+        &format!("/api/v1/namespaces/{ns}/pods/{name}/log?tailLines=1"),
+        &[],
+    );
+    assert_eq!(log.header("x-kubehub-cache"), None);
+    let metrics = s.curl_admin("/metrics");
+    assert!(
+        metrics.contains("kubehub_hub_cache_reads_total{verb=\"get\",outcome=\"forward\",reason=\"subresource\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("outcome=\"hit\""), "{metrics}");
+}
+
+/// A watch through the hub and a watch on the simulator, from the same version, see the same
+/// events in the same order while the cluster changes.
+#[test]
+fn watches_through_the_hub_see_the_edges_events() {
+    let s = stack(CacheConfig::default());
+    let list = s.sim_get("/api/v1/configmaps", &[]).json();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/configmaps?watch=1&resourceVersion={rv}");
+    let hub = watch_lines(&s, &format!("/clusters/{CLUSTER}{path}"), true);
+    let sim = watch_lines(&s, &path, false);
+    for i in 0..30 {
+        let name = format!("w-{i}");
+        s.ok(&[
+            "create",
+            "configmap",
+            &name,
+            "-n",
+            "default",
+            "--from-literal=a=1",
+        ]);
+        if i % 3 == 0 {
+            s.ok(&["label", "configmap", &name, "-n", "default", "x=y"]);
+        }
+        if i % 5 == 0 {
+            s.ok(&["delete", "configmap", &name, "-n", "default"]);
+        }
+    }
+    let want = 30 + 10 + 6;
+    let h = hub.take(want);
+    let e = sim.take(want);
+    assert_eq!(h, e, "the hub's watch and the edge's differ");
+    // Resuming from a version inside the history gives the rest; outside it, 410.
+    let mid = &h[want / 2];
+    let resumed = watch_lines(
+        &s,
+        &format!(
+            "/clusters/{CLUSTER}/api/v1/configmaps?watch=1&resourceVersion={}",
+            mid.1
+        ),
+        true,
+    )
+    .take(want - want / 2 - 1);
+    assert_eq!(resumed, h[want / 2 + 1..].to_vec());
+}
+
+#[test]
+fn watch_from_before_the_history_window_is_410() {
+    let s = stack(CacheConfig {
+        history_window: 8,
+        ..CacheConfig::default()
+    });
+    let before = s.sim_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..20 {
+        s.ok(&["create", "configmap", &format!("h-{i}"), "-n", "default"]);
+    }
+    let r = s.hub_get(
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={before}&timeoutSeconds=1"),
+        &[],
+    );
+    let line: Value =
+        serde_json::from_slice(r.body.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["type"], "ERROR", "{line}");
+    assert_eq!(line["object"]["code"], 410, "{line}");
+}
+
+/// (type, resourceVersion, name) of each event of a watch, read by a background thread.
+struct Lines(
+    std::sync::mpsc::Receiver<(String, String, String)>,
+    std::process::Child,
+);
+
+impl Lines {
+    fn take(&self, n: usize) -> Vec<(String, String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => panic!("only {} of {n} events: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.1.kill();
+        let _ = self.1.wait();
+    }
+}
+
+fn watch_lines(s: &common::Stack, path: &str, via_hub: bool) -> Lines {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "--max-time", "60"]);
+    let url = if via_hub {
+        cmd.arg("--cacert")
+            .arg(s.path().join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        format!("https://127.0.0.1:{}{path}", s.hub.user_addr.port())
+    } else {
+        format!("http://{}{path}", s.sim_addr)
+    };
+    let mut child = cmd.arg(url).stdout(Stdio::piped()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                return;
+            };
+            let m = &v["object"]["metadata"];
+            let ev = (
+                v["type"].as_str().unwrap_or("").to_owned(),
+                m["resourceVersion"].as_str().unwrap_or("").to_owned(),
+                m["name"].as_str().unwrap_or("").to_owned(),
+            );
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    Lines(rx, child)
+}
+
+/// After a write through the hub returns, reads through the hub see it (or something newer),
+/// in every consistency mode.
+#[test]
+fn reads_after_writes_through_the_hub_see_them() {
+    for consistency in [Consistency::Probe, Consistency::BoundedStaleness] {
+        let s = stack(CacheConfig {
+            consistency,
+            max_staleness_ms: 60_000,
+            ..CacheConfig::default()
+        });
+        for i in 0..15 {
+            let name = format!("ryw-{i}");
+            s.ok(&[
+                "create",
+                "configmap",
+                &name,
+                "-n",
+                "default",
+                "--from-literal=v=0",
+            ]);
+            let got = s.hub_get(
+                &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                &[],
+            );
+            assert_eq!(
+                got.status, 200,
+                "{consistency:?}: created {name} not found through the hub"
+            );
+            s.ok(&[
+                "patch",
+                "configmap",
+                &name,
+                "-n",
+                "default",
+                "-p",
+                r#"{"data":{"v":"1"}}"#,
+            ]);
+            for rv in ["", "?resourceVersion=0"] {
+                let list = s
+                    .hub_get(&format!("/api/v1/namespaces/default/configmaps{rv}"), &[])
+                    .json();
+                let it = list["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|o| o["metadata"]["name"] == name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{consistency:?} {rv}: {name} missing"));
+                assert_eq!(it["data"]["v"], "1", "{consistency:?} {rv}: stale {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kubectl_get_and_watch_are_served_from_the_cache() {
+    let s = stack(CacheConfig::default());
+    s.sim_log.clear();
+    let out = s.ok(&["get", "pods", "-A"]);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    assert!(out.contains("Running"), "{out}");
+    assert!(edge_reads(&s).is_empty(), "{:?}", edge_reads(&s));
+    // get -w: the initial rows come from the cache, then a change made meanwhile.
+    let mut w = s
+        .kubectl_cmd(&["get", "configmaps", "-n", "default", "-w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = w.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    s.ok(&["create", "configmap", "seen-by-watch", "-n", "default"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = l.starts_with("seen-by-watch");
+        }
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(seen, "kubectl get -w did not show the new configmap");
+}
+
+/// The agent leaves: reads are served from the cache for the grace period, marked with a
+/// warning; after it, 503. It comes back: the cache resyncs and serves again.
+#[test]
+fn agent_gone_stale_then_unavailable_then_resynced() {
+    let mut s = stack(CacheConfig {
+        stale_grace_ms: 2_000,
+        ..CacheConfig::default()
+    });
+    s.stop_agent();
+    s.wait_connected(false, Duration::from_secs(10));
+    let stale = s.hub_get("/api/v1/pods", &[]);
+    assert_eq!(stale.status, 200);
+    assert!(
+        stale
+            .header("warning")
+            .is_some_and(|w| w.contains("disconnected")),
+        "{:?}",
+        stale.headers
+    );
+    std::thread::sleep(Duration::from_millis(2_500));
+    let gone = s.hub_get("/api/v1/pods", &[]);
+    assert_eq!(gone.status, 503, "{}", String::from_utf8_lossy(&gone.body));
+    // Changed while the agent was away: seen once it is back.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"while-away"}}"#)
+        .arg(format!(
+            "http://{}/api/v1/namespaces/default/configmaps",
+            s.sim_addr
+        ))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("while-away"));
+    s.start_agent();
+    s.wait_connected(true, Duration::from_secs(10));
+    s.wait_synced("", "configmaps", SYNC);
+    let got = s.hub_get("/api/v1/namespaces/default/configmaps/while-away", &[]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("x-kubehub-cache"), Some("hit"));
+}
