@@ -390,10 +390,15 @@ fn watch(
                 _ = disconnect.changed() => return,
                 ev = live.recv() => match ev {
                     Ok(ev) => {
-                        seen_rv = ev.rv;
                         if ev.ty != ty {
+                            seen_rv = ev.rv;
                             continue;
                         }
+                        let delay = cluster.config().watch_delay;
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        seen_rv = ev.rv;
                         if let Some(kind) = ev.visible_to(&filter) {
                             let line = render_event(t, render, kind.into(), &ev.object, SystemTime::now());
                             if tx.send(line.to_bytes()).await.is_err() {

@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub log_interval: Duration,
     /// Seed of the cluster's RNG (uids, generated names, IPs): same seed, same cluster.
     pub seed: u64,
+    /// How late watches deliver each change (a lagging watch cache; tests of freshness use
+    /// it). Zero: at once.
+    pub watch_delay: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +53,7 @@ impl Default for ClusterConfig {
             bookmark_interval: Duration::from_secs(30),
             log_interval: Duration::from_secs(1),
             seed: 1,
+            watch_delay: Duration::ZERO,
         }
     }
 }

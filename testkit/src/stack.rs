@@ -360,6 +360,21 @@ impl Stack {
         curl_reply(cmd, &url, headers)
     }
 
+    /// A request with a JSON body through the hub (`POST`, `PUT`, `PATCH` with its content
+    /// type, `DELETE`).
+    pub fn hub_send(&self, method: &str, path: &str, content_type: &str, body: &str) -> Reply {
+        let url = format!(
+            "https://127.0.0.1:{}/clusters/{CLUSTER}{path}",
+            self.hub.user_addr.port()
+        );
+        let mut cmd = Command::new("curl");
+        cmd.arg("--cacert")
+            .arg(self.dir.path().join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["-X", method, "--data-binary", body]);
+        curl_reply(cmd, &url, &[&format!("Content-Type: {content_type}")])
+    }
+
     /// The same GET straight to the simulator (the edge API server), bypassing KubeHub.
     pub fn sim_get(&self, path: &str, headers: &[&str]) -> Reply {
         curl_reply(
