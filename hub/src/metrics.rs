@@ -75,6 +75,12 @@ pub struct Metrics {
     pub cache_snapshots: Family<TypeLabel, Counter>,
     /// Watches served from the cache, open now.
     pub cache_watchers: Gauge,
+    /// Objects held, by type (summed over clusters; set at scrape time).
+    pub cache_objects: Family<TypeLabel, Gauge>,
+    /// JSON bytes held, by type.
+    pub cache_bytes: Family<TypeLabel, Gauge>,
+    /// Clusters whose type is synced, by type.
+    pub cache_synced: Family<TypeLabel, Gauge>,
     /// Watches ended because they fell behind the history window.
     pub cache_watchers_cut: Counter,
     registry: Registry,
@@ -133,6 +139,24 @@ impl Metrics {
         let cache_snapshots = Family::<TypeLabel, Counter>::default();
         let cache_watchers = Gauge::default();
         let cache_watchers_cut = Counter::default();
+        let cache_objects = Family::<TypeLabel, Gauge>::default();
+        let cache_bytes = Family::<TypeLabel, Gauge>::default();
+        let cache_synced = Family::<TypeLabel, Gauge>::default();
+        registry.register(
+            "cache_objects",
+            "Objects held in the cache, by type (all clusters)",
+            cache_objects.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "JSON bytes of the objects held, by type (all clusters)",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_synced_clusters",
+            "Clusters whose type is synced and served from the cache",
+            cache_synced.clone(),
+        );
         registry.register(
             "cache_reads",
             "Reads offered to the cache: hit, stale or forward (with the reason)",
@@ -182,6 +206,9 @@ impl Metrics {
             cache_snapshots,
             cache_watchers,
             cache_watchers_cut,
+            cache_objects,
+            cache_bytes,
+            cache_synced,
             registry,
         }
     }

@@ -247,7 +247,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
             caches: caches.clone(),
         };
         let admin_l = if core == 0 { admin.take() } else { None };
-        let (reg, met) = (registry.clone(), metrics.clone());
+        let (reg, met, cch) = (registry.clone(), metrics.clone(), caches.clone());
         let max_conns = cfg.limits.max_connections;
         let t = std::thread::Builder::new()
             .name(format!("kubehub-core-{core}"))
@@ -269,7 +269,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
                     if let Some(l) = admin_l {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
-                                monoio::spawn(admin_loop(l, reg, met));
+                                monoio::spawn(admin_loop(l, reg, met, cch));
                             }
                             Err(e) => warn!("admin listener: {e}"),
                         }
@@ -358,9 +358,11 @@ impl Drop for ConnGuard {
     }
 }
 
-/// `/clusters` on the admin listener: every connected cluster, its agent, and the resource
-/// types the agent reported (`group/version/resource`, core types as `v1/pods`).
-fn clusters_json(registry: &Registry) -> String {
+/// `/clusters` on the admin listener: every connected cluster, its agent, the resource types
+/// the agent reported (`group/version/resource`, core types as `v1/pods`), and what the hub
+/// caches of it (per type: synced, objects, JSON bytes, history length, resourceVersion, the
+/// oldest version a watch can resume from, milliseconds since the last confirmation).
+fn clusters_json(registry: &Registry, caches: &Caches) -> String {
     let clusters: Vec<serde_json::Value> = registry
         .snapshot()
         .into_iter()
@@ -375,7 +377,8 @@ fn clusters_json(registry: &Registry) -> String {
                     })
                     .collect()
             });
-            serde_json::json!({"cluster": cluster, "agent": agent, "types": types})
+            let cache = caches.cluster(&cluster).map(|c| c.stats_json());
+            serde_json::json!({"cluster": cluster, "agent": agent, "types": types, "cache": cache})
         })
         .collect();
     let mut body = serde_json::json!({ "clusters": clusters }).to_string();
@@ -383,13 +386,18 @@ fn clusters_json(registry: &Registry) -> String {
     body
 }
 
-async fn admin_loop(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
+async fn admin_loop(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    caches: Arc<Caches>,
+) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (registry, metrics) = (registry.clone(), metrics.clone());
+        let (registry, metrics, caches) = (registry.clone(), metrics.clone(), caches.clone());
         monoio::spawn(async move {
             let buf = vec![0u8; 4096];
             let (res, buf) = tcp.read(buf).await;
@@ -410,9 +418,12 @@ async fn admin_loop(listener: TcpListener, registry: Arc<Registry>, metrics: Arc
                 "/metrics" => (
                     200,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
+                    {
+                        caches.update_gauges();
+                        metrics.encode()
+                    },
                 ),
-                "/clusters" => (200, "application/json", clusters_json(&registry)),
+                "/clusters" => (200, "application/json", clusters_json(&registry, &caches)),
                 _ => (404, "text/plain", "not found\n".to_owned()),
             };
             let resp = format!(

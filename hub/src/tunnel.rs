@@ -215,7 +215,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             conn,
             slots: HashMap::new(),
             why: None,
-            ingest: Ingest::new(cluster_cache, generation),
+            ingest: Ingest::new(cluster_cache, generation, ctx.metrics.clone()),
             labels: hello.labels.clone(),
         }),
         ctx: ctx.clone(),

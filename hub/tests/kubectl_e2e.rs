@@ -174,7 +174,9 @@ fn agent_loss_ends_watches_and_gives_503_until_it_returns() {
     );
     s.wait_connected(false, Duration::from_secs(5));
     // 503 with a Status and Retry-After (kubectl would retry it for ~10 s; curl shows it).
-    let out = s.curl("/clusters/edge-1/api/v1/pods");
+    // Secrets are not cached (cached types are served stale for a while instead: see
+    // tests/cache.rs).
+    let out = s.curl("/clusters/edge-1/api/v1/secrets");
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(out.contains("Retry-After: 1"), "{out}");
     assert!(

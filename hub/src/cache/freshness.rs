@@ -171,6 +171,13 @@ impl Freshness {
         }
     }
 
+    /// How long ago the newest confirmation was requested.
+    pub fn confirmed_age(&self, now: Instant) -> Option<std::time::Duration> {
+        self.lock()
+            .confirmed_at
+            .map(|c| now.saturating_duration_since(c))
+    }
+
     /// Whether a write through the hub completed after the last confirmation.
     pub fn written_since_confirmed(&self) -> bool {
         let st = self.lock();

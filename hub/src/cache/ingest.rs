@@ -18,8 +18,11 @@ use kubehub_cache::{ChangeKind, Object};
 use kubehub_wire::{ErrorCode, EventType, Frame, StreamId};
 use tracing::{debug, info, warn};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::freshness::Outcome;
-use super::{ClusterCache, TypeSlot};
+use super::{type_label, ClusterCache, TypeSlot};
+use crate::metrics::{Metrics, TypeLabel};
 
 /// What the tunnel must do after a frame was applied.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub struct Effects {
 
 struct Stream {
     slot: Arc<TypeSlot>,
+    /// The `resource` label, and the type's event counter (kept: no lookup per event).
+    label: TypeLabel,
+    events: Counter,
     /// The snapshot being received, if one is open.
     snapshot: Option<Vec<Object>>,
 }
@@ -39,6 +45,7 @@ struct Stream {
 /// The sync streams of one tunnel.
 pub struct Ingest {
     cluster: Arc<ClusterCache>,
+    metrics: Arc<Metrics>,
     generation: u64,
     streams: HashMap<StreamId, Stream>,
 }
@@ -58,10 +65,11 @@ fn rv(s: &str) -> Result<u64, String> {
 
 impl Ingest {
     /// Ingest for `cluster`'s tunnel `generation`.
-    pub fn new(cluster: Arc<ClusterCache>, generation: u64) -> Ingest {
+    pub fn new(cluster: Arc<ClusterCache>, generation: u64, metrics: Arc<Metrics>) -> Ingest {
         cluster.agent_back(generation);
         Ingest {
             cluster,
+            metrics,
             generation,
             streams: HashMap::new(),
         }
@@ -105,10 +113,16 @@ impl Ingest {
                     return Err(format!("type already synced on stream {other}"));
                 }
                 debug!(stream = id, resource = %slot.info.resource, "snapshot begins");
+                let label = TypeLabel {
+                    resource: type_label(&b.resource),
+                };
+                let events = self.metrics.cache_events.get_or_create(&label).clone();
                 self.streams.insert(
                     id,
                     Stream {
                         slot,
+                        label,
+                        events,
                         snapshot: Some(Vec::new()),
                     },
                 );
@@ -136,6 +150,9 @@ impl Ingest {
                     .map_err(|e| e.to_string())?;
                 s.slot.set_synced(true);
                 info!(stream = id, resource = %s.slot.info.resource, objects = n, rv = %end.resource_version, "snapshot applied");
+                s.events.inc_by(n as u64);
+                let label = s.label.clone();
+                self.metrics.cache_snapshots.get_or_create(&label).inc();
                 Ok(Effects::default())
             }
             Frame::WatchEvent(ev) => {
@@ -152,6 +169,7 @@ impl Ingest {
                 };
                 let obj = parse(&s.slot, ev.object)?;
                 s.slot.cache.apply(kind, obj).map_err(|e| e.to_string())?;
+                s.events.inc();
                 Ok(Effects::default())
             }
             Frame::Progress(p) => {

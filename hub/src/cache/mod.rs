@@ -30,7 +30,7 @@ use kubehub_wire::{ResourceKey, ResourceType};
 use tokio::sync::watch;
 
 use crate::config::CacheConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TypeLabel};
 
 /// The cached state of one type of one cluster.
 #[derive(Debug)]
@@ -152,6 +152,32 @@ impl ClusterCache {
         types.keys().cloned().collect()
     }
 
+    /// What is cached per type, for `/clusters` on the admin listener.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let types: Vec<serde_json::Value> = self
+            .slots()
+            .into_iter()
+            .map(|(k, s)| {
+                let st = s.cache.stats();
+                serde_json::json!({
+                    "type": type_label(&k),
+                    "synced": s.is_synced(),
+                    "objects": st.objects,
+                    "bytes": st.bytes,
+                    "history": st.history,
+                    "resourceVersion": st.rv,
+                    "oldest": st.oldest,
+                    "confirmedMsAgo": s.freshness.confirmed_age(now).map(|d| d.as_millis() as u64),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "agentGoneMs": self.gone_for().map(|d| d.as_millis() as u64),
+            "types": types,
+        })
+    }
+
     /// The agent of tunnel `generation` left (its sync streams ended with it); ignored if a
     /// newer tunnel took over meanwhile.
     pub fn agent_left(&self, generation: u64) {
@@ -189,6 +215,15 @@ impl ClusterCache {
     }
 }
 
+/// `group/version/resource` (`version/resource` for core): the `resource` label.
+pub fn type_label(k: &ResourceKey) -> String {
+    if k.group.is_empty() {
+        format!("{}/{}", k.version, k.resource)
+    } else {
+        format!("{}/{}/{}", k.group, k.version, k.resource)
+    }
+}
+
 /// Every cluster's caches, shared by all cores.
 #[derive(Debug)]
 pub struct Caches {
@@ -221,6 +256,27 @@ impl Caches {
             .entry(cluster.to_owned())
             .or_insert_with(|| Arc::new(ClusterCache::new()))
             .clone()
+    }
+
+    /// Sets the per-type gauges (summed over clusters) before `/metrics` is encoded: reading
+    /// every cache's counters at scrape time keeps the ingest path free of metric updates.
+    pub fn update_gauges(&self) {
+        let mut sums: HashMap<String, (i64, i64, i64)> = HashMap::new();
+        for c in self.clusters.iter() {
+            for (k, s) in c.slots() {
+                let st = s.cache.stats();
+                let e = sums.entry(type_label(&k)).or_default();
+                e.0 += st.objects as i64;
+                e.1 += st.bytes as i64;
+                e.2 += i64::from(s.is_synced());
+            }
+        }
+        for (resource, (objects, bytes, synced)) in sums {
+            let l = TypeLabel { resource };
+            self.metrics.cache_objects.get_or_create(&l).set(objects);
+            self.metrics.cache_bytes.get_or_create(&l).set(bytes);
+            self.metrics.cache_synced.get_or_create(&l).set(synced);
+        }
     }
 
     /// The types to cache for a cluster: those configured for its labels that its agent
