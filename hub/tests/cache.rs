@@ -467,3 +467,179 @@ fn agent_gone_stale_then_unavailable_then_resynced() {
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-kubehub-cache"), Some("hit"));
 }
+
+/// Reads a chunked watch response from a raw connection: its events' (type, version, name).
+async fn read_events<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    want: usize,
+) -> (Vec<(String, String, String)>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut body = Vec::new();
+    let mut head_done = false;
+    let mut events = Vec::new();
+    let mut ended = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    while events.len() < want && !ended {
+        let n = match tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => break,
+        };
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if !head_done {
+            let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            raw.drain(..i + 4);
+            head_done = true;
+        }
+        // Chunks: size line, data, CRLF.
+        loop {
+            let Some(i) = raw.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&raw[..i]).unwrap().trim(), 16).unwrap();
+            if raw.len() < i + 2 + size + 2 {
+                break;
+            }
+            if size == 0 {
+                ended = true;
+                break;
+            }
+            body.extend_from_slice(&raw[i + 2..i + 2 + size]);
+            raw.drain(..i + 2 + size + 2);
+        }
+        while let Some(nl) = body.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = body.drain(..=nl).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            let m = &v["object"]["metadata"];
+            events.push((
+                v["type"].as_str().unwrap_or("").to_owned(),
+                m["resourceVersion"].as_str().unwrap_or("").to_owned(),
+                m["name"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    (events, ended)
+}
+
+/// Many watchers of one type get the same events in the same order; one that stops reading
+/// falls behind the history window and is cut off, without holding the others back.
+#[test]
+fn fan_out_to_many_watchers_and_a_stalled_one_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    // The stalled watcher's events must outgrow the socket buffers between it and the hub
+    // (up to 4 MiB on the hub's side with Linux's defaults): 100 objects of 64 KiB.
+    const WATCHERS: usize = 50;
+    const CHANGES: usize = 100;
+    let s = stack(CacheConfig {
+        history_window: 30,
+        ..CacheConfig::default()
+    });
+    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request = format!(
+        "GET /clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let (results, stalled_events, stalled_ended) = s.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..WATCHERS {
+            let mut c = s.user_connection().await;
+            c.write_all(request.as_bytes()).await.unwrap();
+            tasks.push(tokio::spawn(async move { read_events(&mut c, CHANGES).await.0 }));
+        }
+        let mut stalled = s.user_connection_with(Some(4096)).await;
+        stalled.write_all(request.as_bytes()).await.unwrap();
+        // Every watcher is registered before the changes start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let data = "x".repeat(64 * 1024);
+        let hub = &s;
+        let data = &data;
+        tokio::task::block_in_place(|| {
+            for i in 0..CHANGES {
+                let body = format!(
+                    r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"fan-{i}"}},"data":{{"x":"{data}"}}}}"#
+                );
+                let r = hub.hub_send("POST", "/api/v1/namespaces/default/configmaps", "application/json", &body);
+                assert_eq!(r.status, 201);
+            }
+        });
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        // The stalled watcher reads at last: some events, then the end of the stream.
+        let (ev, ended) = read_events(&mut stalled, CHANGES).await;
+        (results, ev, ended)
+    });
+    let first = &results[0];
+    assert_eq!(first.len(), CHANGES);
+    assert!(first
+        .iter()
+        .all(|(t, _, n)| t == "ADDED" && n.starts_with("fan-")));
+    for r in &results {
+        assert_eq!(r, first, "watchers saw different sequences");
+    }
+    assert!(
+        stalled_ended && stalled_events.len() < CHANGES,
+        "the stalled watcher got {} of {CHANGES} events, ended: {stalled_ended}",
+        stalled_events.len()
+    );
+    assert_eq!(stalled_events[..], first[..stalled_events.len()]);
+    let metrics = s.curl_admin("/metrics");
+    assert!(
+        metrics.contains("kubehub_hub_cache_watchers_cut_total 1"),
+        "{metrics}"
+    );
+}
+
+/// The edge API server restarts and compacts its history while changes happen: the agent's
+/// watch cannot resume (410), it relists, and a watch through the hub that stayed open sees
+/// the changes as events, none lost or repeated.
+#[test]
+fn edge_restart_with_compaction_resyncs_and_watchers_see_the_difference() {
+    let s = stack(CacheConfig::default());
+    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let watch = watch_lines(
+        &s,
+        &format!(
+            "/clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}"
+        ),
+        true,
+    );
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    // "Restart": watches dropped, requests refused, history compacted, changes meanwhile.
+    s.cluster.set_available(false);
+    s.cluster.disconnect_watchers();
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let name = format!("during-{i}");
+        let obj = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+        s.cluster.create(ty, Some("default"), obj, false).unwrap();
+        made.push(name);
+    }
+    s.cluster.compact_history();
+    std::thread::sleep(Duration::from_millis(300));
+    s.cluster.set_available(true);
+    let got = watch.take(made.len());
+    let names: Vec<&str> = got.iter().map(|(_, _, n)| n.as_str()).collect();
+    assert!(got.iter().all(|(t, _, _)| t == "ADDED"), "{got:?}");
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, made, "every change once");
+    // And reads agree with the edge again.
+    let hub = s.hub_get("/api/v1/namespaces/default/configmaps", &[]);
+    let sim = s.sim_get("/api/v1/namespaces/default/configmaps", &[]);
+    same_answer(&hub, &sim, "after the resync");
+    // Nothing more arrives (no duplicates).
+    assert!(watch.0.recv_timeout(Duration::from_millis(500)).is_err());
+}

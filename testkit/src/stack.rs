@@ -314,6 +314,15 @@ impl Stack {
     /// A raw TLS connection to the hub's user listener (trusting the stack's CA), for tests
     /// that write requests by hand. Call inside `rt.block_on`.
     pub async fn user_connection(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.user_connection_with(None).await
+    }
+
+    /// [`Stack::user_connection`] with a small socket receive buffer (`SO_RCVBUF`), for tests
+    /// of clients that stop reading.
+    pub async fn user_connection_with(
+        &self,
+        recv_buffer: Option<u32>,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(kubehub_pki::parse_certs(&self.ca.cert_pem()).unwrap());
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -323,9 +332,11 @@ impl Stack {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(self.hub.user_addr)
-            .await
-            .unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        let tcp = sock.connect(self.hub.user_addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect("localhost".try_into().unwrap(), tcp)
