@@ -80,7 +80,10 @@ impl Hub {
     /// Drains for shutdown: every tunnel stops taking requests, sends GOAWAY and closes once
     /// its streams are done; new agents are refused. Returns when no tunnel is left or after
     /// `grace`, whichever comes first; the process can then exit.
+    /// A draining hub serves no stale reads: its clusters' agents are moving to other
+    /// replicas, whose caches are current.
     pub fn shutdown(&self, grace: Duration) -> bool {
+        self.caches.set_draining();
         let _ = self.drain.send(true);
         let deadline = std::time::Instant::now() + grace;
         while self.metrics.agents.get() > 0 {

@@ -497,10 +497,7 @@ async fn read_events<R: tokio::io::AsyncRead + Unpin>(
             head_done = true;
         }
         // Chunks: size line, data, CRLF.
-        loop {
-            let Some(i) = raw.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(i) = raw.windows(2).position(|w| w == b"\r\n") {
             let size =
                 usize::from_str_radix(std::str::from_utf8(&raw[..i]).unwrap().trim(), 16).unwrap();
             if raw.len() < i + 2 + size + 2 {

@@ -66,6 +66,7 @@ fn shared_crates_stand_alone() {
         "kubehub-wire",
         "kubehub-kapi",
         "kubehub-pki",
+        "kubehub-cache",
         "kubehub-meta",
     ] {
         assert_free_of(shared, &TOOLING);
@@ -95,6 +96,11 @@ fn wire_has_no_async_runtime_dependency() {
         "mio",
     ];
     assert_free_of("kubehub-wire", &runtimes);
+    // The cache's store runs on whatever threads read it: tokio's sync primitives only.
+    assert_free_of(
+        "kubehub-cache",
+        &["monoio", "async-std", "smol", "glommio", "mio"],
+    );
 }
 
 #[test]

@@ -127,9 +127,7 @@ impl Freshness {
             // or unsolicited): nothing waits on it.
             _ => return None,
         }
-        let Some((_, sent, batch)) = st.in_flight.take() else {
-            return None;
-        };
+        let (_, sent, batch) = st.in_flight.take()?;
         if matches!(outcome, Outcome::Confirmed(_)) {
             st.confirmed_at = Some(st.confirmed_at.map_or(sent, |c| c.max(sent)));
         }

@@ -232,6 +232,8 @@ pub struct Caches {
     clusters: DashMap<String, Arc<ClusterCache>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The hub is shutting down: no stale reads.
+    draining: AtomicBool,
 }
 
 impl Caches {
@@ -242,7 +244,18 @@ impl Caches {
             cfg,
             clusters,
             metrics,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The hub is shutting down.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether reads may be served while a cluster's agent is away.
+    pub fn serves_stale(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.cfg.stale_grace_ms > 0
     }
 
     /// A cluster's caches, if it has any.

@@ -70,9 +70,10 @@ pub async fn serve(
     // Agent away: serve what the cache had for the grace period, marked as such.
     let mut warning = None;
     if !slot.is_synced() {
-        let within_grace = cc
-            .gone_for()
-            .is_some_and(|g| g <= Duration::from_millis(cfg.stale_grace_ms));
+        let within_grace = ctx.caches.serves_stale()
+            && cc
+                .gone_for()
+                .is_some_and(|g| g <= Duration::from_millis(cfg.stale_grace_ms));
         if !within_grace || !slot.cache.snapshot().is_loaded() || plan.read == Read::Watch {
             count("forward", "not_synced");
             return Served::Forward("not_synced");
