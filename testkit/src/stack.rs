@@ -360,6 +360,12 @@ impl Stack {
 
     /// A GET through the hub with extra request headers: (status, response head, body).
     pub fn hub_get(&self, path: &str, headers: &[&str]) -> Reply {
+        let (cmd, url) = self.hub_curl(path);
+        curl_reply(cmd, &url, headers)
+    }
+
+    /// curl set up for the hub (CA, token) and the URL of `path` on the stack's cluster.
+    fn hub_curl(&self, path: &str) -> (Command, String) {
         let url = format!(
             "https://127.0.0.1:{}/clusters/{CLUSTER}{path}",
             self.hub.user_addr.port()
@@ -368,21 +374,14 @@ impl Stack {
         cmd.arg("--cacert")
             .arg(self.dir.path().join("ca.crt"))
             .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
-        curl_reply(cmd, &url, headers)
+        (cmd, url)
     }
 
     /// A request with a JSON body through the hub (`POST`, `PUT`, `PATCH` with its content
     /// type, `DELETE`).
     pub fn hub_send(&self, method: &str, path: &str, content_type: &str, body: &str) -> Reply {
-        let url = format!(
-            "https://127.0.0.1:{}/clusters/{CLUSTER}{path}",
-            self.hub.user_addr.port()
-        );
-        let mut cmd = Command::new("curl");
-        cmd.arg("--cacert")
-            .arg(self.dir.path().join("ca.crt"))
-            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-            .args(["-X", method, "--data-binary", body]);
+        let (mut cmd, url) = self.hub_curl(path);
+        cmd.args(["-X", method, "--data-binary", body]);
         curl_reply(cmd, &url, &[&format!("Content-Type: {content_type}")])
     }
 
