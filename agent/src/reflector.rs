@@ -1419,22 +1419,36 @@ impl Reflector {
         }
     }
 
-    /// Lists, emits an event for each difference from `kept` in version order, and moves the
-    /// version to the list's. Returns the list's version. On error nothing was emitted.
+    /// Lists, sends the hub the differences from `kept`, and moves the version to the list's.
+    /// Returns the list's version. On error nothing was emitted.
+    ///
+    /// Creations and changes go as events, in version order, each at its object's own version
+    /// (one write per version: they never share one). Deletions have no version of their own
+    /// (the list only shows the objects are gone), so they would all share the list's: several
+    /// changes at one version, which a reader could see half applied. So when the list finds
+    /// any deletion, the whole list goes as a snapshot instead (Begin, Items, End at the list's
+    /// version), which the hub applies in one step and records as the difference.
     async fn diff_relist(&mut self) -> Result<u64, ReflectorError> {
         let api = self.api.clone();
         let mut pager = Pager::new(self.cfg.page_size);
         let mut changes: Vec<(u64, EventType, Item)> = Vec::new();
+        let mut listed: Vec<Item> = Vec::new();
         let list_rv = 'attempt: loop {
             self.epoch = self.epoch.wrapping_add(1);
             let epoch = self.epoch;
             changes.clear();
+            listed.clear();
             loop {
                 let page = match pager.next(&api).await? {
                     PageOr::Page(p) => p,
                     PageOr::Restart => continue 'attempt,
                 };
                 for item in page.items {
+                    listed.push(Item {
+                        key: item.key.clone(),
+                        rv: item.rv.clone(),
+                        object: item.object.clone(),
+                    });
                     let kind = match self.kept.get_mut(&item.key) {
                         Some(k) => {
                             k.mark = epoch;
@@ -1462,37 +1476,54 @@ impl Reflector {
             rv: list_rv.clone(),
         })?;
         let epoch = self.epoch;
-        for (key, k) in self.kept.iter().filter(|(_, k)| k.mark != epoch) {
-            changes.push((
-                list_n,
-                EventType::Deleted,
-                Item {
-                    key: key.clone(),
-                    rv: list_rv.clone(),
-                    object: k.object.clone(),
-                },
-            ));
-        }
-        changes.sort_by(|a, b| (a.0, &a.2.key).cmp(&(b.0, &b.2.key)));
-        if !changes.is_empty() {
+        let deleted = self.kept.values().filter(|k| k.mark != epoch).count();
+        if deleted > 0 {
             info!(
-                changes = changes.len(),
-                "the confirming list at {list_rv} found changes the watch had not delivered yet"
+                deleted,
+                changed = changes.len(),
+                "the confirming list at {list_rv} found deletions the watch had not delivered yet: sending it as a snapshot"
             );
-        }
-        for (_, kind, item) in changes {
-            self.emit(SyncOut::Event {
-                kind,
-                resource_version: item.rv.clone(),
-                object: item.object.clone(),
+            self.emit(SyncOut::Begin).await?;
+            let mut batch = Vec::new();
+            let mut size = 0usize;
+            for item in &listed {
+                if !batch.is_empty() && size + item.object.len() > self.cfg.batch_bytes {
+                    self.emit(SyncOut::Items(std::mem::take(&mut batch)))
+                        .await?;
+                    size = 0;
+                }
+                size += item.object.len();
+                batch.push(item.object.clone());
+            }
+            if !batch.is_empty() {
+                self.emit(SyncOut::Items(batch)).await?;
+            }
+            self.emit(SyncOut::End {
+                resource_version: list_rv.clone(),
             })
             .await?;
-            self.m.event(kind);
-            if kind == EventType::Deleted {
-                if let Some(old) = self.kept.remove(&item.key) {
-                    self.kept_bytes -= old.object.len();
-                }
-            } else {
+            self.m.relist("confirming");
+            self.kept.retain(|_, k| k.mark == epoch);
+            self.kept_bytes = self.kept.values().map(|k| k.object.len()).sum();
+            for item in listed {
+                self.keep(item.key, item.rv, item.object);
+            }
+        } else {
+            changes.sort_by(|a, b| (a.0, &a.2.key).cmp(&(b.0, &b.2.key)));
+            if !changes.is_empty() {
+                info!(
+                    changes = changes.len(),
+                    "the confirming list at {list_rv} found changes the watch had not delivered yet"
+                );
+            }
+            for (_, kind, item) in changes {
+                self.emit(SyncOut::Event {
+                    kind,
+                    resource_version: item.rv.clone(),
+                    object: item.object.clone(),
+                })
+                .await?;
+                self.m.event(kind);
                 self.keep(item.key, item.rv, item.object);
             }
         }

@@ -552,6 +552,17 @@ impl TypeCache {
         }
     }
 
+    /// Forgets everything, as before the first snapshot: for a cluster whose versions went
+    /// backwards (its etcd was restored from a backup), where no history can continue. The
+    /// caller ends every watcher first; the next [`TypeCache::replace`] is a first snapshot.
+    pub fn reset(&self) {
+        let _writing = self.lock();
+        let old = self.snapshot();
+        let mut snap = Snapshot::empty();
+        snap.first_seq = old.end_seq() + 1;
+        self.publish(snap);
+    }
+
     /// A full list of the type at version `rv` (the first one, or a relist after the watch
     /// broke). Published at once. After the first, the differences from what the cache held
     /// are recorded as changes at `rv` (ADDED for new keys, MODIFIED where the version
@@ -608,7 +619,7 @@ impl TypeCache {
                         changes.push(Change {
                             rv,
                             kind: ChangeKind::Deleted,
-                            object: Arc::new(deleted_at(gone, rv)),
+                            object: Arc::new(gone.at_version(rv)),
                             prev: Some(gone.clone()),
                         });
                     }
@@ -663,10 +674,11 @@ impl TypeCache {
         Ok(())
     }
 
-    /// One watch event, at the object's resourceVersion, which must be newer than the cache's.
-    /// The recorded kind follows the cache's state: ADDED for a key it holds is recorded as
-    /// MODIFIED, MODIFIED for a key it lacks as ADDED; DELETED for a key it lacks only moves
-    /// the version.
+    /// One watch event, at the object's resourceVersion, which must be newer than the cache's
+    /// (a version names one state: a reader that saw version N must never find N changed
+    /// later). The recorded kind follows the cache's state: ADDED for a key it holds is
+    /// recorded as MODIFIED, MODIFIED for a key it lacks as ADDED; DELETED for a key it lacks
+    /// only moves the version.
     pub fn apply(&self, kind: ChangeKind, obj: Object) -> Result<(), ApplyError> {
         let _writing = self.lock();
         let old = self.snapshot();
@@ -728,27 +740,5 @@ impl TypeCache {
         let mut snap = (*old).clone();
         snap.rv = rv;
         self.publish(snap);
-    }
-}
-
-/// The last state of an object a relist found gone, as its DELETED event carries it: at the
-/// relist's version (as kube-apiserver's deletion events carry the deletion's), so that a
-/// client resuming from the last version it saw does not go back in time. A rare path: the
-/// object is re-encoded.
-fn deleted_at(gone: &Object, rv: u64) -> Object {
-    let json = match serde_json::from_slice::<serde_json::Value>(&gone.json) {
-        Ok(mut v) if v["metadata"].is_object() => {
-            v["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
-            serde_json::to_vec(&v)
-                .map(Into::into)
-                .unwrap_or_else(|_| gone.json.clone())
-        }
-        _ => gone.json.clone(),
-    };
-    Object {
-        json,
-        key: gone.key.clone(),
-        rv,
-        meta: gone.meta.clone(),
     }
 }

@@ -100,6 +100,28 @@ impl Object {
         })
     }
 
+    /// This object as a DELETED event at version `rv` carries it (kube-apiserver's deletion
+    /// events carry the deletion's version, so a client resuming from the last version it saw
+    /// never goes back in time): `metadata.resourceVersion` rewritten. A rare path (relists
+    /// and confirming lists that find an object gone): the object is re-encoded.
+    pub fn at_version(&self, rv: u64) -> Object {
+        let json = match serde_json::from_slice::<serde_json::Value>(&self.json) {
+            Ok(mut v) if v["metadata"].is_object() => {
+                v["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
+                serde_json::to_vec(&v)
+                    .map(Into::into)
+                    .unwrap_or_else(|_| self.json.clone())
+            }
+            _ => self.json.clone(),
+        };
+        Object {
+            json,
+            key: self.key.clone(),
+            rv,
+            meta: self.meta.clone(),
+        }
+    }
+
     /// Heap bytes this object holds beyond its JSON (key and selector view; the key's
     /// allocation is shared with the map's copy of it).
     pub fn heap_overhead(&self) -> usize {

@@ -714,3 +714,27 @@ fn watchers_are_woken_without_a_runtime() {
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow(), 4);
 }
+
+#[test]
+fn reset_starts_over_when_versions_go_backwards() {
+    let cache = TypeCache::new(8);
+    cache.replace(vec![object(0, 1, 0, 5)], 10).unwrap();
+    cache.apply(ChangeKind::Added, object(0, 2, 0, 11)).unwrap();
+    let mut watcher = Cursor::at_end(Filter::default(), &cache.snapshot());
+    // A relist at an older version is refused: a version must never name two states.
+    assert_eq!(
+        cache.replace(vec![object(0, 3, 0, 2)], 3),
+        Err(ApplyError::NotNewer {
+            got: 3,
+            current: 11
+        })
+    );
+    cache.reset();
+    assert!(!cache.snapshot().is_loaded());
+    cache.replace(vec![object(0, 3, 0, 2)], 3).unwrap();
+    let snap = cache.snapshot();
+    assert_eq!((snap.rv(), snap.len()), (3, 1));
+    assert!(snap.get(&ObjKey::new(NAMESPACES[0], "n3")).is_some());
+    // Nobody carries on across the reset as if the history continued.
+    assert!(watcher.pending(&snap).is_err());
+}

@@ -144,9 +144,20 @@ impl Ingest {
                 let s = self.stream(id)?;
                 let objects = s.snapshot.take().ok_or("SNAPSHOT_END without a snapshot")?;
                 let n = objects.len();
+                let version = rv(&end.resource_version)?;
+                let held = s.slot.cache.snapshot();
+                if held.is_loaded() && version < held.rv() {
+                    // The edge's versions went backwards (etcd restored from a backup): no
+                    // history continues across that. Watchers end (clients relist), the cache
+                    // starts over from this snapshot.
+                    warn!(stream = id, resource = %s.slot.info.resource, "the edge's resourceVersion went back from {} to {version}: starting the cache over", held.rv());
+                    s.slot.set_synced(false);
+                    s.slot.cache.reset();
+                }
+                drop(held);
                 s.slot
                     .cache
-                    .replace(objects, rv(&end.resource_version)?)
+                    .replace(objects, version)
                     .map_err(|e| e.to_string())?;
                 s.slot.set_synced(true);
                 info!(stream = id, resource = %s.slot.info.resource, objects = n, rv = %end.resource_version, "snapshot applied");
@@ -167,7 +178,12 @@ impl Ingest {
                     EventType::Modified => ChangeKind::Modified,
                     EventType::Deleted => ChangeKind::Deleted,
                 };
-                let obj = parse(&s.slot, ev.object)?;
+                let mut obj = parse(&s.slot, ev.object)?;
+                // A deletion the agent found by a confirming list carries that list's version
+                // in the frame and the object's last one inside it.
+                if kind == ChangeKind::Deleted && version > obj.rv {
+                    obj = obj.at_version(version);
+                }
                 s.slot.cache.apply(kind, obj).map_err(|e| e.to_string())?;
                 s.events.inc();
                 Ok(Effects::default())
