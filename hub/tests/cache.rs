@@ -165,6 +165,13 @@ fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
         }
     }
     assert_eq!(Value::Array(hub_items), pods["items"]);
+    // A cluster-scoped type inside a namespace: the edge's answer, forwarded.
+    let misplaced = "/api/v1/namespaces/default/nodes";
+    let (hub, edge) = (s.hub_get(misplaced, &[]), s.sim_get(misplaced, &[]));
+    assert_eq!(
+        (hub.status, hub.header("x-kubehub-cache")),
+        (edge.status, None)
+    );
     // Forwarded, not cached: a subresource, an exact version.
     let log = s.hub_get(
         &format!("/api/v1/namespaces/{ns}/pods/{name}/log?tailLines=1"),
@@ -524,6 +531,50 @@ async fn read_events<R: tokio::io::AsyncRead + Unpin>(
     (events, ended)
 }
 
+/// A thousand watchers of one type, on raw TLS connections: every one gets the same events
+/// in the same order.
+#[test]
+fn a_thousand_watchers_see_the_same_sequence() {
+    use tokio::io::AsyncWriteExt;
+    const WATCHERS: usize = 1000;
+    const CHANGES: usize = 20;
+    let s = stack(CacheConfig::default());
+    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request = format!(
+        "GET /clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let results = s.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..WATCHERS {
+            let mut c = s.user_connection().await;
+            c.write_all(request.as_bytes()).await.unwrap();
+            tasks.push(tokio::spawn(
+                async move { read_events(&mut c, CHANGES).await.0 },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let hub = &s;
+        tokio::task::block_in_place(|| {
+            for i in 0..CHANGES {
+                create_configmap(hub, &format!("k-{i}"));
+            }
+        });
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results
+    });
+    let first = &results[0];
+    assert_eq!(first.len(), CHANGES);
+    for r in &results {
+        assert_eq!(r, first, "watchers saw different sequences");
+    }
+}
+
 /// Many watchers of one type get the same events in the same order; one that stops reading
 /// falls behind the history window and is cut off, without holding the others back.
 #[test]
@@ -702,4 +753,98 @@ fn a_lagging_watch_is_caught_up_by_a_diffed_list_before_a_consistent_read() {
     s.wait_synced("", "configmaps", Duration::from_millis(10));
     let again = s.hub_get("/api/v1/namespaces/default/configmaps", &[]);
     same_answer(&again, &direct, "after the late events");
+}
+
+/// client-go's streaming list: the initial objects as ADDED events, then a bookmark marked
+/// `k8s.io/initial-events-end`, the same through the hub as from the edge.
+#[test]
+fn watch_list_sends_initial_events_then_the_end_bookmark() {
+    let s = stack(CacheConfig::default());
+    let q = "/api/v1/namespaces/kube-system/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
+    let lines = |r: Reply| -> Vec<Value> {
+        r.body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    };
+    let hub = lines(s.hub_get(q, &[]));
+    let edge = lines(s.sim_get(q, &[]));
+    let summary = |v: &[Value]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(summary(&hub), summary(&edge));
+    let end = hub.last().unwrap();
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert!(hub.len() > 1, "initial events: {hub:?}");
+}
+
+/// A watch ended by the agent leaving resumes, once it is back, from the last version its
+/// client saw: the changes made meanwhile arrive once each.
+#[test]
+fn watches_resume_after_the_agent_returns() {
+    let mut s = stack(CacheConfig::default());
+    let rv = s
+        .hub_get("/api/v1/namespaces/default/configmaps", &[])
+        .json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = |rv: &str| {
+        format!(
+            "/clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}"
+        )
+    };
+    let w = watch_lines(&s, &path(&rv), true);
+    create_configmap(&s, "before-0");
+    let seen = w.take(1);
+    s.stop_agent();
+    s.wait_connected(false, Duration::from_secs(10));
+    // The watch ends (its client would re-watch).
+    assert!(w.0.recv_timeout(Duration::from_secs(10)).is_err());
+    let post = |name: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+            ])
+            .arg(format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#
+            ))
+            .arg(format!(
+                "http://{}/api/v1/namespaces/default/configmaps",
+                s.sim_addr
+            ))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
+    };
+    post("away-0");
+    post("away-1");
+    s.start_agent();
+    s.wait_connected(true, Duration::from_secs(10));
+    s.wait_synced("", "configmaps", SYNC);
+    let resumed = watch_lines(&s, &path(&seen[0].1), true);
+    let got = resumed.take(2);
+    let names: Vec<&str> = got.iter().map(|(_, _, n)| n.as_str()).collect();
+    assert_eq!(names, ["away-0", "away-1"], "{got:?}");
+    assert!(resumed.0.recv_timeout(Duration::from_millis(500)).is_err());
 }

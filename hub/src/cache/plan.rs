@@ -63,6 +63,8 @@ pub enum Forward {
     Options,
     /// `resourceVersionMatch=Exact` (or a legacy exact list): the edge has that version.
     ExactVersion,
+    /// A cluster-scoped type asked for inside a namespace.
+    Scope,
 }
 
 impl Forward {
@@ -74,6 +76,7 @@ impl Forward {
             Forward::Representation => "representation",
             Forward::Options => "options",
             Forward::ExactVersion => "exact_version",
+            Forward::Scope => "scope",
         }
     }
 }

@@ -56,7 +56,16 @@ pub fn cached(
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(b"accept"))
         .and_then(|(_, v)| std::str::from_utf8(v).ok());
-    match plan::plan(info, query, accept) {
+    // A cluster-scoped type under a namespace (`/namespaces/x/nodes`) is the edge's to refuse
+    // (the namespaces type carries its own name as the namespace).
+    let misplaced =
+        !slot.info.namespaced && !info.namespace.is_empty() && info.resource != "namespaces";
+    let planned = if misplaced {
+        Err(plan::Forward::Scope)
+    } else {
+        plan::plan(info, query, accept)
+    };
+    match planned {
         Ok(p) => Cached::Read(cc, slot, Box::new(p)),
         Err(reason) => {
             caches
