@@ -106,5 +106,11 @@ pub async fn discover(upstream: &UpstreamClient) -> Result<Discovery, DiscoveryE
         let doc = get_json(upstream, &path).await?;
         resources.extend(parse_api_resource_list(&doc).map_err(document(&path))?);
     }
+    // What this agent can list-watch for the hub's cache (the hub picks from these).
+    let list_watch =
+        kubehub_wire::Verbs(kubehub_wire::Verbs::LIST.0 | kubehub_wire::Verbs::WATCH.0);
+    for t in &mut resources {
+        t.cached = !t.resource.contains('/') && t.verbs.contains(list_watch);
+    }
     Ok(Discovery { resources })
 }

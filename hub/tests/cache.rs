@@ -184,6 +184,25 @@ fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
         "{metrics}"
     );
     assert!(metrics.contains("outcome=\"hit\""), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "kubehub_hub_cache_objects{{resource=\"v1/pods\"}} {}",
+            pods["items"].as_array().unwrap().len()
+        )),
+        "{metrics}"
+    );
+    // What SREs see per cluster and type on the admin listener.
+    let admin = s.curl_admin("/clusters");
+    let body: Value = serde_json::from_str(admin.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let types = body["clusters"][0]["cache"]["types"].as_array().unwrap();
+    let pods_slot = types.iter().find(|t| t["type"] == "v1/pods").unwrap();
+    assert_eq!(pods_slot["synced"], true);
+    assert_eq!(
+        pods_slot["objects"],
+        pods["items"].as_array().unwrap().len()
+    );
+    assert!(pods_slot["bytes"].as_u64().unwrap() > 0);
+    assert!(pods_slot["confirmedMsAgo"].is_u64(), "{pods_slot}");
 }
 
 /// A watch through the hub and a watch on the simulator, from the same version, see the same

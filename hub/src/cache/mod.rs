@@ -293,7 +293,7 @@ impl Caches {
     }
 
     /// The types to cache for a cluster: those configured for its labels that its agent
-    /// reported with list and watch (subresources never).
+    /// reported it can sync (DISCOVERY's `cached` flag: list and watch, no subresource).
     pub fn wanted(
         &self,
         labels: &[(String, String)],
@@ -305,12 +305,7 @@ impl Caches {
         let names = self.cfg.types_for(labels);
         reported
             .iter()
-            .filter(|t| {
-                !t.resource.contains('/')
-                    && t.verbs.contains(kubehub_wire::Verbs(
-                        kubehub_wire::Verbs::LIST.0 | kubehub_wire::Verbs::WATCH.0,
-                    ))
-            })
+            .filter(|t| t.cached)
             .filter(|t| {
                 names.iter().any(|n| {
                     n.group == t.group && n.version == t.version && n.resource == t.resource
