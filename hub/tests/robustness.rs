@@ -473,3 +473,111 @@ fn a_request_body_that_stops_arriving_gets_408_and_frees_the_stream() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An agent whose sync stream carries content the cache cannot take (here an object whose
+/// resourceVersion is not an integer): the hub resets that stream with PROTOCOL_ERROR, keeps
+/// the tunnel, serves nothing of the type from the cache, and forwards its reads.
+#[test]
+fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
+    use bytes::Bytes;
+    use kubehub_wire::{
+        Capabilities, Discovery, Hello, ResourceKey, Settings, SnapshotBegin, SnapshotEnd,
+        SnapshotItems,
+    };
+    let s = stack();
+    let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
+    let tls = agent::client_tls(&s.ca.cert_pem(), &cert).unwrap();
+    let addr = s.hub.agent_addr;
+    let pods = kubehub_kapi::resources::builtin()
+        .iter()
+        .find(|t| t.group.is_empty() && t.resource == "pods")
+        .unwrap()
+        .clone();
+    let key = ResourceKey {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "pods".into(),
+    };
+    let mut a = s.rt.block_on(async {
+        let mut a = ScriptedAgent::connect(addr, tls).await.unwrap();
+        a.send_frames(&[Frame::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            capabilities: Capabilities::CACHE_SYNC,
+            settings: Settings::default(),
+            agent_id: "scripted".into(),
+            cluster_id: "edge-silent".into(),
+            software: "test".into(),
+            labels: Vec::new(),
+        })])
+        .await
+        .unwrap();
+        assert!(matches!(
+            a.next_frame(Duration::from_secs(10)).await,
+            Some(Frame::HelloAck(_))
+        ));
+        a.send_frames(&[Frame::Discovery(Discovery {
+            resources: vec![pods],
+        })])
+        .await
+        .unwrap();
+        // The hub asks for the type it caches.
+        match a.next_frame(Duration::from_secs(10)).await {
+            Some(Frame::SyncRequest(r)) => assert_eq!(r.resources, vec![key.clone()]),
+            other => panic!("expected SYNC_REQUEST, got {other:?}"),
+        }
+        let bad = br#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"default","resourceVersion":"not-a-number"}}"#;
+        a.send_frames(&[
+            Frame::SnapshotBegin(SnapshotBegin {
+                stream_id: 1,
+                resource: key.clone(),
+            }),
+            Frame::SnapshotItems(SnapshotItems {
+                stream_id: 1,
+                items: vec![Bytes::from_static(bad)],
+            }),
+            Frame::SnapshotEnd(SnapshotEnd {
+                stream_id: 1,
+                resource_version: "5".into(),
+            }),
+        ])
+        .await
+        .unwrap();
+        loop {
+            match a.next_frame(Duration::from_secs(10)).await {
+                Some(Frame::Reset(r)) => {
+                    assert_eq!((r.stream_id, r.code), (1, ErrorCode::PROTOCOL));
+                    break;
+                }
+                Some(Frame::WindowUpdate(_)) | Some(Frame::Ping(_)) => {}
+                other => panic!("expected RESET of the sync stream, got {other:?}"),
+            }
+        }
+        a
+    });
+    // A read of the type goes through the tunnel: the scripted agent receives it.
+    let hub_port = s.hub.user_addr.port();
+    let ca = s.path().join("ca.crt");
+    let reader = std::thread::spawn(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(ca)
+            .args(["-H", "Authorization: Bearer alice-token"])
+            .arg(format!(
+                "https://127.0.0.1:{hub_port}/clusters/edge-silent/api/v1/pods?resourceVersion=0"
+            ))
+            .output()
+            .unwrap()
+    });
+    let forwarded = s.rt.block_on(async {
+        loop {
+            match a.next_frame(Duration::from_secs(10)).await {
+                Some(Frame::Request(r)) => return r.path,
+                Some(_) => {}
+                None => panic!("the read never reached the agent"),
+            }
+        }
+    });
+    assert!(forwarded.starts_with(b"/api/v1/pods"), "{forwarded:?}");
+    let _ = reader.join();
+}
