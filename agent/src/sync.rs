@@ -140,7 +140,7 @@ impl Syncs {
         let Some(key) = self.streams.get(&id).cloned() else {
             return;
         };
-        warn!(stream = id, resource = %label(&key), "the hub ended the sync stream; restarting in {:?}", env.restart_after);
+        warn!(stream = id, resource = %label(&key), "the sync stream ended; restarting the type in {:?}", env.restart_after);
         self.stop(&key);
         let shared = shared.clone();
         let env = env.clone();
@@ -178,7 +178,9 @@ fn label(k: &ResourceKey) -> String {
 }
 
 /// Moves a reflector's output into the engine, one frame at a time while the stream can take
-/// it.
+/// it. A freshness answer that comes while a snapshot is open (the reflector relists) waits
+/// for the snapshot's end: the protocol allows PROGRESS only between snapshots, and the hub
+/// can only use it once the snapshot is applied.
 async fn pump(
     key: ResourceKey,
     mut rx: mpsc::Receiver<SyncOut>,
@@ -186,12 +188,15 @@ async fn pump(
     _env: SyncEnv,
 ) {
     let mut stream: Option<StreamId> = None;
+    let mut in_snapshot = false;
+    let mut held: Vec<(u32, String)> = Vec::new();
     while let Some(out) = rx.recv().await {
         let id = match (stream, &out) {
             (None, SyncOut::Begin) => match shared.open_sync(&key).await {
                 Some(id) => {
                     info!(stream = id, "sync stream open");
                     stream = Some(id);
+                    in_snapshot = true;
                     continue;
                 }
                 None => return,
@@ -202,27 +207,58 @@ async fn pump(
             }
             (Some(id), _) => id,
         };
-        if !shared.wait_writable(id).await {
-            return;
-        }
-        let sent = shared.with_conn(|c| match out {
-            SyncOut::Begin => c.send_snapshot_begin(id),
-            SyncOut::Items(items) => c.send_snapshot_items(id, items),
-            SyncOut::End { resource_version } => c.send_snapshot_end(id, resource_version),
-            SyncOut::Event {
-                kind,
-                resource_version,
-                object,
-            } => c.send_watch_event(id, kind, resource_version, object),
+        let mut frames = vec![out];
+        match &frames[0] {
+            SyncOut::Begin => in_snapshot = true,
+            SyncOut::End { .. } => {
+                in_snapshot = false;
+                frames.extend(
+                    held.drain(..)
+                        .map(|(seq, resource_version)| SyncOut::Progress {
+                            seq,
+                            resource_version,
+                        }),
+                );
+            }
             SyncOut::Progress {
                 seq,
                 resource_version,
-            } => c.send_progress(id, seq, &resource_version),
-        });
-        if let Err(e) = sent {
-            warn!(stream = id, "sync frame not sent: {e}");
-            shared.with_conn(|c| c.reset(id, kubehub_wire::ErrorCode::INTERNAL));
-            return;
+            } if in_snapshot => {
+                // The hub has at most two requests per type outstanding and gives up on older
+                // ones: a few held answers suffice, however long the relist fails.
+                if held.len() >= 4 {
+                    held.remove(0);
+                }
+                held.push((*seq, resource_version.clone()));
+                continue;
+            }
+            _ => {}
+        }
+        for out in frames {
+            if !shared.wait_writable(id).await {
+                return;
+            }
+            let sent = shared.with_conn(|c| match out {
+                SyncOut::Begin => c.send_snapshot_begin(id),
+                SyncOut::Items(items) => c.send_snapshot_items(id, items),
+                SyncOut::End { resource_version } => c.send_snapshot_end(id, resource_version),
+                SyncOut::Event {
+                    kind,
+                    resource_version,
+                    object,
+                } => c.send_watch_event(id, kind, resource_version, object),
+                SyncOut::Progress {
+                    seq,
+                    resource_version,
+                } => c.send_progress(id, seq, &resource_version),
+            });
+            if let Err(e) = sent {
+                warn!(stream = id, "sync frame not sent: {e}");
+                shared.with_conn(|c| c.reset(id, kubehub_wire::ErrorCode::INTERNAL));
+                // Our own reset raises no event: stop the type here and start it over.
+                shared.sync_failed(id);
+                return;
+            }
         }
     }
 }

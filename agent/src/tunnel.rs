@@ -142,6 +142,12 @@ impl Shared {
         }
     }
 
+    /// The pump of stream `id` failed (and reset it): stop its type, restart it later.
+    pub(crate) fn sync_failed(self: &Arc<Self>, id: StreamId) {
+        let mut st = self.lock();
+        st.syncs.stream_reset(id, self, &self.sync_env);
+    }
+
     /// Starts the sync of `key` again, if still wanted (after the hub reset its stream).
     pub(crate) fn restart_sync(self: &Arc<Self>, key: ResourceKey, env: &SyncEnv) {
         let mut st = self.lock();

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use imbl::{OrdMap, Vector};
 use kubehub_kapi::query::Version;
 use kubehub_kapi::Status;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::key::ObjKey;
 use crate::list::{list_position, paginate, ListPage, ListRequest};
-use crate::object::Object;
+use crate::object::{with_resource_version, Object};
 use crate::select::Filter;
 use crate::watch::{ChangeKind, WatchLine};
 
@@ -55,7 +56,20 @@ impl Change {
     /// a selector translated it to): the object's stored bytes in static framing, shared by
     /// every watcher, never copied.
     pub fn line(&self, kind: ChangeKind) -> WatchLine {
-        WatchLine::new(kind, self.object.json.clone())
+        WatchLine::new(kind, self.event_object(kind))
+    }
+
+    /// The object an event of `kind` carries: the object after the change, except for a
+    /// change that made it stop matching a selector (recorded MODIFIED, seen as DELETED):
+    /// that carries the previous state, at this change's version, as kube-apiserver's watch
+    /// cache sends it. (That rare case re-encodes the object.)
+    pub fn event_object(&self, kind: ChangeKind) -> Bytes {
+        match (&self.prev, self.kind, kind) {
+            (Some(prev), ChangeKind::Modified, ChangeKind::Deleted) => {
+                with_resource_version(&prev.json, self.rv)
+            }
+            _ => self.object.json.clone(),
+        }
     }
 }
 

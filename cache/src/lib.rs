@@ -100,7 +100,7 @@ pub use list::{
     concat, decode_continue, encode_continue, list_body, list_position, paginate, ListPage,
     ListRequest, Listed,
 };
-pub use object::{Object, ParseError};
+pub use object::{with_resource_version, Object, ParseError};
 pub use render::{render_event, render_list, render_object, Render};
 pub use select::{base_resource, Filter, Meta};
 pub use watch::{bookmark_line, bookmark_object, error_line, ChangeKind, WatchLine};

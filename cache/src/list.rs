@@ -52,7 +52,7 @@ impl ListPage {
 }
 
 /// kube-apiserver's message for a continue token whose version has left the history.
-const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+pub const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 /// `base64(json)` continue tokens, shaped like kube-apiserver's: the version the list is
 /// consistent at and the last key returned.
@@ -156,9 +156,12 @@ pub fn paginate<'a, T: Listed + 'a>(
             remaining += 1;
         }
     }
+    // kube-apiserver counts the rest only for lists without selectors (with one, counting
+    // would mean evaluating it over everything left).
+    let selects = !filter.labels.is_empty() || !filter.fields.is_empty();
     let (continue_token, remaining) = match (remaining, last) {
         (0, _) | (_, None) => (None, None),
-        (n, Some(k)) => (Some(encode_continue(rv, k)), Some(n)),
+        (n, Some(k)) => (Some(encode_continue(rv, k)), (!selects).then_some(n)),
     };
     ListPage {
         items,

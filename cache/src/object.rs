@@ -105,17 +105,8 @@ impl Object {
     /// never goes back in time): `metadata.resourceVersion` rewritten. A rare path (relists
     /// and confirming lists that find an object gone): the object is re-encoded.
     pub fn at_version(&self, rv: u64) -> Object {
-        let json = match serde_json::from_slice::<serde_json::Value>(&self.json) {
-            Ok(mut v) if v["metadata"].is_object() => {
-                v["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
-                serde_json::to_vec(&v)
-                    .map(Into::into)
-                    .unwrap_or_else(|_| self.json.clone())
-            }
-            _ => self.json.clone(),
-        };
         Object {
-            json,
+            json: with_resource_version(&self.json, rv),
             key: self.key.clone(),
             rv,
             meta: self.meta.clone(),
@@ -227,6 +218,22 @@ impl<'de> Visitor<'de> for Pick<'_> {
     }
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
         Ok(Value::Null)
+    }
+}
+
+/// `json` (an object) with `metadata.resourceVersion` set to `rv`, re-encoded; unchanged if it
+/// is not an object with metadata. For the rare events whose object must carry another
+/// version than its own: deletions found by a relist, and the previous state that a
+/// selector's DELETED carries (kube-apiserver sends it at the event's version).
+pub fn with_resource_version(json: &Bytes, rv: u64) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(mut v) if v["metadata"].is_object() => {
+            v["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
+            serde_json::to_vec(&v)
+                .map(Into::into)
+                .unwrap_or_else(|_| json.clone())
+        }
+        _ => json.clone(),
     }
 }
 

@@ -407,6 +407,7 @@ impl Tunnel {
             .session()
             .capabilities()
             .contains(Capabilities::CACHE_SYNC)
+            || !st.ingest.is_current()
         {
             return;
         }

@@ -165,6 +165,17 @@ fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
         }
     }
     assert_eq!(Value::Array(hub_items), pods["items"]);
+    assert!(
+        token.starts_with("kubehub."),
+        "the hub's tokens are its own: {token}"
+    );
+    // A list the edge began (its first page forwarded) is continued by the edge.
+    let first = s.sim_get("/api/v1/pods?limit=4", &[]).json();
+    let edge_token = first["metadata"]["continue"].as_str().unwrap();
+    let q = format!("/api/v1/pods?limit=4&continue={edge_token}");
+    let (hub, edge) = (s.hub_get(&q, &[]), s.sim_get(&q, &[]));
+    assert_eq!(hub.header("x-kubehub-cache"), None, "forwarded");
+    same_answer(&hub, &edge, "a page of the edge's list");
     // A cluster-scoped type inside a namespace: the edge's answer, forwarded.
     let misplaced = "/api/v1/namespaces/default/nodes";
     let (hub, edge) = (s.hub_get(misplaced, &[]), s.sim_get(misplaced, &[]));
@@ -218,14 +229,25 @@ fn watches_through_the_hub_see_the_edges_events() {
     let path = format!("/api/v1/configmaps?watch=1&resourceVersion={rv}");
     let hub = watch_lines(&s, &format!("/clusters/{CLUSTER}{path}"), true);
     let sim = watch_lines(&s, &path, false);
+    // Watchers with a label selector see objects enter (ADDED) and leave (DELETED carrying
+    // the object as it was, at the event's version) as kube-apiserver's watch cache sends.
+    let selected = format!("{path}&labelSelector=x%3Dy");
+    let hub_sel = watch_lines(&s, &format!("/clusters/{CLUSTER}{selected}"), true);
+    let sim_sel = watch_lines(&s, &selected, false);
+    let label = |s: &common::Stack, path: &str, x: &str| {
+        let p = format!(r#"{{"metadata":{{"labels":{{"x":"{x}"}}}}}}"#);
+        let r = s.hub_send("PATCH", path, "application/merge-patch+json", &p);
+        assert_eq!(r.status, 200);
+    };
     for i in 0..30 {
         let name = format!("w-{i}");
         create_configmap(&s, &name);
         let path = format!("/api/v1/namespaces/default/configmaps/{name}");
         if i % 3 == 0 {
-            let p = r#"{"metadata":{"labels":{"x":"y"}}}"#;
-            let r = s.hub_send("PATCH", &path, "application/merge-patch+json", p);
-            assert_eq!(r.status, 200);
+            label(&s, &path, "y");
+        }
+        if i % 6 == 0 {
+            label(&s, &path, "z");
         }
         if i % 5 == 0 {
             assert_eq!(
@@ -234,10 +256,18 @@ fn watches_through_the_hub_see_the_edges_events() {
             );
         }
     }
-    let want = 30 + 10 + 6;
+    let want = 30 + 10 + 5 + 6;
     let h = hub.take(want);
     let e = sim.take(want);
     assert_eq!(h, e, "the hub's watch and the edge's differ");
+    let hs = hub_sel.take(16);
+    assert_eq!(hs, sim_sel.take(16), "the selector watches differ");
+    let left: Vec<_> = hs.iter().filter(|(t, _, _)| t == "DELETED").collect();
+    assert_eq!(left.len(), 6, "{hs:?}");
+    assert!(
+        left.iter().all(|(_, _, n)| n.ends_with("#x=y")),
+        "a DELETED for leaving the selector carries the object as it was: {left:?}"
+    );
     // Resuming from a version inside the history gives the rest; outside it, 410.
     let mid = &h[want / 2];
     let resumed = watch_lines(
@@ -324,10 +354,14 @@ fn watch_lines(s: &common::Stack, path: &str, via_hub: bool) -> Lines {
                 return;
             };
             let m = &v["object"]["metadata"];
+            let mut name = m["name"].as_str().unwrap_or("").to_owned();
+            if let Some(x) = m["labels"]["x"].as_str() {
+                name = format!("{name}#x={x}");
+            }
             let ev = (
                 v["type"].as_str().unwrap_or("").to_owned(),
                 m["resourceVersion"].as_str().unwrap_or("").to_owned(),
-                m["name"].as_str().unwrap_or("").to_owned(),
+                name,
             );
             if tx.send(ev).is_err() {
                 return;
@@ -454,6 +488,10 @@ fn agent_gone_stale_then_unavailable_then_resynced() {
         stale_grace_ms: 2_000,
         ..CacheConfig::default()
     });
+    let token = s.hub_get("/api/v1/pods?limit=2", &[]).json()["metadata"]["continue"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     s.stop_agent();
     s.wait_connected(false, Duration::from_secs(10));
     let stale = s.hub_get("/api/v1/pods", &[]);
@@ -468,24 +506,18 @@ fn agent_gone_stale_then_unavailable_then_resynced() {
     std::thread::sleep(Duration::from_millis(2_500));
     let gone = s.hub_get("/api/v1/pods", &[]);
     assert_eq!(gone.status, 503, "{}", String::from_utf8_lossy(&gone.body));
+    // A list the hub began cannot be continued by the edge: 410 Expired, as kube-apiserver
+    // answers an expired token (client-go's pager then lists again).
+    let expired = s.hub_get(&format!("/api/v1/pods?limit=2&continue={token}"), &[]);
+    assert_eq!(
+        expired.status,
+        410,
+        "{}",
+        String::from_utf8_lossy(&expired.body)
+    );
+    assert_eq!(expired.json()["reason"], "Expired");
     // Changed while the agent was away: seen once it is back.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-        ])
-        .arg(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"while-away"}}"#)
-        .arg(format!(
-            "http://{}/api/v1/namespaces/default/configmaps",
-            s.sim_addr
-        ))
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("while-away"));
+    create_configmap_at_edge(&s, "while-away");
     s.start_agent();
     s.wait_connected(true, Duration::from_secs(10));
     s.wait_synced("", "configmaps", SYNC);
@@ -772,6 +804,47 @@ fn a_lagging_watch_is_caught_up_by_a_diffed_list_before_a_consistent_read() {
     s.wait_synced("", "configmaps", Duration::from_millis(10));
     let again = s.hub_get("/api/v1/namespaces/default/configmaps", &[]);
     same_answer(&again, &direct, "after the late events");
+    // A watch from a version the lagging cache has not reached yet (the client listed at
+    // the edge) never replays changes at or below that version.
+    create_configmap_at_edge(&s, "lag-3");
+    let n: u64 = s
+        .sim_get("/api/v1/namespaces/default/configmaps", &[])
+        .json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let w = watch_lines(
+        &s,
+        &format!("/clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={n}&timeoutSeconds=8"),
+        true,
+    );
+    create_configmap_at_edge(&s, "lag-4");
+    let got = w.take(1);
+    assert_eq!(got[0].2, "lag-4", "{got:?}");
+    assert!(got[0].1.parse::<u64>().unwrap() > n);
+}
+
+fn create_configmap_at_edge(s: &common::Stack, name: &str) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#
+        ))
+        .arg(format!(
+            "http://{}/api/v1/namespaces/default/configmaps",
+            s.sim_addr
+        ))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(name));
 }
 
 /// client-go's streaming list: the initial objects as ADDED events, then a bookmark marked
@@ -835,29 +908,8 @@ fn watches_resume_after_the_agent_returns() {
     s.wait_connected(false, Duration::from_secs(10));
     // The watch ends (its client would re-watch).
     assert!(w.0.recv_timeout(Duration::from_secs(10)).is_err());
-    let post = |name: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-            ])
-            .arg(format!(
-                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#
-            ))
-            .arg(format!(
-                "http://{}/api/v1/namespaces/default/configmaps",
-                s.sim_addr
-            ))
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
-    };
-    post("away-0");
-    post("away-1");
+    create_configmap_at_edge(&s, "away-0");
+    create_configmap_at_edge(&s, "away-1");
     s.start_agent();
     s.wait_connected(true, Duration::from_secs(10));
     s.wait_synced("", "configmaps", SYNC);

@@ -400,7 +400,8 @@ fn watch(
                         }
                         seen_rv = ev.rv;
                         if let Some(kind) = ev.visible_to(&filter) {
-                            let line = render_event(t, render, kind.into(), &ev.object, SystemTime::now());
+                            let object = ev.event_object(kind);
+                            let line = render_event(t, render, kind.into(), &object, SystemTime::now());
                             if tx.send(line.to_bytes()).await.is_err() {
                                 return;
                             }

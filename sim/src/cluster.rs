@@ -759,7 +759,7 @@ impl Cluster {
                     if let Some(kind) = ev.visible_to(filter) {
                         initial.push(WatchItem {
                             kind: kind.into(),
-                            object: ev.object.clone(),
+                            object: ev.event_object(kind),
                         });
                     }
                 }

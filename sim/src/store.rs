@@ -59,6 +59,18 @@ impl Event {
             self.prev.as_ref().map(|(_, m)| m),
         )
     }
+
+    /// The object an event of `kind` carries: the object after the change, except when a
+    /// change makes it stop matching a selector (MODIFIED seen as DELETED): then its previous
+    /// state at this event's version, as kube-apiserver's watch cache sends it.
+    pub fn event_object(&self, kind: ChangeKind) -> Bytes {
+        match (&self.prev, self.kind, kind) {
+            (Some((prev, _)), ChangeKind::Modified, ChangeKind::Deleted) => {
+                kubehub_cache::with_resource_version(prev, self.rv)
+            }
+            _ => self.object.clone(),
+        }
+    }
 }
 
 impl Listed for Stored {

@@ -95,9 +95,31 @@ impl Freshness {
         st.next_seq
     }
 
-    /// A read that needs confirmation joins the next one.
-    pub fn join(&self, now: Instant) -> Joined {
+    /// A read that needs confirmation joins the next one. A request in flight for longer
+    /// than `give_up` is taken as lost (its stream ended unseen, or the agent never
+    /// answered): its readers are told and a new one starts.
+    pub fn join(&self, now: Instant, give_up: std::time::Duration) -> Joined {
         let mut st = self.lock();
+        if st
+            .in_flight
+            .as_ref()
+            .is_some_and(|(_, sent, _)| now.saturating_duration_since(*sent) > give_up)
+        {
+            if let Some((_, _, b)) = st.in_flight.take() {
+                b.resolve(Outcome::Unconfirmed);
+            }
+        }
+        if st.in_flight.is_none() {
+            if let Some(b) = st.pending.take() {
+                // Its request was never sent (the one before it was lost): this read sends it.
+                let seq = Self::take_seq(&mut st);
+                st.in_flight = Some((seq, now, b.clone()));
+                return Joined {
+                    batch: b,
+                    send: Some(seq),
+                };
+            }
+        }
         if let Some(b) = &st.pending {
             return Joined {
                 batch: b.clone(),
@@ -192,6 +214,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const GIVE_UP: Duration = Duration::from_secs(3);
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -203,11 +227,11 @@ mod tests {
     fn one_request_in_flight_and_later_reads_wait_for_the_next() {
         let f = Freshness::default();
         let t0 = Instant::now();
-        let a = f.join(t0);
+        let a = f.join(t0, GIVE_UP);
         let seq1 = a.send.expect("the first read sends");
         // Arrived after the request went out: must not share its answer.
-        let b = f.join(t0);
-        let c = f.join(t0);
+        let b = f.join(t0, GIVE_UP);
+        let c = f.join(t0, GIVE_UP);
         assert!(b.send.is_none() && c.send.is_none());
         assert!(Arc::ptr_eq(&b.batch, &c.batch));
         assert!(!Arc::ptr_eq(&a.batch, &b.batch));
@@ -225,16 +249,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_request_is_given_up_and_the_next_read_starts_over() {
+        let f = Freshness::default();
+        let t0 = Instant::now();
+        let a = f.join(t0, GIVE_UP);
+        assert!(a.send.is_some());
+        let b = f.join(t0, GIVE_UP);
+        assert!(b.send.is_none(), "waits for the next request");
+        // Nobody ever answers a: past the give-up time the next read sends afresh.
+        let later = t0 + GIVE_UP * 2;
+        let c = f.join(later, GIVE_UP);
+        assert_eq!(block_on(a.batch.outcome()), Outcome::Unconfirmed);
+        assert!(c.send.is_some(), "the waiting batch's request goes out");
+        assert!(Arc::ptr_eq(&b.batch, &c.batch));
+    }
+
+    #[test]
     fn failures_release_every_waiter() {
         let f = Freshness::default();
         let t0 = Instant::now();
-        let a = f.join(t0);
-        let b = f.join(t0);
+        let a = f.join(t0, GIVE_UP);
+        let b = f.join(t0, GIVE_UP);
         f.fail_all();
         assert_eq!(block_on(a.batch.outcome()), Outcome::Unconfirmed);
         assert_eq!(block_on(b.batch.outcome()), Outcome::Unconfirmed);
         // And the next read starts afresh.
-        assert!(f.join(t0).send.is_some());
+        assert!(f.join(t0, GIVE_UP).send.is_some());
     }
 
     #[test]
@@ -243,7 +283,7 @@ mod tests {
         let t0 = Instant::now();
         let max = Duration::from_secs(1);
         assert!(!f.recently_confirmed(t0, max));
-        let a = f.join(t0);
+        let a = f.join(t0, GIVE_UP);
         f.answered(a.send.unwrap_or(0), Outcome::Confirmed(5), t0);
         assert!(f.recently_confirmed(t0 + Duration::from_millis(10), max));
         assert!(!f.recently_confirmed(t0 + Duration::from_secs(2), max));
@@ -252,12 +292,12 @@ mod tests {
         assert!(!f.recently_confirmed(t0 + Duration::from_millis(10), max));
         // A confirmation requested after the write counts again.
         let t1 = t0 + Duration::from_millis(20);
-        let b = f.join(t1);
+        let b = f.join(t1, GIVE_UP);
         f.answered(b.send.unwrap_or(0), Outcome::Confirmed(9), t1);
         assert!(f.recently_confirmed(t1, max));
         assert!(!f.written_since_confirmed());
         // An unconfirmed answer confirms nothing.
-        let c = f.join(t1 + max * 3);
+        let c = f.join(t1 + max * 3, GIVE_UP);
         f.answered(c.send.unwrap_or(0), Outcome::Unconfirmed, t1 + max * 3);
         assert!(!f.recently_confirmed(t1 + max * 3, max));
     }

@@ -85,6 +85,15 @@ impl Ingest {
 
     /// Applies one frame of sync stream `id`.
     pub fn frame(&mut self, id: StreamId, frame: Frame, now: Instant) -> Effects {
+        // A tunnel the cluster's agent has replaced (it reconnected before this one timed
+        // out) writes nothing more into the caches its successor feeds.
+        if !self.cluster.is_current(self.generation) {
+            self.streams.remove(&id);
+            return Effects {
+                reset: Some(ErrorCode::CANCEL),
+                request_progress: None,
+            };
+        }
         match self.apply(id, frame, now) {
             Ok(effects) => effects,
             Err(why) => {
@@ -220,8 +229,16 @@ impl Ingest {
     pub fn ended(&mut self, id: StreamId) {
         if let Some(s) = self.streams.remove(&id) {
             debug!(stream = id, resource = %s.slot.info.resource, "sync stream ended");
-            s.slot.set_synced(false);
+            // Unless a newer tunnel of the cluster feeds the slot by now.
+            if self.cluster.is_current(self.generation) {
+                s.slot.set_synced(false);
+            }
         }
+    }
+
+    /// Whether this tunnel still feeds its cluster's caches.
+    pub fn is_current(&self) -> bool {
+        self.cluster.is_current(self.generation)
     }
 
     /// The tunnel closed: every stream ended.

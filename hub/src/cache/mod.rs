@@ -69,6 +69,9 @@ impl TypeSlot {
         let was = self.synced.swap(synced, Ordering::AcqRel);
         if was && !synced {
             self.epoch.send_modify(|e| *e += 1);
+        }
+        if !synced {
+            // No answer comes on a stream that ended, whether or not it ever synced.
             self.freshness.fail_all();
         }
     }

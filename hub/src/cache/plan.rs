@@ -31,7 +31,7 @@ pub enum Freshness {
     Current,
     /// At least this version (`resourceVersion=N`, `NotOlderThan` or a get).
     NotOlderThan(u64),
-    /// Resuming a watch after this version, or a `continue` page: what the history holds.
+    /// A `continue` page: the version its token names, read from the history.
     History,
 }
 
@@ -65,7 +65,15 @@ pub enum Forward {
     ExactVersion,
     /// A cluster-scoped type asked for inside a namespace.
     Scope,
+    /// A `continue` token the edge minted (the first page was forwarded): the edge continues.
+    EdgeContinue,
+    /// A watch of one object by name (the legacy `/watch/…/{name}` path).
+    WatchByName,
 }
+
+/// What starts the `continue` tokens the hub mints, so that a token always goes back to
+/// whoever minted it (the edge's tokens name its storage keys; ours, our snapshots).
+pub const HUB_TOKEN: &str = "kubehub.";
 
 impl Forward {
     /// The metric label.
@@ -77,6 +85,8 @@ impl Forward {
             Forward::Options => "options",
             Forward::ExactVersion => "exact_version",
             Forward::Scope => "scope",
+            Forward::EdgeContinue => "edge_continue",
+            Forward::WatchByName => "watch_by_name",
         }
     }
 }
@@ -107,7 +117,8 @@ pub fn plan(info: &RequestInfo<'_>, query: &str, accept: Option<&str>) -> Result
             name: info.name.to_string(),
         },
         Verb::List => Read::List,
-        Verb::Watch => Read::Watch,
+        Verb::Watch if info.name.is_empty() => Read::Watch,
+        Verb::Watch => return Err(Forward::WatchByName),
         _ => return Err(Forward::NotARead),
     };
     if !info.subresource.is_empty() {
@@ -120,6 +131,13 @@ pub fn plan(info: &RequestInfo<'_>, query: &str, accept: Option<&str>) -> Result
     // Invalid options: the edge words the error.
     let opts = ListOptions::from_query(&q).map_err(|_| Forward::Options)?;
     let wants = negotiate(accept).map_err(|_| Forward::Representation)?;
+    if opts
+        .continue_token
+        .as_deref()
+        .is_some_and(|t| !t.starts_with(HUB_TOKEN))
+    {
+        return Err(Forward::EdgeContinue);
+    }
     let freshness = match (&read, opts.version) {
         // A get reads the object as of "not older than" its resourceVersion parameter.
         (Read::Get { .. }, Version::At(n, _)) => Freshness::NotOlderThan(n),
@@ -131,7 +149,8 @@ pub fn plan(info: &RequestInfo<'_>, query: &str, accept: Option<&str>) -> Result
         {
             return Err(Forward::ExactVersion)
         }
-        (Read::Watch, Version::At(_, _)) if !opts.send_initial_events => Freshness::History,
+        // A watch from N is served once the cache has reached N (it must not replay changes
+        // at or below N); then from the history.
         (_, Version::At(n, _)) => Freshness::NotOlderThan(n),
         (_, Version::Any) => Freshness::Any,
         (_, Version::MostRecent) => Freshness::Current,
@@ -165,12 +184,12 @@ mod tests {
         assert_eq!((list.read, list.freshness), (Read::List, Freshness::Any));
         let at = p("GET", "/api/v1/pods", "resourceVersion=7", None).unwrap();
         assert_eq!(at.freshness, Freshness::NotOlderThan(7));
-        let page = p("GET", "/api/v1/pods", "limit=5&continue=abc", None).unwrap();
+        let page = p("GET", "/api/v1/pods", "limit=5&continue=kubehub.abc", None).unwrap();
         assert_eq!(page.freshness, Freshness::History);
         let resume = p("GET", "/api/v1/pods", "watch=1&resourceVersion=9", None).unwrap();
         assert_eq!(
             (resume.read, resume.freshness),
-            (Read::Watch, Freshness::History)
+            (Read::Watch, Freshness::NotOlderThan(9))
         );
         let stream = p(
             "GET",
@@ -191,6 +210,19 @@ mod tests {
         assert_eq!(
             f("POST", "/api/v1/namespaces/ns/pods", "", None),
             Forward::NotARead
+        );
+        assert_eq!(
+            f(
+                "GET",
+                "/api/v1/pods",
+                "limit=5&continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEifQ",
+                None
+            ),
+            Forward::EdgeContinue
+        );
+        assert_eq!(
+            f("GET", "/api/v1/watch/namespaces/ns/pods/p", "", None),
+            Forward::WatchByName
         );
         assert_eq!(
             f("GET", "/api/v1/namespaces/ns/pods/a/log", "", None),

@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use kubehub_cache::list::{decode_continue, CONTINUE_EXPIRED};
 use kubehub_cache::watch::bookmark_line;
 use kubehub_cache::{self as store, Filter, ListRequest, ObjKey, Render, Snapshot};
 use kubehub_kapi::Status;
 use kubehub_wire::{EventType, Fields};
 use tracing::debug;
 
-use super::plan::{Freshness, Plan, Read};
+use super::plan::{Freshness, Plan, Read, HUB_TOKEN};
 use super::{ClusterCache, TypeSlot};
 use crate::config::Consistency;
 use crate::metrics::{CacheLabel, OutcomeLabel};
@@ -66,34 +67,26 @@ pub async fn serve(
             })
             .inc();
     };
-    let cfg = &ctx.caches.cfg;
-    // Agent away: serve what the cache had for the grace period, marked as such.
-    let mut warning = None;
-    if !slot.is_synced() {
-        let within_grace = ctx.caches.serves_stale()
-            && cc
-                .gone_for()
-                .is_some_and(|g| g <= Duration::from_millis(cfg.stale_grace_ms));
-        if !within_grace || !slot.cache.snapshot().is_loaded() || plan.read == Read::Watch {
-            count("forward", "not_synced");
-            return Served::Forward("not_synced");
-        }
-        let age = cc.gone_for().unwrap_or_default().as_secs();
-        warning = Some(format!(
-            "299 - \"kubehub: the agent of cluster {cluster} is disconnected; this answer is from the hub's cache, last updated {age}s ago\""
-        ));
-    } else if let Err(reason) = current_enough(ctx, cluster, &slot, &plan).await {
-        count("forward", reason);
-        return Served::Forward(reason);
-    }
-    let snap = slot.cache.snapshot();
-    let filter = match filter_for(&slot, &plan) {
-        Ok(f) => f,
+    // Subscribed before the checks below: a sync stream ending after them still ends a watch.
+    let epoch = slot.epoch();
+    let decided = match ready(ctx, cluster, cc, &slot, &plan).await {
+        Ok(warning) => filter_for(&slot, &plan).map(|f| (warning, f)),
+        Err(reason) => Err(reason),
+    };
+    let (warning, filter) = match decided {
+        Ok(d) => d,
         Err(reason) => {
             count("forward", reason);
+            if plan.opts.continue_token.is_some() {
+                // A page of a list the hub began cannot go to the edge (the token names the
+                // hub's snapshot): kube-apiserver's answer for an expired token, on which
+                // clients (client-go's pager) list again.
+                return Served::Done(out.status(conn, &Status::expired(CONTINUE_EXPIRED)).await);
+            }
             return Served::Forward(reason);
         }
     };
+    let snap = slot.cache.snapshot();
     count(if warning.is_some() { "stale" } else { "hit" }, "");
     let mut fields: Fields = vec![(
         Bytes::from_static(b"Content-Type"),
@@ -109,9 +102,47 @@ pub async fn serve(
     let keep = match &plan.read {
         Read::Get { name } => get(conn, out, &slot, &snap, &plan, name, fields).await,
         Read::List => list(conn, out, &slot, &snap, &plan, &filter, fields).await,
-        Read::Watch => watch(ctx, conn, out, &slot, snap, &plan, filter, fields).await,
+        Read::Watch => {
+            let w = Watch {
+                slot: &slot,
+                snap,
+                plan: &plan,
+                filter,
+                epoch,
+            };
+            watch(ctx, conn, out, w, fields).await
+        }
     };
     Served::Done(keep)
+}
+
+/// Whether the cache may answer now: `Ok` with the `Warning` to attach when the agent is away
+/// (within the grace period), after waiting for the freshness the plan asks for; `Err`: the
+/// reason to forward instead.
+async fn ready(
+    ctx: &ProxyCtx,
+    cluster: &str,
+    cc: &ClusterCache,
+    slot: &Arc<TypeSlot>,
+    plan: &Plan,
+) -> Result<Option<String>, &'static str> {
+    let cfg = &ctx.caches.cfg;
+    if slot.is_synced() {
+        return current_enough(ctx, cluster, slot, plan)
+            .await
+            .map(|()| None);
+    }
+    let within_grace = ctx.caches.serves_stale()
+        && cc
+            .gone_for()
+            .is_some_and(|g| g <= Duration::from_millis(cfg.stale_grace_ms));
+    if !within_grace || !slot.cache.snapshot().is_loaded() || plan.read == Read::Watch {
+        return Err("not_synced");
+    }
+    let age = cc.gone_for().unwrap_or_default().as_secs();
+    Ok(Some(format!(
+        "299 - \"kubehub: the agent of cluster {cluster} is disconnected; this answer is from the hub's cache, last updated {age}s ago\""
+    )))
 }
 
 /// Waits until the cache may answer with the freshness the plan asks for. `Err`: the reason
@@ -156,7 +187,7 @@ async fn current_enough(
         recent("recent");
         return Ok(());
     }
-    let joined = slot.freshness.join(now);
+    let joined = slot.freshness.join(now, timeout);
     if let Some(seq) = joined.send {
         let sent = match ctx.registry.lookup(cluster) {
             Lookup::Online(agent) => agent
@@ -258,15 +289,28 @@ async fn list(
     fields: Fields,
 ) -> bool {
     let t = &slot.info;
+    let token = plan
+        .opts
+        .continue_token
+        .as_deref()
+        .and_then(|t| t.strip_prefix(HUB_TOKEN));
+    // A token from before the cache started over (the edge's versions went back) names a
+    // version this cache never had.
+    if let Some(Ok((rv, _))) = token.map(decode_continue) {
+        if rv > snap.rv() {
+            return out.status(conn, &Status::expired(CONTINUE_EXPIRED)).await;
+        }
+    }
     let req = ListRequest {
         version: plan.opts.version,
         limit: plan.opts.limit.filter(|l| *l > 0),
-        continue_token: plan.opts.continue_token.clone(),
+        continue_token: token.map(str::to_owned),
     };
-    let page = match snap.list(filter, &req) {
+    let mut page = match snap.list(filter, &req) {
         Ok(p) => p,
         Err(s) => return out.status(conn, &s).await,
     };
+    page.continue_token = page.continue_token.map(|t| format!("{HUB_TOKEN}{t}"));
     let body = store::render_list(
         t,
         render(plan),
@@ -285,21 +329,37 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 /// watcher never holds a huge buffer.
 const WATCH_BATCH: usize = 256;
 
-#[allow(clippy::too_many_arguments)]
+/// What a watch is served from.
+struct Watch<'a> {
+    slot: &'a TypeSlot,
+    snap: Arc<Snapshot>,
+    plan: &'a Plan,
+    filter: Filter,
+    /// Subscribed before the read was admitted.
+    epoch: tokio::sync::watch::Receiver<u64>,
+}
+
 async fn watch(
     ctx: &ProxyCtx,
     conn: &mut Conn,
     out: &mut Responder<'_>,
-    slot: &TypeSlot,
-    snap: Arc<Snapshot>,
-    plan: &Plan,
-    filter: Filter,
+    w: Watch<'_>,
     fields: Fields,
 ) -> bool {
+    let Watch {
+        slot,
+        snap,
+        plan,
+        filter,
+        mut epoch,
+    } = w;
     let t = &slot.info;
     let opts = &plan.opts;
     let how = render(plan);
-    let mut epoch = slot.epoch();
+    if !slot.is_synced() {
+        // The stream ended between the admission and now: the client re-watches.
+        return out.start(conn, 200, &fields).await && out.finish(conn).await;
+    }
     let mut rv_rx = slot.cache.subscribe();
     let start = match snap.watch(filter, opts.version, opts.send_initial_events) {
         Ok(s) => s,
@@ -350,7 +410,10 @@ async fn watch(
                     for (kind, change) in pending.take(WATCH_BATCH) {
                         let line = match how {
                             Render::Json => change.line(kind),
-                            _ => store::render_event(t, how, kind.into(), &change.object.json, now),
+                            _ => {
+                                let object = change.event_object(kind);
+                                store::render_event(t, how, kind.into(), &object, now)
+                            }
                         };
                         parts.extend(line.parts());
                     }

@@ -76,6 +76,9 @@ pub struct ProxyCtx {
 pub struct Conn {
     /// Plaintext read from the client and not consumed yet.
     pub buf: BytesMut,
+    /// More unconsumed bytes than this (a client that keeps sending while a watch streams
+    /// to it) ends the connection.
+    max_buffered: usize,
     inbound: mpsc::Receiver<BytesMut>,
     /// The writing half of the TLS connection.
     pub wr: TlsWriter,
@@ -83,12 +86,13 @@ pub struct Conn {
 
 impl Conn {
     /// Waits for more bytes from the client and appends them to `buf`; `false` once the
-    /// client closed its side (or the connection failed).
+    /// client closed its side (or the connection failed), or has sent more than the
+    /// connection holds unconsumed.
     pub async fn read_more(&mut self) -> bool {
         match self.inbound.recv().await {
             Some(chunk) => {
                 self.buf.extend_from_slice(&chunk);
-                true
+                self.buf.len() <= self.max_buffered
             }
             None => false,
         }
@@ -135,6 +139,8 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
     });
     let mut conn = Conn {
         buf: BytesMut::new(),
+        // A whole head (read_head answers 431 beyond it) or a body chunk, twice over.
+        max_buffered: 2 * ctx.limits.max_header_bytes.max(ctx.limits.data_chunk),
         inbound,
         wr,
     };
@@ -301,6 +307,12 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         Ok(b) => b,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
+    // Read-your-writes: reads of a written type confirm currency from now on, and only
+    // confirmations requested after the edge answered (marked again at the response head)
+    // count for them.
+    if let Some(slot) = &written {
+        slot.freshness.wrote(Instant::now());
+    }
     // backend: open the request there.
     let forwarded = registry::RequestHead {
         method: head.method.clone(),
@@ -328,12 +340,11 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         }
     }
     let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
-    let result = respond::relay(conn, &mut out, &mut ex, &cluster, started, deadline).await;
-    // Read-your-writes: a write that reached the agent (whatever its answer said, or if the
-    // answer was lost) makes the next reads of its type confirm they are newer.
-    if let Some(slot) = written {
-        slot.freshness.wrote(Instant::now());
-    }
+    let written = written.as_ref().map(|s| &s.freshness);
+    let result = respond::relay(
+        conn, &mut out, &mut ex, &cluster, started, deadline, written,
+    )
+    .await;
     match result {
         Ok(keep) => keep,
         Err(e) => out.error(conn, &e, Reached::MaybeAgent).await,

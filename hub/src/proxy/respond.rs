@@ -204,6 +204,7 @@ pub async fn relay(
     cluster: &str,
     started: Instant,
     head_deadline: Duration,
+    written: Option<&crate::cache::freshness::Freshness>,
 ) -> Result<bool, ProxyError> {
     let mut unreleased: u32 = 0;
     loop {
@@ -234,6 +235,10 @@ pub async fn relay(
         match ev {
             Some(StreamEvent::Head { status, fields }) => {
                 out.metrics.latency.observe(started.elapsed().as_secs_f64());
+                // A write answered: the edge has applied it (or refused it) by now.
+                if let Some(f) = written {
+                    f.wrote(Instant::now());
+                }
                 if let Err(e) = out.head(conn, status, &fields).await {
                     ex.cancel().await;
                     return Err(e);
