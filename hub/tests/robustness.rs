@@ -581,3 +581,38 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
     assert!(forwarded.starts_with(b"/api/v1/pods"), "{forwarded:?}");
     let _ = reader.join();
 }
+
+/// A client that keeps sending while a watch streams to it (bytes nobody reads until the
+/// response ends) is cut off once it has sent twice the head limit, instead of growing the
+/// hub's buffer for as long as the watch lasts.
+#[test]
+fn a_client_that_floods_during_a_watch_is_cut_off() {
+    let s = stack();
+    s.wait_synced("", "configmaps", Duration::from_secs(20));
+    let closed = s.rt.block_on(async {
+        let mut c = s.user_connection().await;
+        let req = format!(
+            "GET /clusters/{}/api/v1/configmaps?watch=1 HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {}\r\n\r\n",
+            common::CLUSTER,
+            common::TOKEN
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let junk = vec![b'x'; 16 * 1024];
+        // Up to 4 MiB: the hub must give up long before.
+        for _ in 0..256 {
+            if c.write_all(&junk).await.is_err() {
+                return true;
+            }
+        }
+        // Whatever was written, the hub closes: reads end.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(closed, "the flooding client is still connected");
+}
