@@ -474,17 +474,13 @@ fn a_request_body_that_stops_arriving_gets_408_and_frees_the_stream() {
     }
 }
 
-/// An agent whose sync stream carries content the cache cannot take (here an object whose
-/// resourceVersion is not an integer): the hub resets that stream with PROTOCOL_ERROR, keeps
-/// the tunnel, serves nothing of the type from the cache, and forwards its reads.
-#[test]
-fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
-    use bytes::Bytes;
+/// A scripted agent for `edge-silent` that says HELLO with CACHE_SYNC, reports the pods type,
+/// receives the hub's SYNC_REQUEST, and sends one snapshot of `items` at `rv` on stream 1.
+fn scripted_sync(s: &common::Stack, items: Vec<bytes::Bytes>, rv: &str) -> ScriptedAgent {
     use kubehub_wire::{
         Capabilities, Discovery, Hello, ResourceKey, Settings, SnapshotBegin, SnapshotEnd,
         SnapshotItems,
     };
-    let s = stack();
     let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
     let tls = agent::client_tls(&s.ca.cert_pem(), &cert).unwrap();
     let addr = s.hub.agent_addr;
@@ -498,7 +494,7 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
         version: "v1".into(),
         resource: "pods".into(),
     };
-    let mut a = s.rt.block_on(async {
+    s.rt.block_on(async {
         let mut a = ScriptedAgent::connect(addr, tls).await.unwrap();
         a.send_frames(&[Frame::Hello(Hello {
             min_version: 1,
@@ -526,7 +522,6 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
             Some(Frame::SyncRequest(r)) => assert_eq!(r.resources, vec![key.clone()]),
             other => panic!("expected SYNC_REQUEST, got {other:?}"),
         }
-        let bad = br#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"default","resourceVersion":"not-a-number"}}"#;
         a.send_frames(&[
             Frame::SnapshotBegin(SnapshotBegin {
                 stream_id: 1,
@@ -534,15 +529,36 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
             }),
             Frame::SnapshotItems(SnapshotItems {
                 stream_id: 1,
-                items: vec![Bytes::from_static(bad)],
+                items,
             }),
             Frame::SnapshotEnd(SnapshotEnd {
                 stream_id: 1,
-                resource_version: "5".into(),
+                resource_version: rv.into(),
             }),
         ])
         .await
         .unwrap();
+        a
+    })
+}
+
+fn pod(name: &str, rv: u64) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"default","resourceVersion":"{rv}"}}}}"#
+    ))
+}
+
+/// An agent whose sync stream carries content the cache cannot take (here an object whose
+/// resourceVersion is not an integer): the hub resets that stream with PROTOCOL_ERROR, keeps
+/// the tunnel, serves nothing of the type from the cache, and forwards its reads.
+#[test]
+fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
+    let s = stack();
+    let bad = bytes::Bytes::from_static(
+        br#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"default","resourceVersion":"not-a-number"}}"#,
+    );
+    let mut a = scripted_sync(&s, vec![bad], "5");
+    s.rt.block_on(async {
         loop {
             match a.next_frame(Duration::from_secs(10)).await {
                 Some(Frame::Reset(r)) => {
@@ -553,7 +569,6 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
                 other => panic!("expected RESET of the sync stream, got {other:?}"),
             }
         }
-        a
     });
     // A read of the type goes through the tunnel: the scripted agent receives it.
     let hub_port = s.hub.user_addr.port();
@@ -580,6 +595,49 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
     });
     assert!(forwarded.starts_with(b"/api/v1/pods"), "{forwarded:?}");
     let _ = reader.join();
+}
+
+/// The agent reconnects before the hub has noticed its old connection is gone: when the old
+/// tunnel finally ends, the caches the new one feeds stay synced and keep answering.
+#[test]
+fn a_replaced_tunnel_leaving_does_not_unsync_its_successor() {
+    let s = stack();
+    let old = scripted_sync(&s, vec![pod("old", 3)], "3");
+    let new = scripted_sync(&s, vec![pod("new", 7)], "7");
+    let key = kubehub_wire::ResourceKey {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "pods".into(),
+    };
+    let slot = || {
+        s.hub
+            .caches
+            .cluster("edge-silent")
+            .and_then(|c| c.slot(&key))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(slot().is_synced() && slot().cache.snapshot().rv() == 7) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new snapshot was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The old connection goes away (its sync stream ends with it).
+    drop(old);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(slot().is_synced(), "the successor's caches were unsynced");
+    let r = s.hub_get_cluster("edge-silent", "/api/v1/pods?resourceVersion=0");
+    assert_eq!(r.header("x-kubehub-cache"), Some("hit"));
+    let names: Vec<String> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["new"]);
+    drop(new);
 }
 
 /// A client that keeps sending while a watch streams to it (bytes nobody reads until the

@@ -364,6 +364,16 @@ impl Stack {
         curl_reply(cmd, &url, headers)
     }
 
+    /// A GET through the hub on another cluster than the stack's own.
+    pub fn hub_get_cluster(&self, cluster: &str, path: &str) -> Reply {
+        let (cmd, _) = self.hub_curl(path);
+        let url = format!(
+            "https://127.0.0.1:{}/clusters/{cluster}{path}",
+            self.hub.user_addr.port()
+        );
+        curl_reply(cmd, &url, &[])
+    }
+
     /// curl set up for the hub (CA, token) and the URL of `path` on the stack's cluster.
     fn hub_curl(&self, path: &str) -> (Command, String) {
         let url = format!(
