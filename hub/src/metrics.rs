@@ -69,6 +69,9 @@ pub struct Metrics {
     pub cache_freshness: Family<OutcomeLabel, Counter>,
     /// Seconds reads waited for a confirmation.
     pub cache_freshness_wait: Histogram,
+    /// At each confirmation, the edge's resourceVersion minus the cache's (how far the cache
+    /// was behind; 0 when the watch had kept up).
+    pub cache_sync_lag: Histogram,
     /// Sync events applied (watch events and snapshot objects), by type.
     pub cache_events: Family<TypeLabel, Counter>,
     /// Snapshots (lists and relists) applied, by type.
@@ -135,6 +138,12 @@ impl Metrics {
         let cache_reads = Family::<CacheLabel, Counter>::default();
         let cache_freshness = Family::<OutcomeLabel, Counter>::default();
         let cache_freshness_wait = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let cache_sync_lag = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        registry.register(
+            "cache_sync_lag_versions",
+            "At each confirmation: the edge's resourceVersion minus the cache's",
+            cache_sync_lag.clone(),
+        );
         let cache_events = Family::<TypeLabel, Counter>::default();
         let cache_snapshots = Family::<TypeLabel, Counter>::default();
         let cache_watchers = Gauge::default();
@@ -202,6 +211,7 @@ impl Metrics {
             cache_reads,
             cache_freshness,
             cache_freshness_wait,
+            cache_sync_lag,
             cache_events,
             cache_snapshots,
             cache_watchers,

@@ -214,6 +214,11 @@ fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
     );
     assert!(pods_slot["bytes"].as_u64().unwrap() > 0);
     assert!(pods_slot["confirmedMsAgo"].is_u64(), "{pods_slot}");
+    assert!(pods_slot["lagVersions"].is_u64(), "{pods_slot}");
+    assert!(
+        metrics.contains("kubehub_hub_cache_sync_lag_versions_count"),
+        "{metrics}"
+    );
 }
 
 /// A watch through the hub and a watch on the simulator, from the same version, see the same

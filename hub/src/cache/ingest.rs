@@ -198,11 +198,18 @@ impl Ingest {
                 Ok(Effects::default())
             }
             Frame::Progress(p) => {
+                let metrics = self.metrics.clone();
                 let s = self.stream(id)?;
                 let outcome = if p.resource_version.is_empty() {
                     Outcome::Unconfirmed
                 } else {
                     let version = rv(&p.resource_version)?;
+                    // How far behind the edge the cache was when the agent confirmed it.
+                    let lag = version.saturating_sub(s.slot.cache.snapshot().rv());
+                    s.slot
+                        .last_lag
+                        .store(lag, std::sync::atomic::Ordering::Relaxed);
+                    metrics.cache_sync_lag.observe(lag as f64);
                     s.slot.cache.progress(version);
                     Outcome::Confirmed(version)
                 };

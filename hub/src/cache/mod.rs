@@ -46,6 +46,8 @@ pub struct TypeSlot {
     /// Bumped whenever the sync stream ends (agent gone, stream reset): open watches end so
     /// that their clients relist.
     epoch: watch::Sender<u64>,
+    /// At the last confirmation: the edge's resourceVersion minus the cache's.
+    pub last_lag: AtomicU64,
 }
 
 impl TypeSlot {
@@ -56,6 +58,7 @@ impl TypeSlot {
             freshness: freshness::Freshness::default(),
             synced: AtomicBool::new(false),
             epoch: watch::channel(0).0,
+            last_lag: AtomicU64::new(0),
         }
     }
 
@@ -172,6 +175,7 @@ impl ClusterCache {
                     "resourceVersion": st.rv,
                     "oldest": st.oldest,
                     "confirmedMsAgo": s.freshness.confirmed_age(now).map(|d| d.as_millis() as u64),
+                    "lagVersions": s.last_lag.load(Ordering::Relaxed),
                 })
             })
             .collect();
