@@ -456,3 +456,86 @@ impl HubConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in this module's documentation is a valid hub.toml: its `[cache]` values
+    /// other than the type lists are the defaults, and its override applies by label.
+    #[test]
+    fn documented_example_parses() {
+        let src = include_str!("config.rs");
+        let toml_text: String = src
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(toml_text.contains("[cache]"), "{toml_text}");
+        let cfg: HubConfig = toml::from_str(&toml_text).expect("the documented hub.toml parses");
+        cfg.validate().expect("and is valid");
+        let (c, d) = (&cfg.cache, CacheConfig::default());
+        assert_eq!(
+            (
+                c.history_window,
+                c.consistency,
+                c.max_staleness_ms,
+                c.consistent_read_timeout_ms,
+                c.stale_grace_ms,
+                c.shards
+            ),
+            (
+                d.history_window,
+                d.consistency,
+                d.max_staleness_ms,
+                d.consistent_read_timeout_ms,
+                d.stale_grace_ms,
+                d.shards
+            )
+        );
+        let pods = TypeName::parse("v1/pods").expect("core type");
+        let small = [("tier".to_owned(), "small".to_owned())];
+        assert_eq!(c.types_for(&small), [pods.clone()]);
+        assert_eq!(c.types_for(&[]).len(), 3);
+        assert!(c
+            .types_for(&[])
+            .contains(&TypeName::parse("apps/v1/deployments").unwrap()));
+    }
+
+    #[test]
+    fn cache_defaults_and_bad_values() {
+        let d = CacheConfig::default();
+        let names: Vec<String> = d.types.iter().map(ToString::to_string).collect();
+        assert!(names.contains(&"v1/pods".to_owned()), "{names:?}");
+        assert!(
+            names.contains(&"apps/v1/deployments".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"v1/secrets".to_owned()),
+            "secrets are opt-in"
+        );
+        assert!(names
+            .iter()
+            .all(|n| !n.contains("/log") && !n.contains("/status")));
+        for bad in ["pods", "/v1/pods", "v1/", "a/b/c/d", "apps//deployments"] {
+            assert!(TypeName::parse(bad).is_err(), "{bad}");
+        }
+        let parse = |t: &str| toml::from_str::<CacheConfig>(t);
+        assert!(parse("typo = 1").is_err(), "unknown keys are refused");
+        assert!(parse(r#"consistency = "eventual""#).is_err());
+        assert!(parse(r#"types = ["pods"]"#).is_err());
+        for bad in [
+            "history_window = 0",
+            "shards = 3",
+            "consistent_read_timeout_ms = 0",
+        ] {
+            let c = parse(bad).expect("parses");
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+}
