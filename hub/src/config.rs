@@ -499,7 +499,7 @@ mod tests {
         );
         let pods = TypeName::parse("v1/pods").expect("core type");
         let small = [("tier".to_owned(), "small".to_owned())];
-        assert_eq!(c.types_for(&small), [pods.clone()]);
+        assert_eq!(c.types_for(&small), [pods]);
         assert_eq!(c.types_for(&[]).len(), 3);
         assert!(c
             .types_for(&[])
