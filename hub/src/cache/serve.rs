@@ -136,8 +136,15 @@ async fn ready(
         && cc
             .gone_for()
             .is_some_and(|g| g <= Duration::from_millis(cfg.stale_grace_ms));
-    if !within_grace || !slot.cache.snapshot().is_loaded() || plan.read == Read::Watch {
+    let snap = slot.cache.snapshot();
+    if !within_grace || !snap.is_loaded() || plan.read == Read::Watch {
         return Err("not_synced");
+    }
+    // Stale is tolerable; older than the client already saw is not.
+    if let Freshness::NotOlderThan(n) = plan.freshness {
+        if snap.rv() < n {
+            return Err("behind");
+        }
     }
     let age = cc.gone_for().unwrap_or_default().as_secs();
     Ok(Some(format!(
