@@ -26,15 +26,20 @@ mkdir -p "$out"
 log() { echo "$*" | tee -a "$out/results.txt"; }
 
 # Wait (up to 6 min) until the machine is at least 90% idle over 3 s: others may be building or
-# testing on it; a measurement taken while they are is marked "(machine busy)".
+# testing on it; a measurement taken while they are is marked "(machine busy)". Idle is
+# /proc/stat's idle + iowait against wall time x CPUs: its busy fields are tick-sampled and miss
+# most of a bursty load on these VMs (until 2026-11-26 this check summed them, which made a
+# busy machine look idle; see `machine_idle_secs` in perf/src/bin/kubehub-perf/sys.rs).
+ncpu=$(grep -c '^cpu[0-9]' /proc/stat)
+tck=$(getconf CLK_TCK)
 busy=
 wait_idle() {
-  local i a b
+  local i a b t0 t1 idle wall
   for i in $(seq "${IDLE_TRIES:-120}"); do
-    a=($(head -1 /proc/stat)); sleep 3; b=($(head -1 /proc/stat))
-    local total=0 k
-    for k in 1 2 3 4 5 6 7 8; do total=$((total + b[k] - a[k])); done
-    if [ $(( (b[4] - a[4] + b[5] - a[5]) * 100 )) -ge $((total * 90)) ]; then busy=; return 0; fi
+    a=($(head -1 /proc/stat)); t0=$(date +%s%N); sleep 3; b=($(head -1 /proc/stat)); t1=$(date +%s%N)
+    idle=$(( (b[4] - a[4] + b[5] - a[5]) * 1000000000 / tck ))   # ns
+    wall=$(( (t1 - t0) * ncpu ))
+    if [ $((idle * 100)) -ge $((wall * 90)) ]; then busy=; return 0; fi
     [ "$i" = 1 ] && echo "waiting for the machine to be idle..." >&2
   done
   busy=" (machine busy)"

@@ -1,29 +1,41 @@
-//! `kubehub-perf`: open-loop load against one URL, latencies in an HDR histogram.
+//! `kubehub-perf`: KubeHub's load harness.
 //!
-//! Requests are scheduled at a constant rate regardless of how fast answers come (open loop),
-//! and each latency is measured from the request's *scheduled* time, so a stall shows up in
-//! the percentiles instead of silently lowering the rate (no coordinated omission).
+//! `get` sends open-loop GETs of one URL (requests are scheduled at a constant rate regardless
+//! of how fast answers come, and each latency is measured from the request's *scheduled* time,
+//! so a stall shows up in the percentiles instead of silently lowering the rate: no
+//! coordinated omission), with HDR percentiles and the CPU time per request of the server
+//! processes named. The other subcommands start what they measure as processes.
 //!
 //! ```text
 //! kubehub-perf get --url https://127.0.0.1:8443/clusters/demo/api/v1/namespaces/default/configmaps/x \
-//!     --token T --ca ca.crt --rate 500 --duration 20 --connections 8
+//!     --token T --ca ca.crt --rate 500 --duration 20 --connections 8 --cpu hub=PID
 //! kubehub-perf idle-agents --hub-bin target/release/kubehub --count 1000
 //! kubehub-perf bulk --kubehub target/release/kubehub --rounds 3
+//! kubehub-perf cached-clusters --kubehub target/release/kubehub --count 1000
+//! perf/cache-vs-peers.sh target/release/kubehub-perf target/release/kubehub   # sim, configmaps, wait-synced, get, summary
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 // In a directory of its own: a file next to this one would be taken for another binary.
 #[path = "kubehub-perf/bulk.rs"]
 mod bulk;
+#[path = "kubehub-perf/clusters.rs"]
+mod clusters;
+#[path = "kubehub-perf/edge.rs"]
+mod edge;
+#[path = "kubehub-perf/get.rs"]
+mod get;
+#[path = "kubehub-perf/summary.rs"]
+mod summary;
+#[path = "kubehub-perf/sys.rs"]
+mod sys;
 
 #[derive(Debug, Parser)]
 #[command(name = "kubehub-perf", version, about = "KubeHub's load generator")]
@@ -34,8 +46,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Open-loop GETs of one URL.
-    Get(GetArgs),
+    /// Open-loop GETs of one URL at a constant rate: HDR latency percentiles, and optionally
+    /// the CPU time per request of server processes and what reached the edge meanwhile.
+    Get(get::GetArgs),
     /// Memory of idle agent tunnels: starts `kubehub hub` as its own process, connects many
     /// minimal agents to it, and reports the hub's resident memory per tunnel.
     IdleAgents(IdleArgs),
@@ -43,6 +56,21 @@ enum Cmd {
     /// agent vs directly from a TLS simulator, with CPU time per MB (per line) of each process;
     /// starts everything from the `kubehub` binary given, so older builds can be compared.
     Bulk(bulk::BulkArgs),
+    /// A simulated edge API server (plain HTTP, `kubehub sim`'s default content, no churn)
+    /// whose request log can be read and emptied on a control port: what reached the edge.
+    Sim(edge::SimArgs),
+    /// Creates a namespace and N realistic ConfigMaps (1.0-1.8 KB of JSON each) on an API server
+    /// by POSTing JSON.
+    Configmaps(edge::ConfigmapsArgs),
+    /// Waits until the hub's cache holds a type for a cluster, synced, with as many objects as
+    /// the edge lists (the hub's admin `/clusters`).
+    WaitSynced(edge::WaitSyncedArgs),
+    /// Medians over rounds of the JSON lines `get --record` wrote, with ratios against peers
+    /// measured in the same rounds, as Markdown tables.
+    Summary(summary::SummaryArgs),
+    /// The hub's memory for many clusters with their types cached: one `kubehub sim
+    /// --clusters N` process, one hub process, N real agents in this process.
+    CachedClusters(clusters::ClustersArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,34 +87,6 @@ struct IdleArgs {
     /// Hub worker threads.
     #[arg(long, default_value_t = 2)]
     cores: usize,
-}
-
-#[derive(Debug, clap::Args)]
-struct GetArgs {
-    /// The URL (http or https).
-    #[arg(long)]
-    url: String,
-    /// Bearer token.
-    #[arg(long)]
-    token: Option<String>,
-    /// CA certificate (PEM) for https.
-    #[arg(long)]
-    ca: Option<std::path::PathBuf>,
-    /// Requests per second.
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
-    /// Seconds of load (after warm-up).
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
-    /// Seconds of warm-up, not recorded.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    /// Concurrent keep-alive connections.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// A label for the output line.
-    #[arg(long, default_value = "get")]
-    label: String,
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -129,84 +129,6 @@ where
         .build(conn))
 }
 
-async fn run_get(a: GetArgs) -> Result<(), String> {
-    let client = client(a.ca.as_deref(), a.connections)?;
-    let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
-    let token = a.token.clone();
-    let period = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
-    let total = Duration::from_secs(a.warmup + a.duration);
-    let start = Instant::now();
-    let record_from = start + Duration::from_secs(a.warmup);
-    // A bounded number of requests in flight: beyond it, the schedule is behind and the
-    // waiting shows in the latency of the requests that wait.
-    let slots = Arc::new(tokio::sync::Semaphore::new(a.connections));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Duration, bool)>(10_000);
-    let mut n = 0u64;
-    loop {
-        let scheduled = start + period.mul_f64(n as f64);
-        if scheduled >= start + total {
-            break;
-        }
-        tokio::time::sleep_until(scheduled.into()).await;
-        n += 1;
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (client, uri, token, tx) = (client.clone(), uri.clone(), token.clone(), tx.clone());
-        tokio::spawn(async move {
-            let mut req = http::Request::get(uri);
-            if let Some(t) = token {
-                req = req.header("authorization", format!("Bearer {t}"));
-            }
-            let ok = match req.body(Empty::new()) {
-                Ok(req) => match client.request(req).await {
-                    Ok(resp) => {
-                        let good = resp.status().is_success();
-                        good && resp.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                },
-                Err(_) => false,
-            };
-            let _ = tx.send((scheduled, scheduled.elapsed(), ok)).await;
-            drop(permit);
-        });
-    }
-    drop(tx);
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let (mut errors, mut recorded) = (0u64, 0u64);
-    while let Some((scheduled, latency, ok)) = rx.recv().await {
-        if scheduled < record_from {
-            continue;
-        }
-        recorded += 1;
-        if !ok {
-            errors += 1;
-        }
-        let _ = hist.record(latency.as_micros().max(1) as u64);
-    }
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{}: {} requests at {:.0}/s over {}s ({} errors): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
-        a.label,
-        recorded,
-        a.rate,
-        a.duration,
-        errors,
-        us(0.5),
-        us(0.99),
-        us(0.999),
-        hist.max() as f64 / 1000.0
-    );
-    if errors > 0 {
-        return Err(format!("{errors} requests failed"));
-    }
-    Ok(())
-}
-
 fn main() {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -220,9 +142,14 @@ fn main() {
         }
     };
     let res = match cli.command {
-        Cmd::Get(a) => rt.block_on(run_get(a)),
+        Cmd::Get(a) => rt.block_on(get::run(a)),
         Cmd::IdleAgents(a) => rt.block_on(idle::run(a)),
         Cmd::Bulk(a) => rt.block_on(bulk::run(a)),
+        Cmd::Sim(a) => rt.block_on(edge::sim(a)),
+        Cmd::Configmaps(a) => rt.block_on(edge::configmaps(a)),
+        Cmd::WaitSynced(a) => rt.block_on(edge::wait_synced(a)),
+        Cmd::Summary(a) => summary::run(a),
+        Cmd::CachedClusters(a) => rt.block_on(clusters::run(a)),
     };
     if let Err(e) = res {
         eprintln!("kubehub-perf: {e}");

@@ -34,6 +34,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use kubehub_pki::Ca;
 
+use super::sys::{clock_ticks, cpu_secs, free_port, machine_idle_secs};
+
 /// Options of `kubehub-perf bulk`.
 #[derive(Debug, clap::Args)]
 pub struct BulkArgs {
@@ -78,10 +80,11 @@ pub struct BulkArgs {
 
 /// Started processes, killed when dropped (also on errors).
 #[derive(Debug, Default)]
-struct Procs(Vec<(&'static str, Child)>);
+pub struct Procs(Vec<(&'static str, Child)>);
 
 impl Procs {
-    fn start(
+    /// Starts `bin --log warn ARGS` in `dir`, stderr to `dir/NAME.log`; returns its pid.
+    pub fn start(
         &mut self,
         name: &'static str,
         bin: &Path,
@@ -103,7 +106,8 @@ impl Procs {
         Ok(pid)
     }
 
-    fn check_alive(&mut self) -> Result<(), String> {
+    /// An error naming the first process that exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
         for (name, c) in &mut self.0 {
             if let Ok(Some(st)) = c.try_wait() {
                 return Err(format!("{name} exited ({st}); see its log in --dir"));
@@ -122,68 +126,33 @@ impl Drop for Procs {
     }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32, tck: f64) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (t(11) + t(12)) as f64 / tck
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// The processes whose CPU time is reported, in the order printed.
 #[derive(Debug, Clone)]
 struct Watched(Vec<(&'static str, u32)>);
 
 impl Watched {
-    /// CPU seconds of each watched process, then of the whole machine (all cores, busy only).
+    /// CPU seconds of each watched process, then the idle seconds of the whole machine (all
+    /// cores).
     fn snapshot(&self, tck: f64) -> Vec<f64> {
         let mut v: Vec<f64> = self.0.iter().map(|(_, pid)| cpu_secs(*pid, tck)).collect();
-        v.push(machine_busy_secs(tck));
+        v.push(machine_idle_secs(tck).0);
         v
     }
 }
 
-/// Busy time of all CPUs (user, nice, system, irq, softirq, steal), in seconds.
-fn machine_busy_secs(tck: f64) -> f64 {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = s
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let t = |i: usize| f.get(i).copied().unwrap_or(0);
-    (t(0) + t(1) + t(2) + t(5) + t(6) + t(7)) as f64 / tck
-}
-
 /// How busy the machine was with anything but the watched processes, in % of one core.
+/// Busy time is wall × CPUs − idle: `/proc/stat`'s busy fields miss most of a bursty load on
+/// these VMs (see `sys::machine_idle_secs`); until 2026-11-26 this summed them and so
+/// understated what others used.
 fn others_pct(before: &[f64], after: &[f64], wall: f64) -> f64 {
     let n = before.len().min(after.len());
     if n == 0 || wall <= 0.0 {
         return 0.0;
     }
-    let total = after[n - 1] - before[n - 1];
+    let (_, cpus) = machine_idle_secs(100.0);
+    let total = wall * cpus as f64 - (after[n - 1] - before[n - 1]);
     let ours: f64 = (0..n - 1).map(|i| after[i] - before[i]).sum();
     ((total - ours) / wall * 100.0).max(0.0)
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {

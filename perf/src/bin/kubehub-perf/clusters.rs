@@ -1,0 +1,377 @@
+//! `cached-clusters`: the hub's memory for many clusters whose types it caches.
+//!
+//! It starts, as processes from the `kubehub` binary given: `kubehub sim --clusters N` (N
+//! simulated clusters of `kubehub sim`'s default content in one process, plain HTTP, no
+//! churn) and `kubehub hub` from a hub.toml it writes (default `[cache]`: every list+watch
+//! type of core/v1 and apps/v1 but secrets). Then, in this process, one real agent
+//! (`kubehub_agent::Agent`, its own certificate, TLS tunnel, reflectors) per cluster.
+//!
+//! 1. The hub's RSS with no agent (`start`).
+//! 2. One agent connects and its types sync (so the per-core structures exist and the set of
+//!    types is known); RSS again (`before`).
+//! 3. The other N-1 agents connect, `--batch` at a time; it waits until the hub's `/metrics`
+//!    counts N agents and N synced clusters for every cached type, plus 2 s; RSS (`after`).
+//! 4. Only then `/clusters` is read (its JSON is MBs for 1,000 clusters and would move the
+//!    hub's RSS): objects, JSON bytes and history entries held, summed over clusters.
+//!
+//! With `--no-cache` the hub runs with `[cache] enabled = false`: the same tunnels and
+//! discovery without the cache, to tell the cache's share of the memory from the tunnels'.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kubehub_pki::Ca;
+
+use super::bulk::Procs;
+use super::sys::{free_port, rss_kib};
+
+/// Options of `kubehub-perf cached-clusters`.
+#[derive(Debug, clap::Args)]
+pub struct ClustersArgs {
+    /// The `kubehub` binary (hub and simulator).
+    #[arg(long, default_value = "target/release/kubehub")]
+    kubehub: PathBuf,
+    /// Working directory (certificates, configurations, logs).
+    #[arg(long, default_value = "target/cached-clusters")]
+    dir: PathBuf,
+    /// Clusters, one agent each.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Hub worker threads.
+    #[arg(long, default_value_t = 2)]
+    hub_cores: usize,
+    /// Agents started at once; then `--batch-pause-ms`.
+    #[arg(long, default_value_t = 20)]
+    batch: usize,
+    /// Pause between batches of agents (ms).
+    #[arg(long, default_value_t = 200)]
+    batch_pause_ms: u64,
+    /// Run the hub without its cache (`[cache] enabled = false`), for comparison.
+    #[arg(long)]
+    no_cache: bool,
+    /// Seconds to wait for every cluster to sync.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Cache only these types (`[cache] types`, e.g. `v1/configmaps,apps/v1/deployments`);
+    /// default: the hub's default set.
+    #[arg(long, value_delimiter = ',')]
+    cache_types: Vec<String>,
+    /// The agents' `[sync] batch_bytes` (largest batch of snapshot objects per frame; the
+    /// agent's default when not given).
+    #[arg(long)]
+    batch_bytes: Option<usize>,
+    /// Extra arguments for `kubehub sim` (content per cluster: `--namespaces`, `--deployments`,
+    /// `--pods-per-deployment`, `--configmaps`, `--nodes`); repeatable.
+    #[arg(long = "sim-arg", allow_hyphen_values = true)]
+    sim_args: Vec<String>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+}
+
+async fn get_text(client: &super::HttpClient, url: &str) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let resp = client
+        .get(uri)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("GET {url}: {status}"));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// From the hub's `/metrics`: agents connected, and per cached type the clusters synced.
+fn parse_metrics(text: &str) -> (u64, Vec<(String, u64)>) {
+    let mut agents = 0;
+    let mut synced = Vec::new();
+    for l in text.lines() {
+        let Some((name, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        if name == "kubehub_hub_agents_connected" {
+            agents = v;
+        } else if let Some(rest) = name.strip_prefix("kubehub_hub_cache_synced_clusters{") {
+            synced.push((rest.trim_end_matches('}').to_owned(), v));
+        }
+    }
+    (agents, synced)
+}
+
+/// Waits until `n` agents are connected and (with the cache) every cached type is synced
+/// for `n` clusters. Returns the cached types' count.
+async fn wait_for(
+    client: &super::HttpClient,
+    metrics: &str,
+    n: u64,
+    cache: bool,
+    timeout: Duration,
+    procs: &mut Procs,
+) -> Result<usize, String> {
+    let t = Instant::now();
+    let deadline = t + timeout;
+    let mut last_print = t;
+    // Types appear as their sync streams open: done only when two polls in a row agree.
+    let mut done_with = None;
+    loop {
+        let text = get_text(client, metrics).await.unwrap_or_default();
+        let (agents, synced) = parse_metrics(&text);
+        let min_synced = synced.iter().map(|(_, v)| *v).min().unwrap_or(0);
+        let done = agents >= n && (!cache || (!synced.is_empty() && min_synced >= n));
+        if done && done_with == Some(synced.len()) {
+            return Ok(synced.len());
+        }
+        done_with = done.then_some(synced.len());
+        if last_print.elapsed() > Duration::from_secs(10) {
+            last_print = Instant::now();
+            eprintln!(
+                "  {:.0} s: {agents} of {n} agents connected; {} types, synced for at least {min_synced} clusters",
+                t.elapsed().as_secs_f64(),
+                synced.len()
+            );
+        }
+        procs.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "after {} s: {agents} of {n} agents, {} types synced for at least {min_synced} clusters",
+                timeout.as_secs(),
+                synced.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `kubehub-perf cached-clusters`.
+pub async fn run(a: ClustersArgs) -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let n = a.count.max(1);
+    let dir = std::path::absolute(&a.dir).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("agents")).map_err(|e| e.to_string())?;
+    let bin = std::path::absolute(&a.kubehub).map_err(|e| e.to_string())?;
+
+    // Certificates: one CA, the hub's, one per agent (CN = cluster id).
+    let ca = Ca::generate("cached clusters CA").map_err(|e| e.to_string())?;
+    let hub_cert = ca
+        .issue_server(&["localhost", "127.0.0.1"])
+        .map_err(|e| e.to_string())?;
+    write(&dir, "ca.crt", &ca.cert_pem())?;
+    write(&dir, "hub.crt", &hub_cert.cert)?;
+    write(&dir, "hub.key", &hub_cert.key)?;
+    write(&dir, "tokens.csv", "perf-token,perf,1,\"system:masters\"\n")?;
+    let names: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
+    let (user, agents, admin, sim) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let clusters = names
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    write(&dir, "hub.toml", &format!(
+        "id = \"hub-cached\"\ncores = {}\nclusters = [{clusters}]\ntoken_file = \"tokens.csv\"\nimpersonate = false\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[cache]\nenabled = {}\n{}",
+        a.hub_cores,
+        !a.no_cache,
+        if a.cache_types.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "types = [{}]\n",
+                a.cache_types
+                    .iter()
+                    .map(|t| format!("\"{t}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ))?;
+    let t = Instant::now();
+    for name in &names {
+        let c = ca.issue_client(name, &[]).map_err(|e| e.to_string())?;
+        write(&dir, &format!("agents/{name}.crt"), &c.cert)?;
+        write(&dir, &format!("agents/{name}.key"), &c.key)?;
+        write(&dir, &format!("agents/{name}.toml"), &format!(
+            "cluster_id = \"{name}\"\nhubs = [\"127.0.0.1:{agents}\"]\n[tls]\nca = \"../ca.crt\"\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\nserver_name = \"localhost\"\n[upstream]\nurl = \"http://127.0.0.1:{sim}/clusters/{name}\"\n{}",
+            a.batch_bytes
+                .map(|b| format!("[sync]\nbatch_bytes = {b}\n"))
+                .unwrap_or_default()
+        ))?;
+    }
+    eprintln!(
+        "{n} agent certificates and configurations written in {:.1?}",
+        t.elapsed()
+    );
+
+    let mut procs = Procs::default();
+    let mut sim_args: Vec<String> = vec![
+        "sim".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{sim}"),
+        "--dir".into(),
+        "sim".into(),
+        "--clusters".into(),
+        n.to_string(),
+        "--churn".into(),
+        "0".into(),
+    ];
+    sim_args.extend(a.sim_args.iter().cloned());
+    let sim_pid = procs.start(
+        "sim",
+        &bin,
+        &dir,
+        &sim_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let hub_pid = procs.start("hub", &bin, &dir, &["hub", "--config", "hub.toml"])?;
+    let client = super::client(None, 4)?;
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let last_cluster = format!(
+        "http://127.0.0.1:{sim}/clusters/{}/api/v1/namespaces",
+        names[n - 1]
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get_text(&client, &metrics).await.is_err()
+        || get_text(&client, &last_cluster).await.is_err()
+    {
+        procs.check_alive()?;
+        if Instant::now() > deadline {
+            return Err("hub or simulator not ready after 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_kib = rss_kib(hub_pid)?;
+    let sim_kib = rss_kib(sim_pid)?;
+    let me_kib = rss_kib(std::process::id())?;
+
+    let start_agent = |name: &String| -> Result<kubehub_agent::Agent, String> {
+        let cfg = kubehub_agent::AgentConfig::load(&dir.join(format!("agents/{name}.toml")))
+            .map_err(|e| e.to_string())?;
+        kubehub_agent::Agent::start(cfg).map_err(|e| format!("agent {name}: {e}"))
+    };
+    let timeout = Duration::from_secs(a.timeout);
+    let cache = !a.no_cache;
+    let mut running = vec![start_agent(&names[0])?];
+    let types = wait_for(&client, &metrics, 1, cache, timeout, &mut procs).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kib = rss_kib(hub_pid)?;
+    let t = Instant::now();
+    for (i, name) in names.iter().enumerate().skip(1) {
+        running.push(start_agent(name)?);
+        if i % a.batch.max(1) == 0 {
+            tokio::time::sleep(Duration::from_millis(a.batch_pause_ms)).await;
+        }
+    }
+    wait_for(&client, &metrics, n as u64, cache, timeout, &mut procs).await?;
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = rss_kib(hub_pid)?;
+    let sim_after_kib = rss_kib(sim_pid)?;
+    let me_after_kib = rss_kib(std::process::id())?;
+
+    // Now the totals (reading /clusters allocates in the hub: after the RSS).
+    let v: serde_json::Value = serde_json::from_str(
+        &get_text(&client, &format!("http://127.0.0.1:{admin}/clusters")).await?,
+    )
+    .map_err(|e| format!("/clusters: {e}"))?;
+    let (mut objects, mut bytes, mut history, mut synced, mut listed) = (0u64, 0u64, 0u64, 0, 0);
+    let mut first_objects = (0u64, 0u64);
+    for c in v["clusters"].as_array().into_iter().flatten() {
+        listed += 1;
+        let ts = c["cache"]["types"].as_array().cloned().unwrap_or_default();
+        if !ts.is_empty() && ts.iter().all(|t| t["synced"] == true) {
+            synced += 1;
+        }
+        let (o, b): (u64, u64) = ts.iter().fold((0, 0), |(o, b), t| {
+            (
+                o + t["objects"].as_u64().unwrap_or(0),
+                b + t["bytes"].as_u64().unwrap_or(0),
+            )
+        });
+        history += ts
+            .iter()
+            .map(|t| t["history"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        if c["cluster"] == names[0].as_str() {
+            first_objects = (o, b);
+        }
+        objects += o;
+        bytes += b;
+    }
+    let after_clusters_kib = rss_kib(hub_pid)?;
+
+    let added = after_kib.saturating_sub(before_kib) as f64 * 1024.0;
+    let others = (n - 1).max(1) as f64;
+    let (objs_added, bytes_added) = (
+        objects.saturating_sub(first_objects.0) as f64,
+        bytes.saturating_sub(first_objects.1) as f64,
+    );
+    println!(
+        "cached clusters: {n} clusters ({}), {types} cached types each, {synced} of {listed} fully synced; the last {} agents connected and synced in {:.1} s",
+        if cache { "cache on" } else { "cache off" },
+        n - 1,
+        took.as_secs_f64()
+    );
+    println!(
+        "hub RSS: {start_kib} KiB with no agent, {before_kib} KiB with 1 cluster synced, {after_kib} KiB with {n} ({after_clusters_kib} KiB after serving /clusters)"
+    );
+    println!(
+        "per cluster (the last {}): {:.1} KiB of RSS",
+        n - 1,
+        added / 1024.0 / others
+    );
+    println!(
+        "held: {objects} objects, {bytes} B of JSON ({:.0} B per object, {:.1} KiB per cluster), {history} history entries",
+        bytes as f64 / objects.max(1) as f64,
+        bytes as f64 / 1024.0 / n as f64
+    );
+    if cache && objs_added > 0.0 {
+        println!(
+            "RSS added per object: {:.0} B = JSON {:.0} B + {:.0} B beyond the JSON (everything else per cluster included: tunnel, registry, {types} type slots)",
+            added / objs_added,
+            bytes_added / objs_added,
+            (added - bytes_added) / objs_added
+        );
+    }
+    println!(
+        "simulator RSS {sim_kib} -> {sim_after_kib} KiB; this process (agents) {me_kib} -> {me_after_kib} KiB"
+    );
+    for agent in running {
+        agent.stop().await;
+    }
+    drop(procs);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_lines() {
+        let text = "# HELP x\nkubehub_hub_agents_connected 3\nkubehub_hub_cache_synced_clusters{resource=\"v1/pods\"} 2\nkubehub_hub_cache_synced_clusters{resource=\"apps/v1/deployments\"} 3\nkubehub_hub_cache_objects{resource=\"v1/pods\"} 9\n";
+        let (agents, synced) = parse_metrics(text);
+        assert_eq!(agents, 3);
+        assert_eq!(
+            synced,
+            vec![
+                ("resource=\"v1/pods\"".to_owned(), 2),
+                ("resource=\"apps/v1/deployments\"".to_owned(), 3)
+            ]
+        );
+    }
+}
