@@ -25,25 +25,8 @@ idle_count=${IDLE_COUNT:-1000}
 mkdir -p "$out"
 log() { echo "$*" | tee -a "$out/results.txt"; }
 
-# Wait (up to 6 min) until the machine is at least 90% idle over 3 s: others may be building or
-# testing on it; a measurement taken while they are is marked "(machine busy)". Idle is
-# /proc/stat's idle + iowait against wall time x CPUs: its busy fields are tick-sampled and miss
-# most of a bursty load on these VMs (until 2026-11-26 this check summed them, which made a
-# busy machine look idle; see `machine_idle_secs` in perf/src/bin/kubehub-perf/sys.rs).
-ncpu=$(grep -c '^cpu[0-9]' /proc/stat)
-tck=$(getconf CLK_TCK)
-busy=
-wait_idle() {
-  local i a b t0 t1 idle wall
-  for i in $(seq "${IDLE_TRIES:-120}"); do
-    a=($(head -1 /proc/stat)); t0=$(date +%s%N); sleep 3; b=($(head -1 /proc/stat)); t1=$(date +%s%N)
-    idle=$(( (b[4] - a[4] + b[5] - a[5]) * 1000000000 / tck ))   # ns
-    wall=$(( (t1 - t0) * ncpu ))
-    if [ $((idle * 100)) -ge $((wall * 90)) ]; then busy=; return 0; fi
-    [ "$i" = 1 ] && echo "waiting for the machine to be idle..." >&2
-  done
-  busy=" (machine busy)"
-}
+# shellcheck source=perf/idle.sh
+. "$(dirname "$0")/idle.sh"
 
 demo_pid=
 cleanup() { [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null; true; }
@@ -62,9 +45,9 @@ get_ratio() {
   HUB=$(sed -n 's#^ *server: "\{0,1\}\(https://[^/"]*\)/clusters/demo"\{0,1\}$#\1#p' "$d/kubeconfig")
   TOKEN=$(grep -v '^#' "$d/tokens.csv" | cut -d, -f1)
   for r in 1 2; do
-    wait_idle
-    log "$label round $round.$r $("$perf" get --label direct --url "$SIM$P" --rate 500 --duration 10 --connections 8)$busy"
-    log "$label round $round.$r $("$perf" get --label hub --url "$HUB/clusters/demo$P" --token "$TOKEN" --ca "$d/certs/ca.crt" --rate 500 --duration 10 --connections 8)$busy"
+    wait_idle "${IDLE_TRIES:-120}"
+    log "$label round $round.$r $("$perf" get --label direct --url "$SIM$P" --rate 500 --duration 10 --connections 8)${busy:+ ($busy)}"
+    log "$label round $round.$r $("$perf" get --label hub --url "$HUB/clusters/demo$P" --token "$TOKEN" --ca "$d/certs/ca.crt" --rate 500 --duration 10 --connections 8)${busy:+ ($busy)}"
   done
   cleanup; demo_pid=
 }
@@ -73,7 +56,7 @@ for round in $(seq "$rounds"); do
   for spec in "$@"; do
     label=${spec%%=*} bin=${spec#*=}
     if [[ " $only " == *" bulk "* ]]; then
-      wait_idle
+      wait_idle "${IDLE_TRIES:-120}"
       [ -n "$busy" ] && log "$label round $round bulk: machine busy"
       # shellcheck disable=SC2086
       "$perf" bulk --kubehub "$bin" --dir "$out/bulk-$label" ${BULK_ARGS:-} | sed -e "s/^round 1 /round $round /" -e "s/^/$label /" | tee -a "$out/results.txt" \
@@ -83,8 +66,8 @@ for round in $(seq "$rounds"); do
       get_ratio "$label" "$bin" "$round" || true
     fi
     if [[ " $only " == *" idle "* ]]; then
-      wait_idle
-      log "$label round $round $("$perf" idle-agents --hub-bin "$bin" --count "$idle_count" --dir "$out/idle-$label")$busy"
+      wait_idle "${IDLE_TRIES:-120}"
+      log "$label round $round $("$perf" idle-agents --hub-bin "$bin" --count "$idle_count" --dir "$out/idle-$label")${busy:+ ($busy)}"
     fi
   done
 done

@@ -72,23 +72,8 @@ free_port() {
   done
 }
 
-# Wait until the machine is at least 90% idle over 3 s. Idle time comes from /proc/stat's
-# idle + iowait against wall time x CPUs: its busy fields are tick-sampled and miss most of a
-# bursty load on this VM (see `machine_idle_secs` in perf/src/bin/kubehub-perf/sys.rs).
-ncpu=$(grep -c '^cpu[0-9]' /proc/stat)
-tck=$(getconf CLK_TCK)
-busy=
-wait_idle() {
-  local i a b t0 t1 idle wall
-  for i in $(seq "${IDLE_TRIES:-60}"); do
-    a=($(head -1 /proc/stat)); t0=$(date +%s%N); sleep 3; b=($(head -1 /proc/stat)); t1=$(date +%s%N)
-    idle=$(( (b[4] - a[4] + b[5] - a[5]) * 1000000000 / tck ))   # ns
-    wall=$(( (t1 - t0) * ncpu ))
-    if [ $((idle * 100)) -ge $((wall * 90)) ]; then busy=; return 0; fi
-    [ "$i" = 1 ] && echo "waiting for the machine to be idle..." >&2
-  done
-  busy="machine busy"
-}
+# shellcheck source=perf/idle.sh
+. "$(dirname "$0")/idle.sh"
 
 # --- the set-up -----------------------------------------------------------------------------
 # (Not $(free_port): a subshell would not remember the ports taken.)
@@ -220,7 +205,7 @@ measure() {
     hub*) args+=(--token "$token" --ca "$run/certs/ca.crt" --cpu "hub=$hub_pid" --cpu "agent=$agent_pid"
       --cpu "sim=$sim_pid" --edge-log "$edge_log") ;;
   esac
-  wait_idle
+  wait_idle "${IDLE_TRIES:-60}"
   log "round $round ${title[$c]} $("$perf" get "${args[@]}" --note "$busy")${busy:+ ($busy)}"
 }
 
@@ -238,7 +223,7 @@ done
 if [ -n "${PROFILE:-}" ] && command -v perf > /dev/null; then
   for c in get list5000; do
     [[ " $cases " == *" $c "* ]] || continue
-    wait_idle
+    wait_idle "${IDLE_TRIES:-60}"
     perf record -F 1999 -p "$hub_pid" -o "$out/hub-$c.perf.data" -- sleep $((secs[$c] + 1)) 2> /dev/null &
     rec=$!
     "$perf" get --url "$hub${api[$c]}?resourceVersion=0" --token "$token" --ca "$run/certs/ca.crt" \

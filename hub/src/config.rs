@@ -466,15 +466,7 @@ mod tests {
     #[test]
     fn documented_example_parses() {
         let src = include_str!("config.rs");
-        let toml_text: String = src
-            .lines()
-            .take_while(|l| l.starts_with("//!"))
-            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
-            .skip_while(|l| !l.starts_with("```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("```"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let toml_text = kubehub_testkit::documented_toml(src);
         assert!(toml_text.contains("[cache]"), "{toml_text}");
         let cfg: HubConfig = toml::from_str(&toml_text).expect("the documented hub.toml parses");
         cfg.validate().expect("and is valid");

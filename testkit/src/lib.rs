@@ -15,3 +15,17 @@ pub mod kubectl;
 pub mod stack;
 
 pub use kubectl::{read_until, Kubectl, KUBECTL};
+
+/// The `toml` example inside a module's `//!` documentation (`include_str!` of its source),
+/// for tests that check the documented configuration file parses.
+pub fn documented_toml(module_source: &str) -> String {
+    module_source
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+        .skip_while(|l| !l.starts_with("```toml"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
