@@ -122,22 +122,7 @@ fn kube_rs_reflectors_through_the_hub_follow_the_edge() {
 #[test]
 fn python_client_through_the_hub() {
     let s = stack();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sim/tests/python/client.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&s.kubeconfig)
-        .output()
-        .expect("run python3");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named 'kubernetes'"),
-        "the Python client is not installed: run `pip install kubernetes` (bash .ci/run does)"
-    );
-    assert!(
-        out.status.success(),
-        "python client script failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    kubehub_testkit::run_python_client(&s.kubeconfig);
     let metrics = s.curl_admin("/metrics");
     assert!(
         metrics

@@ -29,3 +29,26 @@ pub fn documented_toml(module_source: &str) -> String {
         .map(|l| format!("{l}\n"))
         .collect()
 }
+
+/// Runs the official Python client's script (`sim/tests/python/client.py`: list, watch,
+/// create, patch, delete) against the cluster `kubeconfig` points at, and asserts it passed.
+/// Blocking. The client comes from PyPI (`bash .ci/run` installs it).
+pub fn run_python_client(kubeconfig: &std::path::Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sim/tests/python/client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(kubeconfig)
+        .output()
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'kubernetes'"),
+        "the Python client is not installed: run `pip install kubernetes` (bash .ci/run does)"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python client: ok"), "{stdout}");
+}

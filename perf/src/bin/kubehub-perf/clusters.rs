@@ -71,22 +71,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
 }
 
 async fn get_text(client: &super::HttpClient, url: &str) -> Result<String, String> {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let resp = client
-        .get(uri)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(format!("GET {url}: {status}"));
-    }
+    let body = super::edge::get_bytes(client, url).await?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 

@@ -401,6 +401,12 @@ type PlainClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Byt
 
 /// GET a URL (plain HTTP or a CA-less https) and parse the answer as JSON.
 pub async fn get_json(client: &PlainClient, url: &str) -> Result<serde_json::Value, String> {
+    let body = get_bytes(client, url).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// GET a URL: the body of a 2xx answer, or what went wrong.
+pub async fn get_bytes(client: &PlainClient, url: &str) -> Result<Bytes, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let resp = client
         .get(uri)
@@ -416,7 +422,7 @@ pub async fn get_json(client: &PlainClient, url: &str) -> Result<serde_json::Val
     if !status.is_success() {
         return Err(format!("GET {url}: {status}"));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+    Ok(body)
 }
 
 /// The per-type cache figures of one cluster in the hub's `/clusters`: (type, synced,
