@@ -911,8 +911,11 @@ fn watches_resume_after_the_agent_returns() {
     let seen = w.take(1);
     s.stop_agent();
     s.wait_connected(false, Duration::from_secs(10));
-    // The watch ends (its client would re-watch).
-    assert!(w.0.recv_timeout(Duration::from_secs(10)).is_err());
+    // The watch ends (its client would re-watch): the stream closes, nothing more comes.
+    assert!(matches!(
+        w.0.recv_timeout(Duration::from_secs(10)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+    ));
     create_configmap_at_edge(&s, "away-0");
     create_configmap_at_edge(&s, "away-1");
     s.start_agent();
