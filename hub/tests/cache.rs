@@ -226,11 +226,7 @@ fn cached_reads_answer_as_the_edge_does_without_reaching_it() {
 #[test]
 fn watches_through_the_hub_see_the_edges_events() {
     let s = stack(CacheConfig::default());
-    let list = s.sim_get("/api/v1/configmaps", &[]).json();
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let rv = s.sim_get("/api/v1/configmaps", &[]).resource_version();
     let path = format!("/api/v1/configmaps?watch=1&resourceVersion={rv}");
     let hub = watch_lines(&s, &format!("/clusters/{CLUSTER}{path}"), true);
     let sim = watch_lines(&s, &path, false);
@@ -293,10 +289,7 @@ fn watch_from_before_the_history_window_is_410() {
         history_window: 8,
         ..CacheConfig::default()
     });
-    let before = s.sim_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let before = s.sim_get("/api/v1/configmaps", &[]).resource_version();
     for i in 0..20 {
         create_configmap(&s, &format!("h-{i}"));
     }
@@ -531,6 +524,13 @@ fn agent_gone_stale_then_unavailable_then_resynced() {
     assert_eq!(got.header("x-kubehub-cache"), Some("hit"));
 }
 
+/// A watch of `default`'s configmaps from `rv`, as raw HTTP/1.1 for a hand-driven connection.
+fn raw_watch_request(rv: &str) -> String {
+    format!(
+        "GET /clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+}
+
 /// Reads a chunked watch response from a raw connection: its events' (type, version, name).
 async fn read_events<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut R,
@@ -595,13 +595,8 @@ fn a_thousand_watchers_see_the_same_sequence() {
     const WATCHERS: usize = 1000;
     const CHANGES: usize = 20;
     let s = stack(CacheConfig::default());
-    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let request = format!(
-        "GET /clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    );
+    let rv = s.hub_get("/api/v1/configmaps", &[]).resource_version();
+    let request = raw_watch_request(&rv);
     let results = s.rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..WATCHERS {
@@ -644,13 +639,8 @@ fn fan_out_to_many_watchers_and_a_stalled_one_is_cut_off() {
         history_window: 30,
         ..CacheConfig::default()
     });
-    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let request = format!(
-        "GET /clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    );
+    let rv = s.hub_get("/api/v1/configmaps", &[]).resource_version();
+    let request = raw_watch_request(&rv);
     let (results, stalled_events, stalled_ended) = s.rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..WATCHERS {
@@ -709,10 +699,7 @@ fn fan_out_to_many_watchers_and_a_stalled_one_is_cut_off() {
 #[test]
 fn edge_restart_with_compaction_resyncs_and_watchers_see_the_difference() {
     let s = stack(CacheConfig::default());
-    let rv = s.hub_get("/api/v1/configmaps", &[]).json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let rv = s.hub_get("/api/v1/configmaps", &[]).resource_version();
     let watch = watch_lines(
         &s,
         &format!(
@@ -814,9 +801,7 @@ fn a_lagging_watch_is_caught_up_by_a_diffed_list_before_a_consistent_read() {
     create_configmap_at_edge(&s, "lag-3");
     let n: u64 = s
         .sim_get("/api/v1/namespaces/default/configmaps", &[])
-        .json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
+        .resource_version()
         .parse()
         .unwrap();
     let w = watch_lines(
@@ -897,10 +882,7 @@ fn watches_resume_after_the_agent_returns() {
     let mut s = stack(CacheConfig::default());
     let rv = s
         .hub_get("/api/v1/namespaces/default/configmaps", &[])
-        .json()["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .resource_version();
     let path = |rv: &str| {
         format!(
             "/clusters/{CLUSTER}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}"

@@ -35,20 +35,8 @@ async fn client(s: &common::Stack) -> Client {
 
 /// (namespace/name → resourceVersion) of every pod the simulator holds.
 fn edge_pods(s: &common::Stack) -> BTreeMap<String, String> {
-    let ty = s.cluster.type_index("", "v1", "pods").unwrap();
     s.cluster
-        .keys(ty)
-        .into_iter()
-        .map(|(ns, n)| {
-            let v: serde_json::Value =
-                serde_json::from_slice(&s.cluster.get(ty, Some(&ns), &n).unwrap()).unwrap();
-            let rv = v["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            (format!("{ns}/{n}"), rv)
-        })
-        .collect()
+        .versions(s.cluster.type_index("", "v1", "pods").unwrap())
 }
 
 fn store_pods(r: &reflector::Store<Pod>) -> BTreeMap<String, String> {

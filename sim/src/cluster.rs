@@ -228,6 +228,15 @@ impl Cluster {
             .collect()
     }
 
+    /// `namespace/name` → resourceVersion of every object of type `ty` (what a client's
+    /// cache of the type should converge to).
+    pub fn versions(&self, ty: usize) -> std::collections::BTreeMap<String, String> {
+        lock(&self.inner).state.objects[ty]
+            .iter()
+            .map(|(k, o)| (format!("{}/{}", k.namespace(), k.name()), o.rv.to_string()))
+            .collect()
+    }
+
     /// Ends every open watch, as an API server restart would; clients re-watch from their last
     /// version (and get 410 if it has left the history window).
     pub fn disconnect_watchers(&self) {

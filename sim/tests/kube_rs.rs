@@ -25,22 +25,8 @@ async fn client(s: &common::Sim) -> Client {
 
 /// (namespace/name → resourceVersion) of every pod in the cluster.
 fn server_pods(s: &common::Sim) -> BTreeMap<String, String> {
-    let pods = s.cluster.type_index("", "v1", "pods").unwrap();
     s.cluster
-        .keys(pods)
-        .into_iter()
-        .map(|(ns, n)| {
-            let v: serde_json::Value =
-                serde_json::from_slice(&s.cluster.get(pods, Some(&ns), &n).unwrap()).unwrap();
-            (
-                format!("{ns}/{n}"),
-                v["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            )
-        })
-        .collect()
+        .versions(s.cluster.type_index("", "v1", "pods").unwrap())
 }
 
 fn store_pods(r: &reflector::Store<Pod>) -> BTreeMap<String, String> {

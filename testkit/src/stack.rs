@@ -56,6 +56,19 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A list's `metadata.resourceVersion` (the version a watch resumes from).
+    pub fn resource_version(&self) -> String {
+        self.json()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no list resourceVersion: {}",
+                    String::from_utf8_lossy(&self.body)
+                )
+            })
+            .to_owned()
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
