@@ -81,14 +81,14 @@ for v in sim_port ctl_port user_port agent_port admin_port nginx_port; do
   free_port > "$run/port"; printf -v "$v" %s "$(cat "$run/port")"; taken+="${!v} "
 done
 "$kubehub" certs --dir "$run/certs" --clusters edge --users admin > /dev/null
-token=perf-$RANDOM$RANDOM
-echo "$token,perf,1,\"system:masters\"" > "$run/tokens.csv"
+token=$("$perf" access-file --out "$run/access.json" --cluster edge)
 cat > "$run/hub.toml" <<EOF
 id = "hub-perf"
 cores = ${HUB_CORES:-2}
 clusters = ["edge"]
-token_file = "tokens.csv"
 impersonate = false
+[access]
+file = "access.json"
 [user_listener]
 listen = "127.0.0.1:$user_port"
 cert = "certs/hub.crt"

@@ -1,9 +1,12 @@
 //! `agent.toml`: every option of the agent, with its default.
 //!
 //! ```toml
-//! cluster_id = "edge-1"              # must match the CN of the agent's certificate
+//! cluster_id = "edge-1"              # must match the CN of the agent's certificate; with [meta]
+//!                                    # optional (the identity the metaserver enrolled it as)
 //! agent_id = "edge-1-a"              # this instance (default: cluster_id)
-//! hubs = ["hub.example.com:8444"]    # one tunnel per hub
+//! hubs = ["hub.example.com:8444"]    # one tunnel per hub, kept forever; with [meta] optional:
+//!                                    # without it the hubs come from the metaserver's registry
+//!                                    # ([meta] hub_refresh_ms and below)
 //! labels = { region = "eu", tier = "small" }  # the cluster's labels, sent in HELLO: hubs
 //!                                    # choose the cached types by them ([[cache.overrides]])
 //!
@@ -11,7 +14,42 @@
 //! ca = "ca.crt"                      # CA of the hubs' certificates
 //! cert = "agent.crt"                 # this agent's certificate (CN = cluster_id)
 //! key = "agent.key"
-//! server_name = "localhost"          # name to verify in the hub certificate
+//!                                    # with [meta], ca/cert/key default to ca.crt, agent.crt and
+//!                                    # agent.key in the state directory, where enrollment and
+//!                                    # renewal write them (the whole [tls] section may go)
+//! server_name = "localhost"          # name to verify in the hub certificates (default:
+//!                                    # "localhost"; with [meta], each hub's host name or address)
+//!
+//! [meta]                             # optional: enrollment with the metaserver. The first start
+//!                                    # joins with a join token (`kubehub agent --join khJ....`):
+//!                                    # it makes a key here, has the metaserver sign it, and saves
+//!                                    # the key, certificate, CA and hub list in state_dir; later
+//!                                    # starts reuse them (no token)
+//! url = "https://meta.example.com:9443"  # the metaserver (https; its certificate is checked
+//!                                    # against the CA the join token pins)
+//! state_dir = "/var/lib/kubehub-agent"   # key (mode 0600), certificate, CA, enrollment.json
+//! renew = true                       # renew the certificate at a random point between 70% and
+//!                                    # 90% of its life (new key; tunnels up are not dropped)
+//! request_timeout_ms = 30000         # deadline of one call to the metaserver
+//! retry_initial_ms = 1000            # a failed renewal is retried after a full-jitter
+//! retry_max_ms = 300000              # exponential backoff between these bounds
+//!                                    # without `hubs` at the top, the metaserver's registry of
+//!                                    # live hubs says which hubs to dial (until its first answer,
+//!                                    # the hubs it named at enrollment; while it cannot be read,
+//!                                    # the last list it gave):
+//! hub_refresh_ms = 10000             # read the registry (GET /v1/registry/hubs) this often
+//! hubs_per_agent = 1                 # keep tunnels to this many hubs (0: every live hub), chosen
+//!                                    # by rendezvous hashing of (cluster_id, hub address): agents
+//!                                    # spread evenly over the hubs, and a hub added or removed
+//!                                    # moves only its share. A healthy tunnel is never moved
+//!                                    # (not even back to a hub that returns)
+//! failover_after_ms = 10000          # a chosen hub failing this long (dial errors, refusals, lost
+//!                                    # connections; retried with [reconnect]'s backoff), or
+//!                                    # failing and gone from the registry, is replaced by the next
+//!                                    # in rendezvous order; a hub given up on is skipped for six
+//!                                    # times this long unless nothing else is left
+//! register_interval_ms = 5000        # heartbeat to the registry (PUT /v1/registry/agents/{cluster}):
+//!                                    # the hubs the agent has a tunnel up to (also with `hubs`)
 //!
 //! [upstream]                         # the edge cluster's API server
 //! url = "https://127.0.0.1:6443"
@@ -69,23 +107,147 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// TLS towards the hubs.
-#[derive(Debug, Clone, Deserialize)]
+/// TLS towards the hubs. With `[meta]`, the files default to the state directory's.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// CA of the hubs.
-    pub ca: PathBuf,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// Agent certificate.
-    pub cert: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// Agent key.
-    pub key: PathBuf,
-    /// Name to verify in hub certificates.
-    #[serde(default = "default_server_name")]
-    pub server_name: String,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name to verify in hub certificates (default: `localhost`; with `[meta]`, the host of
+    /// each hub's address).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
-fn default_server_name() -> String {
-    "localhost".into()
+/// The TLS files the agent uses, wherever they come from ([`AgentConfig::tls_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA of the hubs (and, with `[meta]`, of the metaserver).
+    pub ca: PathBuf,
+    /// The agent's certificate.
+    pub cert: PathBuf,
+    /// The agent's private key.
+    pub key: PathBuf,
+}
+
+/// `[meta]`: enrollment with the metaserver and certificate renewal (`crate::enroll`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// The metaserver's base URL (`https://host:port`).
+    pub url: String,
+    /// Where the key, certificate, CA and enrollment (identity, hubs) are kept.
+    pub state_dir: PathBuf,
+    /// Renew the certificate before it expires.
+    #[serde(default = "yes")]
+    pub renew: bool,
+    /// Deadline of one call to the metaserver (connect, TLS, request, response).
+    #[serde(default = "default_meta_timeout")]
+    pub request_timeout_ms: u64,
+    /// First delay before retrying a failed renewal (full-jitter exponential backoff).
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_ms: u64,
+    /// Largest delay between renewal attempts.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+    /// How often the registry of live hubs is read (`GET /v1/registry/hubs`), when the hubs
+    /// come from it (agent.toml names no `hubs`).
+    #[serde(default = "default_hub_refresh")]
+    pub hub_refresh_ms: u64,
+    /// Tunnels kept (to hubs of the registry chosen by rendezvous hashing); 0: every live hub.
+    #[serde(default = "default_hubs_per_agent")]
+    pub hubs_per_agent: u32,
+    /// A chosen hub failing this long is replaced by the next in rendezvous order (at once if
+    /// it also left the registry).
+    #[serde(default = "default_failover_after")]
+    pub failover_after_ms: u64,
+    /// How often the agent registers itself (`PUT /v1/registry/agents/{cluster}`) with the
+    /// hubs it has a tunnel up to.
+    #[serde(default = "default_register_interval")]
+    pub register_interval_ms: u64,
+    /// Not an agent.toml option: set by [`crate::enroll::prepare`] when agent.toml names no
+    /// `hubs`, so that the hubs come from the registry (`hubs` then holds the enrollment's
+    /// list, used until the registry first answers).
+    #[serde(skip)]
+    pub hubs_from_registry: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_meta_timeout() -> u64 {
+    30_000
+}
+fn default_retry_initial() -> u64 {
+    1_000
+}
+fn default_retry_max() -> u64 {
+    300_000
+}
+fn default_hub_refresh() -> u64 {
+    10_000
+}
+fn default_hubs_per_agent() -> u32 {
+    1
+}
+fn default_failover_after() -> u64 {
+    10_000
+}
+fn default_register_interval() -> u64 {
+    5_000
+}
+
+impl Meta {
+    /// `[meta]` with the defaults for everything but the URL and the state directory.
+    pub fn new(url: impl Into<String>, state_dir: impl Into<PathBuf>) -> Meta {
+        Meta {
+            url: url.into(),
+            state_dir: state_dir.into(),
+            renew: true,
+            request_timeout_ms: default_meta_timeout(),
+            retry_initial_ms: default_retry_initial(),
+            retry_max_ms: default_retry_max(),
+            hub_refresh_ms: default_hub_refresh(),
+            hubs_per_agent: default_hubs_per_agent(),
+            failover_after_ms: default_failover_after(),
+            register_interval_ms: default_register_interval(),
+            hubs_from_registry: false,
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(format!("meta.{m}")));
+        if !self.url.starts_with("https://") {
+            return bad("url must be https://");
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir is empty");
+        }
+        if self.request_timeout_ms < 100 {
+            return bad("request_timeout_ms must be at least 100");
+        }
+        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+            return bad("retry_initial_ms must be at least 1 and at most retry_max_ms");
+        }
+        if !(100..=3_600_000).contains(&self.hub_refresh_ms) {
+            return bad("hub_refresh_ms must be 100 to 3600000");
+        }
+        if !(100..=3_600_000).contains(&self.register_interval_ms) {
+            return bad("register_interval_ms must be 100 to 3600000");
+        }
+        if self.failover_after_ms > 3_600_000 {
+            return bad("failover_after_ms must be at most 3600000");
+        }
+        Ok(())
+    }
 }
 
 /// The edge API server.
@@ -266,18 +428,25 @@ impl ReflectorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The cluster served.
+    /// The cluster served (with `[meta]`, empty until enrollment fills it in).
+    #[serde(default)]
     pub cluster_id: String,
     /// This instance.
     #[serde(default)]
     pub agent_id: Option<String>,
-    /// Hubs to dial.
+    /// Hubs to dial, each kept forever. With `[meta]` it may be left out: the hubs then come
+    /// from the metaserver's registry (`crate::hubs`), starting with the enrollment's list.
+    #[serde(default)]
     pub hubs: Vec<String>,
     /// The cluster's labels (sent in HELLO).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
     /// TLS towards the hubs.
+    #[serde(default)]
     pub tls: Tls,
+    /// Enrollment with the metaserver.
+    #[serde(default)]
+    pub meta: Option<Meta>,
     /// The edge API server.
     pub upstream: Upstream,
     /// Admin endpoints.
@@ -295,8 +464,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Reads a TOML file; relative paths are relative to it.
+    /// Reads and checks a TOML file; relative paths are relative to it.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let cfg = AgentConfig::read(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file without checking it (the command line may complete it first, then
+    /// [`AgentConfig::validate`]); relative paths are relative to it.
+    pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
         let mut cfg: AgentConfig =
@@ -307,10 +484,13 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut cfg.tls.ca);
-        fix(&mut cfg.tls.cert);
-        fix(&mut cfg.tls.key);
+        if let Some(meta) = &mut cfg.meta {
+            fix(&mut meta.state_dir);
+        }
         for p in [
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
             &mut cfg.upstream.ca,
             &mut cfg.upstream.token_file,
             &mut cfg.upstream.client_cert,
@@ -321,17 +501,45 @@ impl AgentConfig {
         {
             fix(p);
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cluster_id.is_empty() {
-            return Err(ConfigError::Invalid("cluster_id is empty".into()));
+    /// A configuration with the defaults, for an agent that enrolls with the metaserver and
+    /// has no agent.toml (`kubehub agent --join … --meta … --state-dir …`).
+    pub fn enrolling(meta: Meta, upstream: Upstream) -> AgentConfig {
+        AgentConfig {
+            cluster_id: String::new(),
+            agent_id: None,
+            hubs: Vec::new(),
+            labels: Default::default(),
+            tls: Tls::default(),
+            meta: Some(meta),
+            upstream,
+            admin: None,
+            limits: Limits::default(),
+            reconnect: Reconnect::default(),
+            sync: ReflectorConfig::default(),
         }
-        if self.hubs.is_empty() {
-            return Err(ConfigError::Invalid("hubs is empty".into()));
+    }
+
+    /// Checks ranges. With `[meta]`, `cluster_id`, `hubs` and the `[tls]` files may be left
+    /// for enrollment to provide.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.meta {
+            Some(meta) => meta.validate()?,
+            None => {
+                if self.cluster_id.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "cluster_id is empty (or enroll with the metaserver: [meta])".into(),
+                    ));
+                }
+                if self.hubs.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "hubs is empty (or enroll with the metaserver: [meta])".into(),
+                    ));
+                }
+                self.tls_files()?;
+            }
         }
         kubehub_wire::validate_settings(&self.limits.settings())
             .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
@@ -350,12 +558,73 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The CA, certificate and key files: as `[tls]` names them, else (with `[meta]`) in the
+    /// state directory (`ca.crt`, `agent.crt`, `agent.key`).
+    pub fn tls_files(&self) -> Result<TlsFiles, ConfigError> {
+        let pick = |set: &Option<PathBuf>, name: &str, default: &str| match (set, &self.meta) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(meta)) => Ok(meta.state_dir.join(default)),
+            (None, None) => Err(ConfigError::Invalid(format!(
+                "tls.{name} is required (or enroll with the metaserver: [meta])"
+            ))),
+        };
+        Ok(TlsFiles {
+            ca: pick(&self.tls.ca, "ca", crate::enroll::CA_FILE)?,
+            cert: pick(&self.tls.cert, "cert", crate::enroll::CERT_FILE)?,
+            key: pick(&self.tls.key, "key", crate::enroll::KEY_FILE)?,
+        })
+    }
+
+    /// The name to verify in the certificate of `hub` (`host:port`): `tls.server_name`, else
+    /// with `[meta]` the hub's host, else `localhost`.
+    pub fn server_name_for(&self, hub: &str) -> String {
+        if let Some(name) = &self.tls.server_name {
+            return name.clone();
+        }
+        if self.meta.is_none() {
+            return "localhost".into();
+        }
+        host_of(hub).to_owned()
+    }
+
     /// The agent id to announce.
     pub fn agent_id(&self) -> String {
         self.agent_id
             .clone()
             .unwrap_or_else(|| self.cluster_id.clone())
     }
+}
+
+/// The host of `host:port` or `[v6]:port` (the whole string if it has no port).
+pub fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once(']').map(|(h, _)| h).unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => addr,
+    }
+}
+
+/// `[upstream]` for an agent running in a pod: the API server from `KUBERNETES_SERVICE_HOST`
+/// and `_PORT`, the service account's CA and token. `None` outside a pod.
+pub fn in_cluster_upstream() -> Option<Upstream> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
+    Some(Upstream {
+        url: format!("https://{host}:{port}"),
+        ca: Some(sa.join("ca.crt")),
+        token: None,
+        token_file: Some(sa.join("token")),
+        client_cert: None,
+        client_key: None,
+    })
 }
 
 #[cfg(test)]
@@ -373,6 +642,101 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&toml_text).unwrap();
         assert_eq!(cfg.sync, ReflectorConfig::default());
         cfg.validate().unwrap();
+        let meta = cfg.meta.clone().unwrap();
+        let defaults = Meta::new(meta.url.clone(), meta.state_dir.clone());
+        assert_eq!(
+            meta, defaults,
+            "the documented [meta] values are the defaults"
+        );
+    }
+
+    fn minimal(extra: &str) -> Result<AgentConfig, ConfigError> {
+        let text = format!("{extra}\n[upstream]\nurl = \"http://127.0.0.1:1\"\n");
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn without_meta_identity_hubs_and_tls_files_are_required() {
+        let full =
+            "cluster_id = \"e\"\nhubs = [\"h:1\"]\n[tls]\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n";
+        let cfg = minimal(full).unwrap();
+        assert_eq!(cfg.server_name_for("hub.example.com:8444"), "localhost");
+        assert_eq!(
+            cfg.tls_files().unwrap(),
+            TlsFiles {
+                ca: "ca".into(),
+                cert: "c".into(),
+                key: "k".into()
+            }
+        );
+        for (without, why) in [
+            ("cluster_id = \"e\"\n", "cluster_id"),
+            ("hubs = [\"h:1\"]\n", "hubs"),
+            ("cert = \"c\"\n", "tls.cert"),
+        ] {
+            let e = minimal(&full.replace(without, "")).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("[meta]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn with_meta_the_state_directory_holds_the_tls_files() {
+        let cfg =
+            minimal("[meta]\nurl = \"https://meta:9443\"\nstate_dir = \"/var/lib/kh\"\n").unwrap();
+        assert!(cfg.cluster_id.is_empty() && cfg.hubs.is_empty());
+        let meta = cfg.meta.clone().unwrap();
+        assert!(meta.renew);
+        assert_eq!(
+            cfg.tls_files().unwrap(),
+            TlsFiles {
+                ca: "/var/lib/kh/ca.crt".into(),
+                cert: "/var/lib/kh/agent.crt".into(),
+                key: "/var/lib/kh/agent.key".into()
+            }
+        );
+        assert_eq!(
+            cfg.server_name_for("hub-1.example.com:8444"),
+            "hub-1.example.com"
+        );
+        assert_eq!(cfg.server_name_for("10.0.0.1:8444"), "10.0.0.1");
+        assert_eq!(cfg.server_name_for("[::1]:8444"), "::1");
+        // A file named in [tls] wins over the state directory.
+        let cfg = minimal(
+            "[tls]\ncert = \"/etc/agent.crt\"\nserver_name = \"hubs.example.com\"\n[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\n",
+        )
+        .unwrap();
+        let files = cfg.tls_files().unwrap();
+        assert_eq!(files.cert, PathBuf::from("/etc/agent.crt"));
+        assert_eq!(files.key, PathBuf::from("s/agent.key"));
+        assert_eq!(cfg.server_name_for("h:1"), "hubs.example.com");
+        for bad in [
+            "[meta]\nurl = \"http://meta\"\nstate_dir = \"s\"\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"\"\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nretry_initial_ms = 0\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nrequest_timeout_ms = 1\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nhub_refresh_ms = 10\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nregister_interval_ms = 0\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nfailover_after_ms = 86400000\n",
+        ] {
+            assert!(minimal(bad).is_err(), "{bad}");
+        }
+        assert!(minimal("[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\ntypo = 1\n").is_err());
+        // The registry's options; hubs_from_registry is not an option.
+        let cfg = minimal(
+            "[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\nhubs_per_agent = 0\nfailover_after_ms = 0\n",
+        )
+        .unwrap();
+        let meta = cfg.meta.unwrap();
+        assert_eq!((meta.hubs_per_agent, meta.failover_after_ms), (0, 0));
+        assert_eq!(meta.hub_refresh_ms, 10_000);
+        assert!(!meta.hubs_from_registry);
+        assert!(minimal(
+            "[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\nhubs_from_registry = true\n"
+        )
+        .is_err());
     }
 
     #[test]

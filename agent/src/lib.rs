@@ -5,12 +5,19 @@
 //! API server, streaming the answer back. It reconnects after any failure with exponential
 //! backoff and full jitter, so thousands of agents never reconnect in lock-step. It reports the
 //! edge cluster's resource types to the hub ([`discovery`]), and list-watches the types the
-//! hub caches ([`reflector`]).
+//! hub caches ([`reflector`]). With `[meta]` it enrolls with the metaserver using a join token
+//! and renews its certificate before it expires ([`enroll`]); tunnels dial with whatever
+//! certificate is current. With `[meta]` and no `hubs` in agent.toml, the hubs come from the
+//! metaserver's registry: the agent holds tunnels to `hubs_per_agent` of the live hubs chosen by
+//! rendezvous hashing, fails over when one dies, and registers itself ([`hubs`]).
 //!
 //! The agent runs on tokio; it is not the hot path.
 
 pub mod config;
 pub mod discovery;
+pub mod enroll;
+pub mod hubs;
+mod meta_client;
 pub mod reflector;
 mod sync;
 pub mod tunnel;
@@ -25,7 +32,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::Instrument;
 
 pub use config::AgentConfig;
 
@@ -38,6 +45,18 @@ pub struct Metrics {
     pub streams: Gauge,
     /// Cache sync (the reflectors), per resource type.
     pub sync: SyncMetrics,
+    /// When the agent's certificate expires, unix seconds (`cert_expiry_seconds`).
+    pub cert_expiry: Gauge,
+    /// Certificates renewed (`cert_renewals_total`).
+    pub cert_renewals: Counter,
+    /// Renewal attempts that failed, each followed by a backoff
+    /// (`cert_renewal_failures_total`).
+    pub cert_renewal_failures: Counter,
+    /// Live hubs in the metaserver registry's last answer (`hubs_known`).
+    pub hubs_known: Gauge,
+    /// Chosen hubs given up on (failing too long, or failing and gone from the registry), each
+    /// replaced by the next in rendezvous order when there is one (`hub_switches_total`).
+    pub hub_switches: Counter,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -171,10 +190,45 @@ impl Default for Metrics {
         );
         let sync = SyncMetrics::default();
         sync.register(&mut registry);
+        let cert_expiry = Gauge::default();
+        let cert_renewals = Counter::default();
+        let cert_renewal_failures = Counter::default();
+        registry.register(
+            "cert_expiry_seconds",
+            "When the agent's certificate expires (unix time)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "cert_renewals",
+            "Certificates renewed with the metaserver",
+            cert_renewals.clone(),
+        );
+        registry.register(
+            "cert_renewal_failures",
+            "Certificate renewal attempts that failed (each is retried after a backoff)",
+            cert_renewal_failures.clone(),
+        );
+        let hubs_known = Gauge::default();
+        let hub_switches = Counter::default();
+        registry.register(
+            "hubs_known",
+            "Live hubs in the metaserver registry's last answer",
+            hubs_known.clone(),
+        );
+        registry.register(
+            "hub_switches",
+            "Chosen hubs given up on (failing too long, or failing and gone from the registry)",
+            hub_switches.clone(),
+        );
         Metrics {
             connected,
             streams,
             sync,
+            cert_expiry,
+            cert_renewals,
+            cert_renewal_failures,
+            hubs_known,
+            hub_switches,
             registry,
         }
     }
@@ -198,16 +252,26 @@ pub enum AgentError {
     /// Bad upstream configuration.
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    /// Enrollment with the metaserver failed.
+    #[error("enrollment: {0}")]
+    Enroll(#[from] enroll::EnrollError),
+    /// `[meta]` but no identity or hubs yet: [`enroll::prepare`] comes first
+    /// ([`Agent::join_and_start`] does both).
+    #[error("not ready to start: {0}")]
+    NotEnrolled(&'static str),
 }
 
-/// A running agent (one tunnel loop per hub); dropping it does not stop it, [`Agent::stop`]
-/// does.
+/// A running agent: a reconnect loop per hub held (with the registry, also its poller and
+/// chooser) and, with `[meta]`, renewal and registration. [`Agent::stop`] stops them and waits
+/// for them; dropping it stops them without waiting.
 #[derive(Debug)]
 pub struct Agent {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The certificate tunnels dial with (renewal replaces it; so may its owner).
+    pub client_cert: Arc<kubehub_pki::ReloadingClientCert>,
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): "full jitter", a uniform draw from
@@ -222,59 +286,153 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration, rng: &mut impl Rn
 }
 
 impl Agent {
-    /// Starts the agent on the current tokio runtime.
+    /// Enrolls if needed ([`enroll::prepare`]: the saved certificate, else a join with `join`,
+    /// a join token), then starts ([`Agent::start`]). Without `[meta]`, just starts.
+    pub async fn join_and_start(
+        mut cfg: AgentConfig,
+        join: Option<&str>,
+    ) -> Result<Agent, AgentError> {
+        enroll::prepare(&mut cfg, join).await?;
+        Agent::start(cfg)
+    }
+
+    /// Starts the agent on the current tokio runtime. With `[meta]`, the agent must be enrolled
+    /// ([`enroll::prepare`]; `cluster_id` set, and `hubs` unless they come from the registry),
+    /// renews its certificate if `renew` is on, and registers itself ([`hubs`]).
     pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        let tls = tunnel::client_tls(&cfg).map_err(AgentError::Tls)?;
+        if cfg.cluster_id.is_empty() {
+            return Err(AgentError::NotEnrolled("cluster_id is empty"));
+        }
+        let from_registry = cfg.meta.as_ref().is_some_and(|m| m.hubs_from_registry);
+        if cfg.hubs.is_empty() && !from_registry {
+            return Err(AgentError::NotEnrolled("no hubs to dial"));
+        }
+        let files = cfg
+            .tls_files()
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        let cert_pem = std::fs::read_to_string(&files.cert)
+            .map_err(|e| AgentError::Tls(format!("{}: {e}", files.cert.display())))?;
+        let client_cert = Arc::new(
+            kubehub_pki::ReloadingClientCert::new(
+                kubehub_pki::load_certs(&files.cert).map_err(|e| AgentError::Tls(e.to_string()))?,
+                kubehub_pki::load_key(&files.key).map_err(|e| AgentError::Tls(e.to_string()))?,
+            )
+            .map_err(|e| AgentError::Tls(format!("{}: {e}", files.key.display())))?,
+        );
+        let roots =
+            kubehub_pki::load_roots(&files.ca).map_err(|e| AgentError::Tls(e.to_string()))?;
+        let tls = tunnel::client_tls_with(roots, client_cert.clone()).map_err(AgentError::Tls)?;
         let upstream = upstream::UpstreamClient::new(&cfg.upstream)?;
         let metrics = Arc::new(Metrics::default());
+        if let Ok((_, not_after)) = kubehub_pki::cert_validity(&cert_pem) {
+            let secs = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            metrics
+                .cert_expiry
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
         let (stop, _) = watch::channel(false);
-        let cfg = Arc::new(cfg);
         let mut tasks = Vec::new();
-        for hub in cfg.hubs.clone() {
-            let (cfg, tls, upstream, metrics) =
-                (cfg.clone(), tls.clone(), upstream.clone(), metrics.clone());
-            let mut stop_rx = stop.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let mut attempt = 0u32;
-                loop {
-                    let up = std::sync::atomic::AtomicBool::new(false);
-                    let run = tunnel::run_once(
-                        &hub,
-                        &cfg,
-                        tls.clone(),
-                        upstream.clone(),
+        let book = Arc::new(hubs::Book::new());
+        let meta_access = match &cfg.meta {
+            Some(meta) => {
+                let client = meta_client::MetaClient::new(
+                    &meta.url,
+                    Duration::from_millis(meta.request_timeout_ms),
+                )?;
+                let ca_pem = enroll::read(&files.ca)?;
+                let tls = enroll::verified_config(&ca_pem, Some(client_cert.clone()))?;
+                Some((meta.clone(), hubs::MetaAccess { client, tls }))
+            }
+            None => None,
+        };
+        if let Some(meta) = cfg.meta.clone().filter(|m| m.renew) {
+            let renewal = enroll::Renewal {
+                meta,
+                files,
+                cluster: cfg.cluster_id.clone(),
+                cert: client_cert.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(renewal.run(stop.subscribe())));
+        }
+        let cfg = Arc::new(cfg);
+        let cluster = cfg.cluster_id.clone();
+        let dialer = hubs::Dialer {
+            cfg: cfg.clone(),
+            tls,
+            upstream,
+            metrics: metrics.clone(),
+        };
+        if let Some((meta, access)) = meta_access {
+            let span = tracing::info_span!("registration", cluster = %cluster, meta = %meta.url);
+            tasks.push(tokio::spawn(
+                hubs::register(
+                    access.clone(),
+                    cluster.clone(),
+                    cfg.agent_id(),
+                    Duration::from_millis(meta.register_interval_ms),
+                    book.clone(),
+                    stop.subscribe(),
+                )
+                .instrument(span),
+            ));
+            if from_registry {
+                let initial: hubs::LiveHubs =
+                    cfg.hubs.iter().map(|h| (h.clone(), h.clone())).collect();
+                let (live_tx, live_rx) = watch::channel(initial);
+                let span =
+                    tracing::info_span!("hub_registry", cluster = %cluster, meta = %meta.url);
+                tasks.push(tokio::spawn(
+                    hubs::poll_registry(
+                        access,
+                        Duration::from_millis(meta.hub_refresh_ms),
+                        live_tx,
                         metrics.clone(),
-                        || up.store(true, std::sync::atomic::Ordering::Relaxed),
-                    );
-                    let res = tokio::select! {
-                        r = run => r,
-                        _ = stop_rx.changed() => return,
-                    };
-                    if up.load(std::sync::atomic::Ordering::Relaxed) {
-                        attempt = 0;
-                    }
-                    let delay = backoff(
-                        attempt,
-                        Duration::from_millis(cfg.reconnect.initial_ms),
-                        Duration::from_millis(cfg.reconnect.max_ms),
-                        &mut rand::rng(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    match res {
-                        Ok(()) => info!(hub = %hub, "tunnel closed; reconnecting in {delay:?}"),
-                        Err(e) => warn!(hub = %hub, "tunnel: {e}; reconnecting in {delay:?}"),
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop_rx.changed() => return,
-                    }
-                }
-            }));
+                        stop.subscribe(),
+                    )
+                    .instrument(span),
+                ));
+                let chooser = hubs::Chooser::new(
+                    &cluster,
+                    meta.hubs_per_agent,
+                    Duration::from_millis(meta.failover_after_ms),
+                );
+                let span = tracing::info_span!("hubs", cluster = %cluster);
+                tasks.push(tokio::spawn(
+                    hubs::choose(chooser, dialer, book, live_rx, stop.subscribe()).instrument(span),
+                ));
+                return Ok(Agent {
+                    stop,
+                    tasks,
+                    metrics,
+                    client_cert,
+                });
+            }
+        }
+        // A static list: every hub, forever.
+        for hub in cfg.hubs.clone() {
+            let generation = book.insert(&hub, hub.clone(), std::time::Instant::now());
+            let span = hubs::tunnel_span(&cluster, &hub);
+            tasks.push(tokio::spawn(
+                hubs::dial_loop(
+                    hub,
+                    generation,
+                    dialer.clone(),
+                    book.clone(),
+                    stop.subscribe(),
+                    Duration::ZERO,
+                )
+                .instrument(span),
+            ));
         }
         Ok(Agent {
             stop,
             tasks,
             metrics,
+            client_cert,
         })
     }
 

@@ -165,18 +165,34 @@ const BODY_QUEUE: usize = 64;
 /// Bytes encoded per write at most.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// The TLS client configuration for the hubs (TLS 1.3, the agent's client certificate).
+/// The TLS client configuration for the hubs (TLS 1.3, the agent's client certificate), from
+/// the files the configuration names.
 pub fn client_tls(cfg: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = kubehub_pki::load_roots(&cfg.tls.ca).map_err(|e| e.to_string())?;
-    let certs = kubehub_pki::load_certs(&cfg.tls.cert).map_err(|e| e.to_string())?;
-    let key = kubehub_pki::load_key(&cfg.tls.key).map_err(|e| e.to_string())?;
+    let files = cfg.tls_files().map_err(|e| e.to_string())?;
+    let cert = kubehub_pki::ReloadingClientCert::new(
+        kubehub_pki::load_certs(&files.cert).map_err(|e| e.to_string())?,
+        kubehub_pki::load_key(&files.key).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let roots = kubehub_pki::load_roots(&files.ca).map_err(|e| e.to_string())?;
+    client_tls_with(roots, Arc::new(cert))
+}
+
+/// The TLS client configuration for the hubs: TLS 1.3, `roots` to verify them, and the client
+/// certificate `cert` holds when each handshake starts (renewal replaces it there). Session
+/// resumption is off: a resumed TLS 1.3 session does not present the certificate again, and
+/// the hub must see the current one.
+pub fn client_tls_with(
+    roots: rustls::RootCertStore,
+    cert: Arc<kubehub_pki::ReloadingClientCert>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let c = rustls::ClientConfig::builder_with_provider(provider)
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| e.to_string())?;
+        .with_client_cert_resolver(cert);
+    c.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(c))
 }
 
@@ -197,7 +213,7 @@ pub async fn run_once(
             .map_err(|e| TunnelError::Connect(hub.into(), e))?;
         tcp.set_nodelay(true)
             .map_err(|e| TunnelError::Connect(hub.into(), e))?;
-        let name = rustls::pki_types::ServerName::try_from(cfg.tls.server_name.clone())
+        let name = rustls::pki_types::ServerName::try_from(cfg.server_name_for(hub))
             .map_err(|e| TunnelError::Handshake(format!("server name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)

@@ -2,10 +2,12 @@
 //!
 //! The one user-facing binary. Each subcommand starts a piece that lives in its own crate:
 //! `hub` (kubehub-hub), `agent` (kubehub-agent), `sim` (kubehub-sim), `certs` (kubehub-pki),
-//! and `demo`, all of them on loopback from configuration files it writes. `meta` and `ctl`
-//! arrive with the metaserver; `kubehub --help` lists what this build has. Nothing else
+//! and `demo`, all of them on loopback from configuration files it writes. `meta` (kubehub-meta) and
+//! `ctl`, its command line; `kubehub --help` lists them. Nothing else
 //! depends on this crate: the libraries never depend on the command line.
 
+mod ctl;
+mod meta;
 mod run;
 mod sim;
 
@@ -34,12 +36,17 @@ pub enum Command {
     Demo(run::DemoArgs),
     /// Run the hub (cloud side) from a TOML configuration.
     Hub(run::ConfigArgs),
-    /// Run the agent (edge side) from a TOML configuration.
-    Agent(run::ConfigArgs),
+    /// Run the agent (edge side) from a TOML configuration, or enroll it with the metaserver
+    /// (`--join`) and run it from its state directory.
+    Agent(run::AgentArgs),
     /// Generate a development CA with hub, agent and user certificates.
     Certs(run::CertsArgs),
     /// Run a simulated Kubernetes API server (edge cluster) for demos, tests and load.
     Sim(sim::SimArgs),
+    /// Run the metaserver (tenants, users, clusters, grants, tokens, the CA, the registry).
+    Meta(meta::MetaArgs),
+    /// The metaserver's command line: tenants, users, clusters, grants, tokens, kubeconfigs.
+    Ctl(ctl::CtlArgs),
     /// Print the tunnel protocol version and limits this build speaks.
     Protocol,
 }
@@ -69,6 +76,8 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::Hub(args)) => run::hub(args),
         Some(Command::Agent(args)) => run::agent(args),
         Some(Command::Certs(args)) => run::certs(args),
+        Some(Command::Meta(args)) => meta::run(args),
+        Some(Command::Ctl(args)) => ctl::run(args),
         Some(Command::Protocol) => {
             let s = kubehub_wire::Settings::default();
             println!("protocol version: {}", kubehub_wire::PROTOCOL_VERSION);

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use clap::Args;
 use kubehub_agent::{Agent, AgentConfig};
-use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_pki::Ca;
 use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
 
@@ -29,12 +28,92 @@ pub struct CertsArgs {
     pub users: Vec<String>,
 }
 
-/// Options of `kubehub hub` and `kubehub agent`.
+/// Options of `kubehub hub`.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// The TOML configuration file.
     #[arg(long)]
     pub config: PathBuf,
+}
+
+/// Options of `kubehub agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The TOML configuration file (agent/src/config.rs documents every option). Optional when
+    /// enrolling with the metaserver (--meta and --state-dir).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Join token from the metaserver (khJ.<id>.<secret>.<CA hash>); needed on the first
+    /// start only: later starts reuse the certificate saved in the state directory.
+    #[arg(long, env = "KUBEHUB_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+    /// The metaserver, https://host:port (overrides `[meta] url`).
+    #[arg(long)]
+    pub meta: Option<String>,
+    /// Where the agent keeps its key, certificate, CA and hub list (overrides
+    /// `[meta] state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The edge API server when there is no --config (default: in a pod, the cluster's own
+    /// API server with the pod's service account).
+    #[arg(long)]
+    pub upstream: Option<String>,
+}
+
+/// The agent's configuration: agent.toml, completed by the command line.
+fn agent_config(args: &AgentArgs) -> Result<AgentConfig, String> {
+    use kubehub_agent::config::{in_cluster_upstream, Meta, Upstream};
+    let mut cfg = match &args.config {
+        Some(path) => AgentConfig::read(path).map_err(|e| e.to_string())?,
+        None => {
+            let (Some(url), Some(dir)) = (&args.meta, &args.state_dir) else {
+                return Err(
+                    "--config is required, unless the agent enrolls with the metaserver \
+                     (--meta and --state-dir, and --join the first time)"
+                        .into(),
+                );
+            };
+            let upstream = match &args.upstream {
+                Some(url) => Upstream {
+                    url: url.clone(),
+                    ca: None,
+                    token: None,
+                    token_file: None,
+                    client_cert: None,
+                    client_key: None,
+                },
+                None => in_cluster_upstream().ok_or(
+                    "--upstream is required outside a pod (or use --config with [upstream])",
+                )?,
+            };
+            AgentConfig::enrolling(Meta::new(url.clone(), dir.clone()), upstream)
+        }
+    };
+    if args.config.is_some() && args.upstream.is_some() {
+        return Err("--upstream goes without --config (agent.toml has [upstream])".into());
+    }
+    match (&mut cfg.meta, &args.meta, &args.state_dir) {
+        (Some(meta), url, dir) => {
+            if let Some(url) = url {
+                meta.url = url.clone();
+            }
+            if let Some(dir) = dir {
+                meta.state_dir = dir.clone();
+            }
+        }
+        (None, Some(url), Some(dir)) => cfg.meta = Some(Meta::new(url.clone(), dir.clone())),
+        (None, None, None) => {}
+        (None, _, _) => {
+            return Err("--meta and --state-dir go together (or put [meta] in agent.toml)".into())
+        }
+    }
+    if args.join.is_some() && cfg.meta.is_none() {
+        return Err(
+            "--join needs the metaserver: --meta and --state-dir, or [meta] in agent.toml".into(),
+        );
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
 }
 
 /// Options of `kubehub demo`.
@@ -123,8 +202,8 @@ fn block_until_signal() {
 }
 
 /// `kubehub agent`.
-pub fn agent(args: ConfigArgs) -> i32 {
-    let cfg = match AgentConfig::load(&args.config) {
+pub fn agent(args: AgentArgs) -> i32 {
+    let cfg = match agent_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kubehub agent: {e}");
@@ -143,7 +222,7 @@ pub fn agent(args: ConfigArgs) -> i32 {
     };
     rt.block_on(async move {
         let admin = cfg.admin.clone();
-        let agent = match Agent::start(cfg) {
+        let agent = match Agent::join_and_start(cfg, args.join.as_deref()).await {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("kubehub agent: {e}");
@@ -181,23 +260,10 @@ pub fn demo(args: DemoArgs) -> i32 {
 fn run_demo(args: &DemoArgs) -> Result<(), String> {
     let dir = &args.dir;
     let cluster_id = "demo";
-    let certs = CertsArgs {
-        dir: dir.join("certs"),
-        clusters: vec![cluster_id.into()],
-        hosts: vec!["localhost".into(), "127.0.0.1".into()],
-        users: vec![],
-    };
-    let ca = issue_all(&certs)?;
-    let token = {
-        use rand::Rng;
-        let bytes: [u8; 16] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
-    write(
-        dir,
-        "tokens.csv",
-        &format!("# token,user,uid,\"groups\"\n{token},admin,1,\"system:masters\"\n"),
-    )?;
+    for sub in ["meta", "hub", "agent"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -216,25 +282,64 @@ fn run_demo(args: &DemoArgs) -> Result<(), String> {
             ServeOptions::default(),
         ))
         .map_err(|e| format!("starting the simulator: {e}"))?;
+    // The metaserver, on its embedded store (kept across runs in DIR/meta).
+    let meta_toml = r#"# Written by `kubehub demo`. Every option is documented in meta/src/config.rs.
+listen = "127.0.0.1:0"
+admin_token_file = "meta/admin.token"
+# hub_url is left out: kubeconfigs point at a live registered hub.
+
+[store]
+backend = "embedded"
+path = "meta/meta.redb"
+"#;
+    let meta_path = write(dir, "meta.toml", meta_toml)?;
+    let meta_cfg = kubehub_meta::config::MetaConfig::load(&meta_path).map_err(|e| e.to_string())?;
+    let (meta, meta_server) = rt.block_on(async {
+        let meta = kubehub_meta::service::Meta::start(meta_cfg)
+            .await
+            .map_err(|e| format!("starting meta: {e}"))?;
+        let server = kubehub_meta::server::start(meta.clone())
+            .await
+            .map_err(|e| format!("starting meta: {e}"))?;
+        Ok::<_, String>((meta, server))
+    })?;
+    let meta_url = format!("https://{}", meta_server.addr);
+    write(dir, "meta/ca.crt", meta.ca_pem())?;
+    // What an administrator would do with `kubehub ctl`: a tenant, a user, the cluster, a
+    // grant. Done in-process; a second run finds them there.
+    let hub_join = rt.block_on(demo_records(&meta, cluster_id))?;
+    // The hub enrolls with meta: its key stays here, meta signs its certificate.
+    let (key, csr) =
+        kubehub_pki::generate_key_and_csr("hub-demo", &[]).map_err(|e| e.to_string())?;
+    let enrolled = rt
+        .block_on(meta.enroll(&hub_join, &csr))
+        .map_err(|e| format!("enrolling the hub: {e}"))?;
+    write(dir, "hub/hub.crt", &enrolled.certificate)?;
+    kubehub_meta::service::write_private(&dir.join("hub/hub.key"), &key)
+        .map_err(|e| format!("writing the hub's key: {e}"))?;
     // The hub, from a hub.toml a user can read and reuse.
     let hub_toml = format!(
         r#"# Written by `kubehub demo`. Every option is documented in hub/src/config.rs.
 id = "hub-demo"
 cores = 0
-clusters = ["{cluster_id}"]
-token_file = "tokens.csv"
 impersonate = false    # the simulator does not implement impersonation
+
+[meta]                 # access data (tenants, users, grants, tokens) and the registry
+url = "{meta_url}"
+ca = "meta/ca.crt"
+cert = "hub/hub.crt"   # the hub's certificate from meta (mutual TLS)
+key = "hub/hub.key"
 
 [user_listener]
 listen = "127.0.0.1:{port}"
-cert = "certs/hub.crt"
-key = "certs/hub.key"
+cert = "hub/hub.crt"
+key = "hub/hub.key"
 
 [agent_listener]
 listen = "127.0.0.1:0"
-cert = "certs/hub.crt"
-key = "certs/hub.key"
-client_ca = "certs/ca.crt"
+cert = "hub/hub.crt"
+key = "hub/hub.key"
+client_ca = "meta/ca.crt"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -244,51 +349,67 @@ listen = "127.0.0.1:0"
     let hub_path = write(dir, "hub.toml", &hub_toml)?;
     let hub_cfg = HubConfig::load(&hub_path).map_err(|e| e.to_string())?;
     let hub = kubehub_hub::server::start(hub_cfg).map_err(|e| e.to_string())?;
-    // The agent, likewise.
+    // The hub registers with meta; enrollment tells the agent where the live hubs are.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while rt
+        .block_on(meta.hubs())
+        .map(|h| h.is_empty())
+        .unwrap_or(true)
+    {
+        if std::time::Instant::now() > deadline {
+            return Err("the hub did not register with meta within 15 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The agent enrolls with a join token the first time; later runs reuse its certificate.
     let agent_toml = format!(
         r#"# Written by `kubehub demo`. Every option is documented in agent/src/config.rs.
-cluster_id = "{cluster_id}"
-hubs = ["{agent_addr}"]
+# cluster_id and hubs come from the enrollment with meta.
 
-[tls]
-ca = "certs/ca.crt"
-cert = "certs/agent-{cluster_id}.crt"
-key = "certs/agent-{cluster_id}.key"
-server_name = "localhost"
+[meta]
+url = "{meta_url}"
+state_dir = "agent"    # the agent's key, certificate and enrollment
 
 [upstream]
 url = "http://{sim}"
 "#,
-        agent_addr = hub.agent_addr,
         sim = sim_server.local_addr()
     );
     let agent_path = write(dir, "agent.toml", &agent_toml)?;
-    let agent_cfg = AgentConfig::load(&agent_path).map_err(|e| e.to_string())?;
-    let agent = {
-        let _g = rt.enter();
-        Agent::start(agent_cfg).map_err(|e| e.to_string())?
-    };
-    let kc = Kubeconfig {
-        name: format!("kubehub-{cluster_id}"),
-        server: format!(
-            "https://127.0.0.1:{}/clusters/{cluster_id}",
-            hub.user_addr.port()
-        ),
-        ca_pem: Some(ca.cert_pem()),
-        token: Some(token),
-        ..Kubeconfig::default()
-    };
-    let kc_path = write(dir, "kubeconfig", &kc.to_yaml())?;
-    // Wait for the tunnel before telling the user to try it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while hub.registry.connected() == 0 {
+    let agent_cfg = AgentConfig::read(&agent_path).map_err(|e| e.to_string())?;
+    let join = rt
+        .block_on(meta.cluster_join_token(&kubehub_meta::service::Caller::Admin, cluster_id))
+        .map_err(|e| e.to_string())?;
+    let agent = rt
+        .block_on(Agent::join_and_start(agent_cfg, Some(&join)))
+        .map_err(|e| format!("starting the agent: {e}"))?;
+    // The user's kubeconfig, issued by meta (replacing the previous run's token).
+    let issued = rt
+        .block_on(meta.kubeconfig(
+            &kubehub_meta::service::Caller::Admin,
+            kubehub_meta::service::KubeconfigRequest {
+                user: Some("demo".into()),
+                clusters: vec![cluster_id.into()],
+                description: "kubehub demo".into(),
+                replace: true,
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| format!("issuing the kubeconfig: {e}"))?;
+    let kc_path = dir.join("kubeconfig");
+    kubehub_meta::service::write_private(&kc_path, &issued.kubeconfig)
+        .map_err(|e| format!("writing {}: {e}", kc_path.display()))?;
+    // Wait for the tunnel and the access data before telling the user to try it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while hub.registry.connected() == 0 || hub.access.index.revision() == 0 {
         if std::time::Instant::now() > deadline {
-            return Err("the agent did not connect to the hub within 10 s".into());
+            return Err("the agent did not connect to the hub within 15 s".into());
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let k = format!("kubectl --kubeconfig {}", kc_path.display());
     println!("KubeHub demo is running: kubectl → hub (https://{}) → tunnel → agent → simulated cluster \"{cluster_id}\"", hub.user_addr);
+    println!("                         meta (https://{}) issued the kubeconfig, enrolled the agent and the hub", meta_server.addr);
     println!();
     println!("Try:");
     println!("  {k} get pods -A");
@@ -296,19 +417,109 @@ url = "http://{sim}"
     println!("  {k} get deploy,svc -A -o wide");
     println!("  {k} logs -f -n <namespace> <pod>");
     println!("  {k} label pods -n <namespace> --all team=demo && {k} get pods -A --show-labels");
+    println!("  {k} auth can-i delete pods -n default");
     println!("  {k} apply -f <manifest.yaml>   # JSON-bodied writes; the simulator does not decode protobuf bodies");
     if let Some(a) = hub.admin_addr {
         println!("  curl http://{a}/metrics      # the hub's metrics");
     }
+    println!("The metaserver's command line:");
+    println!(
+        "  export KUBEHUB_META={meta_url} KUBEHUB_META_CA={} KUBEHUB_META_TOKEN_FILE={}",
+        dir.join("meta/ca.crt").display(),
+        dir.join("meta/admin.token").display()
+    );
+    println!(
+        "  kubehub ctl hubs; kubehub ctl agents; kubehub ctl grant list; kubehub ctl token list"
+    );
+    println!("  kubehub ctl user create bob --tenant demo && kubehub ctl grant create view --tenant demo --user bob --cluster {cluster_id} --verbs get,list,watch --resources pods");
+    println!("  kubehub ctl kubeconfig --user bob > bob.kubeconfig");
     println!();
     println!(
-        "Configuration written to {} (hub.toml, agent.toml, tokens.csv, certs/). Ctrl-C stops.",
+        "Configuration written to {} (meta.toml, hub.toml, agent.toml, kubeconfig; meta/, hub/, agent/). Ctrl-C stops.",
         dir.display()
     );
     rt.block_on(wait_for_signal());
     println!("stopping");
     hub.shutdown(std::time::Duration::from_secs(8));
     rt.block_on(agent.stop());
+    rt.block_on(meta_server.stop());
     rt.block_on(sim_server.shutdown());
     Ok(())
+}
+
+/// The demo's tenant, user, cluster and grant (kept when they exist from an earlier run), and a
+/// join token for the hub.
+async fn demo_records(meta: &kubehub_meta::service::Meta, cluster: &str) -> Result<String, String> {
+    use kubehub_access::model::{Cluster, ClusterSelector, Grant, Subject, Tenant, User};
+    use kubehub_meta::error::MetaError;
+    use kubehub_meta::service::Caller;
+    let admin = Caller::Admin;
+    let keep = |r: Result<(), MetaError>| match r {
+        Ok(()) | Err(MetaError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    keep(
+        meta.create_tenant(
+            &admin,
+            Tenant {
+                name: "demo".into(),
+                display_name: "the demo".into(),
+            },
+        )
+        .await
+        .map(drop),
+    )?;
+    keep(
+        meta.create_user(
+            &admin,
+            User {
+                name: "demo".into(),
+                tenant: "demo".into(),
+                groups: vec![],
+                admin: true,
+            },
+        )
+        .await
+        .map(drop),
+    )?;
+    keep(
+        meta.create_cluster(
+            &admin,
+            Cluster {
+                id: cluster.into(),
+                display_name: "simulated edge cluster".into(),
+                tenant: "demo".into(),
+                labels: [("env".to_owned(), "demo".to_owned())].into(),
+                environment: "demo".into(),
+            },
+        )
+        .await
+        .map(drop),
+    )?;
+    keep(
+        meta.create_grant(
+            &admin,
+            Grant {
+                name: "everything".into(),
+                tenant: "demo".into(),
+                subject: Subject::User {
+                    name: "demo".into(),
+                },
+                clusters: ClusterSelector {
+                    ids: vec![cluster.into()],
+                    labels: Default::default(),
+                },
+                rules: kubehub_access::build::everything(),
+            },
+        )
+        .await
+        .map(drop),
+    )?;
+    meta.hub_join_token(
+        &admin,
+        "hub-demo",
+        vec!["localhost".into(), "127.0.0.1".into()],
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -7,12 +7,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn demo_prints_working_kubectl_commands_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts the demo in `dir`; returns it with the lines it printed up to the kubectl command.
+fn start(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_kubehub"))
         .args(["demo", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -24,46 +23,18 @@ fn demo_prints_working_kubectl_commands_and_stops_on_sigterm() {
             let _ = tx.send(l);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut command = None;
-    while command.is_none() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("Ctrl-C stops")) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("demo output");
-        if line.trim_start().starts_with("kubectl ")
-            && line.contains("get pods -A")
-            && !line.contains("-w")
-        {
-            command = Some(line.trim().to_owned());
-        }
+            .unwrap_or_else(|_| panic!("demo output so far: {lines:#?}"));
+        lines.push(line);
     }
-    let command = command.unwrap();
-    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
-    let out = Command::new("/usr/bin/kubectl")
-        .args(&args)
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("Running") && text.lines().count() > 3,
-        "{text}"
-    );
-    for f in [
-        "hub.toml",
-        "agent.toml",
-        "tokens.csv",
-        "kubeconfig",
-        "certs/ca.crt",
-    ] {
-        assert!(dir.path().join(f).exists(), "{f} written");
-    }
+    (demo, lines)
+}
+
+fn stop(mut demo: std::process::Child) {
     Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
         .status()
@@ -77,4 +48,73 @@ fn demo_prints_working_kubectl_commands_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "demo exit status {status:?}");
+}
+
+/// Runs the printed `kubectl … get pods -A` and checks it lists running pods.
+fn kubectl_works(dir: &std::path::Path, lines: &[String]) {
+    let command = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("kubectl ") && l.contains("get pods -A") && !l.contains("-w"))
+        .expect("a kubectl command");
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let out = Command::new("/usr/bin/kubectl")
+        .args(&args)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Running") && text.lines().count() > 3,
+        "{text}"
+    );
+}
+
+#[test]
+fn demo_prints_working_commands_keeps_its_state_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, lines) = start(dir.path());
+    kubectl_works(dir.path(), &lines);
+    for f in [
+        "meta.toml",
+        "hub.toml",
+        "agent.toml",
+        "kubeconfig",
+        "meta/ca.crt",
+        "meta/admin.token",
+        "hub/hub.crt",
+        "agent/agent.crt",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} written");
+    }
+    // The printed environment for `kubehub ctl` works: the agent is registered.
+    let env = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export "))
+        .expect("the ctl environment");
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_kubehub"));
+    for kv in env.split_whitespace() {
+        let (k, v) = kv.split_once('=').unwrap();
+        ctl.env(k, v);
+    }
+    let out = ctl.args(["ctl", "agents"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("demo"), "{text}");
+    stop(demo);
+    // Again in the same directory: meta's records and the agent's certificate are kept.
+    let cert = std::fs::read_to_string(dir.path().join("agent/agent.crt")).unwrap();
+    let (demo, lines) = start(dir.path());
+    kubectl_works(dir.path(), &lines);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("agent/agent.crt")).unwrap(),
+        cert,
+        "the agent kept its certificate"
+    );
+    stop(demo);
 }

@@ -3,9 +3,32 @@
 //! ```toml
 //! id = "hub-0"                       # name of this replica (logs, HELLO_ACK)
 //! cores = 0                          # worker threads, one per core; 0 = all available cores
-//! clusters = ["edge-1", "edge-2"]    # clusters this hub serves (unknown ones get 404)
-//! token_file = "tokens.csv"          # bearer tokens: token,user,uid,"group1,group2"
-//! impersonate = true                 # add Impersonate-User/-Group to forwarded requests
+//! clusters = ["edge-1", "edge-2"]    # clusters whose agents may connect (empty: any agent with a
+//!                                    # valid certificate); users reach the clusters their grants name
+//! impersonate = true                 # add Impersonate-User/-Group (the authenticated user and
+//!                                    # groups) to forwarded requests
+//!
+//! # Who may reach which cluster: tenants, users, clusters, grants and tokens. Exactly one source,
+//! # either [access] file (a static snapshot, for development and tests; read once at start)
+//! # or [meta] (the metaserver's sync feed, the source of truth in production).
+//! # [access]
+//! # file = "access.json"             # one JSON snapshot line ({"type":"snapshot",...}) or NDJSON lines
+//!
+//! [meta]                             # the metaserver: access sync feed and the hub registry
+//! url = "https://meta:7443"
+//! ca = "ca.crt"                      # PEM CA that signs meta's certificate
+//! token_file = "hub-meta.token"      # bearer credential meta accepts from hubs (first line)
+//! # cert = "hub-meta.crt"            # or mutual TLS with this client certificate and key
+//! # key = "hub-meta.key"             # (both; instead of, or as well as, token_file)
+//! heartbeat_timeout_ms = 15000       # nothing from meta for this long: reconnect (meta sends a
+//!                                    # heartbeat at least every 5 s); the hub keeps serving
+//! backoff_initial_ms = 200           # reconnect delays: full jitter, doubling up to backoff_max_ms
+//! backoff_max_ms = 10000
+//! register_interval_ms = 5000        # PUT /v1/registry/hubs/{id} this often
+//! public_url = ""                    # user-facing URL sent to meta; "": https://<host>:<user port>
+//! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
+//! environment = ""                   # free-form label sent with the registration (e.g. "prod-eu")
+//! max_line_bytes = 268435456         # largest sync line accepted (a snapshot is one line)
 //!
 //! [user_listener]                    # HTTPS for kubectl and other clients
 //! listen = "0.0.0.0:8443"
@@ -207,11 +230,15 @@ pub struct HubConfig {
     /// Worker threads (0: one per available core).
     #[serde(default)]
     pub cores: usize,
-    /// Clusters served.
+    /// Clusters whose agents may connect (empty: any with a valid certificate).
     #[serde(default)]
     pub clusters: Vec<String>,
-    /// Bearer token file.
-    pub token_file: PathBuf,
+    /// A static access snapshot (`[access] file`).
+    #[serde(default)]
+    pub access: Option<AccessFile>,
+    /// The metaserver (`[meta]`).
+    #[serde(default)]
+    pub meta: Option<MetaConfig>,
     /// Add impersonation headers to forwarded requests.
     #[serde(default = "default_true")]
     pub impersonate: bool,
@@ -228,6 +255,122 @@ pub struct HubConfig {
     /// The cache.
     #[serde(default)]
     pub cache: CacheConfig,
+}
+
+/// `[access]`: a static access snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFile {
+    /// One JSON `snapshot` line, or NDJSON sync lines applied in order.
+    pub file: PathBuf,
+}
+
+/// `[meta]`: the metaserver the hub syncs access data from and registers with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Base URL (`https://meta:7443`).
+    pub url: String,
+    /// PEM CA for meta's certificate (required with `https://`: no other roots are trusted).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// File holding the bearer token meta accepts from this hub.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Silence from meta longer than this ends the connection.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    /// First reconnect delay ceiling.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay ceiling.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Registration interval.
+    #[serde(default = "default_register_interval_ms")]
+    pub register_interval_ms: u64,
+    /// The URL users reach this hub at ("": derived from the user listener).
+    #[serde(default)]
+    pub public_url: String,
+    /// `host:port` agents dial ("": derived from the agent listener).
+    #[serde(default)]
+    pub agent_endpoint: String,
+    /// Free-form environment label for the registry.
+    #[serde(default)]
+    pub environment: String,
+    /// Largest sync line accepted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_heartbeat_timeout_ms() -> u64 {
+    15_000
+}
+fn default_backoff_initial_ms() -> u64 {
+    200
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_register_interval_ms() -> u64 {
+    5_000
+}
+fn default_max_line_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+impl MetaConfig {
+    /// A `[meta]` section for `url` with every other option at its default.
+    pub fn new(url: impl Into<String>) -> MetaConfig {
+        MetaConfig {
+            url: url.into(),
+            ca: None,
+            token_file: None,
+            cert: None,
+            key: None,
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            register_interval_ms: default_register_interval_ms(),
+            public_url: String::new(),
+            agent_endpoint: String::new(),
+            environment: String::new(),
+            max_line_bytes: default_max_line_bytes(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("meta.{m}")));
+        let scheme_ok = self.url.starts_with("https://") || self.url.starts_with("http://");
+        if !scheme_ok || self.url.parse::<http::Uri>().is_err() {
+            return bad(format!("url {:?} is not an http(s) URL", self.url));
+        }
+        if self.url.starts_with("https://") && self.ca.is_none() {
+            return bad("ca is required with an https url".into());
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert and key go together".into());
+        }
+        if self.token_file.is_none() && self.cert.is_none() {
+            return bad("token_file (or cert and key) is required: meta authenticates hubs".into());
+        }
+        if self.heartbeat_timeout_ms == 0 || self.register_interval_ms == 0 {
+            return bad("heartbeat_timeout_ms and register_interval_ms must be above 0".into());
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            return bad("backoff_initial_ms must be above 0 and at most backoff_max_ms".into());
+        }
+        if self.max_line_bytes < 1024 {
+            return bad("max_line_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
 }
 
 /// How `resourceVersion`-unset reads (kubectl's default, "most recent") are confirmed.
@@ -403,7 +546,17 @@ impl HubConfig {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut cfg.token_file);
+        if let Some(a) = &mut cfg.access {
+            fix(&mut a.file);
+        }
+        if let Some(m) = &mut cfg.meta {
+            for p in [&mut m.ca, &mut m.token_file, &mut m.cert, &mut m.key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         for l in [&mut cfg.user_listener, &mut cfg.agent_listener] {
             fix(&mut l.cert);
             fix(&mut l.key);
@@ -436,6 +589,21 @@ impl HubConfig {
             ));
         }
         self.cache.validate()?;
+        match (&self.access, &self.meta) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "[access] file and [meta] are exclusive: choose one source of access data"
+                        .into(),
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "no access source: set [access] file (a static snapshot) or [meta] url".into(),
+                ))
+            }
+            (None, Some(m)) => m.validate()?,
+            (Some(_), None) => {}
+        }
         if self.agent_listener.client_ca.is_none() {
             return Err(ConfigError::Invalid(
                 "agent_listener.client_ca is required (agents authenticate with certificates)"
@@ -496,6 +664,84 @@ mod tests {
         assert!(c
             .types_for(&[])
             .contains(&TypeName::parse("apps/v1/deployments").unwrap()));
+        // `[meta]` values other than the endpoint and credentials are the defaults.
+        let m = cfg.meta.as_ref().expect("the example syncs from meta");
+        let d = MetaConfig::new(&m.url);
+        assert_eq!(
+            (
+                m.heartbeat_timeout_ms,
+                m.backoff_initial_ms,
+                m.backoff_max_ms,
+                m.register_interval_ms,
+                &m.public_url,
+                &m.agent_endpoint,
+                &m.environment,
+                m.max_line_bytes
+            ),
+            (
+                d.heartbeat_timeout_ms,
+                d.backoff_initial_ms,
+                d.backoff_max_ms,
+                d.register_interval_ms,
+                &d.public_url,
+                &d.agent_endpoint,
+                &d.environment,
+                d.max_line_bytes
+            )
+        );
+        assert!(cfg.access.is_none());
+    }
+
+    /// Exactly one access source: a file or meta (with a credential, and a CA for https).
+    #[test]
+    fn access_sources() {
+        let src = include_str!("config.rs");
+        let base = kubehub_testkit::documented_toml(src);
+        // Without its [meta] section (the last part of the example before [user_listener]).
+        let start = base.find("\n[meta]").expect("documented [meta]");
+        let end = base
+            .find("\n[user_listener]")
+            .expect("documented listeners");
+        let without_meta = format!("{}{}", &base[..start], &base[end..]);
+        let parse = |t: &str| toml::from_str::<HubConfig>(t).expect("parses");
+        let err = parse(&without_meta).validate().unwrap_err().to_string();
+        assert!(err.contains("no access source"), "{err}");
+        let with_file = format!("{without_meta}\n[access]\nfile = \"access.json\"\n");
+        let cfg = parse(&with_file);
+        cfg.validate().expect("a file is a source");
+        assert_eq!(
+            cfg.access.map(|a| a.file),
+            Some(PathBuf::from("access.json"))
+        );
+        let both = format!("{base}\n[access]\nfile = \"access.json\"\n");
+        let err = parse(&both).validate().unwrap_err().to_string();
+        assert!(err.contains("exclusive"), "{err}");
+        assert!(
+            toml::from_str::<HubConfig>(&format!("token_file = \"tokens.csv\"\n{base}")).is_err(),
+            "the old token file is gone"
+        );
+        let meta = |extra: &str| {
+            toml::from_str::<MetaConfig>(&format!("url = \"https://meta:7443\"\n{extra}"))
+                .expect("parses")
+        };
+        assert!(meta("ca = \"ca.crt\"\ntoken_file = \"t\"")
+            .validate()
+            .is_ok());
+        assert!(meta("ca = \"ca.crt\"\ncert = \"c\"\nkey = \"k\"")
+            .validate()
+            .is_ok());
+        for bad in [
+            "token_file = \"t\"",            // https without a CA
+            "ca = \"ca.crt\"",               // no credential
+            "ca = \"ca.crt\"\ncert = \"c\"", // a certificate without its key
+            "ca = \"ca.crt\"\ntoken_file = \"t\"\nheartbeat_timeout_ms = 0",
+            "ca = \"ca.crt\"\ntoken_file = \"t\"\nbackoff_max_ms = 1",
+        ] {
+            assert!(meta(bad).validate().is_err(), "{bad}");
+        }
+        let plain =
+            toml::from_str::<MetaConfig>("url = \"meta:7443\"\ntoken_file = \"t\"").unwrap();
+        assert!(plain.validate().is_err(), "a URL needs its scheme");
     }
 
     #[test]

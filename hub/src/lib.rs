@@ -6,10 +6,12 @@
 //! Thread-per-core on monoio (io_uring).
 //!
 //! A request's path through the code follows the module names: `server` (accept) → `tls` →
-//! `http` → `proxy` (`resolve → authenticate → authorize → route → cache | backend →
+//! `http` → `proxy` (`authenticate → resolve → authorize → route → cache | backend →
 //! respond`); the backend is the cluster's `tunnel`. `registry` says which core's tunnel
-//! serves which cluster; `cache` holds what each tunnel's sync streams carried.
+//! serves which cluster; `cache` holds what each tunnel's sync streams carried; `access`
+//! holds who may reach which cluster (from the metaserver's sync feed, or a static file).
 
+pub mod access;
 pub mod cache;
 pub mod config;
 pub mod http;

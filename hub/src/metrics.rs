@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of per-request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,11 +42,21 @@ pub struct TypeLabel {
     pub resource: String,
 }
 
-/// Labels of freshness confirmations.
+/// Labels of outcomes: freshness confirmations (`confirmed`, `recent` (bounded staleness),
+/// `unconfirmed`, `timeout`), meta registrations (`ok`, `failed`), sync feeds (`closed`,
+/// `failed`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `confirmed`, `recent` (bounded staleness), `unconfirmed` or `timeout`.
+    /// The outcome.
     pub outcome: &'static str,
+}
+
+/// Labels of refused requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (`missing`, `not_bearer`, `malformed`, `unknown`, `expired`; `forbidden`,
+    /// `not_found`).
+    pub reason: &'static str,
 }
 
 /// The hub's metrics (shared by every core; all updates are atomic).
@@ -86,6 +97,22 @@ pub struct Metrics {
     pub cache_synced: Family<TypeLabel, Gauge>,
     /// Watches ended because they fell behind the history window.
     pub cache_watchers_cut: Counter,
+    /// Requests refused by authentication (401), by reason.
+    pub unauthenticated: Family<ReasonLabel, Counter>,
+    /// Requests refused by authorization (403, or 404 for clusters not the user's).
+    pub denied: Family<ReasonLabel, Counter>,
+    /// The revision of the access data decisions are made with (set at scrape time).
+    pub access_revision: Gauge,
+    /// 1 while the sync feed from meta is open (always 1 with a static access file).
+    pub meta_connected: Gauge,
+    /// Unix time of the last line from meta (0: never).
+    pub meta_last_contact: Gauge<f64, AtomicU64>,
+    /// Seconds since meta was last connected (0 while connected).
+    pub meta_disconnected: Gauge<f64, AtomicU64>,
+    /// Registrations with meta, by outcome (`ok`, `failed`).
+    pub meta_registrations: Family<OutcomeLabel, Counter>,
+    /// Sync feed connections to meta that ended, by outcome (`closed`, `failed`).
+    pub meta_syncs: Family<OutcomeLabel, Counter>,
     registry: Registry,
 }
 
@@ -201,7 +228,63 @@ impl Metrics {
             "Cache watches ended because they fell behind the history window",
             cache_watchers_cut.clone(),
         );
+        let unauthenticated = Family::<ReasonLabel, Counter>::default();
+        let denied = Family::<ReasonLabel, Counter>::default();
+        let access_revision = Gauge::default();
+        let meta_connected = Gauge::default();
+        let meta_last_contact = Gauge::<f64, AtomicU64>::default();
+        let meta_disconnected = Gauge::<f64, AtomicU64>::default();
+        let meta_registrations = Family::<OutcomeLabel, Counter>::default();
+        let meta_syncs = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "unauthenticated",
+            "Requests answered 401, by reason",
+            unauthenticated.clone(),
+        );
+        registry.register(
+            "denied",
+            "Requests refused by authorization (403, or 404 for clusters not the user's)",
+            denied.clone(),
+        );
+        registry.register(
+            "access_revision",
+            "Revision of the access data (meta's store) requests are decided with",
+            access_revision.clone(),
+        );
+        registry.register(
+            "meta_connected",
+            "1 while the sync feed from the metaserver is open (1 with a static access file)",
+            meta_connected.clone(),
+        );
+        registry.register(
+            "meta_last_contact_timestamp_seconds",
+            "Unix time of the last line received from the metaserver",
+            meta_last_contact.clone(),
+        );
+        registry.register(
+            "meta_disconnected_seconds",
+            "Seconds since the metaserver was last connected (0 while connected)",
+            meta_disconnected.clone(),
+        );
+        registry.register(
+            "meta_registrations",
+            "Registrations with the metaserver, by outcome",
+            meta_registrations.clone(),
+        );
+        registry.register(
+            "meta_syncs",
+            "Sync feed connections to the metaserver that ended, by outcome",
+            meta_syncs.clone(),
+        );
         Metrics {
+            unauthenticated,
+            denied,
+            access_revision,
+            meta_connected,
+            meta_last_contact,
+            meta_disconnected,
+            meta_registrations,
+            meta_syncs,
             agents,
             streams,
             tunnel_bytes,

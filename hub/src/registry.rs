@@ -165,11 +165,12 @@ impl Registry {
         self.known.is_empty() || self.known.contains(cluster)
     }
 
-    /// Where `cluster` stands.
+    /// Where `cluster` stands. Without a configured cluster list every cluster is served
+    /// here (the access index says which exist): one without an agent is offline.
     pub fn lookup(&self, cluster: &str) -> Lookup {
         match self.agents.get(cluster) {
             Some(h) => Lookup::Online(h.clone()),
-            None if self.known.contains(cluster) => Lookup::Offline,
+            None if self.serves(cluster) => Lookup::Offline,
             None => Lookup::Unknown,
         }
     }
@@ -267,5 +268,6 @@ mod tests {
         assert!(r.types("a").is_none(), "a tunnel's report leaves with it");
         assert!(!r.serves("b"));
         assert!(Registry::new(&[]).serves("anything"));
+        assert!(matches!(Registry::new(&[]).lookup("x"), Lookup::Offline));
     }
 }

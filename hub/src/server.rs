@@ -18,11 +18,10 @@ use tracing::{info, warn};
 
 use kubehub_pki as pki;
 
+use crate::access::{self, Access};
 use crate::cache::Caches;
 use crate::config::{HubConfig, Listener};
 use crate::metrics::Metrics;
-use crate::proxy::authenticate::TokenAuth;
-use crate::proxy::authorize::{AllowAuthenticated, Authorizer};
 use crate::proxy::{serve_user, ProxyCtx};
 use crate::registry::Registry;
 use crate::tunnel::{serve_agent, TunnelCtx};
@@ -33,9 +32,12 @@ pub enum HubError {
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// Token file problem.
+    /// The access file could not be used.
     #[error(transparent)]
-    Auth(#[from] crate::proxy::authenticate::AuthError),
+    Access(#[from] access::AccessError),
+    /// The metaserver client could not start.
+    #[error(transparent)]
+    Meta(#[from] access::sync::MetaSetupError),
     /// Certificate or key problem.
     #[error("TLS material for {what}: {why}")]
     Tls {
@@ -72,8 +74,16 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// The caches of every cluster.
     pub caches: Arc<Caches>,
+    /// The user listener's certificate: `set` replaces it for new connections.
+    pub user_cert: Arc<pki::ReloadingServerCert>,
+    /// The agent listener's certificate: `set` replaces it for new tunnels.
+    pub agent_cert: Arc<pki::ReloadingServerCert>,
+    /// Who is who and who may do what, and the state of its source.
+    pub access: Arc<Access>,
     drain: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The metaserver client (ends when the hub is dropped).
+    _meta: Option<JoinHandle<()>>,
 }
 
 impl Hub {
@@ -127,9 +137,27 @@ fn certified(
     ))
 }
 
-/// TLS for users: server certificate, HTTP/1.1 only.
-pub fn user_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
-    let (certs, key) = certified("user_listener", l)?;
+/// The listener's certificate and key as a [`pki::ReloadingServerCert`], which the hub can
+/// replace later (renewal) without a restart.
+fn reloading_cert(
+    what: &'static str,
+    l: &Listener,
+) -> Result<Arc<pki::ReloadingServerCert>, HubError> {
+    let (certs, key) = certified(what, l)?;
+    let cert = pki::ReloadingServerCert::new(certs, key).map_err(|e| HubError::Tls {
+        what,
+        why: e.to_string(),
+    })?;
+    Ok(Arc::new(cert))
+}
+
+/// TLS for users: server certificate, HTTP/1.1 only. Returns the configuration and the
+/// certificate's handle: [`pki::ReloadingServerCert::set`] changes the certificate of the
+/// connections accepted from then on.
+pub fn user_tls(
+    l: &Listener,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<pki::ReloadingServerCert>), HubError> {
+    let cert = reloading_cert("user_listener", l)?;
     let tls = |why: String| HubError::Tls {
         what: "user_listener",
         why,
@@ -138,15 +166,17 @@ pub fn user_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(e.to_string()))?;
+        .with_cert_resolver(cert.clone());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), cert))
 }
 
-/// TLS for agents: TLS 1.3, client certificates signed by `client_ca` required.
-pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
-    let (certs, key) = certified("agent_listener", l)?;
+/// TLS for agents: TLS 1.3, client certificates signed by `client_ca` required. Returns the
+/// configuration and the certificate's handle, as [`user_tls`].
+pub fn agent_tls(
+    l: &Listener,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<pki::ReloadingServerCert>), HubError> {
+    let cert = reloading_cert("agent_listener", l)?;
     let tls = |why: String| HubError::Tls {
         what: "agent_listener",
         why,
@@ -164,9 +194,8 @@ pub fn agent_tls(l: &Listener) -> Result<Arc<rustls::ServerConfig>, HubError> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(e.to_string()))?;
-    Ok(Arc::new(cfg))
+        .with_cert_resolver(cert.clone());
+    Ok((Arc::new(cfg), cert))
 }
 
 /// `n` listening sockets on one address with SO_REUSEPORT (port 0: the first picks the port).
@@ -196,19 +225,19 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpLi
     Ok(out)
 }
 
-/// Starts the hub's worker threads.
+/// Starts the hub's worker threads, and with `[meta]` the metaserver client's.
 pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
-    start_with(cfg, Arc::new(AllowAuthenticated))
-}
-
-/// Starts the hub with `authz` deciding who may do what (the metaserver's grants will come in
-/// this way; tests pass their own policies).
-pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, HubError> {
     cfg.validate()?;
     let n = cfg.worker_count();
-    let user_tls = user_tls(&cfg.user_listener)?;
-    let agent_tls = agent_tls(&cfg.agent_listener)?;
-    let auth = Arc::new(TokenAuth::load(&cfg.token_file)?);
+    let (user_tls, user_cert) = user_tls(&cfg.user_listener)?;
+    let (agent_tls, agent_cert) = agent_tls(&cfg.agent_listener)?;
+    let access = Arc::new(match (&cfg.access, &cfg.meta) {
+        (Some(file), _) => Access::from_file(&file.file)?,
+        (None, Some(meta)) => Access::for_meta(&meta.url),
+        (None, None) => {
+            return Err(crate::config::ConfigError::Invalid("no access source".into()).into())
+        }
+    });
     let registry = Arc::new(Registry::new(&cfg.clusters));
     let metrics = Arc::new(Metrics::new());
     let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
@@ -232,8 +261,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
     for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
         let proxy = ProxyCtx {
             registry: registry.clone(),
-            auth: auth.clone(),
-            authz: authz.clone(),
+            access: access.clone(),
             metrics: metrics.clone(),
             limits: cfg.limits.clone(),
             impersonate: cfg.impersonate,
@@ -250,7 +278,12 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
             caches: caches.clone(),
         };
         let admin_l = if core == 0 { admin.take() } else { None };
-        let (reg, met, cch) = (registry.clone(), metrics.clone(), caches.clone());
+        let admin_ctx = (
+            registry.clone(),
+            metrics.clone(),
+            caches.clone(),
+            access.clone(),
+        );
         let max_conns = cfg.limits.max_connections;
         let t = std::thread::Builder::new()
             .name(format!("kubehub-core-{core}"))
@@ -272,7 +305,7 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
                     if let Some(l) = admin_l {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
-                                monoio::spawn(admin_loop(l, reg, met, cch));
+                                monoio::spawn(admin_loop(l, admin_ctx));
                             }
                             Err(e) => warn!("admin listener: {e}"),
                         }
@@ -313,7 +346,18 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
             .map_err(HubError::Thread)?;
         threads.push(t);
     }
-    info!(%user_addr, %agent_addr, ?admin_addr, cores = n, "hub started");
+    let meta = match &cfg.meta {
+        Some(m) => Some(access::sync::start(
+            m,
+            access::sync::Registration::new(&cfg.id, m, user_addr, agent_addr),
+            access.clone(),
+            metrics.clone(),
+            registry.clone(),
+            drain_rx.clone(),
+        )?),
+        None => None,
+    };
+    info!(%user_addr, %agent_addr, ?admin_addr, cores = n, access = %access.readiness(), "hub started");
     Ok(Hub {
         user_addr,
         agent_addr,
@@ -321,8 +365,12 @@ pub fn start_with(cfg: HubConfig, authz: Arc<dyn Authorizer>) -> Result<Hub, Hub
         registry,
         metrics,
         caches,
+        user_cert,
+        agent_cert,
+        access,
         drain,
         threads,
+        _meta: meta,
     })
 }
 
@@ -389,18 +437,16 @@ fn clusters_json(registry: &Registry, caches: &Caches) -> String {
     body
 }
 
-async fn admin_loop(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    caches: Arc<Caches>,
-) {
+/// What the admin listener reports on.
+type AdminCtx = (Arc<Registry>, Arc<Metrics>, Arc<Caches>, Arc<Access>);
+
+async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (registry, metrics, caches) = (registry.clone(), metrics.clone(), caches.clone());
+        let (registry, metrics, caches, access) = ctx.clone();
         monoio::spawn(async move {
             let buf = vec![0u8; 4096];
             let (res, buf) = tcp.read(buf).await;
@@ -411,18 +457,30 @@ async fn admin_loop(
                 Ok(_) => req.path.unwrap_or("/").to_owned(),
                 Err(_) => String::new(),
             };
-            let (code, ctype, body) = match path.as_str() {
+            let route = path.split('?').next().unwrap_or_default();
+            let (code, ctype, body) = match route {
                 "/healthz" | "/livez" => (200, "text/plain", "ok\n".to_owned()),
-                "/readyz" => (
-                    200,
-                    "text/plain",
-                    format!("ok: {} agents connected\n", registry.connected()),
-                ),
+                // Ready once requests can be decided: a first access snapshot applied. A hub
+                // that lost meta stays ready, serving with what it has (the body says so).
+                "/readyz" => {
+                    let ready = access.is_ready();
+                    (
+                        if ready { 200 } else { 503 },
+                        "text/plain",
+                        format!(
+                            "{}: {} agents connected\n{}\n",
+                            if ready { "ok" } else { "not ready" },
+                            registry.connected(),
+                            access.readiness()
+                        ),
+                    )
+                }
                 "/metrics" => (
                     200,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     {
                         caches.update_gauges();
+                        access.update_gauges(&metrics);
                         metrics.encode()
                     },
                 ),
@@ -431,7 +489,11 @@ async fn admin_loop(
             };
             let resp = format!(
                 "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                if code == 200 { "OK" } else { "Not Found" },
+                match code {
+                    200 => "OK",
+                    503 => "Service Unavailable",
+                    _ => "Not Found",
+                },
                 body.len()
             );
             let _ = tcp.write_all(resp.into_bytes()).await;

@@ -188,33 +188,26 @@ fn agent_loss_ends_watches_and_gives_503_until_it_returns() {
     assert!(s.ok(&["get", "pods", "-A"]).contains("Running"));
 }
 
-/// A policy for the test below: alice may do anything but delete config maps.
-#[derive(Debug)]
-struct NoConfigMapDeletes;
-
-impl kubehub_hub::proxy::authorize::Authorizer for NoConfigMapDeletes {
-    fn authorize(
-        &self,
-        _: &kubehub_hub::proxy::authenticate::User,
-        _: &str,
-        info: &kubehub_kapi::RequestInfo<'_>,
-    ) -> kubehub_hub::proxy::authorize::Decision {
-        use kubehub_hub::proxy::authorize::Decision;
-        if info.resource == "configmaps" && info.verb.as_str() == "delete" {
-            Decision::Deny("config maps are kept".into())
-        } else {
-            Decision::Allow
-        }
-    }
-}
-
+/// alice may do anything but delete: her grant lists every verb but the deletes.
 #[test]
 fn a_denied_request_is_a_kube_apiserver_forbidden_and_never_reaches_the_cluster() {
-    let s = common::start_with(
-        ClusterConfig::default(),
-        Limits::default(),
-        std::sync::Arc::new(NoConfigMapDeletes),
-    );
+    use common::{default_access, grant, rule, StackOptions, CLUSTER, TENANT, USER};
+    let mut access: Vec<_> = default_access()
+        .into_iter()
+        .filter(|r| !matches!(r, kubehub_access::Record::Grant(_)))
+        .collect();
+    let verbs = ["get", "list", "watch", "create", "update", "patch"];
+    access.push(grant(
+        "no-deletes",
+        TENANT,
+        USER,
+        &[CLUSTER],
+        vec![rule(&["*"], &["*"], &verbs, &[], &[])],
+    ));
+    let s = common::start_opts(StackOptions {
+        access: Some(access),
+        ..StackOptions::default()
+    });
     let out = s.kubectl(&[
         "delete",
         "configmap",
@@ -226,7 +219,7 @@ fn a_denied_request_is_a_kube_apiserver_forbidden_and_never_reaches_the_cluster(
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
-            "Error from server (Forbidden): configmaps \"kube-root-ca.crt\" is forbidden: User \"alice\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"kube-system\": config maps are kept"
+            "Error from server (Forbidden): configmaps \"kube-root-ca.crt\" is forbidden: User \"alice\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"kube-system\": no rule of your grants on this cluster allows this request"
         ),
         "{err}"
     );

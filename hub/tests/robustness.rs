@@ -577,7 +577,7 @@ fn a_sync_stream_with_bad_content_is_refused_and_reads_are_forwarded() {
         std::process::Command::new("curl")
             .args(["-sS", "--max-time", "3", "--cacert"])
             .arg(ca)
-            .args(["-H", "Authorization: Bearer alice-token"])
+            .args(["-H", &format!("Authorization: Bearer {}", common::TOKEN)])
             .arg(format!(
                 "https://127.0.0.1:{hub_port}/clusters/edge-silent/api/v1/pods?resourceVersion=0"
             ))

@@ -13,6 +13,8 @@
 //! * [`accept`]: content negotiation (plain JSON, `Table`, `PartialObjectMetadata`).
 //! * [`table`]: server-side printing: the columns `kubectl get` shows for built-in kinds.
 //! * [`resources`]: the built-in resource types and discovery documents.
+//! * [`review`]: `SelfSubjectAccessReview` / `SelfSubjectRulesReview` bodies (JSON and
+//!   protobuf, as kubectl sends them) and their answers.
 //! * [`http`]: HTTP rules both proxies apply (hop-by-hop fields).
 //! * [`kubeconfig`]: writing kubeconfig files.
 //! * [`time`]: RFC 3339 timestamps and the "AGE" durations kubectl prints.
@@ -28,6 +30,7 @@ pub mod path;
 pub mod query;
 pub mod request_info;
 pub mod resources;
+pub mod review;
 pub mod selector;
 pub mod status;
 pub mod table;

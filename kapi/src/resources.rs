@@ -226,6 +226,27 @@ pub fn builtin() -> &'static [ResourceType] {
                 &[],
                 &[],
             ),
+            // `kubectl auth can-i` asks these (create only, never stored).
+            rt(
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews",
+                "SelfSubjectAccessReview",
+                "",
+                false,
+                Verbs::CREATE,
+                &[],
+                &[],
+            ),
+            rt(
+                "authorization.k8s.io",
+                "selfsubjectrulesreviews",
+                "SelfSubjectRulesReview",
+                "",
+                false,
+                Verbs::CREATE,
+                &[],
+                &[],
+            ),
         ]
     })
 }

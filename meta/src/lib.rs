@@ -1,7 +1,24 @@
 //! # kubehub-meta: the metaserver
 //!
 //! Source of truth for tenants, users, clusters and grants; owns the CA, issues tokens and
-//! kubeconfigs, and keeps the registry of hubs and agents (leases, discovery, failover). Backed
-//! by etcd in production and by an embedded store by default.
+//! kubeconfigs, enrolls agents and hubs, and keeps the registry of hubs and agents under
+//! leases. Backed by etcd in production and by an embedded store (a redb file) by default.
 //!
-//! Status: a later issue builds this crate; it holds nothing yet.
+//! * [`store`]: the versioned key-value store everything is kept in (embedded or etcd), in
+//!   etcd's shape: revisions, transactions with compares, watches, leases.
+//! * [`service`]: the operations (who may do what to which record), each one transaction.
+//! * [`feed`]: the hubs' change feed (`/v1/sync`): a snapshot, then every change, heartbeats.
+//! * [`enroll`]: join tokens (one-time, CA-pinned) for agents and hubs.
+//! * [`api`] and [`server`]: the HTTPS JSON API (axum over rustls).
+//! * [`client`]: the API's client, used by `kubehub ctl`.
+//! * [`config`]: what `meta.toml` may say.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod enroll;
+pub mod error;
+pub mod feed;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -157,6 +157,9 @@ async fn resource(
     } else {
         ty
     };
+    if t.group == "authorization.k8s.io" {
+        return review(req, t);
+    }
     let ns = rp.namespace;
     let dry_run = match query.get("dryRun") {
         None | Some("") => false,
@@ -252,6 +255,30 @@ async fn resource(
         }
         _ => Err(Status::method_not_allowed()),
     }
+}
+
+/// `SelfSubjectAccessReview` and `SelfSubjectRulesReview`: the simulator has no RBAC, so every
+/// user may do everything (as a cluster admin may), and says so. The review is answered, never
+/// stored, as kube-apiserver does; kubectl sends it as protobuf, which is read too.
+fn review(req: &Request<Bytes>, t: &ResourceType) -> Result<Response<Body>, Status> {
+    use kubehub_kapi::review::{self, Review};
+    if req.method() != Method::POST {
+        return Err(Status::method_not_allowed());
+    }
+    let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("application/json");
+    let answer = match review::parse(&t.kind, ct, req.body())? {
+        Review::Access(a) => review::access_answer(
+            &a,
+            true,
+            "the simulator has no RBAC: every user may do everything",
+        ),
+        Review::Rules { namespace } => review::rules_answer(
+            &namespace,
+            json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]),
+            json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}]),
+        ),
+    };
+    Ok(value_response(201, &answer))
 }
 
 fn json_body(req: &Request<Bytes>) -> Result<Value, Status> {

@@ -283,3 +283,27 @@ async fn https_with_a_bearer_token() {
         "{err}"
     );
 }
+
+/// The simulator has no RBAC: `kubectl auth can-i` says yes to everything (as to a cluster
+/// admin), and the review objects are answered, never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_can_i_is_answered() {
+    let s = sim().await;
+    assert_eq!(
+        s.ok(&["auth", "can-i", "delete", "pods", "-n", "default"])
+            .trim(),
+        "yes"
+    );
+    assert_eq!(
+        s.ok(&["auth", "can-i", "create", "pods/exec"]).trim(),
+        "yes"
+    );
+    let list = s.ok(&["auth", "can-i", "--list", "-n", "default"]);
+    assert!(list.contains("*.*"), "{list}");
+    let out = s.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+    ]);
+    assert!(!out.status.success(), "reviews cannot be listed");
+}

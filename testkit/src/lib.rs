@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed set-up is a failed test
 
 pub mod agent;
+pub mod etcd;
 pub mod kubectl;
 pub mod stack;
 

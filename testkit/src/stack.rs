@@ -1,6 +1,13 @@
 //! A whole KubeHub on loopback for tests: simulator → agent → hub, with real TLS and a
 //! kubeconfig for kubectl. [`start`] builds it; the [`Stack`] keeps every piece reachable
 //! (stop and restart the agent, issue more certificates from its CA, call the hub with curl).
+//!
+//! The hub's access data is a static access file the stack writes ([`default_access`]: tenant
+//! [`TENANT`], user [`USER`] with every right on [`CLUSTER`] and `edge-silent`, and the token
+//! [`TOKEN`]); [`StackOptions::access`] replaces it, with users and tokens made by the
+//! helpers here ([`mint`] issues a real token). [`Stack::kubeconfig_for`] and
+//! [`Stack::request_as`] act as another user; [`Stack::apply_access`] changes the access data
+//! of the running hub (a revocation, as meta's feed would carry it).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Kubectl;
+use kubehub_access::{Line, Record};
 use kubehub_agent::config::{AgentConfig, Limits as AgentLimits, Reconnect, Tls, Upstream};
 use kubehub_agent::Agent;
-use kubehub_hub::config::{CacheConfig, HubConfig, Limits, Listener};
-use kubehub_hub::proxy::authorize::{AllowAuthenticated, Authorizer};
+use kubehub_hub::config::{AccessFile, CacheConfig, HubConfig, Limits, Listener};
 use kubehub_hub::server::{self, Hub};
 use kubehub_kapi::kubeconfig::Kubeconfig;
 use kubehub_pki::Ca;
@@ -20,7 +27,38 @@ use kubehub_sim::{
 };
 
 pub const CLUSTER: &str = "edge-1";
-pub const TOKEN: &str = "alice-token";
+/// The tenant of the default access data.
+pub const TENANT: &str = "tenant-a";
+/// The user of the default access data (and of the stack's kubeconfig).
+pub const USER: &str = "alice";
+/// [`USER`]'s token, bound to [`CLUSTER`] and `edge-silent`: a real KubeHub token (the access
+/// data holds its SHA-256), fixed so that tests can write it into requests.
+pub const TOKEN: &str = "khT.alicetoken01.holrA3piHSqK40485lcjpgoK7MFa959tNZO-t9OEo9Y";
+/// The id of [`TOKEN`].
+pub const TOKEN_ID: &str = "alicetoken01";
+
+pub use kubehub_access::build::{
+    cluster, everything, grant, mint, rule, tenant, token_record, user,
+};
+
+/// The stack's default access data: [`TENANT`] owns [`CLUSTER`] and `edge-silent`; [`USER`]
+/// (groups `devs`) may do everything on both with [`TOKEN`].
+pub fn default_access() -> Vec<Record> {
+    vec![
+        tenant(TENANT),
+        user(USER, TENANT, &["devs"]),
+        cluster(CLUSTER, TENANT),
+        cluster("edge-silent", TENANT),
+        grant(
+            "alice-admin",
+            TENANT,
+            USER,
+            &[CLUSTER, "edge-silent"],
+            everything(),
+        ),
+        token_record(TOKEN, USER, TENANT, &[CLUSTER, "edge-silent"], 0),
+    ]
+}
 
 #[derive(Debug)]
 pub struct Stack {
@@ -118,41 +156,25 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
-    start_with(cluster_cfg, limits, Arc::new(AllowAuthenticated))
-}
-
-/// [`start`], with `authz` deciding in the hub who may do what.
-pub fn start_with(cluster_cfg: ClusterConfig, limits: Limits, authz: Arc<dyn Authorizer>) -> Stack {
     start_opts(StackOptions {
         cluster: cluster_cfg,
         limits,
-        authz,
-        cache: CacheConfig::default(),
+        ..StackOptions::default()
     })
 }
 
 /// Everything a test may choose about its stack.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct StackOptions {
     /// The simulated cluster.
     pub cluster: ClusterConfig,
     /// The hub's limits.
     pub limits: Limits,
-    /// Who may do what.
-    pub authz: Arc<dyn Authorizer>,
     /// The hub's cache.
     pub cache: CacheConfig,
-}
-
-impl Default for StackOptions {
-    fn default() -> Self {
-        StackOptions {
-            cluster: ClusterConfig::default(),
-            limits: Limits::default(),
-            authz: Arc::new(AllowAuthenticated),
-            cache: CacheConfig::default(),
-        }
-    }
+    /// The hub's access data (`None`: [`default_access`]); written as the hub's access file,
+    /// one snapshot.
+    pub access: Option<Vec<Record>>,
 }
 
 /// A stack built from `opts`.
@@ -160,8 +182,8 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     let StackOptions {
         cluster: cluster_cfg,
         limits,
-        authz,
         cache,
+        access,
     } = opts;
     // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
     let _ = tracing_subscriber::fmt()
@@ -186,7 +208,11 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     let hub_key = d.join("hub.key");
     let agent_crt = d.join(format!("agent-{CLUSTER}.crt"));
     let agent_key = d.join(format!("agent-{CLUSTER}.key"));
-    let tokens = write(d, "tokens.csv", &format!("{TOKEN},alice,1001,\"devs\"\n"));
+    let snapshot = Line::Snapshot {
+        revision: 1,
+        records: access.unwrap_or_else(default_access),
+    };
+    let access_file = write(d, "access.json", &snapshot.to_line());
     let cluster = Cluster::new("sim", cluster_cfg);
     let sim_log = Arc::new(RequestLog::default());
     sim::seed(&cluster, &SeedSpec::default()).unwrap();
@@ -211,7 +237,8 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         id: "hub-test".into(),
         cores: 2,
         clusters: vec![CLUSTER.into(), "edge-silent".into()],
-        token_file: tokens,
+        access: Some(AccessFile { file: access_file }),
+        meta: None,
         impersonate: false,
         user_listener: listener(None),
         agent_listener: listener(Some(ca_path.clone())),
@@ -221,18 +248,19 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         limits,
         cache,
     };
-    let hub = server::start_with(hub_cfg, authz).unwrap();
+    let hub = server::start(hub_cfg).unwrap();
     let agent_cfg = AgentConfig {
         cluster_id: CLUSTER.into(),
         agent_id: Some("agent-test".into()),
         hubs: vec![hub.agent_addr.to_string()],
         labels: Default::default(),
         tls: Tls {
-            ca: ca_path.clone(),
-            cert: agent_crt,
-            key: agent_key,
-            server_name: "localhost".into(),
+            ca: Some(ca_path.clone()),
+            cert: Some(agent_crt),
+            key: Some(agent_key),
+            server_name: Some("localhost".into()),
         },
+        meta: None,
         upstream: Upstream {
             url: format!("http://{sim_addr}"),
             ca: None,
@@ -456,5 +484,64 @@ impl Stack {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes a kubeconfig named `name` for `token`: its server is the hub with the prefix of
+    /// `cluster`, or the hub's root (`None`: for a token bound to one cluster).
+    pub fn kubeconfig_for(&self, name: &str, token: &str, cluster: Option<&str>) -> PathBuf {
+        let prefix = cluster.map_or(String::new(), |c| format!("/clusters/{c}"));
+        let kc = Kubeconfig {
+            name: name.into(),
+            server: format!("https://127.0.0.1:{}{prefix}", self.hub.user_addr.port()),
+            ca_pem: Some(self.ca.cert_pem()),
+            token: Some(token.into()),
+            ..Kubeconfig::default()
+        };
+        write(self.path(), &format!("kubeconfig-{name}"), &kc.to_yaml())
+    }
+
+    /// kubectl with the kubeconfig `name` written by [`Stack::kubeconfig_for`] (and a
+    /// discovery cache of its own).
+    pub fn kubectl_as(&self, name: &str) -> Kubectl {
+        Kubectl::new(
+            &self.path().join(format!("kubeconfig-{name}")),
+            &self.path().join(format!("as-{name}")),
+        )
+    }
+
+    /// A request through the hub with `token` (`None`: no Authorization header) on `target`
+    /// (the whole path: `/clusters/{id}/…`, or unprefixed), with extra headers and a body
+    /// (sent when not empty, with the content type in `headers`).
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        target: &str,
+        headers: &[&str],
+        body: &[u8],
+    ) -> Reply {
+        let url = format!("https://127.0.0.1:{}{target}", self.hub.user_addr.port());
+        let mut cmd = Command::new("curl");
+        cmd.arg("--cacert")
+            .arg(self.dir.path().join("ca.crt"))
+            .args(["-X", method]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let body_file;
+        if !body.is_empty() {
+            body_file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(body_file.path(), body).unwrap();
+            cmd.arg("--data-binary")
+                .arg(format!("@{}", body_file.path().display()));
+            return curl_reply(cmd, &url, headers);
+        }
+        curl_reply(cmd, &url, headers)
+    }
+
+    /// Applies a sync line to the running hub's access data (what meta's feed would carry:
+    /// a put, a delete).
+    pub fn apply_access(&self, line: &Line) {
+        self.hub.access.apply(line);
     }
 }

@@ -1,136 +1,111 @@
-//! `authenticate`: who is asking. Bearer tokens from a static file, like kube-apiserver's
-//! `--token-auth-file`: one `token,user,uid,"group1,group2"` per line (`#` comments). The
-//! metaserver replaces this source of truth later; the phase stays [`authenticate`].
+//! `authenticate`: who is asking. The request's `Authorization: Bearer khT.…` token, looked up
+//! by its SHA-256 in the access index ([`kubehub_access::Index::authenticate`]; fed by the
+//! metaserver or a static file, see [`crate::access`]). The answer is the token's
+//! [`Identity`]: user, tenant, effective groups, the clusters the token is bound to. It is
+//! the first phase: a token bound to one cluster may leave the `/clusters/{id}` prefix out,
+//! so the cluster is resolved from it.
+//!
+//! A refusal is kube-apiserver's 401 (`Status`, reason `Unauthorized`) saying which of these
+//! it was: no token, not a bearer token, not a KubeHub token, unknown or revoked, expired at
+//! a time. The lookup does not allocate.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::sync::Arc;
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// User name.
-    pub name: String,
-    /// User id.
-    pub uid: String,
-    /// Groups.
-    pub groups: Vec<String>,
+use kubehub_access::{AuthnError, Identity, Index};
+use kubehub_kapi::Status;
+
+use super::error::ProxyError;
+use crate::http::RequestHead;
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// The authenticate phase: the identity the request's bearer token stands for, or 401.
+pub fn authenticate(
+    index: &Index,
+    metrics: &Metrics,
+    head: &RequestHead,
+) -> Result<Arc<Identity>, ProxyError> {
+    index
+        .authenticate(head.header("authorization"), crate::access::unix_now())
+        .map_err(|e| {
+            metrics
+                .unauthenticated
+                .get_or_create(&ReasonLabel { reason: reason(&e) })
+                .inc();
+            ProxyError::Unauthorized(e)
+        })
 }
 
-/// Tokens to users.
-#[derive(Debug, Default)]
-pub struct TokenAuth {
-    tokens: HashMap<String, User>,
-}
-
-/// Why the token file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// The file could not be read.
-    #[error("reading token file {0}: {1}")]
-    Read(String, std::io::Error),
-    /// A line is malformed.
-    #[error("token file line {line}: {why}")]
-    Line {
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        why: &'static str,
-    },
-}
-
-/// Splits one CSV line: commas outside double quotes separate fields.
-fn fields(line: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(String::new()),
-            c => out.last_mut().map(|f| f.push(c)).unwrap_or(()),
-        }
-    }
-    out.into_iter().map(|f| f.trim().to_owned()).collect()
-}
-
-impl TokenAuth {
-    /// Parses token file contents.
-    pub fn parse(text: &str) -> Result<TokenAuth, AuthError> {
-        let mut tokens = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let f = fields(line);
-            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
-                return Err(AuthError::Line {
-                    line: i + 1,
-                    why: "expected token,user,uid[,\"groups\"]",
-                });
-            }
-            let groups = f
-                .get(3)
-                .map(|g| {
-                    g.split(',')
-                        .map(str::trim)
-                        .filter(|g| !g.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-            tokens.insert(
-                f[0].clone(),
-                User {
-                    name: f[1].clone(),
-                    uid: f[2].clone(),
-                    groups,
-                },
-            );
-        }
-        Ok(TokenAuth { tokens })
-    }
-
-    /// Reads a token file.
-    pub fn load(path: &Path) -> Result<TokenAuth, AuthError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AuthError::Read(path.display().to_string(), e))?;
-        TokenAuth::parse(&text)
-    }
-
-    /// The user an `Authorization` header value authenticates, if any.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Option<&User> {
-        let v = std::str::from_utf8(authorization?).ok()?;
-        let (scheme, token) = v.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        self.tokens.get(token.trim())
+/// The metric label of a refusal.
+fn reason(e: &AuthnError) -> &'static str {
+    match e {
+        AuthnError::Missing => "missing",
+        AuthnError::NotBearer => "not_bearer",
+        AuthnError::Malformed(_) => "malformed",
+        AuthnError::Unknown => "unknown",
+        AuthnError::Expired { .. } => "expired",
     }
 }
 
-/// The authenticate phase: the user the request's bearer token names, or 401.
-pub fn authenticate<'a>(
-    auth: &'a TokenAuth,
-    head: &crate::http::RequestHead,
-) -> Result<&'a User, super::error::ProxyError> {
-    auth.authenticate(head.header("authorization"))
-        .ok_or(super::error::ProxyError::Unauthorized)
+/// The 401 for a refusal.
+pub fn unauthorized(e: &AuthnError) -> Status {
+    Status::new(401, "Unauthorized", format!("Unauthorized: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn head(auth: Option<&str>) -> RequestHead {
+        let mut raw = String::from("GET /clusters/edge-1/api HTTP/1.1\r\nHost: hub\r\n");
+        if let Some(a) = auth {
+            raw.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let mut buf = bytes::BytesMut::from(raw.as_bytes());
+        crate::http::parse_head(&mut buf, 4096).unwrap().unwrap()
+    }
+
     #[test]
-    fn token_file() {
-        let a = TokenAuth::parse("# comment\nt1,alice,1,\"devs,ops\"\nt2,bob,2\n").unwrap();
-        let alice = a.authenticate(Some(b"Bearer t1")).unwrap();
-        assert_eq!(alice.name, "alice");
-        assert_eq!(alice.groups, ["devs", "ops"]);
-        assert_eq!(a.authenticate(Some(b"bearer t2")).unwrap().name, "bob");
-        assert!(a.authenticate(Some(b"Bearer nope")).is_none());
-        assert!(a.authenticate(Some(b"Basic t1")).is_none());
-        assert!(a.authenticate(None).is_none());
-        assert!(TokenAuth::parse("onlytoken\n").is_err());
+    fn every_refusal_says_why() {
+        use kubehub_access::build::{mint, snapshot, tenant, user};
+        let (token, live) = mint("alice", "acme", &["edge-1"], 0);
+        let (expired, old) = mint("alice", "acme", &["edge-1"], 1_000_000_000);
+        let index = Index::new();
+        index
+            .apply(&snapshot(
+                1,
+                vec![tenant("acme"), user("alice", "acme", &[]), live, old],
+            ))
+            .unwrap();
+        let m = Metrics::new();
+        let ok = authenticate(&index, &m, &head(Some(&format!("Bearer {token}")))).unwrap();
+        assert_eq!(
+            (ok.user.as_str(), &*ok.clusters),
+            ("alice", &["edge-1".to_owned()][..])
+        );
+        let message = |auth: Option<&str>| {
+            let e = authenticate(&index, &m, &head(auth)).unwrap_err();
+            let s = e.status(super::super::error::Reached::Hub).unwrap();
+            assert_eq!((s.code, s.reason), (401, "Unauthorized"));
+            s.message
+        };
+        assert!(message(None).contains("no credentials"));
+        assert!(message(Some("Basic YWxpY2U6cHc=")).contains("not Bearer"));
+        assert!(message(Some("Bearer alice-token")).contains("not a KubeHub token"));
+        assert!(message(Some(&format!("Bearer {}", &token[..20]))).contains("not a KubeHub token"));
+        let forged = format!(
+            "{}{}",
+            &token[..token.len() - 1],
+            if token.ends_with('A') { 'B' } else { 'A' }
+        );
+        assert!(message(Some(&format!("Bearer {forged}"))).contains("unknown or has been revoked"));
+        assert!(
+            message(Some(&format!("Bearer {expired}"))).contains("expired at 2001-09-09T01:46:40Z")
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("kubehub_hub_unauthenticated_total{reason=\"expired\"} 1"),
+            "{text}"
+        );
     }
 }

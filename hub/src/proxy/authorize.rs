@@ -1,65 +1,99 @@
-//! `authorize`: may this user do this to this cluster?
+//! `authorize`: may this identity do this to this cluster?
 //!
-//! One call, (who, cluster, what the request asks) → allow or deny, behind the [`Authorizer`]
-//! trait so the source of the decision can change without touching the request path. Today's
-//! implementation, [`AllowAuthenticated`], allows every authenticated user (the edge API
-//! server still applies its own RBAC to the impersonated user); the metaserver's grants
-//! (tenant × cluster × resource × verb × namespace) replace it. A denial is answered as
-//! kube-apiserver answers one: 403 with a `Status` worded by [`Status::forbidden`], so
-//! kubectl prints `Error from server (Forbidden): …` exactly as against a real cluster.
+//! One call to the access index ([`kubehub_access::Index::authorize`]: token bound to the
+//! cluster × cluster of the user's tenant × a grant of the tenant for the user whose rules
+//! allow the request; discovery paths for anyone with a grant there). It runs before the
+//! request is routed, so reads answered from the hub's cache (get, list, watch) are decided
+//! exactly as forwarded ones. Decisions do not allocate.
+//!
+//! Two refusals:
+//! * A cluster that is not the user's (it does not exist, or is another tenant's) is **404**
+//!   `clusters "x" not found`, the same for both: nobody learns which ids other tenants use.
+//! * Otherwise kube-apiserver's **403**, worded by [`Status::forbidden`] with the reason
+//!   appended, so kubectl prints `Error from server (Forbidden): …` exactly as against a real
+//!   cluster.
+//!
+//! `SelfSubjectAccessReview` and `SelfSubjectRulesReview` (what `kubectl auth can-i` creates)
+//! are allowed to anyone with a grant covering the cluster, as Kubernetes'
+//! `system:basic-user` allows them to every authenticated user; the hub answers them itself
+//! or checks them first ([`super::review`]).
 
+use kubehub_access::{Attributes, Decision, DenyReason, Identity, Index};
 use kubehub_kapi::request_info::RequestInfo;
 use kubehub_kapi::Status;
 
-use super::authenticate::User;
 use super::error::ProxyError;
+use super::review::Review;
+use crate::metrics::{Metrics, ReasonLabel};
 
-/// An authorizer's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Go ahead.
-    Allow,
-    /// No; the reason is appended to the 403 message (empty: none).
-    Deny(String),
-}
-
-/// Decides whether a request may proceed. Called once per request on any core: it must not
-/// block (decisions come from memory).
-pub trait Authorizer: std::fmt::Debug + Send + Sync {
-    /// The decision for `user` doing `info` on `cluster`.
-    fn authorize(&self, user: &User, cluster: &str, info: &RequestInfo<'_>) -> Decision;
-}
-
-/// Every authenticated user may do everything (until the metaserver's grants).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllowAuthenticated;
-
-impl Authorizer for AllowAuthenticated {
-    fn authorize(&self, _: &User, _: &str, _: &RequestInfo<'_>) -> Decision {
-        Decision::Allow
-    }
-}
+/// What "has any grant covering the cluster" is asked as: a discovery `get`, which the index
+/// allows exactly then.
+const ANY_GRANT: Attributes<'static> = Attributes {
+    verb: "get",
+    api_group: "",
+    resource: "",
+    subresource: "",
+    namespace: "",
+    name: "",
+    path: "/api",
+    is_resource_request: false,
+};
 
 /// The authorize phase.
 pub fn authorize(
-    authz: &dyn Authorizer,
-    user: &User,
+    index: &Index,
+    metrics: &Metrics,
+    id: &Identity,
     cluster: &str,
     info: &RequestInfo<'_>,
 ) -> Result<(), ProxyError> {
-    match authz.authorize(user, cluster, info) {
+    let decision = if Review::of(info).is_some() {
+        index.authorize(id, cluster, &ANY_GRANT)
+    } else {
+        index.authorize(id, cluster, &Attributes::from(info))
+    };
+    match decision {
         Decision::Allow => Ok(()),
-        Decision::Deny(reason) => Err(ProxyError::Forbidden(Box::new(forbidden(
-            user, info, &reason,
-        )))),
+        Decision::Deny(reason) => {
+            let e = refusal(index, id, cluster, info, reason);
+            let reason = match e {
+                ProxyError::UnknownCluster(_) => "not_found",
+                _ => "forbidden",
+            };
+            metrics.denied.get_or_create(&ReasonLabel { reason }).inc();
+            Err(e)
+        }
+    }
+}
+
+/// The answer to a denial: 404 for a cluster that is not the user's tenant's, else 403.
+fn refusal(
+    index: &Index,
+    id: &Identity,
+    cluster: &str,
+    info: &RequestInfo<'_>,
+    reason: DenyReason,
+) -> ProxyError {
+    let hidden = match reason {
+        DenyReason::NoSuchCluster => true,
+        // A token bound elsewhere: say so only about the user's own tenant's clusters.
+        DenyReason::TokenNotForCluster => {
+            index.cluster(cluster).is_none_or(|c| c.tenant != id.tenant)
+        }
+        DenyReason::NoGrant | DenyReason::NoRule => false,
+    };
+    if hidden {
+        ProxyError::UnknownCluster(cluster.to_owned())
+    } else {
+        ProxyError::Forbidden(Box::new(forbidden(&id.user, info, reason.as_str())))
     }
 }
 
 /// The 403 kube-apiserver would send for this request.
-pub fn forbidden(user: &User, info: &RequestInfo<'_>, reason: &str) -> Status {
+pub fn forbidden(user: &str, info: &RequestInfo<'_>, reason: &str) -> Status {
     let verb = info.verb.as_str();
     if !info.is_resource_request {
-        return Status::forbidden_path(&user.name, verb, info.path, reason);
+        return Status::forbidden_path(user, verb, info.path, reason);
     }
     let resource = if info.subresource.is_empty() {
         info.resource.to_owned()
@@ -67,7 +101,7 @@ pub fn forbidden(user: &User, info: &RequestInfo<'_>, reason: &str) -> Status {
         format!("{}/{}", info.resource, info.subresource)
     };
     Status::forbidden(
-        &user.name,
+        user,
         verb,
         info.api_group,
         &resource,
@@ -82,52 +116,94 @@ mod tests {
     use super::*;
     use kubehub_kapi::request_info::request_info;
 
-    /// Denies one verb on one resource, to show the phase's effect.
-    #[derive(Debug)]
-    struct DenyExec;
-
-    impl Authorizer for DenyExec {
-        fn authorize(&self, _: &User, _: &str, info: &RequestInfo<'_>) -> Decision {
-            if info.subresource == "exec" {
-                Decision::Deny("exec is not granted".into())
-            } else {
-                Decision::Allow
-            }
-        }
-    }
-
-    fn alice() -> User {
-        User {
-            name: "alice".into(),
-            uid: "1".into(),
-            groups: vec![],
-        }
+    /// alice (acme) may do anything to pods on edge-1 and edge-2 but exec; edge-2 is
+    /// acme's but her token is for edge-1 only; edge-b is another tenant's.
+    fn index() -> (Index, std::sync::Arc<Identity>) {
+        use kubehub_access::build::{cluster, grant, mint, rule, snapshot, tenant, user};
+        let (token, token_record) = mint("alice", "acme", &["edge-1", "edge-b"], 0);
+        let index = Index::new();
+        let records = vec![
+            tenant("acme"),
+            tenant("other"),
+            user("alice", "acme", &[]),
+            cluster("edge-1", "acme"),
+            cluster("edge-2", "acme"),
+            cluster("edge-b", "other"),
+            grant(
+                "pods",
+                "acme",
+                "alice",
+                &["edge-1", "edge-2", "edge-b"],
+                vec![rule(&[""], &["pods", "pods/log"], &["*"], &[], &[])],
+            ),
+            token_record,
+        ];
+        index.apply(&snapshot(1, records)).unwrap();
+        let who = index
+            .authenticate(Some(format!("Bearer {token}").as_bytes()), 2)
+            .unwrap();
+        (index, who)
     }
 
     #[test]
     fn a_denial_is_a_kube_apiserver_403() {
+        let (index, alice) = index();
+        let m = Metrics::new();
         let info = request_info(
             "POST",
             "/api/v1/namespaces/default/pods/web/exec",
             "command=ls",
         )
         .unwrap();
-        let e = authorize(&DenyExec, &alice(), "edge-1", &info).unwrap_err();
+        let e = authorize(&index, &m, &alice, "edge-1", &info).unwrap_err();
         let s = e.status(super::super::error::Reached::Hub).unwrap();
         assert_eq!(s.code, 403);
         assert_eq!(
             s.message,
-            "pods \"web\" is forbidden: User \"alice\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\": exec is not granted"
+            "pods \"web\" is forbidden: User \"alice\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\": no rule of your grants on this cluster allows this request"
         );
         let info = request_info("GET", "/api/v1/namespaces/default/pods/web", "").unwrap();
-        assert!(authorize(&DenyExec, &alice(), "edge-1", &info).is_ok());
-        assert!(authorize(&AllowAuthenticated, &alice(), "edge-1", &info).is_ok());
+        assert!(authorize(&index, &m, &alice, "edge-1", &info).is_ok());
+        // Reviews need a grant on the cluster, nothing more.
+        let review = request_info(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            "",
+        )
+        .unwrap();
+        assert!(authorize(&index, &m, &alice, "edge-1", &review).is_ok());
+    }
+
+    #[test]
+    fn clusters_not_the_users_are_not_found() {
+        let (index, alice) = index();
+        let m = Metrics::new();
+        let info = request_info("GET", "/api/v1/pods", "").unwrap();
+        for cluster in ["edge-b", "nowhere"] {
+            let e = authorize(&index, &m, &alice, cluster, &info).unwrap_err();
+            let s = e.status(super::super::error::Reached::Hub).unwrap();
+            assert_eq!(
+                (s.code, s.message),
+                (404, format!("clusters \"{cluster}\" not found")),
+                "the token names {cluster} or not: the same answer"
+            );
+        }
+        // Her own tenant's cluster, with a token for another one: she is told why.
+        let e = authorize(&index, &m, &alice, "edge-2", &info).unwrap_err();
+        let s = e.status(super::super::error::Reached::Hub).unwrap();
+        assert_eq!(s.code, 403);
+        assert!(
+            s.message
+                .ends_with("the token is not valid for this cluster"),
+            "{}",
+            s.message
+        );
     }
 
     #[test]
     fn non_resource_paths_are_denied_by_path() {
         let info = request_info("GET", "/version", "").unwrap();
-        let s = forbidden(&alice(), &info, "");
+        let s = forbidden("alice", &info, "");
         assert_eq!(
             s.message,
             "forbidden: User \"alice\" cannot get path \"/version\""

@@ -24,12 +24,13 @@ pub enum Reached {
 /// Why a request was not (or not completely) answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No or an unknown bearer token.
-    #[error("unauthorized")]
-    Unauthorized,
-    /// The path does not start with `/clusters/{id}`.
-    #[error("the path does not name a cluster")]
-    NoCluster,
+    /// No valid KubeHub bearer token (and why).
+    #[error("unauthorized: {0}")]
+    Unauthorized(kubehub_access::AuthnError),
+    /// The path does not start with `/clusters/{id}`, and the token is not bound to exactly
+    /// one cluster (the message says what to do).
+    #[error("{0}")]
+    NoCluster(String),
     /// This hub does not serve the cluster.
     #[error("cluster {0:?} is not served here")]
     UnknownCluster(String),
@@ -39,6 +40,9 @@ pub enum ProxyError {
     /// The authorizer said no.
     #[error("forbidden: {}", .0.message)]
     Forbidden(Box<Status>),
+    /// A body the hub reads itself (a review) is invalid (as kube-apiserver answers it).
+    #[error("invalid: {}", .0.message)]
+    Invalid(Box<Status>),
     /// The cluster's agent is not connected (or its tunnel closed while the request was
     /// being handed over).
     #[error("cluster {cluster:?} is offline: {why}")]
@@ -57,6 +61,9 @@ pub enum ProxyError {
     /// The request body could not be decoded.
     #[error("bad request body: {0}")]
     BadBody(String),
+    /// A body the hub reads itself (a review) is larger than it reads.
+    #[error("the request body is larger than {0} bytes, the most the hub reads of a review")]
+    TooLarge(usize),
     /// The client stopped sending its request body.
     #[error("the request body stopped arriving for {0:?}")]
     BodyTimeout(Duration),
@@ -85,10 +92,12 @@ impl ProxyError {
     /// What to answer, given how far the request got; `None` when nobody is left to answer.
     pub fn status(&self, reached: Reached) -> Option<Status> {
         let s = match self {
-            ProxyError::Unauthorized => Status::unauthorized(),
-            ProxyError::NoCluster => Status::no_such_resource(),
+            ProxyError::Unauthorized(e) => super::authenticate::unauthorized(e),
+            ProxyError::NoCluster(why) => Status::new(404, "NotFound", why.clone()),
             ProxyError::UnknownCluster(c) => Status::not_found("", "clusters", c),
-            ProxyError::Forbidden(s) | ProxyError::BadPath(s) => (**s).clone(),
+            ProxyError::Forbidden(s) | ProxyError::BadPath(s) | ProxyError::Invalid(s) => {
+                (**s).clone()
+            }
             // The one rule: 503 (and its Retry-After) only while a retry cannot repeat work.
             ProxyError::Offline { cluster, why } => match reached {
                 Reached::Hub => {
@@ -106,6 +115,7 @@ impl ProxyError {
             }
             ProxyError::Timeout { .. } => Status::new(504, "Timeout", self.to_string()),
             ProxyError::BodyTimeout(_) => Status::new(408, "Timeout", self.to_string()),
+            ProxyError::TooLarge(_) => Status::new(413, "RequestEntityTooLarge", self.to_string()),
             ProxyError::AgentReset { .. } => Status::new(502, "BadGateway", self.to_string()),
             ProxyError::ClientGone => return None,
         };
@@ -115,13 +125,15 @@ impl ProxyError {
     /// Short label for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            ProxyError::Unauthorized => "unauthorized",
-            ProxyError::NoCluster | ProxyError::UnknownCluster(_) => "not_found",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::NoCluster(_) | ProxyError::UnknownCluster(_) => "not_found",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::BadPath(_) => "bad_path",
+            ProxyError::Invalid(_) => "invalid",
             ProxyError::Offline { .. } => "offline",
             ProxyError::Busy(_) => "busy",
             ProxyError::BadBody(_) => "bad_body",
+            ProxyError::TooLarge(_) => "too_large",
             ProxyError::Unforwardable(_) => "unforwardable",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::BodyTimeout(_) => "body_timeout",
@@ -165,9 +177,19 @@ mod tests {
 
     #[test]
     fn answers_are_kubernetes_statuses() {
+        let unauthorized = ProxyError::Unauthorized(kubehub_access::AuthnError::Unknown)
+            .status(Reached::Hub)
+            .unwrap();
         assert_eq!(
-            ProxyError::Unauthorized.status(Reached::Hub).unwrap().code,
-            401
+            (unauthorized.code, unauthorized.reason),
+            (401, "Unauthorized")
+        );
+        assert_eq!(
+            ProxyError::TooLarge(65536)
+                .status(Reached::Hub)
+                .unwrap()
+                .code,
+            413
         );
         let nf = ProxyError::UnknownCluster("x".into())
             .status(Reached::Hub)

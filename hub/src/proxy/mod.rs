@@ -1,13 +1,20 @@
 //! `proxy`: one user connection, request after request (keep-alive). A request's path is the
 //! module list, in order:
 //!
-//! `resolve → authenticate → authorize → route → backend → respond`
+//! `authenticate → resolve → authorize → route → cache | backend → respond`
 //!
-//! * [`resolve`]: cluster and Kubernetes path from `/clusters/{id}/…`; what the request asks
-//!   (kube-apiserver's request info: verb, group, resource, namespace, name).
-//! * [`authenticate`]: who is asking (bearer token).
-//! * [`authorize`]: may they ([`authorize::Authorizer`]; 403 worded as kube-apiserver's).
-//! * [`route`]: which backend answers (the cluster's tunnel; the cache, planned).
+//! * [`authenticate`]: who is asking (a KubeHub bearer token, looked up in the access index);
+//!   first, because a token bound to one cluster may leave the cluster out of the path.
+//! * [`resolve`]: cluster and Kubernetes path from `/clusters/{id}/…` (or the token's only
+//!   cluster); what the request asks (kube-apiserver's request info: verb, group, resource,
+//!   namespace, name).
+//! * [`authorize`]: may they (the access index: grants of the user's tenant; 404 for clusters
+//!   not theirs, else 403 worded as kube-apiserver's). Cached reads and watches are decided
+//!   here like everything else, before routing.
+//! * [`review`]: `SelfSubjectAccessReview`s and `SelfSubjectRulesReview`s (`kubectl auth
+//!   can-i`) answered with KubeHub's decisions, or forwarded when KubeHub allows.
+//! * [`route`]: which backend answers (the cluster's cache for reads it can serve, else its
+//!   tunnel).
 //! * [`backend`]: the request in flight at that backend, its answer as a stream of events.
 //! * [`respond`]: the answer written as HTTP/1.1, credit returned as the client takes it.
 //! * [`error`]: every way a request can fail, and the one place that decides the answer
@@ -23,6 +30,7 @@ pub mod backend;
 pub mod error;
 pub mod resolve;
 pub mod respond;
+pub mod review;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -37,11 +45,12 @@ use monoio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use self::authenticate::{TokenAuth, User};
-use self::authorize::Authorizer;
+use kubehub_access::Identity;
+
 use self::backend::Exchange;
 use self::error::{ProxyError, Reached};
 use self::respond::Responder;
+use crate::access::Access;
 use crate::cache;
 use crate::config::Limits;
 use crate::http::{self, BodyDecoder, BodyPart, HeadError, RequestHead};
@@ -54,10 +63,8 @@ use crate::tls::{self, TlsWriter};
 pub struct ProxyCtx {
     /// Clusters to tunnels.
     pub registry: Arc<Registry>,
-    /// Bearer tokens.
-    pub auth: Arc<TokenAuth>,
-    /// Who may do what.
-    pub authz: Arc<dyn Authorizer>,
+    /// Who is who, and who may do what.
+    pub access: Arc<Access>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -224,8 +231,9 @@ async fn read_head(ctx: &ProxyCtx, conn: &mut Conn) -> Result<Option<RequestHead
 }
 
 /// The fields forwarded to the agent: end-to-end fields minus credentials and any
-/// impersonation the user tried, plus the hub's impersonation of the authenticated user.
-fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields {
+/// impersonation the user tried, plus the hub's impersonation of the authenticated user (name
+/// and effective groups, `kubehub:tenant:<tenant>` among them).
+fn forward_fields(head: &RequestHead, user: &Identity, impersonate: bool) -> Fields {
     // Fields the client named in `Connection` are for this hop only (RFC 9110 §7.6.1).
     let connection_listed = |name: &[u8]| {
         head.fields
@@ -249,7 +257,7 @@ fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields 
     if impersonate {
         out.push((
             Bytes::from_static(b"Impersonate-User"),
-            Bytes::from(user.name.clone()),
+            Bytes::from(user.user.clone()),
         ));
         for g in &user.groups {
             out.push((
@@ -257,14 +265,23 @@ fn forward_fields(head: &RequestHead, user: &User, impersonate: bool) -> Fields 
                 Bytes::from(g.clone()),
             ));
         }
-        if !user.uid.is_empty() {
-            out.push((
-                Bytes::from_static(b"Impersonate-Uid"),
-                Bytes::from(user.uid.clone()),
-            ));
-        }
     }
     out
+}
+
+/// Replaces the body's framing fields: the hub forwards a body it re-encoded.
+fn set_body_fields(fields: &mut Fields, content_type: &'static str, len: usize) {
+    fields.retain(|(n, _)| {
+        !(n.eq_ignore_ascii_case(b"content-type") || n.eq_ignore_ascii_case(b"content-length"))
+    });
+    fields.push((
+        Bytes::from_static(b"Content-Type"),
+        Bytes::from_static(content_type.as_bytes()),
+    ));
+    fields.push((
+        Bytes::from_static(b"Content-Length"),
+        Bytes::from(len.to_string()),
+    ));
 }
 
 /// Handles one request through the phases; returns whether the connection stays open.
@@ -274,23 +291,74 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     // Until the body is read to its end, bytes of it are still on the connection: it cannot
     // carry another request.
     let mut out = Responder::new(&ctx.metrics, &head, !has_body);
-    // resolve → authenticate → authorize → route: nothing has left the hub yet.
+    // authenticate → resolve → authorize → route: nothing has left the hub yet.
     let prepared = (|| {
-        let target = resolve::resolve(&head)?;
         let span = tracing::Span::current();
+        let index = &ctx.access.index;
+        let identity = authenticate::authenticate(index, &ctx.metrics, &head)?;
+        span.record("user", identity.user.as_str());
+        let target = resolve::resolve(&head, &identity)?;
         span.record("cluster", target.cluster.as_str());
-        let user = authenticate::authenticate(&ctx.auth, &head)?;
-        span.record("user", user.name.as_str());
         let info = target.info()?;
-        authorize::authorize(&*ctx.authz, user, &target.cluster, &info)?;
+        authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
+        let review = review::Review::of(&info);
         let cached = route::cached(&ctx.caches, &target, &info, &head);
         let backend = route::route(&ctx.registry, &target.cluster, &info);
-        Ok::<_, ProxyError>((target, user, cached, backend))
+        Ok::<_, ProxyError>((target, identity, review, cached, backend))
     })();
-    let (target, user, cached, backend) = match prepared {
+    let (target, identity, review, cached, backend) = match prepared {
         Ok(p) => p,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
+    let mut fields = forward_fields(&head, &identity, ctx.impersonate);
+    // review: KubeHub's decision first; the edge's only if KubeHub allows.
+    let mut body = if has_body {
+        Upload::Stream
+    } else {
+        Upload::None
+    };
+    if let Some(kind) = review {
+        let read = read_body(ctx, &head, conn, review::MAX_BODY).await;
+        let verdict = read.and_then(|bytes| {
+            let content_type = head.header("content-type");
+            review::decide(
+                &ctx.access.index,
+                &identity,
+                &target.cluster,
+                kind,
+                content_type,
+                bytes,
+            )
+        });
+        match verdict {
+            Err(e) => return out.error(conn, &e, Reached::Hub).await,
+            Ok(v) => {
+                // The body was read whole: the connection can carry the next request.
+                out = Responder::new(&ctx.metrics, &head, true);
+                match v {
+                    review::Verdict::Answer(json) => {
+                        let fields: Fields = vec![
+                            (
+                                Bytes::from_static(b"Content-Type"),
+                                Bytes::from_static(b"application/json"),
+                            ),
+                            (
+                                Bytes::from_static(b"Content-Length"),
+                                Bytes::from(json.len().to_string()),
+                            ),
+                        ];
+                        return out.whole(conn, 201, &fields, &[json]).await;
+                    }
+                    review::Verdict::Forward { body: bytes, json } => {
+                        if json {
+                            set_body_fields(&mut fields, "application/json", bytes.len());
+                        }
+                        body = Upload::Buffered(bytes);
+                    }
+                }
+            }
+        }
+    }
     // cache: reads of synced types are answered here.
     let written = match cached {
         route::Cached::Read(cc, slot, plan) => {
@@ -317,7 +385,7 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     let forwarded = registry::RequestHead {
         method: head.method.clone(),
         path: Bytes::from(target.path),
-        fields: forward_fields(&head, user, ctx.impersonate),
+        fields,
     };
     let cluster = target.cluster;
     let mut ex = match backend.open(&cluster, forwarded, !has_body).await {
@@ -326,17 +394,18 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     };
     tracing::Span::current().record("stream", ex.stream_id());
     // From here on the agent may have the request: errors are never "retry" (see `error`).
-    if has_body {
-        match upload(ctx, &head, conn, &mut ex).await {
-            Ok(true) => out = Responder::new(&ctx.metrics, &head, true),
-            // The stream ended before the body was through (the agent answered early, or reset
-            // it): the answer or the reason is waiting in the exchange.
-            Ok(false) => {}
-            Err(e) => {
-                ex.cancel().await;
-                out.error(conn, &e, Reached::MaybeAgent).await;
-                return false;
-            }
+    let uploaded = match body {
+        Upload::None => Ok(true),
+        Upload::Stream => upload(ctx, &head, conn, &mut ex).await,
+        Upload::Buffered(bytes) => Ok(upload_buffered(ctx, &mut ex, bytes).await),
+    };
+    match uploaded {
+        Ok(true) if has_body => out = Responder::new(&ctx.metrics, &head, true),
+        Ok(_) => {}
+        Err(e) => {
+            ex.cancel().await;
+            out.error(conn, &e, Reached::MaybeAgent).await;
+            return false;
         }
     }
     let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
@@ -348,6 +417,69 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     match result {
         Ok(keep) => keep,
         Err(e) => out.error(conn, &e, Reached::MaybeAgent).await,
+    }
+}
+
+/// Where a forwarded request's body comes from.
+#[derive(Debug)]
+enum Upload {
+    /// It has none.
+    None,
+    /// From the connection, as it arrives.
+    Stream,
+    /// Already read (a review): these bytes.
+    Buffered(Bytes),
+}
+
+/// Reads a whole request body the hub answers from itself (at most `max` bytes: beyond,
+/// 413 and the connection closes).
+async fn read_body(
+    ctx: &ProxyCtx,
+    head: &RequestHead,
+    conn: &mut Conn,
+    max: usize,
+) -> Result<Bytes, ProxyError> {
+    if let http::BodyKind::Length(n) = head.body {
+        if n > max as u64 {
+            return Err(ProxyError::TooLarge(max));
+        }
+    }
+    let mut dec = BodyDecoder::new(head.body);
+    let mut out = BytesMut::new();
+    loop {
+        match dec.decode(&mut conn.buf, ctx.limits.data_chunk) {
+            Ok(BodyPart::Data(data)) => {
+                if out.len() + data.len() > max {
+                    return Err(ProxyError::TooLarge(max));
+                }
+                out.extend_from_slice(&data);
+            }
+            Ok(BodyPart::End) => return Ok(out.freeze()),
+            Ok(BodyPart::More) => {
+                let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+                match monoio::time::timeout(idle, conn.read_more()).await {
+                    Ok(true) => continue,
+                    Ok(false) => return Err(ProxyError::ClientGone),
+                    Err(_) => return Err(ProxyError::BodyTimeout(idle)),
+                }
+            }
+            Err(e) => return Err(ProxyError::BadBody(e.to_string())),
+        }
+    }
+}
+
+/// Sends a body already read to the backend, one chunk in flight; `false` if the stream
+/// ended first.
+async fn upload_buffered(ctx: &ProxyCtx, ex: &mut Exchange, mut body: Bytes) -> bool {
+    loop {
+        let chunk = body.split_to(body.len().min(ctx.limits.data_chunk));
+        let end = body.is_empty();
+        if !ex.send_body(chunk, end).await {
+            return false;
+        }
+        if end {
+            return true;
+        }
     }
 }
 
@@ -396,10 +528,13 @@ mod tests {
             &b"GET /clusters/a/api HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer secret\r\nImpersonate-User: root\r\nimpersonate-group: system:masters\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: application/json\r\n\r\n"[..],
         );
         let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let user = User {
-            name: "alice".into(),
-            uid: "1001".into(),
-            groups: vec!["devs".into(), "ops".into()],
+        let user = Identity {
+            token_id: "abcdefghij01".into(),
+            user: "alice".into(),
+            tenant: "acme".into(),
+            groups: vec!["devs".into(), "kubehub:tenant:acme".into()],
+            clusters: Box::new(["a".to_owned()]),
+            expires: 0,
         };
         let f = forward_fields(&head, &user, true);
         let pairs: Vec<(String, String)> = f
@@ -415,8 +550,7 @@ mod tests {
             ("Accept", "application/json"),
             ("Impersonate-User", "alice"),
             ("Impersonate-Group", "devs"),
-            ("Impersonate-Group", "ops"),
-            ("Impersonate-Uid", "1001"),
+            ("Impersonate-Group", "kubehub:tenant:acme"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

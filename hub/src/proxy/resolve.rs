@@ -1,10 +1,13 @@
 //! `resolve`: which cluster a request is for, and what it asks of that cluster.
 //!
 //! Users address a cluster with a path prefix, as Rancher does: the kubeconfig's server URL is
-//! `https://HUB/clusters/{cluster}` and every Kubernetes path follows it. What remains is
-//! parsed the way kube-apiserver parses it ([`kubehub_kapi::request_info`]): verb, group,
-//! resource, subresource, namespace, name. Authorization and routing work from that.
+//! `https://HUB/clusters/{cluster}` and every Kubernetes path follows it. A token bound to
+//! exactly one cluster may leave the prefix out (server URL `https://HUB`, so that
+//! `kubectl get --raw /version` works): the cluster is the token's. What remains is parsed the
+//! way kube-apiserver parses it ([`kubehub_kapi::request_info`]): verb, group, resource,
+//! subresource, namespace, name. Authorization and routing work from that.
 
+use kubehub_access::Identity;
 use kubehub_kapi::request_info::{decode_path, request_info, RequestInfo};
 
 use super::error::ProxyError;
@@ -44,10 +47,16 @@ pub fn split_cluster_path(path_and_query: &str) -> Option<(&str, &str)> {
     Some((cluster, tail))
 }
 
-/// The resolve phase.
-pub fn resolve(head: &RequestHead) -> Result<Target, ProxyError> {
+/// The resolve phase: the cluster from the path's prefix, or the token's only cluster.
+pub fn resolve(head: &RequestHead, id: &Identity) -> Result<Target, ProxyError> {
     let target = String::from_utf8_lossy(&head.target);
-    let (cluster, rest) = split_cluster_path(&target).ok_or(ProxyError::NoCluster)?;
+    let (cluster, rest) = match split_cluster_path(&target) {
+        Some(prefixed) => prefixed,
+        None => match &*id.clusters {
+            [only] => (only.as_str(), &*target),
+            several => return Err(ProxyError::NoCluster(hint(several))),
+        },
+    };
     let path = if rest.starts_with('/') {
         rest.to_owned()
     } else {
@@ -65,10 +74,44 @@ pub fn resolve(head: &RequestHead) -> Result<Target, ProxyError> {
     })
 }
 
+/// What a request without a cluster prefix is told (the token's clusters, a few of them).
+fn hint(clusters: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut list = clusters
+        .iter()
+        .take(SHOWN)
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if clusters.len() > SHOWN {
+        list.push_str(", …");
+    }
+    format!(
+        "the path does not name a cluster, and the token is valid on {} ({list}): \
+         address one as /clusters/<id>/… (kubeconfig server: https://<hub>/clusters/<id>)",
+        if clusters.len() == 1 {
+            "1 cluster".to_owned()
+        } else {
+            format!("{} clusters", clusters.len())
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BytesMut;
+
+    fn identity(clusters: &[&str]) -> Identity {
+        Identity {
+            token_id: "abcdefghij01".into(),
+            user: "alice".into(),
+            tenant: "acme".into(),
+            groups: vec![],
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            expires: 0,
+        }
+    }
 
     #[test]
     fn cluster_paths() {
@@ -91,7 +134,8 @@ mod tests {
             &b"POST /clusters/edge-1/api/v1/namespaces/default/pods/web/exec?command=ls HTTP/1.1\r\nHost: hub\r\n\r\n"[..],
         );
         let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let t = resolve(&head).unwrap();
+        let two = identity(&["edge-1", "edge-2"]);
+        let t = resolve(&head, &two).unwrap();
         assert_eq!(t.cluster, "edge-1");
         assert_eq!(
             t.path,
@@ -106,15 +150,29 @@ mod tests {
         let mut buf =
             BytesMut::from(&b"GET /clusters/edge-1?x=1 HTTP/1.1\r\nHost: hub\r\n\r\n"[..]);
         let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        assert_eq!(resolve(&head).unwrap().path, "/?x=1");
+        assert_eq!(resolve(&head, &two).unwrap().path, "/?x=1");
         let mut buf = BytesMut::from(&b"GET /api/v1/pods HTTP/1.1\r\nHost: hub\r\n\r\n"[..]);
         let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        assert!(matches!(resolve(&head), Err(ProxyError::NoCluster)));
+        let e = resolve(&head, &two).unwrap_err();
+        let s = e.status(crate::proxy::error::Reached::Hub).unwrap();
+        assert_eq!(s.code, 404);
+        assert!(
+            s.message.contains("valid on 2 clusters (edge-1, edge-2)")
+                && s.message.contains("/clusters/<id>/"),
+            "{}",
+            s.message
+        );
+        // A token for one cluster needs no prefix.
+        let t = resolve(&head, &identity(&["edge-9"])).unwrap();
+        assert_eq!(
+            (t.cluster.as_str(), t.path.as_str()),
+            ("edge-9", "/api/v1/pods")
+        );
         let mut buf = BytesMut::from(
             &b"GET /clusters/e/api/v1/namespaces/a%zz/pods HTTP/1.1\r\nHost: hub\r\n\r\n"[..],
         );
         let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let e = resolve(&head).unwrap_err();
+        let e = resolve(&head, &two).unwrap_err();
         assert_eq!(
             e.status(crate::proxy::error::Reached::Hub).unwrap().code,
             400

@@ -71,6 +71,22 @@ enum Cmd {
     /// The hub's memory for many clusters with their types cached: one `kubehub sim
     /// --clusters N` process, one hub process, N real agents in this process.
     CachedClusters(clusters::ClustersArgs),
+    /// Writes a development access file for a hub's `[access] file` (tenant `dev`, USER with
+    /// every right on CLUSTERS) and prints the user's new token.
+    AccessFile(AccessFileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AccessFileArgs {
+    /// Where to write it.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// The user.
+    #[arg(long, default_value = "perf")]
+    user: String,
+    /// The clusters (repeat).
+    #[arg(long = "cluster", required = true)]
+    clusters: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,6 +166,9 @@ fn main() {
         Cmd::WaitSynced(a) => rt.block_on(edge::wait_synced(a)),
         Cmd::Summary(a) => summary::run(a),
         Cmd::CachedClusters(a) => rt.block_on(clusters::run(a)),
+        Cmd::AccessFile(a) => kubehub_hub::access::write_dev_file(&a.out, &a.user, &a.clusters)
+            .map(|token| println!("{token}"))
+            .map_err(|e| format!("writing {}: {e}", a.out.display())),
     };
     if let Err(e) = res {
         eprintln!("kubehub-perf: {e}");
@@ -220,10 +239,11 @@ mod idle {
         write(dir, "ca.crt", &ca.cert_pem())?;
         write(dir, "hub.crt", &hub.cert)?;
         write(dir, "hub.key", &hub.key)?;
-        write(dir, "tokens.csv", "t,perf,1\n")?;
+        kubehub_hub::access::write_dev_file(&dir.join("access.json"), "perf", &["idle".into()])
+            .map_err(|e| e.to_string())?;
         let (user, agents, admin) = (free_port()?, free_port()?, free_port()?);
         write(dir, "hub.toml", &format!(
-            "cores = {}\ntoken_file = \"tokens.csv\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[limits]\nmax_connections = 1000000\n",
+            "cores = {}\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[limits]\nmax_connections = 1000000\n",
             a.cores
         ))?;
         let mut child = std::process::Command::new(&a.hub_bin)

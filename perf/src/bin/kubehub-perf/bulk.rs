@@ -492,12 +492,9 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
     write(&dir, "hub.key", &hub_cert.key)?;
     write(&dir, "agent.crt", &agent_cert.cert)?;
     write(&dir, "agent.key", &agent_cert.key)?;
-    let token = "bulk-token";
-    write(
-        &dir,
-        "tokens.csv",
-        &format!("{token},perf,1,\"system:masters\"\n"),
-    )?;
+    let token =
+        kubehub_hub::access::write_dev_file(&dir.join("access.json"), "perf", &["bulk".into()])
+            .map_err(|e| e.to_string())?;
     let (user, agents, admin, plain, tls) = (
         free_port()?,
         free_port()?,
@@ -506,7 +503,7 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
         free_port()?,
     );
     write(&dir, "hub.toml", &format!(
-        "id = \"hub-bulk\"\ncores = {}\nclusters = [\"bulk\"]\ntoken_file = \"tokens.csv\"\nimpersonate = false\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        "id = \"hub-bulk\"\ncores = {}\nclusters = [\"bulk\"]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
         a.hub_cores
     ))?;
     write(&dir, "agent.toml", &format!(
@@ -583,7 +580,7 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
     let hub = Target {
         label: "hub",
         base: format!("https://127.0.0.1:{user}/clusters/bulk"),
-        token: Some(token.into()),
+        token: Some(token.clone()),
         client: client(&ca.cert_pem())?,
     };
     wait_ready(&hub, "/version", &mut procs).await?;

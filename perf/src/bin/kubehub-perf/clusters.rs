@@ -160,8 +160,9 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
     write(&dir, "ca.crt", &ca.cert_pem())?;
     write(&dir, "hub.crt", &hub_cert.cert)?;
     write(&dir, "hub.key", &hub_cert.key)?;
-    write(&dir, "tokens.csv", "perf-token,perf,1,\"system:masters\"\n")?;
     let names: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
+    kubehub_hub::access::write_dev_file(&dir.join("access.json"), "perf", &names)
+        .map_err(|e| e.to_string())?;
     let (user, agents, admin, sim) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let clusters = names
         .iter()
@@ -169,7 +170,7 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
         .collect::<Vec<_>>()
         .join(", ");
     write(&dir, "hub.toml", &format!(
-        "id = \"hub-cached\"\ncores = {}\nclusters = [{clusters}]\ntoken_file = \"tokens.csv\"\nimpersonate = false\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[cache]\nenabled = {}\n{}",
+        "id = \"hub-cached\"\ncores = {}\nclusters = [{clusters}]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[cache]\nenabled = {}\n{}",
         a.hub_cores,
         !a.no_cache,
         if a.cache_types.is_empty() {

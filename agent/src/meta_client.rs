@@ -1,0 +1,274 @@
+//! The agent's HTTP client for the metaserver: one JSON request per connection, over TLS with
+//! the configuration the caller passes (which CA to trust, which client certificate), with a
+//! deadline and a bound on the answer's size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::enroll::EnrollError;
+
+/// The largest answer read from the metaserver.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// The metaserver at a base URL.
+#[derive(Debug, Clone)]
+pub(crate) struct MetaClient {
+    url: String,
+    host: String,
+    port: u16,
+    authority: String,
+    prefix: String,
+    timeout: Duration,
+}
+
+/// The metaserver's error answers: `{"error": "<message>"}`.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl MetaClient {
+    /// `url`: `https://host[:port][/prefix]`.
+    pub(crate) fn new(url: &str, timeout: Duration) -> Result<MetaClient, EnrollError> {
+        let bad = |why: &str| EnrollError::Config(format!("metaserver URL {url:?}: {why}"));
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad("must be https://"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(MetaClient {
+            url: url.trim_end_matches('/').to_owned(),
+            host,
+            port: authority.port_u16().unwrap_or(443),
+            authority: authority.as_str().to_owned(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            timeout,
+        })
+    }
+
+    /// The base URL, for messages.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `GET path`, the answer's JSON.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+    ) -> Result<T, EnrollError> {
+        self.call(tls, Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, the answer's JSON.
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+        body: &B,
+    ) -> Result<T, EnrollError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.transport(path, e))?;
+        self.call(tls, Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body, the answer's JSON.
+    pub(crate) async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+        body: &B,
+    ) -> Result<T, EnrollError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.transport(path, e))?;
+        self.call(tls, Method::PUT, path, Some(body)).await
+    }
+
+    fn transport(&self, path: &str, why: impl std::fmt::Display) -> EnrollError {
+        EnrollError::Meta {
+            url: format!("{}{path}", self.url),
+            why: why.to_string(),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, EnrollError> {
+        let exchange = self.exchange(tls, method, path, body);
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| self.transport(path, format!("no answer within {:?}", self.timeout)))??;
+        if !status.is_success() {
+            let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => b.error,
+                Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+            };
+            return Err(EnrollError::Refused {
+                url: format!("{}{path}", self.url),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| EnrollError::BadAnswer {
+            url: format!("{}{path}", self.url),
+            why: e.to_string(),
+        })
+    }
+
+    async fn exchange(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), EnrollError> {
+        let err = |e: &dyn std::fmt::Display| self.transport(path, e);
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| err(&format!("connecting: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| err(&format!("server name {}: {e}", self.host)))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| err(&format!("TLS: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| err(&e))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(header::HOST, &self.authority)
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("kubehub-agent/", env!("CARGO_PKG_VERSION")),
+            );
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| err(&e))?;
+        let result = async {
+            let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| err(&format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
+
+/// A server certificate "verifier" that accepts any certificate (it still checks that the
+/// server holds the key of the certificate it shows). Used for exactly one call, `GET /v1/ca`,
+/// whose answer the caller then accepts only if its hash is the one the join token pins.
+#[derive(Debug)]
+pub(crate) struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyServerCert {
+    /// A client configuration trusting any server, without a client certificate.
+    pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, EnrollError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EnrollError::Config(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_no_client_auth();
+        Ok(Arc::new(cfg))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Duration::from_secs(1);
+        let c = MetaClient::new("https://meta.example.com:9443/", t).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("meta.example.com", 9443));
+        assert_eq!(c.prefix, "");
+        assert_eq!(c.url(), "https://meta.example.com:9443");
+        let c = MetaClient::new("https://[::1]/kubehub", t).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 443));
+        assert_eq!(c.prefix, "/kubehub");
+        assert_eq!(c.authority, "[::1]");
+        for bad in ["http://meta:1", "meta:1", "https://", ""] {
+            assert!(MetaClient::new(bad, t).is_err(), "{bad}");
+        }
+    }
+}

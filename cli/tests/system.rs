@@ -1,0 +1,423 @@
+//! The whole system on loopback, wired the way an operator wires it: a metaserver on a real
+//! etcd, hubs that enrolled with it and follow its access feed, an agent that joined with a
+//! join token and finds its hubs in the registry, a simulated edge cluster. What users rely
+//! on: a grant or a revocation reaches every hub within a second; a certificate is renewed
+//! under an open watch; an agent whose hub dies moves to another hub.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kubehub_agent::{Agent, AgentConfig};
+use kubehub_hub::config::HubConfig;
+use kubehub_hub::server::Hub;
+use kubehub_meta::client::{Client, ClientError};
+use kubehub_meta::config::MetaConfig;
+use kubehub_meta::server::Server as MetaServer;
+use kubehub_meta::service::Meta;
+use kubehub_sim::{self as sim, Cluster, ClusterConfig, Router, SeedSpec, ServeOptions};
+use kubehub_testkit::etcd::Etcd;
+use serde_json::{json, Value};
+
+const CLUSTER: &str = "edge-1";
+
+struct System {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    _etcd: Etcd,
+    meta: Meta,
+    meta_server: Option<MetaServer>,
+    meta_url: String,
+    admin: Client,
+    sim_addr: std::net::SocketAddr,
+    _sim: sim::Server,
+    cluster: Arc<Cluster>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+impl System {
+    /// etcd, meta (with `meta_extra` in meta.toml), the simulator, and tenant `t` with cluster
+    /// `edge-1` and user `alice`.
+    fn start(meta_extra: &str) -> System {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start();
+        let meta_toml = write(
+            dir.path(),
+            "meta.toml",
+            &format!(
+                "listen = \"127.0.0.1:0\"\nadmin_token_file = \"admin.token\"\n{meta_extra}\n[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\n",
+                etcd.endpoint
+            ),
+        );
+        let cfg = MetaConfig::load(&meta_toml).unwrap();
+        let (meta, server) = rt.block_on(async {
+            let meta = Meta::start(cfg).await.unwrap();
+            let server = kubehub_meta::server::start(meta.clone()).await.unwrap();
+            (meta, server)
+        });
+        let meta_url = format!("https://{}", server.addr);
+        write(dir.path(), "ca.crt", meta.ca_pem());
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let admin = Client::new(&meta_url, meta.ca_pem(), Some(token.trim().into()), None).unwrap();
+        let cluster = Cluster::new(CLUSTER, ClusterConfig::default());
+        sim::seed(&cluster, &SeedSpec::default()).unwrap();
+        let sim_server = rt
+            .block_on(sim::serve(
+                "127.0.0.1:0".parse().unwrap(),
+                Router::Single(cluster.clone()),
+                ServeOptions::default(),
+            ))
+            .unwrap();
+        let s = System {
+            sim_addr: sim_server.local_addr(),
+            _sim: sim_server,
+            rt,
+            dir,
+            _etcd: etcd,
+            meta,
+            meta_server: Some(server),
+            meta_url,
+            admin,
+            cluster,
+        };
+        s.call(|c| async move {
+            c.post("/v1/tenants", &json!({"name": "t"})).await?;
+            c.post("/v1/users", &json!({"name": "alice", "tenant": "t"})).await?;
+            c.post("/v1/clusters", &json!({"id": CLUSTER, "tenant": "t"})).await?;
+            c.post(
+                "/v1/grants",
+                &json!({"name": "configmaps", "tenant": "t", "subject": {"kind": "User", "name": "alice"},
+                        "clusters": {"ids": [CLUSTER]},
+                        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]}),
+            )
+            .await
+        });
+        s
+    }
+
+    fn call<F, Fut>(&self, f: F) -> Value
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, ClientError>>,
+    {
+        self.rt.block_on(f(self.admin.clone())).unwrap()
+    }
+
+    /// A hub enrolled with meta (join token, CSR) and following its feed.
+    fn hub(&self, id: &str) -> Hub {
+        let d = self.dir.path().join(id);
+        let join = self.call(|c| {
+            let id = id.to_owned();
+            async move {
+                c.post(
+                    "/v1/hubs/join-token",
+                    &json!({"id": id, "names": ["localhost", "127.0.0.1"]}),
+                )
+                .await
+            }
+        });
+        let (key, csr) = kubehub_pki::generate_key_and_csr(id, &[]).unwrap();
+        let anon = Client::new(&self.meta_url, self.meta.ca_pem(), None, None).unwrap();
+        let got = self
+            .rt
+            .block_on(anon.post(
+                "/v1/enroll",
+                &json!({"token": join["joinToken"], "csr": csr}),
+            ))
+            .unwrap();
+        write(&d, "hub.crt", got["certificate"].as_str().unwrap());
+        write(&d, "hub.key", &key);
+        let ca = self.dir.path().join("ca.crt");
+        let toml = format!(
+            r#"id = "{id}"
+cores = 1
+impersonate = false
+[meta]
+url = "{meta}"
+ca = "{ca}"
+cert = "hub.crt"
+key = "hub.key"
+register_interval_ms = 500
+[user_listener]
+listen = "127.0.0.1:0"
+cert = "hub.crt"
+key = "hub.key"
+[agent_listener]
+listen = "127.0.0.1:0"
+cert = "hub.crt"
+key = "hub.key"
+client_ca = "{ca}"
+[admin]
+listen = "127.0.0.1:0"
+"#,
+            meta = self.meta_url,
+            ca = ca.display()
+        );
+        let cfg = HubConfig::load(&write(&d, "hub.toml", &toml)).unwrap();
+        let hub = kubehub_hub::server::start(cfg).unwrap();
+        wait(Duration::from_secs(10), "the hub has access data", || {
+            hub.access.index.revision() > 0
+        });
+        hub
+    }
+
+    /// An agent for `edge-1` that joins with a fresh join token and reads its hubs from the
+    /// registry (`agent_extra` goes into its `[meta]` section).
+    fn agent(&self, agent_extra: &str) -> Agent {
+        let join = self.call(|c| async move {
+            c.post(&format!("/v1/clusters/{CLUSTER}/join-token"), &json!({}))
+                .await
+        });
+        let toml = format!(
+            "[meta]\nurl = \"{}\"\nstate_dir = \"agent\"\n{agent_extra}\n[upstream]\nurl = \"http://{}\"\n",
+            self.meta_url, self.sim_addr
+        );
+        let cfg = AgentConfig::read(&write(self.dir.path(), "agent.toml", &toml)).unwrap();
+        self.rt
+            .block_on(Agent::join_and_start(
+                cfg,
+                Some(join["joinToken"].as_str().unwrap()),
+            ))
+            .unwrap()
+    }
+
+    /// alice's token for edge-1, issued by meta.
+    fn alice_token(&self) -> String {
+        let v = self.call(|c| async move {
+            c.post(
+                "/v1/kubeconfig",
+                &json!({"user": "alice", "clusters": [CLUSTER]}),
+            )
+            .await
+        });
+        v["kubeconfig"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    /// The status code of GET `path` on `hub` with `token`.
+    fn status(&self, hub: &Hub, token: &str, path: &str) -> u16 {
+        let c = Client::new(
+            &format!("https://127.0.0.1:{}", hub.user_addr.port()),
+            self.meta.ca_pem(),
+            Some(token.to_owned()),
+            None,
+        )
+        .unwrap();
+        match self.rt.block_on(c.get(path)) {
+            Ok(_) => 200,
+            Err(ClientError::Api { code, .. }) => code,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const PODS: &str = "/clusters/edge-1/api/v1/namespaces/default/pods";
+const CONFIGMAPS: &str = "/clusters/edge-1/api/v1/namespaces/default/configmaps";
+
+#[test]
+fn grants_and_revocations_reach_every_hub_within_a_second() {
+    let s = System::start("");
+    let hubs = [s.hub("hub-a"), s.hub("hub-b")];
+    let _agent = s.agent("hubs_per_agent = 0\nhub_refresh_ms = 200");
+    for h in &hubs {
+        wait(
+            Duration::from_secs(15),
+            "the agent is connected to every hub",
+            || h.registry.connected() == 1,
+        );
+    }
+    let token = s.alice_token();
+    for h in &hubs {
+        wait(Duration::from_secs(5), "the token is known", || {
+            s.status(h, &token, CONFIGMAPS) == 200
+        });
+        assert_eq!(s.status(h, &token, PODS), 403, "no grant on pods yet");
+    }
+    // A new grant: allowed on both hubs within a second of meta's answer.
+    s.call(|c| async move {
+        c.post(
+            "/v1/grants",
+            &json!({"name": "pods", "tenant": "t", "subject": {"kind": "User", "name": "alice"},
+                    "clusters": {"ids": [CLUSTER]},
+                    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]}),
+        )
+        .await
+    });
+    let granted = Instant::now();
+    for h in &hubs {
+        wait(
+            Duration::from_secs(1),
+            "the new grant works on every hub",
+            || s.status(h, &token, PODS) == 200,
+        );
+    }
+    eprintln!("grant reached both hubs in {:?}", granted.elapsed());
+    // Revocation: 401 on both hubs within a second.
+    s.call(|c| async move { c.delete("/v1/tokens?user=alice").await });
+    let revoked = Instant::now();
+    for h in &hubs {
+        wait(
+            Duration::from_secs(1),
+            "the revoked token is refused on every hub",
+            || s.status(h, &token, CONFIGMAPS) == 401,
+        );
+    }
+    eprintln!("revocation reached both hubs in {:?}", revoked.elapsed());
+    // Meta goes away: the hubs keep serving with what they have, and say so.
+    let token = s.alice_token();
+    for h in &hubs {
+        wait(Duration::from_secs(5), "the new token is known", || {
+            s.status(h, &token, CONFIGMAPS) == 200
+        });
+    }
+    let mut s = s;
+    let server = s.meta_server.take().unwrap();
+    s.rt.block_on(server.stop());
+    for h in &hubs {
+        let admin = h.admin_addr.unwrap();
+        wait(Duration::from_secs(20), "readyz says meta is gone", || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", &format!("http://{admin}/readyz")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("disconnected")
+        });
+        assert_eq!(s.status(h, &token, CONFIGMAPS), 200, "still serving");
+    }
+}
+
+#[test]
+fn a_certificate_is_renewed_under_an_open_watch() {
+    let s = System::start("[certs]\nagent_lifetime_s = 8\n");
+    let hub = s.hub("hub-a");
+    let _agent = s.agent("");
+    wait(Duration::from_secs(15), "the agent is connected", || {
+        hub.registry.connected() == 1
+    });
+    let cert_file = s.dir.path().join("agent/agent.crt");
+    let first = std::fs::read_to_string(&cert_file).unwrap();
+    let token = s.alice_token();
+    // A watch through the hub, held open across the renewal.
+    let mut watch = std::process::Command::new("curl")
+        .args([
+            "-sN",
+            "--cacert",
+            s.dir.path().join("ca.crt").to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!(
+                "https://127.0.0.1:{}{CONFIGMAPS}?watch=1&resourceVersion=0",
+                hub.user_addr.port()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait(
+        Duration::from_secs(20),
+        "the agent renewed its certificate",
+        || std::fs::read_to_string(&cert_file).is_ok_and(|c| c != first),
+    );
+    let renewed = std::fs::read_to_string(&cert_file).unwrap();
+    let (old, new) = (
+        kubehub_pki::cert_info(&first).unwrap(),
+        kubehub_pki::cert_info(&renewed).unwrap(),
+    );
+    assert_eq!(new.common_name, CLUSTER);
+    assert!(new.not_after > old.not_after);
+    // The watch still carries events after the renewal.
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    s.cluster
+        .create(
+            ty,
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after-renewal"}}),
+            false,
+        )
+        .unwrap();
+    let out = kubehub_testkit::read_until(&mut watch, Duration::from_secs(10), |s| {
+        s.contains("after-renewal")
+    });
+    assert!(out.contains("after-renewal"), "{out}");
+    assert_eq!(hub.registry.connected(), 1, "the tunnel was not dropped");
+    let _ = watch.kill();
+}
+
+#[test]
+fn an_agent_whose_hub_dies_moves_to_another() {
+    let s = System::start("[registry]\nttl_s = 2\n");
+    let hubs = vec![("hub-a", s.hub("hub-a")), ("hub-b", s.hub("hub-b"))];
+    let _agent = s.agent("hubs_per_agent = 1\nhub_refresh_ms = 300\nfailover_after_ms = 1000");
+    wait(
+        Duration::from_secs(15),
+        "the agent is connected to one hub",
+        || {
+            hubs.iter()
+                .map(|(_, h)| h.registry.connected())
+                .sum::<usize>()
+                == 1
+        },
+    );
+    let (dead, alive): (Vec<_>, Vec<_>) = hubs
+        .into_iter()
+        .partition(|(_, h)| h.registry.connected() == 1);
+    let ((dead_id, dead), (alive_id, alive)) = (
+        dead.into_iter().next().unwrap(),
+        alive.into_iter().next().unwrap(),
+    );
+    dead.shutdown(Duration::from_secs(1));
+    drop(dead);
+    // Its registry entry expires …
+    wait(
+        Duration::from_secs(10),
+        "the dead hub leaves the registry",
+        || {
+            let v = s.call(|c| async move { c.get("/v1/registry/hubs").await });
+            !v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["id"] == dead_id)
+        },
+    );
+    // … and the agent is on the other hub.
+    wait(Duration::from_secs(15), "the agent moved", || {
+        alive.registry.connected() == 1
+    });
+    wait(
+        Duration::from_secs(10),
+        "the agent's registry entry names its new hub",
+        || {
+            let v = s.call(|c| async move { c.get("/v1/registry/agents").await });
+            v["items"][0]["hubs"].to_string().contains(alive_id)
+        },
+    );
+}

@@ -1,0 +1,575 @@
+//! `access::sync`: the hub's metaserver client, on a thread of its own (a tokio current-thread
+//! runtime; nothing here touches the request path's cores).
+//!
+//! * **Sync**: `GET {url}/v1/sync?revision=N` with the hub's bearer token; the answer is a
+//!   chunked stream of NDJSON [`Line`]s (a snapshot first when N is 0 or too old, then puts and
+//!   deletes, and a heartbeat at least every 5 s), each applied to the shared index as it
+//!   arrives. An error, the end of the stream, or `heartbeat_timeout_ms` without a line ends
+//!   the connection; the next one resumes from the last revision applied, after a full-jitter
+//!   backoff (a uniform draw between zero and a ceiling doubling from `backoff_initial_ms` to
+//!   `backoff_max_ms`, reset once a connection delivers a line). Meanwhile the hub keeps
+//!   deciding with what it has.
+//! * **Registration**: `PUT {url}/v1/registry/hubs/{id}` every `register_interval_ms` with the
+//!   hub's endpoints, version, environment and connected agent count. Stops when the hub
+//!   drains.
+//!
+//! Failures of either are logged at `warn` once per outage (then at `debug`), and once more at
+//! `info` when meta answers again.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use kubehub_access::Line;
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+use super::Access;
+use crate::config::MetaConfig;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::registry::Registry;
+
+const UA: &str = concat!("kubehub-hub/", env!("CARGO_PKG_VERSION"));
+
+/// Why the metaserver client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaSetupError {
+    /// A credential or CA file could not be read.
+    #[error("[meta] {what} {path}: {why}")]
+    File {
+        /// Which option.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The TLS configuration is unusable.
+    #[error("[meta] TLS: {0}")]
+    Tls(String),
+    /// The thread could not start.
+    #[error("starting the meta client thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why one sync connection ended.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("meta answered {code}: {body}")]
+    Status { code: StatusCode, body: String },
+    #[error("nothing from meta for {0:?} (heartbeats stopped)")]
+    Silent(Duration),
+    #[error("meta ended the feed")]
+    Closed,
+    #[error("reading the feed: {0}")]
+    Body(String),
+    #[error("a sync line is longer than {0} bytes (max_line_bytes)")]
+    LineTooLong(usize),
+    #[error("a sync line after revision {after} is not a sync line: {source}")]
+    Decode {
+        after: i64,
+        source: serde_json::Error,
+    },
+}
+
+/// What the hub tells meta about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The hub's id (hub.toml `id`).
+    pub hub_id: String,
+    /// The URL users reach the hub at.
+    pub endpoint: String,
+    /// `host:port` agents dial.
+    pub agent_endpoint: String,
+    /// Free-form environment label.
+    pub environment: String,
+}
+
+/// This machine's host name (for endpoints derived from wildcard listeners).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `host` for an address: its IP, or the host name when it listens on every address.
+fn host_of(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() => hostname(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    }
+}
+
+impl Registration {
+    /// The registration for a hub whose listeners are bound to these addresses: endpoints
+    /// from `[meta] public_url` / `agent_endpoint`, else derived from the addresses.
+    pub fn new(
+        hub_id: &str,
+        cfg: &MetaConfig,
+        user_addr: SocketAddr,
+        agent_addr: SocketAddr,
+    ) -> Registration {
+        let endpoint = if cfg.public_url.is_empty() {
+            format!("https://{}:{}", host_of(user_addr), user_addr.port())
+        } else {
+            cfg.public_url.trim_end_matches('/').to_owned()
+        };
+        let agent_endpoint = if cfg.agent_endpoint.is_empty() {
+            format!("{}:{}", host_of(agent_addr), agent_addr.port())
+        } else {
+            cfg.agent_endpoint.clone()
+        };
+        Registration {
+            hub_id: hub_id.to_owned(),
+            endpoint,
+            agent_endpoint,
+            environment: cfg.environment.clone(),
+        }
+    }
+
+    /// The JSON body of the registration PUT.
+    pub fn body(&self, agents: usize) -> serde_json::Value {
+        serde_json::json!({
+            "endpoint": self.endpoint,
+            "agentEndpoint": self.agent_endpoint,
+            "version": env!("CARGO_PKG_VERSION"),
+            "environment": self.environment,
+            "agents": agents,
+        })
+    }
+}
+
+/// Percent-encodes a path segment (RFC 3986 unreserved characters pass).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The HTTP client for meta, with the hub's credentials.
+struct MetaClient {
+    client: HttpsClient,
+    base: String,
+    auth: Option<HeaderValue>,
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<String, MetaSetupError> {
+    std::fs::read_to_string(path).map_err(|e| MetaSetupError::File {
+        what,
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+impl MetaClient {
+    fn new(cfg: &MetaConfig) -> Result<MetaClient, MetaSetupError> {
+        fn pem(
+            what: &'static str,
+            path: &Path,
+        ) -> impl Fn(kubehub_pki::PkiError) -> MetaSetupError {
+            let path = path.display().to_string();
+            move |e| MetaSetupError::File {
+                what,
+                path: path.clone(),
+                why: e.to_string(),
+            }
+        }
+        let tls = |e: rustls::Error| MetaSetupError::Tls(e.to_string());
+        let roots = match &cfg.ca {
+            Some(ca) => kubehub_pki::load_roots(ca).map_err(pem("ca", ca))?,
+            None => rustls::RootCertStore::empty(),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_root_certificates(roots);
+        let tls_cfg = match (&cfg.cert, &cfg.key) {
+            (Some(c), Some(k)) => builder
+                .with_client_auth_cert(
+                    kubehub_pki::load_certs(c).map_err(pem("cert", c))?,
+                    kubehub_pki::load_key(k).map_err(pem("key", k))?,
+                )
+                .map_err(tls)?,
+            _ => builder.with_no_client_auth(),
+        };
+        let auth = match &cfg.token_file {
+            Some(path) => {
+                let text = read_file("token_file", path)?;
+                let token = text.lines().next().unwrap_or("").trim();
+                if token.is_empty() {
+                    return Err(MetaSetupError::File {
+                        what: "token_file",
+                        path: path.display().to_string(),
+                        why: "is empty".into(),
+                    });
+                }
+                let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    MetaSetupError::File {
+                        what: "token_file",
+                        path: path.display().to_string(),
+                        why: "the token has characters a header cannot carry".into(),
+                    }
+                })?;
+                Some(value)
+            }
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_cfg)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(MetaClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: cfg.url.trim_end_matches('/').to_owned(),
+            auth,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(USER_AGENT, UA);
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        if !body.is_empty() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        // The URI is the validated base URL plus an encoded path: it parses.
+        req.body(Full::new(body)).unwrap_or_default()
+    }
+}
+
+/// Every cause of a hyper error, joined (hyper's own message alone says little).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// The start of an error answer's body, for the log.
+async fn error_body(body: hyper::body::Incoming) -> String {
+    match Limited::new(body, 4096).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_owned(),
+        Err(_) => "(body unreadable or longer than 4 KiB)".into(),
+    }
+}
+
+/// Starts the meta client thread. Configuration problems (files, TLS) are reported here;
+/// everything after is retried. The thread ends when `drain`'s sender is dropped;
+/// registration stops when the hub starts draining.
+pub fn start(
+    cfg: &MetaConfig,
+    registration: Registration,
+    access: Arc<Access>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    drain: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, MetaSetupError> {
+    let client = MetaClient::new(cfg)?;
+    let cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name("kubehub-meta".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("meta client: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            let span = tracing::info_span!("meta", url = %cfg.url);
+            rt.block_on(
+                async move {
+                    let sync = sync_loop(&client, &cfg, &access, &metrics);
+                    let draining = until_draining(drain.clone());
+                    let register = async {
+                        tokio::select! {
+                            _ = register_loop(&client, &cfg, &registration, &metrics, &registry) => {}
+                            _ = draining => {}
+                        }
+                        std::future::pending::<()>().await
+                    };
+                    tokio::select! {
+                        _ = sync => {}
+                        _ = register => {}
+                        _ = until_dropped(drain) => {}
+                    }
+                }
+                .instrument(span),
+            );
+        })
+        .map_err(MetaSetupError::Thread)
+}
+
+async fn until_draining(mut drain: watch::Receiver<bool>) {
+    while !*drain.borrow_and_update() {
+        if drain.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn until_dropped(mut drain: watch::Receiver<bool>) {
+    while drain.changed().await.is_ok() {}
+}
+
+/// A full-jitter delay: uniform in `[0, min(max, initial · 2^attempt)]`.
+fn backoff(cfg: &MetaConfig, attempt: u32) -> Duration {
+    let ceiling = cfg
+        .backoff_initial_ms
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(cfg.backoff_max_ms);
+    Duration::from_millis(rand::random_range(0..=ceiling))
+}
+
+async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metrics: &Metrics) {
+    let mut attempt = 0u32;
+    let mut outage: Option<Instant> = None;
+    loop {
+        let from = access.index.revision();
+        let mut progressed = false;
+        let result = sync_once(client, cfg, access, from, &mut progressed, &mut outage).await;
+        access.set_connected(false);
+        let outcome = match &result {
+            Err(SyncError::Closed) => "closed",
+            _ => "failed",
+        };
+        metrics
+            .meta_syncs
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        if let Err(e) = result {
+            if outage.is_none() {
+                warn!(
+                    revision = access.index.revision(),
+                    "meta sync: {e}; serving with what the hub has, reconnecting"
+                );
+                outage = Some(Instant::now());
+            } else {
+                debug!("meta sync: {e}");
+            }
+        }
+        if progressed {
+            attempt = 0;
+        }
+        tokio::time::sleep(backoff(cfg, attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// One sync connection, until it fails or meta ends it.
+async fn sync_once(
+    client: &MetaClient,
+    cfg: &MetaConfig,
+    access: &Access,
+    from: i64,
+    progressed: &mut bool,
+    outage: &mut Option<Instant>,
+) -> Result<(), SyncError> {
+    let silence = Duration::from_millis(cfg.heartbeat_timeout_ms);
+    let mut req = client.request(
+        Method::GET,
+        &format!("/v1/sync?revision={from}"),
+        Bytes::new(),
+    );
+    req.headers_mut()
+        .insert(ACCEPT, HeaderValue::from_static("application/x-ndjson"));
+    let resp = match tokio::time::timeout(silence, client.client.request(req)).await {
+        Err(_) => return Err(SyncError::Silent(silence)),
+        Ok(Err(e)) => return Err(SyncError::Connect(chain(&e))),
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() != StatusCode::OK {
+        let code = resp.status();
+        return Err(SyncError::Status {
+            code,
+            body: error_body(resp.into_body()).await,
+        });
+    }
+    access.set_connected(true);
+    debug!(revision = from, "meta sync connected");
+    let mut body = resp.into_body();
+    let mut buf = BytesMut::new();
+    // Bytes of `buf` already searched for a newline.
+    let mut scanned = 0;
+    loop {
+        let frame = match tokio::time::timeout(silence, body.frame()).await {
+            Err(_) => return Err(SyncError::Silent(silence)),
+            Ok(None) => return Err(SyncError::Closed),
+            Ok(Some(Err(e))) => return Err(SyncError::Body(chain(&e))),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf[scanned..].iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(scanned + nl + 1);
+            scanned = 0;
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            let line = Line::parse(text).map_err(|source| SyncError::Decode {
+                after: access.index.revision(),
+                source,
+            })?;
+            access.apply(&line);
+            *progressed = true;
+            if let Some(since) = outage.take() {
+                info!(
+                    revision = line.revision(),
+                    "meta sync restored after {:?}",
+                    since.elapsed()
+                );
+            }
+        }
+        scanned = buf.len();
+        if buf.len() > cfg.max_line_bytes {
+            return Err(SyncError::LineTooLong(cfg.max_line_bytes));
+        }
+        if buf.is_empty() && buf.capacity() > 1 << 20 {
+            // A snapshot's buffer is not kept around for heartbeats.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+async fn register_loop(
+    client: &MetaClient,
+    cfg: &MetaConfig,
+    registration: &Registration,
+    metrics: &Metrics,
+    registry: &Registry,
+) {
+    let path = format!("/v1/registry/hubs/{}", segment(&registration.hub_id));
+    let timeout = Duration::from_millis(cfg.heartbeat_timeout_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.register_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let body = registration.body(registry.connected()).to_string();
+        let req = client.request(Method::PUT, &path, Bytes::from(body));
+        let result = match tokio::time::timeout(timeout, client.client.request(req)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(chain(&e)),
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                // Read the (small) answer so the connection is reused.
+                let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+                Ok(())
+            }
+            Ok(Ok(resp)) => {
+                let code = resp.status();
+                Err(format!(
+                    "meta answered {code}: {}",
+                    error_body(resp.into_body()).await
+                ))
+            }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics
+            .meta_registrations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        match result {
+            Ok(()) => {
+                if let Some(since) = outage.take() {
+                    info!(
+                        "registration with meta works again after {:?}",
+                        since.elapsed()
+                    );
+                }
+            }
+            Err(e) => {
+                if outage.is_none() {
+                    warn!(hub = %registration.hub_id, "registering with meta: {e}; retrying every {:?}", tick.period());
+                    outage = Some(Instant::now());
+                } else {
+                    debug!("registering with meta: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_endpoints() {
+        let mut cfg = MetaConfig::new("https://meta:7443");
+        let user: SocketAddr = "10.0.0.5:8443".parse().unwrap();
+        let agent: SocketAddr = "[::1]:8444".parse().unwrap();
+        let r = Registration::new("hub 0", &cfg, user, agent);
+        assert_eq!(r.endpoint, "https://10.0.0.5:8443");
+        assert_eq!(r.agent_endpoint, "[::1]:8444");
+        let wild = Registration::new("h", &cfg, "0.0.0.0:8443".parse().unwrap(), agent);
+        assert_eq!(wild.endpoint, format!("https://{}:8443", hostname()));
+        cfg.public_url = "https://hub.example.com/".into();
+        cfg.agent_endpoint = "tunnel.example.com:443".into();
+        cfg.environment = "prod-eu".into();
+        let r = Registration::new("hub-0", &cfg, user, agent);
+        let body = r.body(3);
+        assert_eq!(body["endpoint"], "https://hub.example.com");
+        assert_eq!(body["agentEndpoint"], "tunnel.example.com:443");
+        assert_eq!(body["environment"], "prod-eu");
+        assert_eq!(body["agents"], 3);
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(segment("hub 0/x"), "hub%200%2Fx");
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let cfg = MetaConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            ..MetaConfig::new("http://meta")
+        };
+        for attempt in [0, 1, 3, 40] {
+            let ceiling = (100u64 << attempt.min(20)).min(1000);
+            for _ in 0..50 {
+                assert!(backoff(&cfg, attempt) <= Duration::from_millis(ceiling));
+            }
+        }
+    }
+}

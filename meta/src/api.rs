@@ -1,0 +1,461 @@
+//! The metaserver's HTTPS JSON API (axum): decode, authenticate, call [`crate::service`],
+//! encode. Every error is a JSON body `{"error": …, "code": …}` with a 4xx/5xx status.
+//!
+//! | Method and path | Who | What |
+//! |---|---|---|
+//! | `GET /healthz`, `GET /readyz` | anyone | liveness; readiness = the store answers |
+//! | `GET /v1/ca` | anyone | the CA certificate (joiners pin it by hash) |
+//! | `POST /v1/enroll` | a join token | `{token, csr}` → a certificate |
+//! | `POST /v1/renew` | an agent's or hub's certificate | `{csr}` → a new certificate |
+//! | `GET /v1/whoami` | any caller | who meta thinks you are |
+//! | `POST/GET /v1/tenants`, `GET/DELETE /v1/tenants/{name}` | admin (tenant admins read their own) | tenants |
+//! | `POST/GET /v1/users`, `GET/DELETE /v1/users/{name}` | admin, tenant admin | users |
+//! | `POST/GET /v1/clusters`, `GET/DELETE /v1/clusters/{id}` | admin, tenant admin | clusters; POST answers a join token |
+//! | `POST /v1/clusters/{id}/join-token` | admin, tenant admin | a new join token for the cluster's agent |
+//! | `POST/GET /v1/grants`, `GET/DELETE /v1/grants/{tenant}/{name}` | admin, tenant admin | grants |
+//! | `GET /v1/tokens?user=`, `DELETE /v1/tokens/{id}`, `DELETE /v1/tokens?user=` | admin, tenant admin, the user | tokens (never the token itself) |
+//! | `POST /v1/kubeconfig` | admin, tenant admin, the user | a token and its kubeconfig |
+//! | `POST /v1/hubs/join-token` | admin | `{id, names}` → a hub's join token |
+//! | `GET /v1/sync?revision=N` | admin, hubs | the change feed ([`crate::feed`]) |
+//! | `PUT /v1/registry/hubs/{id}`, `GET /v1/registry/hubs` | hubs (admin) / any caller | hub heartbeats, live hubs |
+//! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use kubehub_access::model::{Cluster, Grant, Record, Tenant, User};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::MetaError;
+use crate::service::{AgentRecord, Caller, HubRecord, KubeconfigRequest, Meta};
+
+/// Who the TLS layer says is on the other end: the verified client certificate's CN and
+/// organizations, if one was presented.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// Common name.
+    pub common_name: String,
+    /// Organizations (groups).
+    pub organizations: Vec<String>,
+}
+
+impl IntoResponse for MetaError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if code.is_server_error() {
+            tracing::warn!("request failed: {self}");
+        }
+        (code, Json(self.body())).into_response()
+    }
+}
+
+/// A JSON body decoded with this API's errors: 413 beyond the limit, 400 naming the field
+/// for malformed JSON or unknown fields.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = MetaError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<Limit>()
+            .map(|l| l.0)
+            .unwrap_or(1 << 20);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| MetaError::TooLarge(limit))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            MetaError::BadRequest(format!("the body is not what this call takes: {e}"))
+        })
+    }
+}
+
+/// The body limit, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(pub usize);
+
+/// Establishes the caller: a bearer token (admin or user), else a client certificate issued
+/// to a hub or an agent.
+async fn caller(meta: &Meta, headers: &HeaderMap, peer: &Peer) -> Result<Caller, MetaError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| MetaError::Unauthorized("the Authorization header is not text".into()))?;
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                MetaError::Unauthorized("expected `Authorization: Bearer <token>`".into())
+            })?
+            .trim();
+        if token.is_empty() {
+            return Err(MetaError::Unauthorized("the bearer token is empty".into()));
+        }
+        return meta.authenticate(token).await;
+    }
+    if !peer.common_name.is_empty() {
+        if peer
+            .organizations
+            .iter()
+            .any(|o| o == kubehub_pki::HUBS_GROUP)
+        {
+            return Ok(Caller::Hub(peer.common_name.clone()));
+        }
+        if peer
+            .organizations
+            .iter()
+            .any(|o| o == kubehub_pki::AGENTS_GROUP)
+        {
+            return Ok(Caller::Agent(peer.common_name.clone()));
+        }
+    }
+    Err(MetaError::Unauthorized(
+        "no credential: send `Authorization: Bearer <token>` or a certificate meta issued".into(),
+    ))
+}
+
+/// A handler's caller, as an extractor.
+#[derive(Debug)]
+pub struct Who(pub Caller);
+
+impl FromRequestParts<Meta> for Who {
+    type Rejection = MetaError;
+
+    async fn from_request_parts(parts: &mut Parts, meta: &Meta) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
+        caller(meta, &parts.headers, &peer).await.map(Who)
+    }
+}
+
+/// The router.
+pub fn router(meta: Meta) -> Router {
+    let limit = meta.cfg.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/ca", get(ca))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/renew", post(renew))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/tenants", post(create_tenant).get(list("tenants")))
+        .route(
+            "/v1/tenants/{name}",
+            get(get_one("tenants")).delete(delete_one("tenants")),
+        )
+        .route("/v1/users", post(create_user).get(list("users")))
+        .route(
+            "/v1/users/{name}",
+            get(get_one("users")).delete(delete_one("users")),
+        )
+        .route("/v1/clusters", post(create_cluster).get(list("clusters")))
+        .route(
+            "/v1/clusters/{name}",
+            get(get_one("clusters")).delete(delete_one("clusters")),
+        )
+        .route("/v1/clusters/{name}/join-token", post(cluster_join_token))
+        .route("/v1/grants", post(create_grant).get(list("grants")))
+        .route(
+            "/v1/grants/{tenant}/{name}",
+            get(get_grant).delete(delete_grant),
+        )
+        .route("/v1/tokens", get(list("tokens")).delete(revoke_all))
+        .route("/v1/tokens/{name}", delete(delete_one("tokens")))
+        .route("/v1/kubeconfig", post(kubeconfig))
+        .route("/v1/hubs/join-token", post(hub_join_token))
+        .route("/v1/sync", get(sync))
+        .route("/v1/registry/hubs", get(hubs))
+        .route("/v1/registry/hubs/{id}", put(register_hub))
+        .route("/v1/registry/agents", get(agents))
+        .route("/v1/registry/agents/{cluster}", put(register_agent))
+        .fallback(|| async { MetaError::NotFound("no such API path".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(Extension(Limit(limit)))
+        .with_state(meta)
+}
+
+async fn readyz(State(meta): State<Meta>) -> Response {
+    match meta.store.revision().await {
+        Ok(rev) => (StatusCode::OK, format!("ok (store revision {rev})\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+    }
+}
+
+async fn ca(State(meta): State<Meta>) -> Json<serde_json::Value> {
+    Json(json!({ "ca": meta.ca_pem() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollBody {
+    token: String,
+    csr: String,
+}
+
+async fn enroll(
+    State(meta): State<Meta>,
+    JsonBody(b): JsonBody<EnrollBody>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let e = meta.enroll(&b.token, &b.csr).await?;
+    Ok(Json(json!(e)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    csr: String,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+async fn renew(
+    State(meta): State<Meta>,
+    peer: Option<Extension<Peer>>,
+    JsonBody(b): JsonBody<RenewBody>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    // Renewal is by certificate only: a token cannot mint a certificate.
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    if peer.common_name.is_empty() {
+        return Err(MetaError::Unauthorized(
+            "renewal needs the current certificate (mutual TLS); a bearer token cannot renew one"
+                .into(),
+        ));
+    }
+    let who = caller(&meta, &HeaderMap::new(), &peer).await?;
+    let e = meta.renew(&who, &b.csr, b.names).await?;
+    Ok(Json(json!(e)))
+}
+
+async fn whoami(Who(who): Who) -> Json<serde_json::Value> {
+    Json(match who {
+        Caller::Admin => json!({"kind": "Admin"}),
+        Caller::User(u) => json!({"kind": "User", "user": u}),
+        Caller::Hub(h) => json!({"kind": "Hub", "id": h}),
+        Caller::Agent(c) => json!({"kind": "Agent", "cluster": c}),
+    })
+}
+
+fn created(r: Record) -> Response {
+    (StatusCode::CREATED, Json(r)).into_response()
+}
+
+async fn create_tenant(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(t): JsonBody<Tenant>,
+) -> Result<Response, MetaError> {
+    Ok(created(Record::Tenant(meta.create_tenant(&who, t).await?)))
+}
+
+async fn create_user(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(u): JsonBody<User>,
+) -> Result<Response, MetaError> {
+    Ok(created(Record::User(meta.create_user(&who, u).await?)))
+}
+
+async fn create_cluster(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(c): JsonBody<Cluster>,
+) -> Result<Response, MetaError> {
+    let (c, token) = meta.create_cluster(&who, c).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"cluster": c, "joinToken": token})),
+    )
+        .into_response())
+}
+
+async fn cluster_join_token(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let token = meta.cluster_join_token(&who, &id).await?;
+    Ok(Json(json!({"cluster": id, "joinToken": token})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubJoin {
+    id: String,
+    names: Vec<String>,
+}
+
+async fn hub_join_token(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(b): JsonBody<HubJoin>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let token = meta.hub_join_token(&who, &b.id, b.names).await?;
+    Ok(Json(json!({"hub": b.id, "joinToken": token})))
+}
+
+async fn create_grant(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(g): JsonBody<Grant>,
+) -> Result<Response, MetaError> {
+    Ok(created(Record::Grant(meta.create_grant(&who, g).await?)))
+}
+
+type Handler = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+
+fn list(
+    kind: &'static str,
+) -> impl Fn(State<Meta>, Who, Query<HashMap<String, String>>) -> Handler + Clone + Send + 'static {
+    move |State(meta), Who(who), Query(q)| {
+        Box::pin(async move {
+            let r = meta
+                .list(
+                    &who,
+                    kind,
+                    q.get("tenant").map(String::as_str),
+                    q.get("user").map(String::as_str),
+                )
+                .await;
+            match r {
+                Ok(items) => Json(json!({ "items": items })).into_response(),
+                Err(e) => e.into_response(),
+            }
+        })
+    }
+}
+
+fn get_one(
+    kind: &'static str,
+) -> impl Fn(State<Meta>, Who, Path<String>) -> Handler + Clone + Send + 'static {
+    move |State(meta), Who(who), Path(name)| {
+        Box::pin(async move {
+            match meta.get(&who, kind, &name).await {
+                Ok(r) => Json(r).into_response(),
+                Err(e) => e.into_response(),
+            }
+        })
+    }
+}
+
+fn delete_one(
+    kind: &'static str,
+) -> impl Fn(State<Meta>, Who, Path<String>) -> Handler + Clone + Send + 'static {
+    move |State(meta), Who(who), Path(name)| {
+        Box::pin(async move {
+            match meta.delete(&who, kind, &name).await {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => e.into_response(),
+            }
+        })
+    }
+}
+
+async fn get_grant(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Record>, MetaError> {
+    Ok(Json(
+        meta.get(&who, "grants", &format!("{tenant}/{name}"))
+            .await?,
+    ))
+}
+
+async fn delete_grant(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<StatusCode, MetaError> {
+    meta.delete(&who, "grants", &format!("{tenant}/{name}"))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_all(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let user = q
+        .get("user")
+        .ok_or_else(|| MetaError::BadRequest("revoking all tokens needs ?user=NAME".into()))?;
+    let n = meta.revoke_tokens(&who, user).await?;
+    Ok(Json(json!({ "revoked": n })))
+}
+
+async fn kubeconfig(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(req): JsonBody<KubeconfigRequest>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!(meta.kubeconfig(&who, req).await?)))
+}
+
+async fn sync(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, MetaError> {
+    let hub = match who {
+        Caller::Admin => "admin".to_owned(),
+        Caller::Hub(h) => h,
+        other => {
+            return Err(MetaError::Forbidden(format!(
+                "{other:?} may not read the change feed: hubs only"
+            )))
+        }
+    };
+    let revision = match q.get("revision") {
+        None => 0,
+        Some(r) => r
+            .parse::<i64>()
+            .map_err(|_| MetaError::BadRequest(format!("revision: {r:?} is not a number")))?,
+    };
+    let rx = crate::feed::start(meta, revision.max(0), hub);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let body = Body::from_stream(tokio_stream::StreamExt::map(
+        stream,
+        Ok::<_, std::convert::Infallible>,
+    ));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn hubs(State(meta): State<Meta>, Who(_): Who) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!({ "items": meta.hubs().await? })))
+}
+
+async fn agents(
+    State(meta): State<Meta>,
+    Who(_): Who,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!({ "items": meta.agents().await? })))
+}
+
+async fn register_hub(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+    JsonBody(h): JsonBody<HubRecord>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    meta.register_hub(&who, &id, h).await?;
+    Ok(Json(json!({ "ttl": meta.cfg.registry.ttl_s })))
+}
+
+async fn register_agent(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(cluster): Path<String>,
+    JsonBody(a): JsonBody<AgentRecord>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    meta.register_agent(&who, &cluster, a).await?;
+    Ok(Json(json!({ "ttl": meta.cfg.registry.ttl_s })))
+}

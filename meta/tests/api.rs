@@ -1,0 +1,661 @@
+//! The metaserver's API end to end over HTTPS, on both stores: the model's rules and bad input,
+//! kubeconfig issuance and tokens, the hubs' change feed, enrollment, the registry's leases,
+//! restarts, and two replicas on one etcd.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use kubehub_meta::client::{Client, ClientError};
+use kubehub_meta::config::MetaConfig;
+use kubehub_meta::server::{self, Server};
+use kubehub_meta::service::Meta;
+use kubehub_testkit::etcd::Etcd;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Embedded,
+    Etcd,
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    etcd: Option<Etcd>,
+    extra: String,
+}
+
+impl Harness {
+    fn new(kind: Kind, extra: &str) -> Harness {
+        let etcd = (kind == Kind::Etcd).then(|| tokio::task::block_in_place(Etcd::start));
+        Harness {
+            dir: tempfile::tempdir().unwrap(),
+            etcd,
+            extra: extra.to_owned(),
+        }
+    }
+
+    fn config(&self) -> MetaConfig {
+        let store = match &self.etcd {
+            Some(e) => format!(
+                "[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/t/\"\n",
+                e.endpoint
+            ),
+            None => format!(
+                "[store]\nbackend = \"embedded\"\npath = \"{}\"\n",
+                self.dir.path().join("meta.redb").display()
+            ),
+        };
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\nhub_url = \"https://hub.example:8443\"\n{}\n{store}",
+            self.dir.path().join("admin.token").display(),
+            self.extra,
+        );
+        MetaConfig::parse(&text).unwrap()
+    }
+
+    async fn start(&self) -> Running {
+        // The embedded file stays locked until the previous server's last task lets go.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let meta = loop {
+            match Meta::start(self.config()).await {
+                Ok(m) => break m,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("meta did not start: {e}"),
+            }
+        };
+        let server = server::start(meta.clone()).await.unwrap();
+        let url = format!("https://{}", server.addr);
+        let token = std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap();
+        let admin = Client::new(&url, meta.ca_pem(), Some(token.trim().to_owned()), None).unwrap();
+        Running {
+            meta,
+            server,
+            url,
+            admin,
+        }
+    }
+}
+
+struct Running {
+    meta: Meta,
+    server: Server,
+    url: String,
+    admin: Client,
+}
+
+impl Running {
+    fn as_token(&self, token: &str) -> Client {
+        Client::new(&self.url, self.meta.ca_pem(), Some(token.to_owned()), None).unwrap()
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+        drop(self.meta);
+    }
+}
+
+fn code(r: Result<Value, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v}"),
+        Err(ClientError::Api { code, message }) => (code, message),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+/// Tenant `t`, users, clusters `t-c1`, `t-c2` (label tier=gold on c1), grant on c1 for `user`.
+async fn seed(c: &Client, t: &str, user: &str) {
+    c.post("/v1/tenants", &json!({"name": t})).await.unwrap();
+    c.post(
+        "/v1/users",
+        &json!({"name": user, "tenant": t, "groups": ["devs"]}),
+    )
+    .await
+    .unwrap();
+    for (id, labels) in [
+        (format!("{t}-c1"), json!({"tier": "gold"})),
+        (format!("{t}-c2"), json!({})),
+    ] {
+        c.post(
+            "/v1/clusters",
+            &json!({"id": id, "tenant": t, "labels": labels}),
+        )
+        .await
+        .unwrap();
+    }
+    c.post(
+        "/v1/grants",
+        &json!({"name": "read", "tenant": t, "subject": {"kind": "User", "name": user},
+                "clusters": {"ids": [format!("{t}-c1")]},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+    )
+    .await
+    .unwrap();
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::Kind::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::$name(super::Kind::Etcd).await
+            }
+        }
+    };
+}
+
+both!(bad_input_gets_a_clear_4xx_and_writes_nothing);
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing(kind: Kind) {
+    let h = Harness::new(kind, "max_body_bytes = 4096");
+    let m = h.start().await;
+    let c = &m.admin;
+    seed(c, "a", "alice").await;
+    seed(c, "b", "bob").await;
+    let (n, msg) = code(c.post("/v1/tenants", &json!({"name": "a"})).await);
+    assert_eq!((n, msg.contains("already exists")), (409, true), "{msg}");
+    let (n, msg) = code(
+        c.post("/v1/tenants", &json!({"name": "x", "colour": "red"}))
+            .await,
+    );
+    assert_eq!(n, 400);
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    let (n, msg) = code(
+        c.call("POST", "/v1/tenants", Some(&json!("not an object")))
+            .await,
+    );
+    assert_eq!(n, 400, "{msg}");
+    let (n, msg) = code(c.post("/v1/tenants", &json!({"name": "Not_A_Name"})).await);
+    assert_eq!(n, 422, "{msg}");
+    assert!(msg.contains("name"), "{msg}");
+    let (n, msg) = code(
+        c.post("/v1/users", &json!({"name": "carol", "tenant": "nope"}))
+            .await,
+    );
+    assert_eq!(n, 422, "{msg}");
+    assert!(msg.contains("tenant \"nope\" does not exist"), "{msg}");
+    let (n, msg) = code(
+        c.post("/v1/users", &json!({"name": "alice", "tenant": "b"}))
+            .await,
+    );
+    assert_eq!(n, 409, "user names are global: {msg}");
+    let grant = |clusters: Value, subject: Value| {
+        json!({"name": "g2", "tenant": "a", "subject": subject, "clusters": clusters,
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+    };
+    let alice = json!({"kind": "User", "name": "alice"});
+    let (n, msg) = code(
+        c.post(
+            "/v1/grants",
+            &grant(json!({"ids": ["ghost"]}), alice.clone()),
+        )
+        .await,
+    );
+    assert_eq!(n, 422, "{msg}");
+    assert!(msg.contains("ghost"), "{msg}");
+    let (n, msg) = code(
+        c.post(
+            "/v1/grants",
+            &grant(json!({"ids": ["b-c1"]}), alice.clone()),
+        )
+        .await,
+    );
+    assert_eq!(n, 422, "another tenant's cluster: {msg}");
+    let (n, msg) = code(
+        c.post(
+            "/v1/grants",
+            &grant(
+                json!({"ids": ["a-c1"]}),
+                json!({"kind": "User", "name": "bob"}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(n, 422, "another tenant's user: {msg}");
+    let big = "x".repeat(8192);
+    let (n, _) = code(
+        c.post("/v1/tenants", &json!({"name": "big", "displayName": big}))
+            .await,
+    );
+    assert_eq!(n, 413);
+    // Dangling references: refused while something refers to the record.
+    let (n, msg) = code(c.delete("/v1/clusters/a-c1").await);
+    assert_eq!(n, 409, "{msg}");
+    assert!(msg.contains("grants/a/read"), "{msg}");
+    let (n, msg) = code(c.delete("/v1/users/alice").await);
+    assert_eq!(n, 409, "{msg}");
+    let (n, msg) = code(c.delete("/v1/tenants/a").await);
+    assert_eq!(n, 409, "{msg}");
+    // Credentials.
+    let anon = Client::new(&m.url, m.meta.ca_pem(), None, None).unwrap();
+    let (n, msg) = code(anon.get("/v1/tenants").await);
+    assert_eq!(n, 401, "{msg}");
+    for bad in [
+        "",
+        "nonsense",
+        "khT.aaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    ] {
+        let (n, msg) = code(m.as_token(bad).get("/v1/tenants").await);
+        assert_eq!(n, 401, "{bad:?}: {msg}");
+    }
+    // Nothing above was written: the records are exactly what seed made.
+    let users = c.get("/v1/users").await.unwrap();
+    let names: Vec<&str> = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let grants = c.get("/v1/grants").await.unwrap();
+    assert_eq!(grants["items"].as_array().unwrap().len(), 2);
+    // In order, deletes succeed.
+    c.delete("/v1/grants/a/read").await.unwrap();
+    c.delete("/v1/clusters/a-c1").await.unwrap();
+    c.delete("/v1/clusters/a-c2").await.unwrap();
+    c.delete("/v1/users/alice").await.unwrap();
+    c.delete("/v1/tenants/a").await.unwrap();
+    assert_eq!(code(c.get("/v1/tenants/a").await).0, 404);
+    m.stop().await;
+}
+
+both!(kubeconfigs_and_tokens);
+async fn kubeconfigs_and_tokens(kind: Kind) {
+    let h = Harness::new(
+        kind,
+        "[tokens]\nmax_per_user = 3\nmax_lifetime_s = 86400\ndefault_lifetime_s = 3600\n",
+    );
+    let m = h.start().await;
+    let c = &m.admin;
+    seed(c, "a", "alice").await;
+    let v = c
+        .post("/v1/kubeconfig", &json!({"user": "alice"}))
+        .await
+        .unwrap();
+    let kc = v["kubeconfig"].as_str().unwrap();
+    assert!(
+        kc.contains("server: \"https://hub.example:8443/clusters/a-c1\""),
+        "{kc}"
+    );
+    assert!(!kc.contains("a-c2"), "only granted clusters: {kc}");
+    let token = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    assert!(token.starts_with("khT."));
+    let t = &v["token"];
+    let lifetime = t["expires"].as_u64().unwrap() - t["created"].as_u64().unwrap();
+    assert_eq!(lifetime, 3600, "default lifetime");
+    assert!(t.get("hash").is_some() && !v.to_string().contains(&format!("\"{token}\"\n")));
+    // The user's own token works on meta: whoami, and a kubeconfig for themselves.
+    let alice = m.as_token(&token);
+    let who = alice.get("/v1/whoami").await.unwrap();
+    assert_eq!(who["user"]["name"], "alice");
+    let v2 = alice.post("/v1/kubeconfig", &json!({})).await.unwrap();
+    assert_eq!(v2["otherLiveTokens"], 1, "asking again says so");
+    // No grant, too long, someone else's tenant.
+    let (n, msg) = code(
+        alice
+            .post("/v1/kubeconfig", &json!({"clusters": ["a-c2"]}))
+            .await,
+    );
+    assert_eq!(n, 403, "{msg}");
+    let (n, msg) = code(
+        alice
+            .post("/v1/kubeconfig", &json!({"lifetimeS": 86401}))
+            .await,
+    );
+    assert_eq!(n, 422, "{msg}");
+    let (n, _) = code(alice.post("/v1/tenants", &json!({"name": "mine"})).await);
+    assert_eq!(n, 403);
+    // The limit: a third token is fine, a fourth is refused until old ones go.
+    alice.post("/v1/kubeconfig", &json!({})).await.unwrap();
+    let (n, msg) = code(alice.post("/v1/kubeconfig", &json!({})).await);
+    assert_eq!(n, 409, "{msg}");
+    assert!(msg.contains("revoke"), "{msg}");
+    let list = c.get("/v1/tokens?user=alice").await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    // Replace: one live token afterwards.
+    let v3 = alice
+        .post("/v1/kubeconfig", &json!({"replace": true}))
+        .await
+        .unwrap();
+    assert_eq!(v3["revoked"], 3);
+    assert_eq!(
+        code(alice.get("/v1/whoami").await).0,
+        401,
+        "the old token was revoked"
+    );
+    let list = c.get("/v1/tokens?user=alice").await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let r = c.delete("/v1/tokens?user=alice").await.unwrap();
+    assert_eq!(r["revoked"], 1);
+    assert_eq!(
+        c.get("/v1/tokens?user=alice").await.unwrap()["items"],
+        json!([])
+    );
+    m.stop().await;
+}
+
+both!(the_feed_carries_a_snapshot_then_every_change);
+async fn the_feed_carries_a_snapshot_then_every_change(kind: Kind) {
+    let h = Harness::new(kind, "[sync]\nheartbeat_ms = 200\n");
+    let m = h.start().await;
+    seed(&m.admin, "a", "alice").await;
+    let mut rx = kubehub_meta::feed::start(m.meta.clone(), 0, "test".into());
+    let next = |rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>| {
+        let line = rx.try_recv().ok();
+        line.map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    let recv = async |rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>| {
+        let b = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_slice::<Value>(&b).unwrap()
+    };
+    let snap = recv(&mut rx).await;
+    assert_eq!(snap["type"], "snapshot");
+    let kinds: Vec<&str> = snap["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Cluster").count(), 2);
+    assert!(kinds.contains(&"Grant") && kinds.contains(&"User") && kinds.contains(&"Tenant"));
+    let rev = snap["revision"].as_i64().unwrap();
+    let _ = next(&mut rx);
+    let started = Instant::now();
+    m.admin
+        .post("/v1/tenants", &json!({"name": "later"}))
+        .await
+        .unwrap();
+    let put = loop {
+        let l = recv(&mut rx).await;
+        if l["type"] != "heartbeat" {
+            break l;
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a change reaches the feed within 1 s"
+    );
+    assert_eq!(put["type"], "put");
+    assert_eq!(put["record"]["name"], "later");
+    assert!(put["revision"].as_i64().unwrap() > rev);
+    // Heartbeats while nothing changes.
+    let hb = recv(&mut rx).await;
+    assert_eq!(hb["type"], "heartbeat");
+    m.admin.delete("/v1/tenants/later").await.unwrap();
+    let del = loop {
+        let l = recv(&mut rx).await;
+        if l["type"] != "heartbeat" {
+            break l;
+        }
+    };
+    assert_eq!(del["type"], "delete");
+    assert_eq!(del["key"], "tenants/later");
+    // Resuming from a revision replays what came after it, without a snapshot.
+    let mut rx2 = kubehub_meta::feed::start(m.meta.clone(), rev, "resume".into());
+    let first = recv(&mut rx2).await;
+    assert_eq!(first["type"], "put", "{first}");
+    assert_eq!(first["record"]["name"], "later");
+    drop(rx);
+    drop(rx2);
+    m.stop().await;
+}
+
+both!(enrollment_with_a_join_token);
+async fn enrollment_with_a_join_token(kind: Kind) {
+    let h = Harness::new(kind, "[certs]\njoin_token_ttl_s = 2\n");
+    let m = h.start().await;
+    seed(&m.admin, "a", "alice").await;
+    let anon = Client::new(&m.url, m.meta.ca_pem(), None, None).unwrap();
+    let ca = anon.get("/v1/ca").await.unwrap();
+    assert_eq!(ca["ca"].as_str().unwrap(), m.meta.ca_pem());
+    let v = m
+        .admin
+        .post("/v1/clusters/a-c2/join-token", &json!({}))
+        .await
+        .unwrap();
+    let token = v["joinToken"].as_str().unwrap().to_owned();
+    let pin = kubehub_pki::join::JoinToken::parse(&token).unwrap();
+    assert_eq!(format!("sha256:{}", pin.ca_hash), m.meta.ca().cert_hash());
+    let (_key, csr) = kubehub_pki::generate_key_and_csr("someone-else", &[]).unwrap();
+    let got = anon
+        .post("/v1/enroll", &json!({"token": token, "csr": csr}))
+        .await
+        .unwrap();
+    let cert = got["certificate"].as_str().unwrap();
+    let info = kubehub_pki::cert_info(cert).unwrap();
+    assert_eq!(
+        info.common_name, "a-c2",
+        "the identity comes from the token, not the CSR"
+    );
+    assert!(info
+        .organizations
+        .contains(&kubehub_pki::AGENTS_GROUP.to_owned()));
+    kubehub_pki::verify_client_cert(m.meta.ca_pem(), cert).unwrap();
+    // Twice: refused.
+    let (n, msg) = code(
+        anon.post("/v1/enroll", &json!({"token": token, "csr": csr}))
+            .await,
+    );
+    assert_eq!(n, 401);
+    assert!(msg.contains("already been used"), "{msg}");
+    // Expired.
+    let v = m
+        .admin
+        .post("/v1/clusters/a-c1/join-token", &json!({}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (n, msg) = code(
+        anon.post("/v1/enroll", &json!({"token": v["joinToken"], "csr": csr}))
+            .await,
+    );
+    assert_eq!(n, 401);
+    assert!(msg.contains("expired"), "{msg}");
+    // Garbage.
+    let (n, _) = code(
+        anon.post("/v1/enroll", &json!({"token": "khJ.nope", "csr": csr}))
+            .await,
+    );
+    assert_eq!(n, 401);
+    // Renewal over mutual TLS with the issued certificate.
+    let (key2, csr2) = kubehub_pki::generate_key_and_csr("x", &[]).unwrap();
+    let _ = key2;
+    let (key, csr) = kubehub_pki::generate_key_and_csr("x", &[]).unwrap();
+    let v = m
+        .admin
+        .post("/v1/clusters/a-c1/join-token", &json!({}))
+        .await
+        .unwrap();
+    let got = anon
+        .post("/v1/enroll", &json!({"token": v["joinToken"], "csr": csr}))
+        .await
+        .unwrap();
+    let agent = Client::new(
+        &m.url,
+        m.meta.ca_pem(),
+        None,
+        Some((got["certificate"].as_str().unwrap(), &key)),
+    )
+    .unwrap();
+    let renewed = agent
+        .post("/v1/renew", &json!({"csr": csr2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        kubehub_pki::cert_info(renewed["certificate"].as_str().unwrap())
+            .unwrap()
+            .common_name,
+        "a-c1"
+    );
+    let (n, msg) = code(m.admin.post("/v1/renew", &json!({"csr": csr2})).await);
+    assert_eq!(n, 401, "a token cannot mint a certificate");
+    assert!(msg.contains("mutual TLS"), "{msg}");
+    // The agent may register itself, and no other cluster.
+    agent
+        .put(
+            "/v1/registry/agents/a-c1",
+            &json!({"agentId": "x", "hubs": ["h1"]}),
+        )
+        .await
+        .unwrap();
+    let (n, _) = code(agent.put("/v1/registry/agents/a-c2", &json!({})).await);
+    assert_eq!(n, 403);
+    m.stop().await;
+}
+
+both!(registry_entries_expire_with_their_lease);
+async fn registry_entries_expire_with_their_lease(kind: Kind) {
+    let h = Harness::new(kind, "[registry]\nttl_s = 2\n");
+    let m = h.start().await;
+    let hub = json!({"endpoint": "https://h1:8443", "agentEndpoint": "h1:8444", "agents": 3});
+    for _ in 0..3 {
+        m.admin.put("/v1/registry/hubs/h1", &hub).await.unwrap();
+        m.admin.put("/v1/registry/hubs/h2", &hub).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let live = m.admin.get("/v1/registry/hubs").await.unwrap();
+    assert_eq!(
+        live["items"].as_array().unwrap().len(),
+        2,
+        "heartbeats keep both: {live}"
+    );
+    // h2 stops; h1 keeps going.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        m.admin.put("/v1/registry/hubs/h1", &hub).await.unwrap();
+        let live = m.admin.get("/v1/registry/hubs").await.unwrap();
+        let ids: Vec<&str> = live["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap())
+            .collect();
+        if ids == ["h1"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "h2 should be gone after its ttl: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (n, _) = code(
+        m.admin
+            .put(
+                "/v1/registry/hubs/h3",
+                &json!({"endpoint": "http://x", "agentEndpoint": ""}),
+            )
+            .await,
+    );
+    assert_eq!(n, 422);
+    m.stop().await;
+}
+
+async fn everything(c: &Client) -> Vec<Value> {
+    let mut out = Vec::new();
+    for k in ["tenants", "users", "clusters", "grants", "tokens"] {
+        out.push(c.get(&format!("/v1/{k}")).await.unwrap());
+    }
+    out
+}
+
+both!(a_restart_loses_nothing);
+async fn a_restart_loses_nothing(kind: Kind) {
+    let mut h = Harness::new(kind, "");
+    let m = h.start().await;
+    seed(&m.admin, "a", "alice").await;
+    let kc = m
+        .admin
+        .post("/v1/kubeconfig", &json!({"user": "alice"}))
+        .await
+        .unwrap();
+    let ca = m.meta.ca_pem().to_owned();
+    let before = everything(&m.admin).await;
+    m.stop().await;
+    if let Some(e) = &mut h.etcd {
+        tokio::task::block_in_place(|| e.restart());
+    }
+    let m = h.start().await;
+    assert_eq!(m.meta.ca_pem(), ca, "the same CA after a restart");
+    let after = everything(&m.admin).await;
+    assert_eq!(before, after);
+    let token = kc["kubeconfig"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(
+        m.as_token(&token).get("/v1/whoami").await.unwrap()["user"]["name"],
+        "alice",
+        "an issued token still works"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_etcd_agree() {
+    let h = Harness::new(Kind::Etcd, "");
+    let a = h.start().await;
+    let b = h.start().await;
+    assert_eq!(a.meta.ca_pem(), b.meta.ca_pem(), "one CA for every replica");
+    a.admin
+        .post("/v1/tenants", &json!({"name": "t"}))
+        .await
+        .unwrap();
+    let on_b = b.admin.get("/v1/tenants/t").await.unwrap();
+    assert_eq!(on_b["name"], "t");
+    // Racing creations of one name: exactly one wins, on whichever replica.
+    let mut wins = 0;
+    for i in 0..10 {
+        let body = json!({"name": format!("u{i}"), "tenant": "t"});
+        let (ra, rb) = tokio::join!(
+            a.admin.post("/v1/users", &body),
+            b.admin.post("/v1/users", &body)
+        );
+        for r in [ra, rb] {
+            match r {
+                Ok(_) => wins += 1,
+                Err(ClientError::Api { code: 409, .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert_eq!(wins, 10);
+    // A token issued by one replica authenticates on the other.
+    seed(&b.admin, "s", "sam").await;
+    let kc = a
+        .admin
+        .post("/v1/kubeconfig", &json!({"user": "sam"}))
+        .await
+        .unwrap();
+    let token = kc["kubeconfig"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(
+        b.as_token(&token).get("/v1/whoami").await.unwrap()["user"]["name"],
+        "sam"
+    );
+    a.stop().await;
+    b.stop().await;
+}
