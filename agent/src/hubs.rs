@@ -43,9 +43,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::AgentConfig;
-use crate::meta_client::MetaClient;
 use crate::upstream::UpstreamClient;
 use crate::{tunnel, Metrics};
+use kubehub_enroll::MetaClient;
 
 /// A hub skipped after it was given up on, for this many times `failover_after_ms`.
 const AVOID_FACTOR: u32 = 6;

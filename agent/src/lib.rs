@@ -17,7 +17,6 @@ pub mod config;
 pub mod discovery;
 pub mod enroll;
 pub mod hubs;
-mod meta_client;
 pub mod reflector;
 mod sync;
 pub mod tunnel;
@@ -45,13 +44,8 @@ pub struct Metrics {
     pub streams: Gauge,
     /// Cache sync (the reflectors), per resource type.
     pub sync: SyncMetrics,
-    /// When the agent's certificate expires, unix seconds (`cert_expiry_seconds`).
-    pub cert_expiry: Gauge,
-    /// Certificates renewed (`cert_renewals_total`).
-    pub cert_renewals: Counter,
-    /// Renewal attempts that failed, each followed by a backoff
-    /// (`cert_renewal_failures_total`).
-    pub cert_renewal_failures: Counter,
+    /// The agent's certificate: expiry, renewals, failed attempts.
+    pub cert: kubehub_enroll::CertMetrics,
     /// Live hubs in the metaserver registry's last answer (`hubs_known`).
     pub hubs_known: Gauge,
     /// Chosen hubs given up on (failing too long, or failing and gone from the registry), each
@@ -190,24 +184,8 @@ impl Default for Metrics {
         );
         let sync = SyncMetrics::default();
         sync.register(&mut registry);
-        let cert_expiry = Gauge::default();
-        let cert_renewals = Counter::default();
-        let cert_renewal_failures = Counter::default();
-        registry.register(
-            "cert_expiry_seconds",
-            "When the agent's certificate expires (unix time)",
-            cert_expiry.clone(),
-        );
-        registry.register(
-            "cert_renewals",
-            "Certificates renewed with the metaserver",
-            cert_renewals.clone(),
-        );
-        registry.register(
-            "cert_renewal_failures",
-            "Certificate renewal attempts that failed (each is retried after a backoff)",
-            cert_renewal_failures.clone(),
-        );
+        let cert = kubehub_enroll::CertMetrics::default();
+        cert.register(&mut registry, "the agent's");
         let hubs_known = Gauge::default();
         let hub_switches = Counter::default();
         registry.register(
@@ -224,9 +202,7 @@ impl Default for Metrics {
             connected,
             streams,
             sync,
-            cert_expiry,
-            cert_renewals,
-            cert_renewal_failures,
+            cert,
             hubs_known,
             hub_switches,
             registry,
@@ -325,25 +301,16 @@ impl Agent {
         let upstream = upstream::UpstreamClient::new(&cfg.upstream)?;
         let metrics = Arc::new(Metrics::default());
         if let Ok((_, not_after)) = kubehub_pki::cert_validity(&cert_pem) {
-            let secs = not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            metrics
-                .cert_expiry
-                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+            metrics.cert.expires(not_after);
         }
         let (stop, _) = watch::channel(false);
         let mut tasks = Vec::new();
         let book = Arc::new(hubs::Book::new());
         let meta_access = match &cfg.meta {
             Some(meta) => {
-                let client = meta_client::MetaClient::new(
-                    &meta.url,
-                    Duration::from_millis(meta.request_timeout_ms),
-                )?;
-                let ca_pem = enroll::read(&files.ca)?;
-                let tls = enroll::verified_config(&ca_pem, Some(client_cert.clone()))?;
+                let client = enroll::enroller(meta, &files)?.client;
+                let ca_pem = kubehub_enroll::read(&files.ca)?;
+                let tls = kubehub_enroll::verified_config(&ca_pem, Some(client_cert.clone()))?;
                 Some((meta.clone(), hubs::MetaAccess { client, tls }))
             }
             None => None,

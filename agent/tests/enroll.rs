@@ -366,7 +366,7 @@ async fn join_writes_the_state_and_later_starts_reuse_it() {
         .await
         .unwrap();
     assert_eq!(
-        agent.metrics.cert_expiry.get(),
+        agent.metrics.cert.expiry.get(),
         info.not_after
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -481,9 +481,9 @@ async fn renewal_swaps_the_certificate_of_a_running_agent() {
         .lock()
         .unwrap()
         .contains(&agent.client_cert.current().cert[0].to_vec()));
-    assert!(agent.metrics.cert_renewals.get() >= 1);
+    assert!(agent.metrics.cert.renewals.get() >= 1);
     assert!(
-        agent.metrics.cert_renewal_failures.get() >= 1,
+        agent.metrics.cert.failures.get() >= 1,
         "the refused attempt was counted and retried"
     );
     let text = agent.metrics.encode();

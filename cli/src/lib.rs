@@ -34,8 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// All in one on loopback: a simulated cluster, an agent and a hub, plus a kubeconfig.
     Demo(run::DemoArgs),
-    /// Run the hub (cloud side) from a TOML configuration.
-    Hub(run::ConfigArgs),
+    /// Run the hub (cloud side) from a TOML configuration; with `[meta] state_dir`, enroll it
+    /// with the metaserver first (`--join`) and renew its certificate.
+    Hub(run::HubArgs),
     /// Run the agent (edge side) from a TOML configuration, or enroll it with the metaserver
     /// (`--join`) and run it from its state directory.
     Agent(run::AgentArgs),

@@ -30,10 +30,15 @@ pub struct CertsArgs {
 
 /// Options of `kubehub hub`.
 #[derive(Debug, Args)]
-pub struct ConfigArgs {
-    /// The TOML configuration file.
+pub struct HubArgs {
+    /// The TOML configuration file (hub/src/config.rs documents every option).
     #[arg(long)]
     pub config: PathBuf,
+    /// Join token from the metaserver (`kubehub ctl hub-join-token ID --name NAME...`); needs
+    /// `[meta] state_dir` in hub.toml, and only on the first start: later starts reuse the
+    /// certificate saved there (and renew it before it expires).
+    #[arg(long, env = "KUBEHUB_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
 }
 
 /// Options of `kubehub agent`.
@@ -159,7 +164,7 @@ pub fn certs(args: CertsArgs) -> i32 {
 }
 
 /// `kubehub hub`.
-pub fn hub(args: ConfigArgs) -> i32 {
+pub fn hub(args: HubArgs) -> i32 {
     let cfg = match HubConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -167,7 +172,7 @@ pub fn hub(args: ConfigArgs) -> i32 {
             return 2;
         }
     };
-    let hub = match kubehub_hub::server::start(cfg) {
+    let hub = match kubehub_hub::server::join_and_start(cfg, args.join.as_deref()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("kubehub hub: {e}");
@@ -307,39 +312,27 @@ path = "meta/meta.redb"
     write(dir, "meta/ca.crt", meta.ca_pem())?;
     // What an administrator would do with `kubehub ctl`: a tenant, a user, the cluster, a
     // grant. Done in-process; a second run finds them there.
-    let hub_join = rt.block_on(demo_records(&meta, cluster_id))?;
-    // The hub enrolls with meta: its key stays here, meta signs its certificate.
-    let (key, csr) =
-        kubehub_pki::generate_key_and_csr("hub-demo", &[]).map_err(|e| e.to_string())?;
-    let enrolled = rt
-        .block_on(meta.enroll(&hub_join, &csr))
-        .map_err(|e| format!("enrolling the hub: {e}"))?;
-    write(dir, "hub/hub.crt", &enrolled.certificate)?;
-    kubehub_meta::service::write_private(&dir.join("hub/hub.key"), &key)
-        .map_err(|e| format!("writing the hub's key: {e}"))?;
-    // The hub, from a hub.toml a user can read and reuse.
+    rt.block_on(demo_records(&meta, cluster_id))?;
+    // The hub, from a hub.toml a user can read and reuse: it enrolls with meta the way
+    // `kubehub hub --join` does (its key stays in DIR/hub, meta signs its certificate), the
+    // first time with a hub join token (`kubehub ctl hub-join-token`); later runs reuse it.
     let hub_toml = format!(
         r#"# Written by `kubehub demo`. Every option is documented in hub/src/config.rs.
 id = "hub-demo"
 cores = 0
 impersonate = false    # the simulator does not implement impersonation
 
-[meta]                 # access data (tenants, users, grants, tokens) and the registry
-url = "{meta_url}"
-ca = "meta/ca.crt"
-cert = "hub/hub.crt"   # the hub's certificate from meta (mutual TLS)
-key = "hub/hub.key"
+[meta]                 # access data (tenants, users, grants, tokens), the registry, and the
+url = "{meta_url}"     # hub's certificate:
+state_dir = "hub"      # its key, the certificate meta signed (renewed before it expires) and
+                       # meta's CA, from `kubehub hub --join`; the listeners serve that
+                       # certificate, agents are checked against meta's CA
 
 [user_listener]
 listen = "127.0.0.1:{port}"
-cert = "hub/hub.crt"
-key = "hub/hub.key"
 
 [agent_listener]
 listen = "127.0.0.1:0"
-cert = "hub/hub.crt"
-key = "hub/hub.key"
-client_ca = "meta/ca.crt"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -348,7 +341,20 @@ listen = "127.0.0.1:0"
     );
     let hub_path = write(dir, "hub.toml", &hub_toml)?;
     let hub_cfg = HubConfig::load(&hub_path).map_err(|e| e.to_string())?;
-    let hub = kubehub_hub::server::start(hub_cfg).map_err(|e| e.to_string())?;
+    let hub_join = if hub_enrolled(&dir.join("hub")) {
+        None
+    } else {
+        Some(
+            rt.block_on(meta.hub_join_token(
+                &kubehub_meta::service::Caller::Admin,
+                "hub-demo",
+                vec!["localhost".into(), "127.0.0.1".into()],
+            ))
+            .map_err(|e| format!("a join token for the hub: {e}"))?,
+        )
+    };
+    let hub = kubehub_hub::server::join_and_start(hub_cfg, hub_join.as_deref())
+        .map_err(|e| format!("starting the hub: {e}"))?;
     // The hub registers with meta; enrollment tells the agent where the live hubs are.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while rt
@@ -447,9 +453,19 @@ url = "http://{sim}"
     Ok(())
 }
 
-/// The demo's tenant, user, cluster and grant (kept when they exist from an earlier run), and a
-/// join token for the hub.
-async fn demo_records(meta: &kubehub_meta::service::Meta, cluster: &str) -> Result<String, String> {
+/// Whether the hub's state directory holds a certificate still valid for a minute (else the
+/// hub joins again).
+fn hub_enrolled(state_dir: &Path) -> bool {
+    std::fs::read_to_string(state_dir.join("hub.crt"))
+        .ok()
+        .and_then(|pem| kubehub_pki::cert_info(&pem).ok())
+        .is_some_and(|info| {
+            info.not_after > std::time::SystemTime::now() + std::time::Duration::from_secs(60)
+        })
+}
+
+/// The demo's tenant, user, cluster and grant (kept when they exist from an earlier run).
+async fn demo_records(meta: &kubehub_meta::service::Meta, cluster: &str) -> Result<(), String> {
     use kubehub_access::model::{Cluster, ClusterSelector, Grant, Subject, Tenant, User};
     use kubehub_meta::error::MetaError;
     use kubehub_meta::service::Caller;
@@ -514,12 +530,5 @@ async fn demo_records(meta: &kubehub_meta::service::Meta, cluster: &str) -> Resu
         )
         .await
         .map(drop),
-    )?;
-    meta.hub_join_token(
-        &admin,
-        "hub-demo",
-        vec!["localhost".into(), "127.0.0.1".into()],
     )
-    .await
-    .map_err(|e| e.to_string())
 }

@@ -117,7 +117,8 @@ impl System {
         self.rt.block_on(f(self.admin.clone())).unwrap()
     }
 
-    /// A hub enrolled with meta (join token, CSR) and following its feed.
+    /// A hub enrolled with meta the way `kubehub hub --join` does it (a hub join token; its key
+    /// and meta's certificate in its state directory) and following its feed.
     fn hub(&self, id: &str) -> Hub {
         let d = self.dir.path().join(id);
         let join = self.call(|c| {
@@ -130,45 +131,26 @@ impl System {
                 .await
             }
         });
-        let (key, csr) = kubehub_pki::generate_key_and_csr(id, &[]).unwrap();
-        let anon = Client::new(&self.meta_url, self.meta.ca_pem(), None, None).unwrap();
-        let got = self
-            .rt
-            .block_on(anon.post(
-                "/v1/enroll",
-                &json!({"token": join["joinToken"], "csr": csr}),
-            ))
-            .unwrap();
-        write(&d, "hub.crt", got["certificate"].as_str().unwrap());
-        write(&d, "hub.key", &key);
-        let ca = self.dir.path().join("ca.crt");
         let toml = format!(
-            r#"id = "{id}"
-cores = 1
+            r#"cores = 1
 impersonate = false
 [meta]
 url = "{meta}"
-ca = "{ca}"
-cert = "hub.crt"
-key = "hub.key"
+state_dir = "state"
 register_interval_ms = 500
 [user_listener]
 listen = "127.0.0.1:0"
-cert = "hub.crt"
-key = "hub.key"
 [agent_listener]
 listen = "127.0.0.1:0"
-cert = "hub.crt"
-key = "hub.key"
-client_ca = "{ca}"
 [admin]
 listen = "127.0.0.1:0"
 "#,
             meta = self.meta_url,
-            ca = ca.display()
         );
         let cfg = HubConfig::load(&write(&d, "hub.toml", &toml)).unwrap();
-        let hub = kubehub_hub::server::start(cfg).unwrap();
+        let hub =
+            kubehub_hub::server::join_and_start(cfg, Some(join["joinToken"].as_str().unwrap()))
+                .unwrap();
         wait(Duration::from_secs(10), "the hub has access data", || {
             hub.access.index.revision() > 0
         });

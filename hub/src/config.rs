@@ -1,7 +1,9 @@
 //! `hub.toml`: every option of the hub, with its default.
 //!
 //! ```toml
-//! id = "hub-0"                       # name of this replica (logs, HELLO_ACK)
+//! id = "hub-0"                       # name of this replica (logs, HELLO_ACK, meta's registry);
+//!                                    # default "hub-0", with [meta] state_dir the id the hub
+//!                                    # enrolled as (its join token's; if set, it must be that)
 //! cores = 0                          # worker threads, one per core; 0 = all available cores
 //! clusters = ["edge-1", "edge-2"]    # clusters whose agents may connect (empty: any agent with a
 //!                                    # valid certificate); users reach the clusters their grants name
@@ -14,16 +16,34 @@
 //! # [access]
 //! # file = "access.json"             # one JSON snapshot line ({"type":"snapshot",...}) or NDJSON lines
 //!
-//! [meta]                             # the metaserver: access sync feed and the hub registry
+//! [meta]                             # the metaserver: access sync feed, the hub registry, and
+//!                                    # the hub's certificate
 //! url = "https://meta:7443"
-//! ca = "ca.crt"                      # PEM CA that signs meta's certificate
-//! token_file = "hub-meta.token"      # bearer credential meta accepts from hubs (first line)
-//! # cert = "hub-meta.crt"            # or mutual TLS with this client certificate and key
-//! # key = "hub-meta.key"             # (both; instead of, or as well as, token_file)
+//! state_dir = "/var/lib/kubehub-hub" # the hub's enrollment. The first start joins with a join
+//!                                    # token (`kubehub hub --join khJ....`, or KUBEHUB_JOIN_TOKEN;
+//!                                    # from `kubehub ctl hub-join-token ID --name NAME...`): the hub
+//!                                    # makes its key here, pins meta's CA from the token, has meta
+//!                                    # sign it (CN = ID, SANs = the names; server and client auth)
+//!                                    # and saves hub.key (mode 0600), hub.crt and ca.crt (meta's
+//!                                    # CA); later starts reuse them (no token). They are the
+//!                                    # defaults of ca, cert and key below and of the listeners'
+//!                                    # cert, key and client_ca (every one may then be left out)
+//! renew = true                       # with state_dir: renew that certificate at a random point
+//!                                    # between 70% and 90% of its life (new key) and serve it
+//!                                    # without a restart; user connections and agent tunnels
+//!                                    # already up are not dropped. Failed attempts are retried
+//!                                    # with the backoff below
+//! # ca = "ca.crt"                    # PEM CA that signs meta's certificate (required with an
+//!                                    # https url, unless state_dir)
+//! # token_file = "hub-meta.token"    # bearer credential meta accepts from hubs (first line)
+//! # cert = "hub-meta.crt"            # or mutual TLS with this client certificate and key (both;
+//! # key = "hub-meta.key"             # instead of, or as well as, token_file). One of the two is
+//!                                    # required unless state_dir (whose certificate is the default)
 //! heartbeat_timeout_ms = 15000       # nothing from meta for this long: reconnect (meta sends a
-//!                                    # heartbeat at least every 5 s); the hub keeps serving
-//! backoff_initial_ms = 200           # reconnect delays: full jitter, doubling up to backoff_max_ms
-//! backoff_max_ms = 10000
+//!                                    # heartbeat at least every 5 s); the hub keeps serving. Also
+//!                                    # the deadline of one enrollment or renewal call
+//! backoff_initial_ms = 200           # reconnect (and renewal retry) delays: full jitter,
+//! backoff_max_ms = 10000             # doubling up to backoff_max_ms
 //! register_interval_ms = 5000        # PUT /v1/registry/hubs/{id} this often
 //! public_url = ""                    # user-facing URL sent to meta; "": https://<host>:<user port>
 //! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
@@ -32,14 +52,15 @@
 //!
 //! [user_listener]                    # HTTPS for kubectl and other clients
 //! listen = "0.0.0.0:8443"
-//! cert = "hub.crt"                   # PEM certificate chain
-//! key = "hub.key"                    # PEM private key
+//! # cert = "hub.crt"                 # PEM certificate chain and its PEM private key; required
+//! # key = "hub.key"                  # unless [meta] state_dir (default: the enrolled certificate)
 //!
 //! [agent_listener]                   # mutual TLS for agents
 //! listen = "0.0.0.0:8444"
-//! cert = "hub.crt"
-//! key = "hub.key"
-//! client_ca = "ca.crt"               # CA that signs agent certificates (CN = cluster id)
+//! # cert = "hub.crt"                 # as for user_listener
+//! # key = "hub.key"
+//! # client_ca = "ca.crt"             # CA that signs agent certificates (CN = cluster id);
+//!                                    # required unless [meta] state_dir (default: meta's CA)
 //!
 //! [admin]                            # /healthz, /readyz, /metrics (plain HTTP)
 //! listen = "127.0.0.1:9100"
@@ -119,13 +140,35 @@ pub enum ConfigError {
 pub struct Listener {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-    /// PEM CA for client certificates (the agent listener requires one).
+    /// PEM certificate chain (with `[meta] state_dir`, default: the enrolled `hub.crt`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key (with `[meta] state_dir`, default: the enrolled `hub.key`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM CA for client certificates (the agent listener requires one; with `[meta]
+    /// state_dir`, default: meta's CA).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Its certificate and key must both be set or both left out; left out, they come from
+    /// the state directory (`enrolled`), else the listener has no certificate.
+    fn validate(&self, what: &str, enrolled: bool) -> Result<(), ConfigError> {
+        match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => Ok(()),
+            (None, None) if enrolled => Ok(()),
+            (None, None) => Err(ConfigError::Invalid(format!(
+                "{what} has no certificate: run `kubehub hub --join TOKEN` once (with [meta] \
+                 state_dir, where the hub keeps the certificate meta signs), or set {what}.cert \
+                 and {what}.key"
+            ))),
+            _ => Err(ConfigError::Invalid(format!(
+                "{what}.cert and {what}.key go together"
+            ))),
+        }
+    }
 }
 
 /// The admin listener.
@@ -212,9 +255,8 @@ impl Limits {
     }
 }
 
-fn default_id() -> String {
-    "hub-0".into()
-}
+/// The hub's id when hub.toml names none and it did not enroll.
+pub const DEFAULT_ID: &str = "hub-0";
 
 fn default_true() -> bool {
     true
@@ -224,8 +266,9 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
-    /// Name of this replica.
-    #[serde(default = "default_id")]
+    /// Name of this replica. Left empty, "hub-0"; with `[meta] state_dir`, the identity the
+    /// hub enrolled as (`crate::enroll::apply` fills it in; a different value is refused).
+    #[serde(default)]
     pub id: String,
     /// Worker threads (0: one per available core).
     #[serde(default)]
@@ -283,7 +326,15 @@ pub struct MetaConfig {
     /// Its key.
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// Silence from meta longer than this ends the connection.
+    /// Where the hub's enrollment is kept: `hub.key`, `hub.crt`, `ca.crt`
+    /// (`kubehub hub --join`); the default of every certificate option.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// With `state_dir`: renew the certificate before it expires.
+    #[serde(default = "default_true")]
+    pub renew: bool,
+    /// Silence from meta longer than this ends the connection (and the deadline of an
+    /// enrollment or renewal call).
     #[serde(default = "default_heartbeat_timeout_ms")]
     pub heartbeat_timeout_ms: u64,
     /// First reconnect delay ceiling.
@@ -334,6 +385,8 @@ impl MetaConfig {
             token_file: None,
             cert: None,
             key: None,
+            state_dir: None,
+            renew: true,
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
@@ -351,14 +404,22 @@ impl MetaConfig {
         if !scheme_ok || self.url.parse::<http::Uri>().is_err() {
             return bad(format!("url {:?} is not an http(s) URL", self.url));
         }
-        if self.url.starts_with("https://") && self.ca.is_none() {
-            return bad("ca is required with an https url".into());
+        let enrolled = self.state_dir.is_some();
+        if self.url.starts_with("https://") && self.ca.is_none() && !enrolled {
+            return bad("ca is required with an https url (or state_dir: meta's CA from the hub's enrollment)".into());
         }
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert and key go together".into());
         }
-        if self.token_file.is_none() && self.cert.is_none() {
-            return bad("token_file (or cert and key) is required: meta authenticates hubs".into());
+        if self.token_file.is_none() && self.cert.is_none() && !enrolled {
+            return bad(
+                "token_file (or cert and key, or state_dir: the hub's enrolled certificate) is \
+                 required: meta authenticates hubs"
+                    .into(),
+            );
+        }
+        if enrolled && !self.url.starts_with("https://") {
+            return bad("state_dir needs an https url: the hub enrolls over TLS".into());
         }
         if self.heartbeat_timeout_ms == 0 || self.register_interval_ms == 0 {
             return bad("heartbeat_timeout_ms and register_interval_ms must be above 0".into());
@@ -550,18 +611,25 @@ impl HubConfig {
             fix(&mut a.file);
         }
         if let Some(m) = &mut cfg.meta {
-            for p in [&mut m.ca, &mut m.token_file, &mut m.cert, &mut m.key]
-                .into_iter()
-                .flatten()
+            for p in [
+                &mut m.ca,
+                &mut m.token_file,
+                &mut m.cert,
+                &mut m.key,
+                &mut m.state_dir,
+            ]
+            .into_iter()
+            .flatten()
             {
                 fix(p);
             }
         }
         for l in [&mut cfg.user_listener, &mut cfg.agent_listener] {
-            fix(&mut l.cert);
-            fix(&mut l.key);
-            if let Some(ca) = &mut l.client_ca {
-                fix(ca);
+            for p in [&mut l.cert, &mut l.key, &mut l.client_ca]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
             }
         }
         cfg.validate()?;
@@ -604,13 +672,22 @@ impl HubConfig {
             (None, Some(m)) => m.validate()?,
             (Some(_), None) => {}
         }
-        if self.agent_listener.client_ca.is_none() {
+        let enrolled = self.state_dir().is_some();
+        self.user_listener.validate("user_listener", enrolled)?;
+        self.agent_listener.validate("agent_listener", enrolled)?;
+        if self.agent_listener.client_ca.is_none() && !enrolled {
             return Err(ConfigError::Invalid(
-                "agent_listener.client_ca is required (agents authenticate with certificates)"
+                "agent_listener.client_ca is required (agents authenticate with certificates), \
+                 unless [meta] state_dir (meta's CA from the hub's enrollment)"
                     .into(),
             ));
         }
         Ok(())
+    }
+
+    /// `[meta] state_dir`, if the hub enrolls with meta.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.meta.as_ref().and_then(|m| m.state_dir.as_deref())
     }
 
     /// Worker threads to run.
@@ -628,6 +705,22 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented hub.toml with its commented-out certificate options (`# ca = …`,
+    /// `# cert = …`, …) turned on: the configuration of a hub with files of its own.
+    fn with_explicit_files(documented: &str) -> String {
+        documented
+            .lines()
+            .map(|l| {
+                let option = l.strip_prefix("# ").filter(|rest| {
+                    ["ca ", "token_file ", "cert ", "key ", "client_ca "]
+                        .iter()
+                        .any(|k| rest.starts_with(k))
+                });
+                format!("{}\n", option.unwrap_or(l))
+            })
+            .collect()
+    }
 
     /// The example in this module's documentation is a valid hub.toml: its `[cache]` values
     /// other than the type lists are the defaults, and its override applies by label.
@@ -664,6 +757,10 @@ mod tests {
         assert!(c
             .types_for(&[])
             .contains(&TypeName::parse("apps/v1/deployments").unwrap()));
+        // The example enrolls: no certificate files, they come from the state directory.
+        assert_eq!(cfg.state_dir(), Some(Path::new("/var/lib/kubehub-hub")));
+        assert!(cfg.user_listener.cert.is_none() && cfg.agent_listener.client_ca.is_none());
+        assert!(cfg.id == "hub-0");
         // `[meta]` values other than the endpoint and credentials are the defaults.
         let m = cfg.meta.as_ref().expect("the example syncs from meta");
         let d = MetaConfig::new(&m.url);
@@ -676,7 +773,8 @@ mod tests {
                 &m.public_url,
                 &m.agent_endpoint,
                 &m.environment,
-                m.max_line_bytes
+                m.max_line_bytes,
+                m.renew
             ),
             (
                 d.heartbeat_timeout_ms,
@@ -686,10 +784,64 @@ mod tests {
                 &d.public_url,
                 &d.agent_endpoint,
                 &d.environment,
-                d.max_line_bytes
+                d.max_line_bytes,
+                d.renew
             )
         );
         assert!(cfg.access.is_none());
+    }
+
+    /// The commented-out certificate options are options: turned on, they parse, and without
+    /// the state directory they are what makes the configuration valid.
+    #[test]
+    fn certificate_files_without_enrollment() {
+        let documented = kubehub_testkit::documented_toml(include_str!("config.rs"));
+        let explicit = with_explicit_files(&documented);
+        let cfg: HubConfig = toml::from_str(&explicit).expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.user_listener.cert, Some(PathBuf::from("hub.crt")));
+        assert_eq!(cfg.agent_listener.key, Some(PathBuf::from("hub.key")));
+        assert_eq!(cfg.agent_listener.client_ca, Some(PathBuf::from("ca.crt")));
+        let m = cfg.meta.as_ref().unwrap();
+        assert_eq!(m.ca, Some(PathBuf::from("ca.crt")));
+        assert_eq!(m.token_file, Some(PathBuf::from("hub-meta.token")));
+        assert_eq!(m.cert, Some(PathBuf::from("hub-meta.crt")));
+        // Without the state directory (and its files): each missing file is named.
+        let no_state = explicit.replace("state_dir = \"/var/lib/kubehub-hub\"", "");
+        let parse = |t: &str| toml::from_str::<HubConfig>(t).expect("parses");
+        parse(&no_state).validate().expect("files of its own");
+        let no_user_cert =
+            no_state
+                .replacen("cert = \"hub.crt\"", "", 1)
+                .replacen("key = \"hub.key\"", "", 1);
+        let err = parse(&no_user_cert).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("user_listener has no certificate")
+                && err.contains("kubehub hub --join TOKEN")
+                && err.contains("user_listener.cert"),
+            "{err}"
+        );
+        let at = no_state
+            .rfind("cert = \"hub.crt\"")
+            .expect("the agent listener's");
+        let no_agent_cert = format!("{}{}", &no_state[..at], &no_state[at + 16..]);
+        let err = parse(&no_agent_cert).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("agent_listener.cert and agent_listener.key go together"),
+            "{err}"
+        );
+        let no_client_ca = no_state.replace("client_ca = \"ca.crt\"", "");
+        let err = parse(&no_client_ca).validate().unwrap_err().to_string();
+        assert!(err.contains("client_ca is required"), "{err}");
+        // With it, nothing but the listeners' addresses and meta's URL is needed.
+        let minimal = "[meta]\nurl = \"https://meta:7443\"\nstate_dir = \"state\"\n\
+                       [user_listener]\nlisten = \"127.0.0.1:0\"\n\
+                       [agent_listener]\nlisten = \"127.0.0.1:0\"\n";
+        let cfg = parse(minimal);
+        cfg.validate().expect("an enrolled hub needs no files");
+        assert!(cfg.id.is_empty(), "the enrolled identity fills it in");
+        let plain = minimal.replace("https://", "http://");
+        assert!(parse(&plain).validate().is_err(), "enrollment is over TLS");
     }
 
     /// Exactly one access source: a file or meta (with a credential, and a CA for https).
@@ -706,7 +858,15 @@ mod tests {
         let parse = |t: &str| toml::from_str::<HubConfig>(t).expect("parses");
         let err = parse(&without_meta).validate().unwrap_err().to_string();
         assert!(err.contains("no access source"), "{err}");
-        let with_file = format!("{without_meta}\n[access]\nfile = \"access.json\"\n");
+        let err = parse(&with_explicit_files(&without_meta))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no access source"), "{err}");
+        let with_file = format!(
+            "{}\n[access]\nfile = \"access.json\"\n",
+            with_explicit_files(&without_meta)
+        );
         let cfg = parse(&with_file);
         cfg.validate().expect("a file is a source");
         assert_eq!(
@@ -730,6 +890,11 @@ mod tests {
         assert!(meta("ca = \"ca.crt\"\ncert = \"c\"\nkey = \"k\"")
             .validate()
             .is_ok());
+        assert!(
+            meta("state_dir = \"s\"").validate().is_ok(),
+            "an enrolled hub"
+        );
+        assert!(meta("state_dir = \"s\"\nrenew = false").validate().is_ok());
         for bad in [
             "token_file = \"t\"",            // https without a CA
             "ca = \"ca.crt\"",               // no credential

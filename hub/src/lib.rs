@@ -9,11 +9,13 @@
 //! `http` → `proxy` (`authenticate → resolve → authorize → route → cache | backend →
 //! respond`); the backend is the cluster's `tunnel`. `registry` says which core's tunnel
 //! serves which cluster; `cache` holds what each tunnel's sync streams carried; `access`
-//! holds who may reach which cluster (from the metaserver's sync feed, or a static file).
+//! holds who may reach which cluster (from the metaserver's sync feed, or a static file);
+//! `enroll` is the hub's certificate from the metaserver (join token, renewal).
 
 pub mod access;
 pub mod cache;
 pub mod config;
+pub mod enroll;
 pub mod http;
 pub mod metrics;
 pub mod proxy;

@@ -113,6 +113,9 @@ pub struct Metrics {
     pub meta_registrations: Family<OutcomeLabel, Counter>,
     /// Sync feed connections to meta that ended, by outcome (`closed`, `failed`).
     pub meta_syncs: Family<OutcomeLabel, Counter>,
+    /// The user listener's certificate: expiry (with `[meta] state_dir`, the enrolled
+    /// certificate's, updated on renewal), renewals, failed attempts.
+    pub cert: kubehub_enroll::CertMetrics,
     registry: Registry,
 }
 
@@ -276,7 +279,10 @@ impl Metrics {
             "Sync feed connections to the metaserver that ended, by outcome",
             meta_syncs.clone(),
         );
+        let cert = kubehub_enroll::CertMetrics::default();
+        cert.register(&mut registry, "the hub's (user listener's)");
         Metrics {
+            cert,
             unauthenticated,
             denied,
             access_revision,

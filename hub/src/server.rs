@@ -38,6 +38,9 @@ pub enum HubError {
     /// The metaserver client could not start.
     #[error(transparent)]
     Meta(#[from] access::sync::MetaSetupError),
+    /// The hub's enrollment with the metaserver (`[meta] state_dir`) failed or is missing.
+    #[error(transparent)]
+    Enroll(#[from] crate::enroll::HubEnrollError),
     /// Certificate or key problem.
     #[error("TLS material for {what}: {why}")]
     Tls {
@@ -131,9 +134,17 @@ fn certified(
         what,
         why: e.to_string(),
     };
+    let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+        return Err(HubError::Tls {
+            what,
+            why: "no certificate: run `kubehub hub --join TOKEN` once (with [meta] state_dir), \
+                  or set its cert and key"
+                .into(),
+        });
+    };
     Ok((
-        pki::load_certs(&l.cert).map_err(tls)?,
-        pki::load_key(&l.key).map_err(tls)?,
+        pki::load_certs(cert).map_err(tls)?,
+        pki::load_key(key).map_err(tls)?,
     ))
 }
 
@@ -225,9 +236,24 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpLi
     Ok(out)
 }
 
-/// Starts the hub's worker threads, and with `[meta]` the metaserver client's.
-pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
+/// Enrolls if needed ([`crate::enroll::prepare`]: with `[meta] state_dir`, the saved
+/// certificate, else a join with `join`, a hub join token), then starts ([`start`]). Blocks
+/// while it joins (on a thread of its own: callable from anywhere).
+pub fn join_and_start(mut cfg: HubConfig, join: Option<&str>) -> Result<Hub, HubError> {
     cfg.validate()?;
+    crate::enroll::prepare_blocking(&mut cfg, join)?;
+    start(cfg)
+}
+
+/// Starts the hub's worker threads, and with `[meta]` the metaserver client's. With `[meta]
+/// state_dir` the hub must have enrolled ([`join_and_start`]); its certificate is renewed on
+/// the metaserver client's thread (`renew`).
+pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
+    cfg.validate()?;
+    let enrolled = crate::enroll::apply(&mut cfg)?;
+    if cfg.id.is_empty() {
+        cfg.id = crate::config::DEFAULT_ID.into();
+    }
     let n = cfg.worker_count();
     let (user_tls, user_cert) = user_tls(&cfg.user_listener)?;
     let (agent_tls, agent_cert) = agent_tls(&cfg.agent_listener)?;
@@ -240,6 +266,11 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
     });
     let registry = Arc::new(Registry::new(&cfg.clusters));
     let metrics = Arc::new(Metrics::new());
+    if let Some(leaf) = user_cert.current().cert.first() {
+        if let Ok(info) = pki::cert_info(&pki::cert_der_to_pem(leaf)) {
+            metrics.cert.expires(info.not_after);
+        }
+    }
     let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
     let user = reuseport_listeners(cfg.user_listener.listen, n)?;
     let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
@@ -256,6 +287,33 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    // The meta client's credentials and tasks, before any thread starts.
+    let meta_parts = match &cfg.meta {
+        Some(m) => {
+            let client_cert = access::sync::client_cert(m)?;
+            let side_tasks = match &enrolled {
+                Some(files) => crate::enroll::renewal_task(
+                    &cfg,
+                    files,
+                    crate::enroll::Serving {
+                        user: &user_cert,
+                        agent: &agent_cert,
+                        meta: client_cert.as_ref(),
+                    },
+                    metrics.clone(),
+                )?
+                .into_iter()
+                .collect(),
+                None => Vec::new(),
+            };
+            Some(access::sync::MetaParts {
+                registration: access::sync::Registration::new(&cfg.id, m, user_addr, agent_addr),
+                client_cert,
+                side_tasks,
+            })
+        }
+        None => None,
+    };
     let (drain, drain_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::with_capacity(n);
     for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
@@ -346,16 +404,16 @@ pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
             .map_err(HubError::Thread)?;
         threads.push(t);
     }
-    let meta = match &cfg.meta {
-        Some(m) => Some(access::sync::start(
+    let meta = match (&cfg.meta, meta_parts) {
+        (Some(m), Some(parts)) => Some(access::sync::start(
             m,
-            access::sync::Registration::new(&cfg.id, m, user_addr, agent_addr),
+            parts,
             access.clone(),
             metrics.clone(),
             registry.clone(),
             drain_rx.clone(),
         )?),
-        None => None,
+        _ => None,
     };
     info!(%user_addr, %agent_addr, ?admin_addr, cores = n, access = %access.readiness(), "hub started");
     Ok(Hub {

@@ -241,8 +241,8 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     std::fs::write(d.join("hub-meta.token"), "meta-secret\n").unwrap();
     let listener = |client_ca| Listener {
         listen: "127.0.0.1:0".parse().unwrap(),
-        cert: d.join("hub.crt"),
-        key: d.join("hub.key"),
+        cert: Some(d.join("hub.crt")),
+        key: Some(d.join("hub.key")),
         client_ca,
     };
     let cfg = HubConfig {

@@ -45,6 +45,8 @@ pub struct Peer {
     pub common_name: String,
     /// Organizations (groups).
     pub organizations: Vec<String>,
+    /// Subject alternative names (DNS names and IP addresses, as text).
+    pub names: Vec<String>,
 }
 
 impl IntoResponse for MetaError {
@@ -231,7 +233,20 @@ async fn renew(
         ));
     }
     let who = caller(&meta, &HeaderMap::new(), &peer).await?;
-    let e = meta.renew(&who, &b.csr, b.names).await?;
+    // A hub renews for the names it was enrolled with (or fewer): changing them takes a new
+    // hub join token from an admin.
+    let names = if b.names.is_empty() {
+        peer.names.clone()
+    } else {
+        if let Some(extra) = b.names.iter().find(|n| !peer.names.contains(n)) {
+            return Err(MetaError::Forbidden(format!(
+                "{extra:?} is not a name of the current certificate: a hub renews for the names \
+                 it was enrolled with; a new name needs a new hub join token"
+            )));
+        }
+        b.names
+    };
+    let e = meta.renew(&who, &b.csr, names).await?;
     Ok(Json(json!(e)))
 }
 

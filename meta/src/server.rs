@@ -77,9 +77,13 @@ fn peer_of(conn: &rustls::ServerConnection) -> Peer {
         .iter_organization()
         .filter_map(|a| a.as_str().ok().map(str::to_owned))
         .collect();
+    let names = kubehub_pki::cert_info(&kubehub_pki::cert_der_to_pem(der.as_ref()))
+        .map(|i| i.names)
+        .unwrap_or_default();
     Peer {
         common_name,
         organizations,
+        names,
     }
 }
 

@@ -513,6 +513,39 @@ async fn enrollment_with_a_join_token(kind: Kind) {
         .unwrap();
     let (n, _) = code(agent.put("/v1/registry/agents/a-c2", &json!({})).await);
     assert_eq!(n, 403);
+    // A hub renews for the names it was enrolled with, never more.
+    let v = m
+        .admin
+        .post(
+            "/v1/hubs/join-token",
+            &json!({"id": "hub-1", "names": ["hub-1.example", "127.0.0.1"]}),
+        )
+        .await
+        .unwrap();
+    let (hkey, hcsr) = kubehub_pki::generate_key_and_csr("hub-1", &[]).unwrap();
+    let got = anon
+        .post("/v1/enroll", &json!({"token": v["joinToken"], "csr": hcsr}))
+        .await
+        .unwrap();
+    let hub = Client::new(
+        &m.url,
+        m.meta.ca_pem(),
+        None,
+        Some((got["certificate"].as_str().unwrap(), &hkey)),
+    )
+    .unwrap();
+    let (n, msg) = code(
+        hub.post(
+            "/v1/renew",
+            &json!({"csr": hcsr, "names": ["evil.example"]}),
+        )
+        .await,
+    );
+    assert_eq!(n, 403, "{msg}");
+    let renewed = hub.post("/v1/renew", &json!({"csr": hcsr})).await.unwrap();
+    let info = kubehub_pki::cert_info(renewed["certificate"].as_str().unwrap()).unwrap();
+    assert_eq!(info.common_name, "hub-1");
+    assert_eq!(info.names, ["hub-1.example", "127.0.0.1"]);
     m.stop().await;
 }
 

@@ -229,8 +229,8 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     let sim_addr = sim_server.local_addr();
     let listener = |client_ca: Option<PathBuf>| Listener {
         listen: "127.0.0.1:0".parse().unwrap(),
-        cert: hub_crt.clone(),
-        key: hub_key.clone(),
+        cert: Some(hub_crt.clone()),
+        key: Some(hub_key.clone()),
         client_ca,
     };
     let hub_cfg = HubConfig {

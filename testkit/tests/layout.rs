@@ -58,11 +58,16 @@ fn hub_and_agent_do_not_depend_on_test_tooling_or_the_command_line() {
     assert_free_of("kubehub-agent", &TOOLING);
     assert_free_of("kubehub-hub", &["kubehub-agent"]);
     assert_free_of("kubehub-agent", &["kubehub-hub", "monoio"]);
+    // The enrollment client both share runs on tokio (the agent's runtime, the hub's meta
+    // thread): never on the hub's cores.
+    assert_free_of("kubehub-enroll", &["monoio", "kubehub-meta"]);
 }
 
 /// The hub's own HTTP and TLS (monoio, `http.rs`, `tls.rs`) carry every user request and
 /// tunnel. hyper and the tokio TLS stack are in the hub only for its metaserver client
-/// (`access/sync.rs`), on a thread of its own: no other module may use them.
+/// (`access/sync.rs`), on a thread of its own: no other module may use them. (The hub's
+/// enrollment and renewal, `enroll.rs`, call `kubehub-enroll`, which uses them on that same
+/// thread, or on a thread of its own for the join.)
 #[test]
 fn hyper_is_only_the_hubs_metaserver_client() {
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -111,6 +116,7 @@ fn shared_crates_stand_alone() {
         "kubehub-wire",
         "kubehub-kapi",
         "kubehub-pki",
+        "kubehub-enroll",
         "kubehub-cache",
         "kubehub-meta",
     ] {

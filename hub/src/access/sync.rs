@@ -15,9 +15,15 @@
 //!
 //! Failures of either are logged at `warn` once per outage (then at `debug`), and once more at
 //! `info` when meta answers again.
+//!
+//! The client certificate it presents (`[meta] cert`/`key`, or the hub's enrolled one) is a
+//! [`ReloadingCert`]: when the hub's certificate is renewed (`crate::enroll`, a side task on
+//! this thread), new connections present the new one; the feed already open carries on.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +35,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use kubehub_access::Line;
+use kubehub_pki::ReloadingCert;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
@@ -167,6 +174,50 @@ fn segment(s: &str) -> String {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// A future run on the meta client's thread for the hub's life (the certificate renewal).
+pub type SideTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the meta client's thread gets besides the configuration and the shared state.
+pub struct MetaParts {
+    /// What the hub registers as.
+    pub registration: Registration,
+    /// The client certificate presented to meta ([`client_cert`]); renewal replaces it.
+    pub client_cert: Option<Arc<ReloadingCert>>,
+    /// Run on the thread until it ends.
+    pub side_tasks: Vec<SideTask>,
+}
+
+impl std::fmt::Debug for MetaParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaParts")
+            .field("registration", &self.registration)
+            .field("client_cert", &self.client_cert)
+            .field("side_tasks", &self.side_tasks.len())
+            .finish()
+    }
+}
+
+/// `[meta] cert` and `key` as a certificate the hub can replace (renewal), if set.
+pub fn client_cert(cfg: &MetaConfig) -> Result<Option<Arc<ReloadingCert>>, MetaSetupError> {
+    let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) else {
+        return Ok(None);
+    };
+    let file = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |e: kubehub_pki::PkiError| MetaSetupError::File {
+            what,
+            path: path.clone(),
+            why: e.to_string(),
+        }
+    };
+    let cert = ReloadingCert::new(
+        kubehub_pki::load_certs(c).map_err(file("cert", c))?,
+        kubehub_pki::load_key(k).map_err(file("key", k))?,
+    )
+    .map_err(file("key", k))?;
+    Ok(Some(Arc::new(cert)))
+}
+
 /// The HTTP client for meta, with the hub's credentials.
 struct MetaClient {
     client: HttpsClient,
@@ -183,7 +234,10 @@ fn read_file(what: &'static str, path: &Path) -> Result<String, MetaSetupError> 
 }
 
 impl MetaClient {
-    fn new(cfg: &MetaConfig) -> Result<MetaClient, MetaSetupError> {
+    fn new(
+        cfg: &MetaConfig,
+        client_cert: Option<Arc<ReloadingCert>>,
+    ) -> Result<MetaClient, MetaSetupError> {
         fn pem(
             what: &'static str,
             path: &Path,
@@ -206,15 +260,13 @@ impl MetaClient {
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .with_root_certificates(roots);
-        let tls_cfg = match (&cfg.cert, &cfg.key) {
-            (Some(c), Some(k)) => builder
-                .with_client_auth_cert(
-                    kubehub_pki::load_certs(c).map_err(pem("cert", c))?,
-                    kubehub_pki::load_key(k).map_err(pem("key", k))?,
-                )
-                .map_err(tls)?,
-            _ => builder.with_no_client_auth(),
+        let mut tls_cfg = match client_cert {
+            Some(c) => builder.with_client_cert_resolver(c),
+            None => builder.with_no_client_auth(),
         };
+        // A resumed TLS 1.3 session does not present the client certificate again: without
+        // resumption, a renewed certificate is presented by the next connection.
+        tls_cfg.resumption = rustls::client::Resumption::disabled();
         let auth = match &cfg.token_file {
             Some(path) => {
                 let text = read_file("token_file", path)?;
@@ -290,17 +342,22 @@ async fn error_body(body: hyper::body::Incoming) -> String {
 }
 
 /// Starts the meta client thread. Configuration problems (files, TLS) are reported here;
-/// everything after is retried. The thread ends when `drain`'s sender is dropped;
-/// registration stops when the hub starts draining.
+/// everything after is retried. The thread ends when `drain`'s sender is dropped (and with it
+/// the side tasks); registration stops when the hub starts draining.
 pub fn start(
     cfg: &MetaConfig,
-    registration: Registration,
+    parts: MetaParts,
     access: Arc<Access>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     drain: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, MetaSetupError> {
-    let client = MetaClient::new(cfg)?;
+    let MetaParts {
+        registration,
+        client_cert,
+        side_tasks,
+    } = parts;
+    let client = MetaClient::new(cfg, client_cert)?;
     let cfg = cfg.clone();
     std::thread::Builder::new()
         .name("kubehub-meta".into())
@@ -318,6 +375,10 @@ pub fn start(
             let span = tracing::info_span!("meta", url = %cfg.url);
             rt.block_on(
                 async move {
+                    for task in side_tasks {
+                        // Each carries its own span; they end with this runtime.
+                        tokio::spawn(task);
+                    }
                     let sync = sync_loop(&client, &cfg, &access, &metrics);
                     let draining = until_draining(drain.clone());
                     let register = async {

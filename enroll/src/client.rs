@@ -1,6 +1,7 @@
-//! The agent's HTTP client for the metaserver: one JSON request per connection, over TLS with
-//! the configuration the caller passes (which CA to trust, which client certificate), with a
-//! deadline and a bound on the answer's size.
+//! The HTTP client for the metaserver's JSON API as a joiner and renewer calls it (and the
+//! agent, for the registry): one JSON request per connection, over TLS with the configuration
+//! the caller passes (which CA to trust, which client certificate), with a deadline and a bound
+//! on the answer's size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +13,16 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::enroll::EnrollError;
+use crate::EnrollError;
 
 /// The largest answer read from the metaserver.
 const MAX_ANSWER: usize = 1024 * 1024;
 
 /// The metaserver at a base URL.
 #[derive(Debug, Clone)]
-pub(crate) struct MetaClient {
+pub struct MetaClient {
     url: String,
+    user_agent: &'static str,
     host: String,
     port: u16,
     authority: String,
@@ -35,8 +37,9 @@ struct ErrorBody {
 }
 
 impl MetaClient {
-    /// `url`: `https://host[:port][/prefix]`.
-    pub(crate) fn new(url: &str, timeout: Duration) -> Result<MetaClient, EnrollError> {
+    /// `url`: `https://host[:port][/prefix]`; `timeout`: the deadline of one call (connect,
+    /// TLS, request, answer).
+    pub fn new(url: &str, timeout: Duration) -> Result<MetaClient, EnrollError> {
         let bad = |why: &str| EnrollError::Config(format!("metaserver URL {url:?}: {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("https") {
@@ -53,6 +56,7 @@ impl MetaClient {
         }
         Ok(MetaClient {
             url: url.trim_end_matches('/').to_owned(),
+            user_agent: concat!("kubehub/", env!("CARGO_PKG_VERSION")),
             host,
             port: authority.port_u16().unwrap_or(443),
             authority: authority.as_str().to_owned(),
@@ -61,13 +65,19 @@ impl MetaClient {
         })
     }
 
+    /// The same client, sending `user_agent` (e.g. `kubehub-agent/0.1.0`).
+    pub fn with_user_agent(mut self, user_agent: &'static str) -> MetaClient {
+        self.user_agent = user_agent;
+        self
+    }
+
     /// The base URL, for messages.
-    pub(crate) fn url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
     /// `GET path`, the answer's JSON.
-    pub(crate) async fn get<T: DeserializeOwned>(
+    pub async fn get<T: DeserializeOwned>(
         &self,
         tls: Arc<rustls::ClientConfig>,
         path: &str,
@@ -76,7 +86,7 @@ impl MetaClient {
     }
 
     /// `POST path` with a JSON body, the answer's JSON.
-    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         tls: Arc<rustls::ClientConfig>,
         path: &str,
@@ -87,7 +97,7 @@ impl MetaClient {
     }
 
     /// `PUT path` with a JSON body, the answer's JSON.
-    pub(crate) async fn put<B: Serialize, T: DeserializeOwned>(
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         tls: Arc<rustls::ClientConfig>,
         path: &str,
@@ -161,10 +171,7 @@ impl MetaClient {
             .uri(format!("{}{path}", self.prefix))
             .header(header::HOST, &self.authority)
             .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("kubehub-agent/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(header::USER_AGENT, self.user_agent);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -191,11 +198,11 @@ impl MetaClient {
 /// server holds the key of the certificate it shows). Used for exactly one call, `GET /v1/ca`,
 /// whose answer the caller then accepts only if its hash is the one the join token pins.
 #[derive(Debug)]
-pub(crate) struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
 
 impl AnyServerCert {
     /// A client configuration trusting any server, without a client certificate.
-    pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, EnrollError> {
+    pub fn client_config() -> Result<Arc<rustls::ClientConfig>, EnrollError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
