@@ -319,7 +319,12 @@ struct FakeHub {
 
 impl FakeHub {
     async fn start(ca: &kubehub_pki::Ca, id: &str, addr: SocketAddr) -> std::io::Result<FakeHub> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // SO_REUSEADDR: a hub coming back binds its old address even while connections of
+        // its previous life linger in TIME_WAIT.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(64)?;
         let addr = listener.local_addr()?;
         let cert = ca.issue_server(&["127.0.0.1", "localhost"]).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -672,34 +677,26 @@ async fn the_agent_follows_the_registry_and_fails_over() {
     .await;
 
     // The first hub returns at the same address: the healthy tunnel stays where it is.
-    let back = match FakeHub::start(meta.ca(), &chosen.id, chosen.addr).await {
-        Ok(h) => Some(h),
-        Err(e) => {
-            eprintln!("the address could not be bound again ({e}): not checking the return");
-            None
+    let back = FakeHub::start(meta.ca(), &chosen.id, chosen.addr)
+        .await
+        .expect("the first hub binds its old address again");
+    back.heartbeat(admin.clone());
+    eventually("the hub registered again", Duration::from_secs(20), || {
+        let text = agent.metrics.encode();
+        async move {
+            text.contains("kubehub_agent_hubs_known 2")
+                .then_some(())
+                .ok_or(text)
         }
-    };
-    if let Some(back) = &back {
-        back.heartbeat(admin.clone());
-        eventually("the hub registered again", Duration::from_secs(20), || {
-            let text = agent.metrics.encode();
-            async move {
-                text.contains("kubehub_agent_hubs_known 2")
-                    .then_some(())
-                    .ok_or(text)
-            }
-        })
-        .await;
-        // Several registry reads later, nothing moved.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(back.accepted.load(Ordering::SeqCst), 0, "no flapping back");
-        assert_eq!(other.open.load(Ordering::SeqCst), 1);
-    }
+    })
+    .await;
+    // Several registry reads later, nothing moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(back.accepted.load(Ordering::SeqCst), 0, "no flapping back");
+    assert_eq!(other.open.load(Ordering::SeqCst), 1);
 
     agent.stop().await;
-    if let Some(back) = back {
-        back.kill();
-    }
+    back.kill();
     other.kill();
     server.stop().await;
 }
