@@ -59,16 +59,19 @@ pub struct TunnelCtx {
     pub caches: Arc<Caches>,
 }
 
-/// The cluster id in a certificate: its subject common name.
+/// The cluster id in an agent's certificate: its subject common name, provided the
+/// certificate is an agent's (organization `kubehub:agents`). Hubs' certificates come from the
+/// same CA and may authenticate clients too; they never pass for an agent.
 pub fn cluster_of(cert: &[u8]) -> Option<String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let cn = c
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
+    let subject = c.subject();
+    if !subject
+        .iter_organization()
+        .any(|o| o.as_str() == Ok(kubehub_pki::AGENTS_GROUP))
+    {
+        return None;
+    }
+    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
     Some(cn)
 }
 
@@ -97,7 +100,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         .and_then(|c| cluster_of(c))
     else {
         ctx.metrics.tunnel_rejects.inc();
-        warn!(%peer, "agent certificate has no common name");
+        warn!(%peer, "not an agent's certificate (organization kubehub:agents) or no common name");
         return;
     };
     let (mut rd, mut wr) = tls.into_split();

@@ -359,15 +359,15 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     assert!(m.contains("kubehub_hub_access_revision 7"), "{m}");
     assert!(m.contains("kubehub_hub_meta_connected 1"), "{m}");
 
-    // Meta goes silent: after heartbeat_timeout_ms the hub reconnects, from revision 7
-    // (no snapshot needed).
+    // Meta goes silent: after heartbeat_timeout_ms the hub reconnects without a snapshot,
+    // replaying the last revision it applied (7): a revision's lines may have been cut short.
     let before = meta.with(|s| s.syncs.len());
     meta.with(|s| s.silent = true);
     wait_for("a reconnection", Duration::from_secs(5), || {
         meta.with(|s| s.syncs.len() > before)
     });
     let resumed = meta.with(|s| s.syncs.last().unwrap().0.clone());
-    assert_eq!(resumed, "/v1/sync?revision=7");
+    assert_eq!(resumed, "/v1/sync?revision=6");
     meta.with(|s| s.silent = false);
     assert!(metrics().contains("kubehub_hub_meta_syncs_total{outcome=\"failed\"}"));
 
@@ -394,11 +394,11 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     wait_for("more registrations", Duration::from_secs(5), || {
         meta.with(|s| s.registrations.len() > n)
     });
-    // And meta back: a new feed resumes from 7 and the hub is connected again.
+    // And meta back: a new feed replays revision 7 and the hub is connected again.
     meta.with(|s| s.refuse = false);
     wait_for("reconnected", Duration::from_secs(5), || {
         readyz().1.contains("meta: connected")
     });
-    assert!(meta.with(|s| s.syncs.last().unwrap().0 == "/v1/sync?revision=7"));
+    assert!(meta.with(|s| s.syncs.last().unwrap().0 == "/v1/sync?revision=6"));
     drop(hub);
 }

@@ -91,17 +91,25 @@ fn bad_agents_are_turned_away_and_the_hub_keeps_serving() {
     });
     // A certificate from another CA: the TLS handshake fails.
     let other = Ca::generate("someone else").unwrap();
-    let foreign = other.issue_client(common::CLUSTER, &[]).unwrap();
+    let foreign = other.issue_agent(common::CLUSTER).unwrap();
     assert_eq!(
         agent_exchange(&s, &other, &foreign, encode(&hello(common::CLUSTER))),
         None
     );
+    // Right CA, right name, but not an agent's certificate (a hub's, or a user's: no
+    // organization kubehub:agents): refused before HELLO is read, no frame at all (it would
+    // get a HELLO_ACK and take the cluster's tunnel over if it passed).
+    let not_agent =
+        s.ca.issue_client(common::CLUSTER, &["kubehub:hubs"])
+            .unwrap();
+    let f = agent_exchange(&s, &s.ca, &not_agent, encode(&hello(common::CLUSTER)));
+    assert!(f.is_none(), "{f:?}");
     // Right CA, wrong cluster: the certificate says edge-2, HELLO says edge-1.
-    let edge2 = s.ca.issue_client("edge-2", &[]).unwrap();
+    let edge2 = s.ca.issue_agent("edge-2").unwrap();
     let f = agent_exchange(&s, &s.ca, &edge2, encode(&hello(common::CLUSTER)));
     assert_eq!(goaway_code(f), Some(ErrorCode::UNAUTHORIZED));
     // A valid identity, then a frame of an unknown type instead of HELLO.
-    let edge1 = s.ca.issue_client(common::CLUSTER, &[]).unwrap();
+    let edge1 = s.ca.issue_agent(common::CLUSTER).unwrap();
     let garbage = vec![0, 0, 0, 4, 0x7f, 0, 0, 0, 0, 0, 1, 2, 3, 4];
     let f = agent_exchange(&s, &s.ca, &edge1, garbage);
     assert_eq!(goaway_code(f), Some(ErrorCode::PROTOCOL));
@@ -249,7 +257,7 @@ fn a_silent_agent_is_pinged_then_dropped() {
     };
     let s = common::start(ClusterConfig::default(), limits);
     // Another identity for the silent agent, so the real one stays connected.
-    let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
+    let cert = s.ca.issue_agent("edge-silent").unwrap();
     let addr = s.hub.agent_addr;
     let tls = agent::client_tls(&s.ca.cert_pem(), &cert).unwrap();
     let seen = s.rt.block_on(async move {
@@ -305,7 +313,7 @@ fn shutdown_drains_tunnels_and_refuses_new_agents() {
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.hub.registry.connected(), 0);
-    let edge1 = s.ca.issue_client(common::CLUSTER, &[]).unwrap();
+    let edge1 = s.ca.issue_agent(common::CLUSTER).unwrap();
     let f = agent_exchange(&s, &s.ca, &edge1, encode(&hello(common::CLUSTER)));
     assert!(
         matches!(f, Some(Frame::GoAway(ref g)) if g.message.contains("shutting down")),
@@ -481,7 +489,7 @@ fn scripted_sync(s: &common::Stack, items: Vec<bytes::Bytes>, rv: &str) -> Scrip
         Capabilities, Discovery, Hello, ResourceKey, Settings, SnapshotBegin, SnapshotEnd,
         SnapshotItems,
     };
-    let cert = s.ca.issue_client("edge-silent", &[]).unwrap();
+    let cert = s.ca.issue_agent("edge-silent").unwrap();
     let tls = agent::client_tls(&s.ca.cert_pem(), &cert).unwrap();
     let addr = s.hub.agent_addr;
     let pods = kubehub_kapi::resources::builtin()

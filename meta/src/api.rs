@@ -253,7 +253,9 @@ async fn renew(
 async fn whoami(Who(who): Who) -> Json<serde_json::Value> {
     Json(match who {
         Caller::Admin => json!({"kind": "Admin"}),
-        Caller::User(u) => json!({"kind": "User", "user": u}),
+        Caller::User(u, scope) => {
+            json!({"kind": "User", "user": u, "tokenClusters": scope.clusters, "tokenExpires": scope.expires})
+        }
         Caller::Hub(h) => json!({"kind": "Hub", "id": h}),
         Caller::Agent(c) => json!({"kind": "Agent", "cluster": c}),
     })

@@ -67,6 +67,11 @@ async fn run(meta: &Meta, from: i64, tx: &mpsc::Sender<Bytes>) -> Result<(), Sto
     let heartbeat = Duration::from_millis(meta.cfg.sync.heartbeat_ms);
     let mut revision = from;
     let mut watch = None;
+    // A hub ahead of the store (restored from a backup, or pointed at another meta) would
+    // wait for revisions that mean something else here: it gets a snapshot.
+    if revision > meta.store.revision().await? {
+        revision = 0;
+    }
     if revision > 0 {
         match meta.store.watch(ACCESS, revision + 1).await {
             Ok(w) => watch = Some(w),
@@ -103,7 +108,16 @@ async fn run(meta: &Meta, from: i64, tx: &mpsc::Sender<Bytes>) -> Result<(), Sto
                                 revision: ev.kv.mod_revision,
                                 record,
                             }),
-                            Err(e) => warn!("skipping a stored record the feed cannot read: {e}"),
+                            // Fail closed: hubs drop what they held under that key rather
+                            // than keep an older version (a grant narrowed by a newer meta
+                            // must not stay broad).
+                            Err(e) => {
+                                warn!("a stored record the feed cannot read goes as a delete: {e}");
+                                out.push(Line::Delete {
+                                    revision: ev.kv.mod_revision,
+                                    key: k.to_owned(),
+                                })
+                            }
                         },
                     }
                 }

@@ -28,6 +28,16 @@ const CA_CERT: &str = "ca/cert";
 /// Deletions that checked "nothing refers to this" compare it, so a reference created between
 /// their check and their write makes them fail instead of leaving it dangling.
 const MARKS: &str = "marks/";
+/// `tombstones/clusters/<id>`: a deleted cluster's tenant, and until when its agents'
+/// certificates may still be valid (see [`Meta::create_cluster`]).
+const TOMBSTONES: &str = "tombstones/clusters/";
+
+/// What a deleted cluster leaves behind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    tenant: String,
+    until: u64,
+}
 const CA_KEY: &str = "ca/key";
 /// Registered hubs (leased).
 pub const HUBS: &str = "registry/hubs/";
@@ -40,8 +50,8 @@ pub const AGENTS: &str = "registry/agents/";
 pub enum Caller {
     /// An admin token: every right.
     Admin,
-    /// A user, by a KubeHub token meta issued.
-    User(User),
+    /// A user, by a KubeHub token meta issued (and what that token covers).
+    User(User, TokenScope),
     /// A hub, by its meta-issued certificate (CN = hub id).
     Hub(String),
     /// An agent, by its meta-issued certificate (CN = cluster id).
@@ -52,7 +62,7 @@ impl Caller {
     fn name(&self) -> String {
         match self {
             Caller::Admin => "admin".into(),
-            Caller::User(u) => format!("user {:?}", u.name),
+            Caller::User(u, _) => format!("user {:?}", u.name),
             Caller::Hub(h) => format!("hub {h:?}"),
             Caller::Agent(c) => format!("the agent of cluster {c:?}"),
         }
@@ -62,7 +72,7 @@ impl Caller {
     fn manages(&self, tenant: &str) -> bool {
         match self {
             Caller::Admin => true,
-            Caller::User(u) => u.admin && u.tenant == tenant,
+            Caller::User(u, _) => u.admin && u.tenant == tenant,
             _ => false,
         }
     }
@@ -93,13 +103,22 @@ impl Caller {
     fn scope(&self) -> Result<Option<&str>> {
         match self {
             Caller::Admin => Ok(None),
-            Caller::User(u) => Ok(Some(&u.tenant)),
+            Caller::User(u, _) => Ok(Some(&u.tenant)),
             _ => Err(MetaError::Forbidden(format!(
                 "{} may not read tenants' records",
                 self.name()
             ))),
         }
     }
+}
+
+/// What the token a user called with covers: a token can only mint tokens within it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenScope {
+    /// The clusters it is bound to.
+    pub clusters: Vec<String>,
+    /// When it expires, unix seconds (0: never).
+    pub expires: u64,
 }
 
 /// Unix seconds now.
@@ -304,7 +323,13 @@ impl Meta {
         if user.tenant != t.tenant {
             return Err(unknown());
         }
-        Ok(Caller::User(user))
+        Ok(Caller::User(
+            user,
+            TokenScope {
+                clusters: t.clusters,
+                expires: t.expires,
+            },
+        ))
     }
 
     // ---- reads -----------------------------------------------------------------------------
@@ -358,7 +383,7 @@ impl Meta {
                 }
             }
             // A plain user sees its own tokens only, and not other users' records' secrets.
-            if let (Caller::User(me), Record::Token(tok)) = (caller, &r) {
+            if let (Caller::User(me, _), Record::Token(tok)) = (caller, &r) {
                 if !me.admin && tok.user != me.name {
                     continue;
                 }
@@ -466,6 +491,22 @@ impl Meta {
                 &format!("tenant {:?}", c.tenant),
             )
             .await?;
+        // A deleted cluster's agents keep valid certificates for a while: until they expire,
+        // its id cannot become another tenant's cluster (their agent would serve it).
+        let tomb_key = format!("{TOMBSTONES}{}", c.id);
+        let tomb = self.store.get(&tomb_key).await?;
+        if let Some(kv) = &tomb {
+            if let Ok(t) = serde_json::from_slice::<Tombstone>(&kv.value) {
+                if t.tenant != c.tenant && t.until > now() {
+                    return Err(MetaError::Conflict(format!(
+                        "cluster id {:?} belonged to another tenant until recently, and \
+                         certificates issued to its agent stay valid until {} (unix): pick \
+                         another id",
+                        c.id, t.until
+                    )));
+                }
+            }
+        }
         let (token, join) = enroll::issue(
             Purpose::Agent {
                 cluster: c.id.clone(),
@@ -476,7 +517,14 @@ impl Meta {
         )
         .map_err(|e| MetaError::Internal(e.to_string()))?;
         let k = key(&r);
-        let txn = Txn::new()
+        let mut txn = Txn::new().when(Compare::mod_revision(
+            tomb_key.clone(),
+            tomb.as_ref().map_or(0, |kv| kv.mod_revision),
+        ));
+        if tomb.is_some() {
+            txn = txn.then(Op::delete(tomb_key));
+        }
+        let txn = txn
             .when(Compare::mod_revision(
                 format!("{ACCESS}tenants/{}", c.tenant),
                 trev,
@@ -624,7 +672,7 @@ impl Meta {
         match &r {
             Record::Tenant(_) => caller.must_be_admin()?,
             Record::Token(t) => {
-                let own = matches!(caller, Caller::User(u) if u.name == t.user);
+                let own = matches!(caller, Caller::User(u, _) if u.name == t.user);
                 if !own {
                     caller.must_manage(&tenant)?;
                 }
@@ -680,6 +728,21 @@ impl Meta {
                     }
                 }
                 txn = txn.then(Op::delete(format!("{AGENTS}{}", c.id)));
+                // Its unused join tokens die with it; its agents' certificates stay valid until
+                // they expire, so the id stays this tenant's until then (a tombstone).
+                let (joins, _) = self.store.list("join/").await?;
+                for kv in joins {
+                    if let Ok(j) = serde_json::from_slice::<JoinRecord>(&kv.value) {
+                        if matches!(&j.purpose, Purpose::Agent { cluster } if *cluster == c.id) {
+                            txn = txn.then(Op::delete(kv.key));
+                        }
+                    }
+                }
+                let tomb = Tombstone {
+                    tenant: c.tenant.clone(),
+                    until: now() + self.cfg.certs.agent_lifetime_s,
+                };
+                txn = txn.then(Op::put(format!("{TOMBSTONES}{}", c.id), json(&tomb)?));
             }
             Record::Grant(_) | Record::Token(_) => {}
         }
@@ -698,7 +761,7 @@ impl Meta {
     /// Revokes every token of `user`; returns how many.
     pub async fn revoke_tokens(&self, caller: &Caller, user: &str) -> Result<usize> {
         let u = self.get_user(user).await?;
-        let own = matches!(caller, Caller::User(me) if me.name == u.name);
+        let own = matches!(caller, Caller::User(me, _) if me.name == u.name);
         if !own {
             caller.must_manage(&u.tenant)?;
         }
@@ -748,18 +811,18 @@ impl Meta {
     pub async fn kubeconfig(&self, caller: &Caller, req: KubeconfigRequest) -> Result<Issued> {
         let name = match (&req.user, caller) {
             (Some(u), _) => u.clone(),
-            (None, Caller::User(u)) => u.name.clone(),
+            (None, Caller::User(u, _)) => u.name.clone(),
             (None, _) => {
                 return Err(MetaError::Invalid(
                     "user: required when the caller is not a user".into(),
                 ))
             }
         };
-        let user = self
-            .get_user(&name)
-            .await
-            .map_err(|_| MetaError::Invalid(format!("user: {name:?} does not exist")))?;
-        let own = matches!(caller, Caller::User(me) if me.name == user.name);
+        let (user, user_rev) = match self.get_record(&format!("users/{name}")).await? {
+            Some((Record::User(u), rev)) => (u, rev),
+            _ => return Err(MetaError::Invalid(format!("user: {name:?} does not exist"))),
+        };
+        let own = matches!(caller, Caller::User(me, _) if me.name == user.name);
         if !own {
             caller.must_manage(&user.tenant)?;
         }
@@ -797,8 +860,38 @@ impl Meta {
             }
             req.clusters.clone()
         };
-        let (tokens, _) = self.records("tokens").await?;
         let t_now = now();
+        // A token mints only within itself: the clusters it covers, no later expiry (a token
+        // handed to a CI job for one cluster does not become a key to everything).
+        let (clusters, expires) = match caller {
+            Caller::User(_, scope) => {
+                let clusters: Vec<String> = if req.clusters.is_empty() {
+                    clusters
+                        .into_iter()
+                        .filter(|c| scope.clusters.contains(c))
+                        .collect()
+                } else if let Some(c) = clusters.iter().find(|c| !scope.clusters.contains(c)) {
+                    return Err(MetaError::Forbidden(format!(
+                        "the token you called with does not cover cluster {c:?}: a token can \
+                         only issue tokens for its own clusters"
+                    )));
+                } else {
+                    clusters
+                };
+                if clusters.is_empty() {
+                    return Err(MetaError::Forbidden(
+                        "the token you called with covers none of these clusters".into(),
+                    ));
+                }
+                let expires = match scope.expires {
+                    0 => t_now + lifetime,
+                    e => (t_now + lifetime).min(e),
+                };
+                (clusters, expires)
+            }
+            _ => (clusters, t_now + lifetime),
+        };
+        let (tokens, _) = self.records("tokens").await?;
         let mut live = Vec::new();
         for (t, rev) in tokens {
             if let Record::Token(t) = t {
@@ -824,13 +917,18 @@ impl Meta {
             clusters: clusters.clone(),
             hash,
             created: t_now,
-            expires: t_now + lifetime,
+            expires,
             description: req.description.clone(),
         };
         let r = Record::Token(record.clone());
         r.validate().map_err(invalid)?;
         let k = key(&r);
+        // The user is still there, unchanged (a deletion racing this would leave an orphan).
         let mut txn = Txn::new()
+            .when(Compare::mod_revision(
+                format!("{ACCESS}users/{}", user.name),
+                user_rev,
+            ))
             .when(Compare::absent(k.clone()))
             .then(Op::put(k, encode(&r)?));
         let mut revoked = 0;

@@ -264,6 +264,43 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(kind: Kind) {
     m.stop().await;
 }
 
+both!(a_deleted_clusters_id_and_join_tokens_are_not_reused);
+async fn a_deleted_clusters_id_and_join_tokens_are_not_reused(kind: Kind) {
+    let h = Harness::new(kind, "");
+    let m = h.start().await;
+    let c = &m.admin;
+    seed(c, "a", "alice").await;
+    seed(c, "b", "bob").await;
+    let spare = c
+        .post("/v1/clusters/a-c2/join-token", &json!({}))
+        .await
+        .unwrap();
+    c.delete("/v1/clusters/a-c2").await.unwrap();
+    // Its unused join token died with it.
+    let (_key, csr) = kubehub_pki::generate_key_and_csr("x", &[]).unwrap();
+    let anon = Client::new(&m.url, m.meta.ca_pem(), None, None).unwrap();
+    let (n, msg) = code(
+        anon.post(
+            "/v1/enroll",
+            &json!({"token": spare["joinToken"], "csr": csr}),
+        )
+        .await,
+    );
+    assert_eq!(n, 401, "{msg}");
+    // Another tenant cannot take the id while the old agent's certificate may be valid …
+    let (n, msg) = code(
+        c.post("/v1/clusters", &json!({"id": "a-c2", "tenant": "b"}))
+            .await,
+    );
+    assert_eq!(n, 409, "{msg}");
+    assert!(msg.contains("pick another id"), "{msg}");
+    // … its own tenant can.
+    c.post("/v1/clusters", &json!({"id": "a-c2", "tenant": "a"}))
+        .await
+        .unwrap();
+    m.stop().await;
+}
+
 both!(kubeconfigs_and_tokens);
 async fn kubeconfigs_and_tokens(kind: Kind) {
     let h = Harness::new(
@@ -315,6 +352,43 @@ async fn kubeconfigs_and_tokens(kind: Kind) {
     assert_eq!(n, 422, "{msg}");
     let (n, _) = code(alice.post("/v1/tenants", &json!({"name": "mine"})).await);
     assert_eq!(n, 403);
+    // A token mints only within itself: granted a-c2 too, alice's a-c1 token still cannot
+    // issue a token for a-c2, nor one that outlives it.
+    c.post(
+        "/v1/grants",
+        &json!({"name": "c2", "tenant": "a", "subject": {"kind": "User", "name": "alice"},
+                "clusters": {"ids": ["a-c2"]},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+    )
+    .await
+    .unwrap();
+    let (n, msg) = code(
+        alice
+            .post("/v1/kubeconfig", &json!({"clusters": ["a-c2"]}))
+            .await,
+    );
+    assert_eq!(n, 403, "{msg}");
+    assert!(msg.contains("does not cover"), "{msg}");
+    let v4 = alice
+        .post("/v1/kubeconfig", &json!({"lifetimeS": 86400}))
+        .await
+        .unwrap();
+    assert_eq!(
+        v4["token"]["clusters"],
+        json!(["a-c1"]),
+        "only what the caller covers"
+    );
+    assert!(
+        v4["token"]["expires"].as_u64().unwrap() <= t["expires"].as_u64().unwrap(),
+        "no later than the caller's token"
+    );
+    c.delete(&format!(
+        "/v1/tokens/{}",
+        v4["token"]["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    c.delete("/v1/grants/a/c2").await.unwrap();
     // The limit: a third token is fine, a fourth is refused until old ones go.
     alice.post("/v1/kubeconfig", &json!({})).await.unwrap();
     let (n, msg) = code(alice.post("/v1/kubeconfig", &json!({})).await);
@@ -403,6 +477,10 @@ async fn the_feed_carries_a_snapshot_then_every_change(kind: Kind) {
     };
     assert_eq!(del["type"], "delete");
     assert_eq!(del["key"], "tenants/later");
+    // A hub ahead of the store (a restored backup, another meta) gets a snapshot.
+    let mut ahead = kubehub_meta::feed::start(m.meta.clone(), rev + 1_000_000, "ahead".into());
+    assert_eq!(recv(&mut ahead).await["type"], "snapshot");
+    drop(ahead);
     // Resuming from a revision replays what came after it, without a snapshot.
     let mut rx2 = kubehub_meta::feed::start(m.meta.clone(), rev, "resume".into());
     let first = recv(&mut rx2).await;

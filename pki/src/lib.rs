@@ -330,6 +330,12 @@ impl Ca {
         self.issue(cn, &[], names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// An agent's certificate for `cluster` (CN = the cluster id, O = [`AGENTS_GROUP`]), as
+    /// the hub's agent listener requires.
+    pub fn issue_agent(&self, cluster: &str) -> Result<CertPem, PkiError> {
+        self.issue_client(cluster, &[AGENTS_GROUP])
+    }
+
     /// A client certificate: `common_name` is the identity (user or agent), `organizations` its
     /// groups.
     pub fn issue_client(
@@ -616,7 +622,7 @@ pub fn write_dev_set(dir: &std::path::Path, set: &DevSet) -> Result<Ca, PkiError
     write("hub.crt", &hub.cert)?;
     write("hub.key", &hub.key)?;
     for c in &set.clusters {
-        let a = ca.issue_client(c, &["kubehub:agents"])?;
+        let a = ca.issue_agent(c)?;
         write(&format!("agent-{c}.crt"), &a.cert)?;
         write(&format!("agent-{c}.key"), &a.key)?;
     }

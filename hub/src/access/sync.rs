@@ -425,7 +425,11 @@ async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metri
     let mut attempt = 0u32;
     let mut outage: Option<Instant> = None;
     loop {
-        let from = access.index.revision();
+        // One store revision can carry several lines (a user deleted with its tokens is one
+        // transaction); the index records a revision at its first line, so a connection lost
+        // mid-revision must replay all of it. Resuming one revision back does: applying a
+        // put or a delete again changes nothing.
+        let from = (access.index.revision() - 1).max(0);
         let mut progressed = false;
         let result = sync_once(client, cfg, access, from, &mut progressed, &mut outage).await;
         access.set_connected(false);

@@ -102,8 +102,10 @@ pub fn decide(
         kreview::Review::Access(a) => a,
     };
     match index.authorize(id, cluster, &attributes(&asked)) {
-        Decision::Allow if body.starts_with(b"{") => Ok(Verdict::Forward { body, json: false }),
-        // Protobuf (or anything not JSON): forwarded as the JSON of what it asks.
+        // Always forwarded as the JSON of what the hub read and decided on, never the bytes
+        // as sent: a JSON body with repeated keys could read differently at the edge (Go's
+        // decoder merges them) and ask it another question; a protobuf body the edge may not
+        // take.
         Decision::Allow => {
             let mut v = kreview::access_answer(&asked, true, "");
             if let Some(o) = v.as_object_mut() {
@@ -262,7 +264,21 @@ mod tests {
         // list pods in default: forwarded, as JSON when it came as protobuf.
         let list = br#"{"kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"list","resource":"pods","namespace":"default"}}}"#;
         match decide(Review::Access, Some(b"application/json"), list) {
-            Verdict::Forward { body, json: false } => assert_eq!(&body[..], &list[..]),
+            Verdict::Forward { body, json: true } => {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["spec"]["resourceAttributes"]["verb"], "list");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A JSON body repeating a key: the edge is asked exactly what the hub decided on
+        // (Go's decoder would merge the two resourceAttributes into get pods/exec).
+        let twice = br#"{"spec":{"resourceAttributes":{"subresource":"exec"},"resourceAttributes":{"verb":"list","resource":"pods","namespace":"default"}}}"#;
+        match decide(Review::Access, Some(b"application/json"), twice) {
+            Verdict::Forward { body, .. } => {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["spec"]["resourceAttributes"]["subresource"], "");
+                assert_eq!(v["spec"]["resourceAttributes"]["verb"], "list");
+            }
             other => panic!("{other:?}"),
         }
         let pb = CAN_I_GET_PODS

@@ -267,7 +267,7 @@ mod idle {
         let mut configs = Vec::with_capacity(a.count + 1);
         for i in 0..=a.count {
             let c = ca
-                .issue_client(&format!("idle-{i}"), &[])
+                .issue_agent(&format!("idle-{i}"))
                 .map_err(|e| e.to_string())?;
             configs.push(client_tls(&ca.cert_pem(), &c)?);
         }

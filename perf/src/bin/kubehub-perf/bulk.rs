@@ -486,7 +486,7 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
     let hub_cert = ca
         .issue_server(&["localhost", "127.0.0.1"])
         .map_err(|e| e.to_string())?;
-    let agent_cert = ca.issue_client("bulk", &[]).map_err(|e| e.to_string())?;
+    let agent_cert = ca.issue_agent("bulk").map_err(|e| e.to_string())?;
     write(&dir, "ca.crt", &ca.cert_pem())?;
     write(&dir, "hub.crt", &hub_cert.cert)?;
     write(&dir, "hub.key", &hub_cert.key)?;

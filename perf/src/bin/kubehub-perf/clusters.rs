@@ -188,7 +188,7 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
     ))?;
     let t = Instant::now();
     for name in &names {
-        let c = ca.issue_client(name, &[]).map_err(|e| e.to_string())?;
+        let c = ca.issue_agent(name).map_err(|e| e.to_string())?;
         write(&dir, &format!("agents/{name}.crt"), &c.cert)?;
         write(&dir, &format!("agents/{name}.key"), &c.key)?;
         write(&dir, &format!("agents/{name}.toml"), &format!(
