@@ -28,6 +28,8 @@ pub struct MetaClient {
     authority: String,
     prefix: String,
     timeout: Duration,
+    /// `Authorization: Bearer …` on every call (`kubehub ctl`); enrollment sends none.
+    token: Option<String>,
 }
 
 /// The metaserver's error answers: `{"error": "<message>"}`.
@@ -62,12 +64,19 @@ impl MetaClient {
             authority: authority.as_str().to_owned(),
             prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout,
+            token: None,
         })
     }
 
     /// The same client, sending `user_agent` (e.g. `kubehub-agent/0.1.0`).
     pub fn with_user_agent(mut self, user_agent: &'static str) -> MetaClient {
         self.user_agent = user_agent;
+        self
+    }
+
+    /// The same client, authenticating every call with a bearer token.
+    pub fn with_token(mut self, token: String) -> MetaClient {
+        self.token = Some(token);
         self
     }
 
@@ -107,6 +116,28 @@ impl MetaClient {
         self.call(tls, Method::PUT, path, Some(body)).await
     }
 
+    /// `DELETE path`, the answer's JSON (`null` for an empty answer).
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+    ) -> Result<T, EnrollError> {
+        self.call(tls, Method::DELETE, path, None).await
+    }
+
+    /// Any call with an optional JSON body: what `kubehub ctl` sends.
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, EnrollError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| self.transport(path, format!("method {method:?}: {e}")))?;
+        self.call(tls, method, path, body).await
+    }
+
     fn transport(&self, path: &str, why: impl std::fmt::Display) -> EnrollError {
         EnrollError::Meta {
             url: format!("{}{path}", self.url),
@@ -136,7 +167,9 @@ impl MetaClient {
                 message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| EnrollError::BadAnswer {
+        // An empty answer (204) reads as JSON `null`.
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).map_err(|e| EnrollError::BadAnswer {
             url: format!("{}{path}", self.url),
             why: e.to_string(),
         })
@@ -174,6 +207,9 @@ impl MetaClient {
             .header(header::USER_AGENT, self.user_agent);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
