@@ -28,6 +28,12 @@ const CA_CERT: &str = "ca/cert";
 /// Deletions that checked "nothing refers to this" compare it, so a reference created between
 /// their check and their write makes them fail instead of leaving it dangling.
 const MARKS: &str = "marks/";
+/// `usertokens/<user>/<id>`: every token of a user, written and deleted in the same
+/// transactions as the token, so a user's tokens are found without reading everyone's.
+const USER_TOKENS: &str = "usertokens/";
+/// The most expired tokens one issuance clears away (a transaction's size is bounded).
+const SWEEP: usize = 32;
+
 /// `tombstones/clusters/<id>`: a deleted cluster's tenant, and until when its agents'
 /// certificates may still be valid (see [`Meta::create_cluster`]).
 const TOMBSTONES: &str = "tombstones/clusters/";
@@ -355,6 +361,19 @@ impl Meta {
             out.push((decode(kv)?, kv.mod_revision));
         }
         Ok((out, rev))
+    }
+
+    /// A user's tokens with their revisions, through the `usertokens/` index.
+    async fn user_tokens(&self, user: &str) -> Result<Vec<(TokenRecord, i64)>> {
+        let (ids, _) = self.store.list(&format!("{USER_TOKENS}{user}/")).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for kv in ids {
+            let id = kv.key.rsplit('/').next().unwrap_or_default();
+            if let Some((Record::Token(t), rev)) = self.get_record(&format!("tokens/{id}")).await? {
+                out.push((t, rev));
+            }
+        }
+        Ok(out)
     }
 
     /// Records of one kind (`tenants`, `users`, `clusters`, `grants`, `tokens`) the caller may
@@ -709,13 +728,10 @@ impl Meta {
                         }
                     }
                 }
-                let (tokens, _) = self.records("tokens").await?;
-                for (t, _) in tokens {
-                    if let Record::Token(t) = &t {
-                        if t.user == u.name {
-                            txn = txn.then(Op::delete(format!("{ACCESS}tokens/{}", t.id)));
-                        }
-                    }
+                // Its tokens go first (they authenticate no one once the user is gone, but
+                // they should not outlive it in the store).
+                if blockers.is_empty() {
+                    self.revoke_all(&u.name).await?;
                 }
             }
             Record::Cluster(c) => {
@@ -744,7 +760,10 @@ impl Meta {
                 };
                 txn = txn.then(Op::put(format!("{TOMBSTONES}{}", c.id), json(&tomb)?));
             }
-            Record::Grant(_) | Record::Token(_) => {}
+            Record::Token(t) => {
+                txn = txn.then(Op::delete(format!("{USER_TOKENS}{}/{}", t.user, t.id)));
+            }
+            Record::Grant(_) => {}
         }
         if !blockers.is_empty() {
             return Err(MetaError::Conflict(format!(
@@ -765,25 +784,27 @@ impl Meta {
         if !own {
             caller.must_manage(&u.tenant)?;
         }
-        let (tokens, _) = self.records("tokens").await?;
-        let mut txn = Txn::new();
-        let mut n = 0;
-        for (t, rev) in tokens {
-            if let Record::Token(t) = t {
-                if t.user == user {
-                    let k = format!("{ACCESS}tokens/{}", t.id);
-                    txn = txn
-                        .when(Compare::mod_revision(k.clone(), rev))
-                        .then(Op::delete(k));
-                    n += 1;
-                }
-            }
-        }
-        if n > 0 {
-            self.commit(txn, "revoking tokens").await?;
-        }
+        let n = self.revoke_all(user).await?;
         info!(user, revoked = n, "tokens revoked");
         Ok(n)
+    }
+
+    /// Deletes every token of `user`, in transactions of a bounded size (etcd takes at most
+    /// 128 operations in one).
+    async fn revoke_all(&self, user: &str) -> Result<usize> {
+        let tokens = self.user_tokens(user).await?;
+        for chunk in tokens.chunks(SWEEP) {
+            let mut txn = Txn::new();
+            for (t, rev) in chunk {
+                let k = format!("{ACCESS}tokens/{}", t.id);
+                txn = txn
+                    .when(Compare::mod_revision(k.clone(), *rev))
+                    .then(Op::delete(k))
+                    .then(Op::delete(format!("{USER_TOKENS}{user}/{}", t.id)));
+            }
+            self.commit(txn, "revoking tokens").await?;
+        }
+        Ok(tokens.len())
     }
 
     /// The access records of one tenant (and its users), as an index, to answer "which
@@ -891,13 +912,13 @@ impl Meta {
             }
             _ => (clusters, t_now + lifetime),
         };
-        let (tokens, _) = self.records("tokens").await?;
         let mut live = Vec::new();
-        for (t, rev) in tokens {
-            if let Record::Token(t) = t {
-                if t.user == user.name && (t.expires == 0 || t.expires > t_now) {
-                    live.push((t, rev));
-                }
+        let mut expired = Vec::new();
+        for (t, rev) in self.user_tokens(&user.name).await? {
+            if t.expires == 0 || t.expires > t_now {
+                live.push((t, rev));
+            } else if expired.len() < SWEEP {
+                expired.push((t, rev));
             }
         }
         if !req.replace && live.len() >= self.cfg.tokens.max_per_user {
@@ -930,12 +951,28 @@ impl Meta {
                 user_rev,
             ))
             .when(Compare::absent(k.clone()))
-            .then(Op::put(k, encode(&r)?));
+            .then(Op::put(k, encode(&r)?))
+            .then(Op::put(
+                format!("{USER_TOKENS}{}/{}", user.name, record.id),
+                Vec::new(),
+            ))
+            // A user being deleted meanwhile (its tokens revoked first) must not be left
+            // with this one: the deletion compares the tenant's mark.
+            .then(Op::put(format!("{MARKS}{}", user.tenant), Vec::new()));
+        // Expired tokens of the user are cleared away as it gets a new one.
+        for (t, rev) in &expired {
+            let k = format!("{ACCESS}tokens/{}", t.id);
+            txn = txn
+                .when(Compare::mod_revision(k.clone(), *rev))
+                .then(Op::delete(k))
+                .then(Op::delete(format!("{USER_TOKENS}{}/{}", user.name, t.id)));
+        }
         let mut revoked = 0;
         if req.replace {
             for (t, rev) in &live {
                 let k = format!("{ACCESS}tokens/{}", t.id);
                 txn = txn
+                    .then(Op::delete(format!("{USER_TOKENS}{}/{}", user.name, t.id)))
                     .when(Compare::mod_revision(k.clone(), *rev))
                     .then(Op::delete(k));
                 revoked += 1;

@@ -415,6 +415,27 @@ async fn kubeconfigs_and_tokens(kind: Kind) {
         c.get("/v1/tokens?user=alice").await.unwrap()["items"],
         json!([])
     );
+    // Expired tokens are cleared away when the user gets a new one.
+    c.post("/v1/kubeconfig", &json!({"user": "alice", "lifetimeS": 1}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fresh = c
+        .post("/v1/kubeconfig", &json!({"user": "alice"}))
+        .await
+        .unwrap();
+    let list = c.get("/v1/tokens?user=alice").await.unwrap();
+    let ids: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(ids, [&fresh["token"]["id"]], "only the live token is left");
+    // Deleting the user revokes its tokens.
+    c.delete("/v1/grants/a/read").await.unwrap();
+    c.delete("/v1/users/alice").await.unwrap();
+    assert_eq!(c.get("/v1/tokens").await.unwrap()["items"], json!([]));
     m.stop().await;
 }
 
