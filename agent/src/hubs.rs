@@ -16,7 +16,7 @@
 //!   removed changes the choice of only the clusters that rank it first.
 //! * A tunnel that fails is redialled with the backoff. Once it has been failing for
 //!   `failover_after_ms`, or as soon as its hub is gone from the registry, the chooser gives
-//!   the hub up and dials the next one in rendezvous order, skipping hubs given up in the last
+//!   the hub up and dials the next one in rendezvous order, passing over hubs given up in the last
 //!   6 × `failover_after_ms` unless nothing else is left (then the one given up longest ago),
 //!   after a random delay of up to `[reconnect] initial_ms` (the agents of a dead hub fail over
 //!   at about the same time; their dials are spread like reconnects). A healthy tunnel is

@@ -224,19 +224,11 @@ impl FakeMeta {
 /// the certificate, and hangs up: the agent dials again and again.
 async fn recording_hub(ca: &Ca) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
     let serving = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let roots = Arc::new(kubehub_pki::parse_roots(&ca.cert_pem()).unwrap());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            kubehub_pki::parse_certs(&serving.cert).unwrap(),
-            kubehub_pki::parse_key(&serving.key).unwrap(),
-        )
-        .unwrap();
+    let cfg = kubehub_pki::tunnel_server_config(
+        kubehub_pki::parse_roots(&ca.cert_pem()).unwrap(),
+        Arc::new(kubehub_pki::ReloadingCert::from_pem(&serving.cert, &serving.key).unwrap()),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -327,23 +327,11 @@ impl FakeHub {
         let listener = socket.listen(64)?;
         let addr = listener.local_addr()?;
         let cert = ca.issue_server(&["127.0.0.1", "localhost"]).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = kubehub_pki::parse_roots(&ca.cert_pem()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
+        let cfg = kubehub_pki::tunnel_server_config(
+            kubehub_pki::parse_roots(&ca.cert_pem()).unwrap(),
+            Arc::new(kubehub_pki::ReloadingCert::from_pem(&cert.cert, &cert.key).unwrap()),
         )
-        .build()
         .unwrap();
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                kubehub_pki::parse_certs(&cert.cert).unwrap(),
-                kubehub_pki::parse_key(&cert.key).unwrap(),
-            )
-            .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let (stop, stopped) = watch::channel(false);
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -186,14 +186,7 @@ listen = "127.0.0.1:0"
             )
             .await
         });
-        v["kubeconfig"]
-            .as_str()
-            .unwrap()
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("token: "))
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
+        kubehub_testkit::kubeconfig_token(v["kubeconfig"].as_str().unwrap())
     }
 
     /// The status code of GET `path` on `hub` with `token`.

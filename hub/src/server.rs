@@ -197,15 +197,7 @@ pub fn agent_tls(
         .as_ref()
         .ok_or_else(|| tls("client_ca is required".into()))?;
     let roots = pki::load_roots(ca_path).map_err(|e| tls(e.to_string()))?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| tls(e.to_string()))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(cert.clone());
+    let cfg = pki::tunnel_server_config(roots, cert.clone()).map_err(|e| tls(e.to_string()))?;
     Ok((Arc::new(cfg), cert))
 }
 

@@ -351,14 +351,7 @@ fn renewal_replaces_the_served_certificate_and_connections_carry_on() {
         "/v1/kubeconfig",
         json!({"user": "alice", "clusters": [CLUSTER]}),
     );
-    let token = kubeconfig["kubeconfig"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let token = kubehub_testkit::kubeconfig_token(kubeconfig["kubeconfig"].as_str().unwrap());
     let ca_pem = env.meta.ca_pem().to_owned();
     let agent_toml = env.dir.path().join("agent.toml");
     std::fs::write(

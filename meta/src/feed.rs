@@ -53,7 +53,9 @@ async fn snapshot(meta: &Meta, tx: &mpsc::Sender<Bytes>) -> Result<Option<i64>, 
         let k = kv.key.strip_prefix(ACCESS).unwrap_or(&kv.key);
         match Record::parse(k, &kv.value) {
             Ok(r) => records.push(r),
-            Err(e) => warn!("skipping a stored record the feed cannot read: {e}"),
+            Err(e) => {
+                warn!("a stored record the feed cannot read is left out of the snapshot: {e}")
+            }
         }
     }
     let l = Line::Snapshot { revision, records };

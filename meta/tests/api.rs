@@ -320,12 +320,7 @@ async fn kubeconfigs_and_tokens(kind: Kind) {
         "{kc}"
     );
     assert!(!kc.contains("a-c2"), "only granted clusters: {kc}");
-    let token = kc
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let token = kubehub_testkit::kubeconfig_token(kc);
     assert!(token.starts_with("khT."));
     let t = &v["token"];
     let lifetime = t["expires"].as_u64().unwrap() - t["created"].as_u64().unwrap();
@@ -724,14 +719,7 @@ async fn a_restart_loses_nothing(kind: Kind) {
     assert_eq!(m.meta.ca_pem(), ca, "the same CA after a restart");
     let after = everything(&m.admin).await;
     assert_eq!(before, after);
-    let token = kc["kubeconfig"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let token = kubehub_testkit::kubeconfig_token(kc["kubeconfig"].as_str().unwrap());
     assert_eq!(
         m.as_token(&token).get("/v1/whoami").await.unwrap()["user"]["name"],
         "alice",
@@ -776,14 +764,7 @@ async fn two_replicas_on_one_etcd_agree() {
         .post("/v1/kubeconfig", &json!({"user": "sam"}))
         .await
         .unwrap();
-    let token = kc["kubeconfig"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
+    let token = kubehub_testkit::kubeconfig_token(kc["kubeconfig"].as_str().unwrap());
     assert_eq!(
         b.as_token(&token).get("/v1/whoami").await.unwrap()["user"]["name"],
         "sam"

@@ -595,6 +595,24 @@ pub fn server_config(cert: &CertPem) -> Result<rustls::ServerConfig, PkiError> {
     Ok(cfg)
 }
 
+/// The server side of an agent tunnel (the hub's agent listener, and test hubs): TLS 1.3 only,
+/// a client certificate required and verified against `roots`, the server certificate from
+/// `cert` (replaceable while serving).
+pub fn tunnel_server_config(
+    roots: rustls::RootCertStore,
+    cert: std::sync::Arc<ReloadingCert>,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .map_err(|e| PkiError::Invalid(format!("client certificate verifier: {e}")))?;
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert))
+}
+
 /// What [`write_dev_set`] issues.
 #[derive(Debug, Clone)]
 pub struct DevSet {

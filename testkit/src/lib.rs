@@ -53,3 +53,13 @@ pub fn run_python_client(kubeconfig: &std::path::Path) {
     );
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }
+
+/// The bearer token in a kubeconfig meta issued (`users[0].user.token`).
+pub fn kubeconfig_token(kubeconfig: &str) -> String {
+    kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap_or_else(|| panic!("no token in the kubeconfig:\n{kubeconfig}"))
+        .trim_matches('"')
+        .to_owned()
+}
