@@ -24,7 +24,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 
-use super::sys;
+use crate::sys;
 
 /// Options of `kubehub-perf get`.
 #[derive(Debug, clap::Args)]
@@ -189,7 +189,7 @@ fn classify(log: &str, target: &str) -> EdgeCounts {
     c
 }
 
-async fn edge_take(client: &super::HttpClient, url: &str) -> Result<String, String> {
+async fn edge_take(client: &crate::HttpClient, url: &str) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("--edge-log: {e}"))?;
     let resp = client
         .get(uri)
@@ -206,7 +206,7 @@ async fn edge_take(client: &super::HttpClient, url: &str) -> Result<String, Stri
 
 /// Runs `kubehub-perf get`.
 pub async fn run(a: GetArgs) -> Result<(), String> {
-    let client = super::client(a.ca.as_deref(), a.connections)?;
+    let client = crate::client(a.ca.as_deref(), a.connections)?;
     let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
     let headers = Arc::new(
         a.headers

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use kubehub_pki::Ca;
 
-use super::bulk::Procs;
-use super::sys::{free_port, rss_kib};
+use crate::bulk::Procs;
+use crate::sys::{free_port, rss_kib};
 
 /// Options of `kubehub-perf cached-clusters`.
 #[derive(Debug, clap::Args)]
@@ -70,8 +70,8 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
     std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
 }
 
-async fn get_text(client: &super::HttpClient, url: &str) -> Result<String, String> {
-    let body = super::edge::get_bytes(client, url).await?;
+async fn get_text(client: &crate::HttpClient, url: &str) -> Result<String, String> {
+    let body = crate::edge::get_bytes(client, url).await?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -96,7 +96,7 @@ fn parse_metrics(text: &str) -> (u64, Vec<(String, u64)>) {
 /// Waits until `n` agents are connected and (with the cache) every cached type is synced
 /// for `n` clusters. Returns the cached types' count.
 async fn wait_for(
-    client: &super::HttpClient,
+    client: &crate::HttpClient,
     metrics: &str,
     n: u64,
     cache: bool,
@@ -223,7 +223,7 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
         &sim_args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
     let hub_pid = procs.start("hub", &bin, &dir, &["hub", "--config", "hub.toml"])?;
-    let client = super::client(None, 4)?;
+    let client = crate::client(None, 4)?;
     let metrics = format!("http://127.0.0.1:{admin}/metrics");
     let last_cluster = format!(
         "http://127.0.0.1:{sim}/clusters/{}/api/v1/namespaces",

@@ -276,7 +276,7 @@ fn body_client(ca: Option<&std::path::Path>, conns: usize) -> Result<BodyClient,
         Some(ca) => kubehub_pki::load_roots(ca).map_err(|e| e.to_string())?,
         None => rustls::RootCertStore::empty(),
     };
-    super::https_client(roots, conns)
+    crate::https_client(roots, conns)
 }
 
 async fn post(
@@ -447,7 +447,7 @@ pub fn cache_types(clusters: &serde_json::Value, cluster: &str) -> Vec<(String, 
 
 /// `kubehub-perf wait-synced`.
 pub async fn wait_synced(a: WaitSyncedArgs) -> Result<(), String> {
-    let client = super::client(None, 2)?;
+    let client = crate::client(None, 2)?;
     let want = match &a.like {
         Some(url) => Some(
             get_json(&client, url).await?["items"]

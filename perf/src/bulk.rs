@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use kubehub_pki::Ca;
 
-use super::sys::{clock_ticks, cpu_secs, free_port, machine_idle_secs};
+use crate::sys::{clock_ticks, cpu_secs, free_port, machine_idle_secs};
 
 /// Options of `kubehub-perf bulk`.
 #[derive(Debug, clap::Args)]
@@ -175,7 +175,7 @@ fn client(ca_pem: &str) -> Result<HttpClient, String> {
     for c in kubehub_pki::parse_certs(ca_pem).map_err(|e| e.to_string())? {
         roots.add(c).map_err(|e| e.to_string())?;
     }
-    super::https_client(roots, 1024)
+    crate::https_client(roots, 1024)
 }
 
 impl Target {

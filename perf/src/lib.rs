@@ -1,0 +1,58 @@
+//! KubeHub's load harness as a library: the `kubehub-perf` binary is its command line, and
+//! the tests drive the same pieces. See `perf/README.md` for the scenarios and how to run them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+pub mod bulk;
+pub mod clusters;
+pub mod edge;
+pub mod get;
+pub mod idle;
+pub mod summary;
+pub mod sys;
+
+/// An HTTP/1.1 client (TLS or plain) with empty request bodies.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+pub fn client(ca: Option<&std::path::Path>, conns: usize) -> Result<HttpClient, String> {
+    let roots = match ca {
+        Some(ca) => kubehub_pki::load_roots(ca).map_err(|e| e.to_string())?,
+        None => rustls::RootCertStore::empty(),
+    };
+    https_client(roots, conns)
+}
+
+/// An HTTP/1.1 client over TLS (or plain HTTP) trusting `roots`, keeping up to `conns` idle
+/// connections per host.
+pub fn https_client<B>(
+    roots: rustls::RootCertStore,
+    conns: usize,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(conns)
+        .build(conn))
+}
