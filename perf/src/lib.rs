@@ -13,6 +13,8 @@ pub mod clusters;
 pub mod edge;
 pub mod get;
 pub mod idle;
+pub mod plot;
+pub mod report;
 pub mod summary;
 pub mod sys;
 

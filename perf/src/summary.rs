@@ -250,6 +250,158 @@ pub fn run(a: SummaryArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A scenario's report as Markdown: runs (latencies, errors, per-process CPU and memory),
+/// ratios of the hub against each peer measured in the same round, figures, notes, plots.
+pub fn markdown(r: &crate::report::Report, plots: &[std::path::PathBuf]) -> String {
+    use std::fmt::Write;
+    let ms = |us: f64| format!("{:.3}", us / 1000.0);
+    let mut s = String::new();
+    let _ = writeln!(s, "# kubehub-perf {}\n", r.scenario);
+    let _ = writeln!(s, "Command: `{}`  ", r.command);
+    let _ = writeln!(
+        s,
+        "Started {} on {} cores, Linux {}, {} MiB, open files {}/{}.\n",
+        r.started,
+        r.machine.cores,
+        r.machine.kernel,
+        r.machine.memory_mib,
+        r.machine.nofile.0,
+        r.machine.nofile.1
+    );
+    if r.runs.iter().any(|run| !run.ops.is_empty()) {
+        let _ = writeln!(s, "## Latency (ms, from the intended send time)\n");
+        let _ = writeln!(
+            s,
+            "| target | round | op | rate offered | ok | errors | per s | p50 | p90 | p99 | p99.9 | max |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for run in &r.runs {
+            for o in &run.ops {
+                let errors = if o.errors.is_empty() {
+                    "0".to_owned()
+                } else {
+                    o.errors
+                        .iter()
+                        .map(|(k, v)| format!("{v} {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                    run.target,
+                    run.round,
+                    o.name,
+                    run.offered_rate,
+                    o.ok,
+                    errors,
+                    o.throughput,
+                    ms(o.p50_us),
+                    ms(o.p90_us),
+                    ms(o.p99_us),
+                    ms(o.p999_us),
+                    ms(o.max_us)
+                );
+            }
+        }
+        s.push('\n');
+    }
+    if r.runs.iter().any(|run| !run.procs.is_empty()) {
+        let _ = writeln!(s, "## Server processes\n");
+        let _ = writeln!(
+            s,
+            "| target | round | process | CPU s | CPU µs per request | RSS MiB |"
+        );
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+        for run in &r.runs {
+            for p in &run.procs {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.2} | {} | {:.1} |",
+                    run.target,
+                    run.round,
+                    p.name,
+                    p.cpu_secs,
+                    p.cpu_us_per_request
+                        .map_or("-".to_owned(), |v| format!("{v:.1}")),
+                    p.rss_kib as f64 / 1024.0
+                );
+            }
+        }
+        s.push('\n');
+        // Ratios within a round: the hub's side against every other target.
+        let mut lines = Vec::new();
+        for hub in r.runs.iter().filter(|x| x.target == "kubehub") {
+            for peer in r
+                .runs
+                .iter()
+                .filter(|x| x.round == hub.round && x.target != "kubehub")
+            {
+                let (Some(a), Some(b)) = (hub.cpu_us_per_request(), peer.cpu_us_per_request())
+                else {
+                    continue;
+                };
+                let p99 = |run: &crate::report::Run| run.ops.first().map_or(0.0, |o| o.p99_us);
+                lines.push(format!(
+                    "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                    hub.round,
+                    peer.target,
+                    a,
+                    b,
+                    if b > 0.0 { a / b } else { f64::NAN },
+                    if p99(peer) > 0.0 {
+                        p99(hub) / p99(peer)
+                    } else {
+                        f64::NAN
+                    }
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(s, "## KubeHub against the others, same round\n");
+            let _ = writeln!(
+                s,
+                "| round | other | kubehub CPU µs/req | other CPU µs/req | CPU ratio | p99 ratio |"
+            );
+            let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+            for l in lines {
+                let _ = writeln!(s, "{l}");
+            }
+            s.push('\n');
+        }
+    }
+    if r.runs.iter().any(|run| !run.figures.is_empty()) {
+        let _ = writeln!(s, "## Figures\n");
+        let _ = writeln!(s, "| target | round | figure | value |");
+        let _ = writeln!(s, "| --- | --- | --- | --- |");
+        for run in &r.runs {
+            for (k, v) in &run.figures {
+                let _ = writeln!(s, "| {} | {} | {k} | {v:.2} |", run.target, run.round);
+            }
+        }
+        s.push('\n');
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        s.push('\n');
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(s, "## Plots\n");
+        for p in plots {
+            if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                let _ = writeln!(s, "![{name}]({name})");
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

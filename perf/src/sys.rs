@@ -111,3 +111,20 @@ pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
+
+/// The open-files limit of this process (soft, hard).
+pub fn nofile_limit() -> (u64, u64) {
+    rlimit::Resource::NOFILE.get().unwrap_or((0, 0))
+}
+
+/// Raises this process's open-files limit to its hard limit (children started afterwards
+/// inherit it) and returns the new soft limit. Many agents and their hub need one descriptor
+/// per tunnel; the hard limit is what the machine allows without privileges, and a run that
+/// needs more says so (see `fleet`).
+pub fn raise_nofile() -> u64 {
+    let (soft, hard) = nofile_limit();
+    if soft < hard && rlimit::Resource::NOFILE.set(hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
