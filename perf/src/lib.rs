@@ -13,6 +13,7 @@ pub mod clusters;
 pub mod edge;
 pub mod get;
 pub mod idle;
+pub mod load;
 pub mod plot;
 pub mod report;
 pub mod summary;
