@@ -441,6 +441,12 @@ pub struct AgentConfig {
     /// The cluster's labels (sent in HELLO).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The source address of connections to hubs (e.g. `"10.0.0.5"` on a multi-homed edge
+    /// host). Default: the kernel's choice. The load harness gives each simulated agent its
+    /// own address in 127.0.0.0/8, so that tens of thousands of tunnels to one hub do not run
+    /// out of ephemeral ports.
+    #[serde(default)]
+    pub local_address: Option<std::net::IpAddr>,
     /// TLS towards the hubs.
     #[serde(default)]
     pub tls: Tls,
@@ -512,6 +518,7 @@ impl AgentConfig {
             agent_id: None,
             hubs: Vec::new(),
             labels: Default::default(),
+            local_address: None,
             tls: Tls::default(),
             meta: Some(meta),
             upstream,

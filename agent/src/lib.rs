@@ -250,6 +250,20 @@ pub struct Agent {
     pub client_cert: Arc<kubehub_pki::ReloadingClientCert>,
 }
 
+/// What [`Agent::start_with`] takes instead of reading files: the client certificate (and its
+/// PEM, for the expiry metric), the CA roots that verify hubs, the edge.
+#[derive(Debug)]
+pub struct Parts {
+    /// The certificate tunnels present.
+    pub client_cert: Arc<kubehub_pki::ReloadingClientCert>,
+    /// Its PEM.
+    pub cert_pem: String,
+    /// Roots verifying the hubs.
+    pub roots: rustls::RootCertStore,
+    /// The edge API server.
+    pub upstream: upstream::UpstreamClient,
+}
+
 /// The delay before reconnect attempt `attempt` (0-based): "full jitter", a uniform draw from
 /// zero to an exponential ceiling (`initial × 2^attempt`, at most `max`). When a hub restarts,
 /// its thousands of agents spread their reconnects evenly over the whole window instead of
@@ -276,13 +290,6 @@ impl Agent {
     /// ([`enroll::prepare`]; `cluster_id` set, and `hubs` unless they come from the registry),
     /// renews its certificate if `renew` is on, and registers itself ([`hubs`]).
     pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        if cfg.cluster_id.is_empty() {
-            return Err(AgentError::NotEnrolled("cluster_id is empty"));
-        }
-        let from_registry = cfg.meta.as_ref().is_some_and(|m| m.hubs_from_registry);
-        if cfg.hubs.is_empty() && !from_registry {
-            return Err(AgentError::NotEnrolled("no hubs to dial"));
-        }
         let files = cfg
             .tls_files()
             .map_err(|e| AgentError::Tls(e.to_string()))?;
@@ -297,8 +304,37 @@ impl Agent {
         );
         let roots =
             kubehub_pki::load_roots(&files.ca).map_err(|e| AgentError::Tls(e.to_string()))?;
-        let tls = tunnel::client_tls_with(roots, client_cert.clone()).map_err(AgentError::Tls)?;
         let upstream = upstream::UpstreamClient::new(&cfg.upstream)?;
+        Agent::start_with(
+            cfg,
+            Parts {
+                client_cert,
+                cert_pem,
+                roots,
+                upstream,
+            },
+        )
+    }
+
+    /// Starts the agent with its TLS material and upstream given rather than read from the
+    /// files and URL the configuration names (`tls` and `upstream` are then not used; with
+    /// `[meta]`, enrollment's files still are). The load harness runs thousands of agents in
+    /// one process this way, each with an in-memory certificate and an in-process edge.
+    pub fn start_with(cfg: AgentConfig, parts: Parts) -> Result<Agent, AgentError> {
+        let Parts {
+            client_cert,
+            cert_pem,
+            roots,
+            upstream,
+        } = parts;
+        if cfg.cluster_id.is_empty() {
+            return Err(AgentError::NotEnrolled("cluster_id is empty"));
+        }
+        let from_registry = cfg.meta.as_ref().is_some_and(|m| m.hubs_from_registry);
+        if cfg.hubs.is_empty() && !from_registry {
+            return Err(AgentError::NotEnrolled("no hubs to dial"));
+        }
+        let tls = tunnel::client_tls_with(roots, client_cert.clone()).map_err(AgentError::Tls)?;
         let metrics = Arc::new(Metrics::default());
         if let Ok((_, not_after)) = kubehub_pki::cert_validity(&cert_pem) {
             metrics.cert.expires(not_after);
@@ -306,16 +342,23 @@ impl Agent {
         let (stop, _) = watch::channel(false);
         let mut tasks = Vec::new();
         let book = Arc::new(hubs::Book::new());
-        let meta_access = match &cfg.meta {
-            Some(meta) => {
-                let client = enroll::enroller(meta, &files)?.client;
+        let files = match &cfg.meta {
+            Some(_) => Some(
+                cfg.tls_files()
+                    .map_err(|e| AgentError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let meta_access = match (&cfg.meta, &files) {
+            (Some(meta), Some(files)) => {
+                let client = enroll::enroller(meta, files)?.client;
                 let ca_pem = kubehub_enroll::read(&files.ca)?;
                 let tls = kubehub_enroll::verified_config(&ca_pem, Some(client_cert.clone()))?;
                 Some((meta.clone(), hubs::MetaAccess { client, tls }))
             }
-            None => None,
+            _ => None,
         };
-        if let Some(meta) = cfg.meta.clone().filter(|m| m.renew) {
+        if let (Some(meta), Some(files)) = (cfg.meta.clone().filter(|m| m.renew), files) {
             let renewal = enroll::Renewal {
                 meta,
                 files,

@@ -375,7 +375,7 @@ impl Api {
         &self,
         query: &str,
         op: &str,
-    ) -> Result<http::Response<hyper::body::Incoming>, ReflectorError> {
+    ) -> Result<http::Response<crate::upstream::DownBody>, ReflectorError> {
         let path = format!("{}?{query}", self.path);
         let fields = [(
             Bytes::from_static(b"accept"),
@@ -487,7 +487,7 @@ impl Api {
         &self,
         rv: &str,
         timeout_s: u64,
-    ) -> Result<hyper::body::Incoming, ReflectorError> {
+    ) -> Result<crate::upstream::DownBody, ReflectorError> {
         let query = format!(
             "watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={timeout_s}",
             encode_query_value(rv)

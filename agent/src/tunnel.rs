@@ -196,6 +196,32 @@ pub fn client_tls_with(
     Ok(Arc::new(c))
 }
 
+/// Connects to `hub` (host:port, resolved) from the source address `local`.
+async fn connect_from(local: std::net::IpAddr, hub: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(hub).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of {hub} in the family of local_address {local}"),
+        )
+    }))
+}
+
 /// Connects to `hub`, handshakes, and serves until the connection ends. `on_up` runs once the
 /// handshake succeeded (to reset the backoff).
 pub async fn run_once(
@@ -208,9 +234,11 @@ pub async fn run_once(
 ) -> Result<(), TunnelError> {
     let deadline = Duration::from_millis(cfg.limits.connect_timeout_ms);
     let connect = async {
-        let tcp = TcpStream::connect(hub)
-            .await
-            .map_err(|e| TunnelError::Connect(hub.into(), e))?;
+        let tcp = match cfg.local_address {
+            None => TcpStream::connect(hub).await,
+            Some(local) => connect_from(local, hub).await,
+        }
+        .map_err(|e| TunnelError::Connect(hub.into(), e))?;
         tcp.set_nodelay(true)
             .map_err(|e| TunnelError::Connect(hub.into(), e))?;
         let name = rustls::pki_types::ServerName::try_from(cfg.server_name_for(hub))
@@ -764,4 +792,24 @@ async fn answer(
     } else {
         shared.with(|c| c.send_end(id, trailers))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_address_is_the_source_of_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = listener.local_addr().unwrap().to_string();
+        let local: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        let (dialed, accepted) = tokio::join!(connect_from(local, &hub), listener.accept());
+        let dialed = dialed.unwrap();
+        assert_eq!(dialed.local_addr().unwrap().ip(), local);
+        assert_eq!(accepted.unwrap().1.ip(), local);
+        // An address of the other family cannot reach an IPv4 hub: a clear error.
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        let err = connect_from(v6, &hub).await.unwrap_err();
+        assert!(err.to_string().contains("local_address"), "{err}");
+    }
 }

@@ -1,5 +1,8 @@
 //! The edge API server, as the agent calls it: an HTTP/1.1 client (hyper, rustls) with the
-//! agent's own credentials.
+//! agent's own credentials, or an in-process handler ([`UpstreamClient::in_process`]) for an
+//! agent whose edge lives in the same process (the load harness runs thousands of agents,
+//! each over its own simulated cluster's in-process API, without an HTTP connection per
+//! watch).
 
 use std::sync::Arc;
 
@@ -13,6 +16,19 @@ use crate::config::Upstream;
 
 /// Request body type sent upstream.
 pub type UpBody = BoxBody<Bytes, std::io::Error>;
+
+/// Response body type from upstream.
+pub type DownBody = BoxBody<Bytes, std::io::Error>;
+
+/// An in-process edge: answers a request (path and query in the URI, fields, body).
+pub type Handler = Arc<
+    dyn Fn(
+            Request<UpBody>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<http::Response<DownBody>, String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +47,15 @@ pub enum UpstreamError {
 /// A client for the edge API server.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
+    via: Via,
     base: String,
     token: Option<Arc<str>>,
+}
+
+#[derive(Clone)]
+enum Via {
+    Http(Arc<Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>>),
+    InProcess(Handler),
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -90,10 +112,21 @@ impl UpstreamClient {
         base.parse::<Uri>()
             .map_err(|e| UpstreamError::Url(e.to_string()))?;
         Ok(UpstreamClient {
-            client,
+            via: Via::Http(Arc::new(client)),
             base,
             token,
         })
+    }
+
+    /// An upstream answered by `handler` in this process; `name` stands for its URL in logs.
+    /// Requests reach the handler as they would reach an API server (hop-by-hop fields,
+    /// `Host` and `Authorization` removed; the URI is the path and query only).
+    pub fn in_process(name: impl Into<String>, handler: Handler) -> UpstreamClient {
+        UpstreamClient {
+            via: Via::InProcess(handler),
+            base: name.into(),
+            token: None,
+        }
     }
 
     /// Sends a request for `path` (path and query) with the given method, fields and body.
@@ -103,10 +136,13 @@ impl UpstreamClient {
         path: &[u8],
         fields: &[(Bytes, Bytes)],
         body: UpBody,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let uri: Uri = format!("{}{}", self.base, String::from_utf8_lossy(path))
-            .parse()
-            .map_err(|e| format!("bad path: {e}"))?;
+    ) -> Result<http::Response<DownBody>, String> {
+        let uri: Uri = match &self.via {
+            Via::Http(_) => format!("{}{}", self.base, String::from_utf8_lossy(path)),
+            Via::InProcess(_) => String::from_utf8_lossy(path).into_owned(),
+        }
+        .parse()
+        .map_err(|e| format!("bad path: {e}"))?;
         let method = http::Method::from_bytes(method).map_err(|e| format!("bad method: {e}"))?;
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(h) = req.headers_mut() {
@@ -128,7 +164,11 @@ impl UpstreamClient {
             }
         }
         let req = req.body(body).map_err(|e| e.to_string())?;
-        self.client.request(req).await.map_err(|e| {
+        let client = match &self.via {
+            Via::Http(c) => c,
+            Via::InProcess(handler) => return handler(req).await,
+        };
+        let resp = client.request(req).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -137,7 +177,9 @@ impl UpstreamClient {
                 src = s.source();
             }
             msg
-        })
+        })?;
+        use http_body_util::BodyExt;
+        Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed()))
     }
 }
 

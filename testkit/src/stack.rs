@@ -254,6 +254,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         agent_id: Some("agent-test".into()),
         hubs: vec![hub.agent_addr.to_string()],
         labels: Default::default(),
+        local_address: None,
         tls: Tls {
             ca: Some(ca_path.clone()),
             cert: Some(agent_crt),
