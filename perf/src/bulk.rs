@@ -23,8 +23,8 @@
 //!   `--log-interval-ms` (10 ms at least), so this is a stream of many small chunks, not a
 //!   bulk transfer: it reports lines per second and CPU time per line.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use kubehub_pki::Ca;
 
+use crate::stack::{Stack, StackOptions};
 use crate::sys::{clock_ticks, cpu_secs, free_port, machine_idle_secs};
 
 /// Options of `kubehub-perf bulk`.
@@ -78,53 +78,8 @@ pub struct BulkArgs {
     hub_cores: usize,
 }
 
-/// Started processes, killed when dropped (also on errors).
-#[derive(Debug, Default)]
-pub struct Procs(Vec<(&'static str, Child)>);
-
-impl Procs {
-    /// Starts `bin --log warn ARGS` in `dir`, stderr to `dir/NAME.log`; returns its pid.
-    pub fn start(
-        &mut self,
-        name: &'static str,
-        bin: &Path,
-        dir: &Path,
-        args: &[&str],
-    ) -> Result<u32, String> {
-        let log =
-            std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .args(["--log", "warn"])
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {} ({name}): {e}", bin.display()))?;
-        let pid = child.id();
-        self.0.push((name, child));
-        Ok(pid)
-    }
-
-    /// An error naming the first process that exited.
-    pub fn check_alive(&mut self) -> Result<(), String> {
-        for (name, c) in &mut self.0 {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Err(format!("{name} exited ({st}); see its log in --dir"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+/// Started processes (moved to [`crate::stack`], where every scenario's set-up lives).
+pub use crate::stack::Procs;
 
 /// The processes whose CPU time is reported, in the order printed.
 #[derive(Debug, Clone)]
@@ -153,10 +108,6 @@ fn others_pct(before: &[f64], after: &[f64], wall: f64) -> f64 {
     let total = wall * cpus as f64 - (after[n - 1] - before[n - 1]);
     let ours: f64 = (0..n - 1).map(|i| after[i] - before[i]).sum();
     ((total - ours) / wall * 100.0).max(0.0)
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
-    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -481,80 +432,50 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
         String::from_utf8_lossy(&version.stdout).trim()
     );
 
-    // PKI and configuration files.
-    let ca = Ca::generate("bulk CA").map_err(|e| e.to_string())?;
-    let hub_cert = ca
-        .issue_server(&["localhost", "127.0.0.1"])
-        .map_err(|e| e.to_string())?;
-    let agent_cert = ca.issue_agent("bulk").map_err(|e| e.to_string())?;
-    write(&dir, "ca.crt", &ca.cert_pem())?;
-    write(&dir, "hub.crt", &hub_cert.cert)?;
-    write(&dir, "hub.key", &hub_cert.key)?;
-    write(&dir, "agent.crt", &agent_cert.cert)?;
-    write(&dir, "agent.key", &agent_cert.key)?;
-    let token =
-        kubehub_hub::access::write_dev_file(&dir.join("access.json"), "perf", &["bulk".into()])
-            .map_err(|e| e.to_string())?;
-    let (user, agents, admin, plain, tls) = (
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-    );
-    write(&dir, "hub.toml", &format!(
-        "id = \"hub-bulk\"\ncores = {}\nclusters = [\"bulk\"]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        a.hub_cores
-    ))?;
-    write(&dir, "agent.toml", &format!(
-        "cluster_id = \"bulk\"\nhubs = [\"127.0.0.1:{agents}\"]\n[tls]\nca = \"ca.crt\"\ncert = \"agent.crt\"\nkey = \"agent.key\"\nserver_name = \"localhost\"\n[upstream]\nurl = \"http://127.0.0.1:{plain}\"\n"
-    ))?;
-
+    // Simulator (plain HTTP), hub and agent: the stack every scenario shares. The direct
+    // path's TLS simulator gets the same arguments.
+    let interval = a.log_interval_ms.to_string();
+    let mut opts = StackOptions::new(&bin, &dir);
+    opts.cluster = "bulk".into();
+    opts.hub_id = "hub-bulk".into();
+    opts.hub_cores = a.hub_cores;
+    opts.sim_args = vec!["--log-interval-ms".into(), interval.clone()];
     // A CA left by an earlier run in the same --dir would be read before the new simulator
     // writes its own.
-    for d in ["sim-plain", "sim-tls"] {
-        let _ = std::fs::remove_dir_all(dir.join(d));
-    }
+    let _ = std::fs::remove_dir_all(dir.join("sim-tls"));
     let mut procs = Procs::default();
-    let interval = a.log_interval_ms.to_string();
-    let sim_args = |listen: String, d: &'static str| {
-        vec![
-            "sim".to_owned(),
-            "--listen".into(),
-            listen,
-            "--dir".into(),
-            d.into(),
-            "--churn".into(),
-            "0".into(),
-            "--log-interval-ms".into(),
-            interval.clone(),
-        ]
-    };
-    let plain_args = sim_args(format!("127.0.0.1:{plain}"), "sim-plain");
-    let pid_plain = procs.start(
-        "sim-plain",
-        &bin,
-        &dir,
-        &plain_args.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
-    let mut tls_args = sim_args(format!("127.0.0.1:{tls}"), "sim-tls");
-    tls_args.push("--tls".into());
+    let tls = free_port()?;
+    let tls_listen = format!("127.0.0.1:{tls}");
     let pid_tls = procs.start(
         "sim-tls",
         &bin,
         &dir,
-        &tls_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            "sim",
+            "--listen",
+            &tls_listen,
+            "--dir",
+            "sim-tls",
+            "--churn",
+            "0",
+            "--log-interval-ms",
+            &interval,
+            "--tls",
+        ],
     )?;
-    let pid_hub = procs.start("hub", &bin, &dir, &["hub", "--config", "hub.toml"])?;
-    let pid_agent = procs.start("agent", &bin, &dir, &["agent", "--config", "agent.toml"])?;
+    let mut stack = Stack::start(&opts).await?;
+    let missing = |name: &str| format!("the stack has no {name} process");
+    let pid_plain = stack.pid("sim").ok_or_else(|| missing("sim"))?;
+    let pid_hub = stack.pid("hub").ok_or_else(|| missing("hub"))?;
+    let pid_agent = stack.pid("agent").ok_or_else(|| missing("agent"))?;
 
     let plain_t = Target {
         label: "sim-plain",
-        base: format!("http://127.0.0.1:{plain}"),
+        base: stack.sim_url(),
         token: None,
-        client: client(&ca.cert_pem())?,
+        client: client(&stack.ca_pem)?,
     };
-    wait_ready(&plain_t, "/version", &mut procs).await?;
+    wait_ready(&plain_t, "/version", &mut stack.procs).await?;
     let sim_ca = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -579,11 +500,11 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
     wait_ready(&direct, "/version", &mut procs).await?;
     let hub = Target {
         label: "hub",
-        base: format!("https://127.0.0.1:{user}/clusters/bulk"),
-        token: Some(token.clone()),
-        client: client(&ca.cert_pem())?,
+        base: stack.cluster_url(),
+        token: Some(stack.token.clone()),
+        client: client(&stack.ca_pem)?,
     };
-    wait_ready(&hub, "/version", &mut procs).await?;
+    wait_ready(&hub, "/version", &mut stack.procs).await?;
     populate(&plain_t, &a).await?;
     populate(&direct, &a).await?;
 
@@ -606,6 +527,7 @@ pub async fn run(a: BulkArgs) -> Result<(), String> {
             measure_logs(&hub, &hub_w, &a, tck, round).await?;
         }
         procs.check_alive()?;
+        stack.check_alive()?;
     }
     Ok(())
 }

@@ -17,12 +17,10 @@
 //! With `--no-cache` the hub runs with `[cache] enabled = false`: the same tunnels and
 //! discovery without the cache, to tell the cache's share of the memory from the tunnels'.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kubehub_pki::Ca;
-
-use crate::bulk::Procs;
+use crate::stack::{agent_toml, wait_agents, write_file, CacheMode, HubToml, Pki, Procs};
 use crate::sys::{free_port, rss_kib};
 
 /// Options of `kubehub-perf cached-clusters`.
@@ -66,75 +64,9 @@ pub struct ClustersArgs {
     sim_args: Vec<String>,
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
-    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
-}
-
 async fn get_text(client: &crate::HttpClient, url: &str) -> Result<String, String> {
     let body = crate::edge::get_bytes(client, url).await?;
     Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
-/// From the hub's `/metrics`: agents connected, and per cached type the clusters synced.
-fn parse_metrics(text: &str) -> (u64, Vec<(String, u64)>) {
-    let mut agents = 0;
-    let mut synced = Vec::new();
-    for l in text.lines() {
-        let Some((name, value)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-        if name == "kubehub_hub_agents_connected" {
-            agents = v;
-        } else if let Some(rest) = name.strip_prefix("kubehub_hub_cache_synced_clusters{") {
-            synced.push((rest.trim_end_matches('}').to_owned(), v));
-        }
-    }
-    (agents, synced)
-}
-
-/// Waits until `n` agents are connected and (with the cache) every cached type is synced
-/// for `n` clusters. Returns the cached types' count.
-async fn wait_for(
-    client: &crate::HttpClient,
-    metrics: &str,
-    n: u64,
-    cache: bool,
-    timeout: Duration,
-    procs: &mut Procs,
-) -> Result<usize, String> {
-    let t = Instant::now();
-    let deadline = t + timeout;
-    let mut last_print = t;
-    // Types appear as their sync streams open: done only when two polls in a row agree.
-    let mut done_with = None;
-    loop {
-        let text = get_text(client, metrics).await.unwrap_or_default();
-        let (agents, synced) = parse_metrics(&text);
-        let min_synced = synced.iter().map(|(_, v)| *v).min().unwrap_or(0);
-        let done = agents >= n && (!cache || (!synced.is_empty() && min_synced >= n));
-        if done && done_with == Some(synced.len()) {
-            return Ok(synced.len());
-        }
-        done_with = done.then_some(synced.len());
-        if last_print.elapsed() > Duration::from_secs(10) {
-            last_print = Instant::now();
-            eprintln!(
-                "  {:.0} s: {agents} of {n} agents connected; {} types, synced for at least {min_synced} clusters",
-                t.elapsed().as_secs_f64(),
-                synced.len()
-            );
-        }
-        procs.check_alive()?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "after {} s: {agents} of {n} agents, {} types synced for at least {min_synced} clusters",
-                timeout.as_secs(),
-                synced.len()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// `kubehub-perf cached-clusters`.
@@ -153,50 +85,47 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
     let bin = std::path::absolute(&a.kubehub).map_err(|e| e.to_string())?;
 
     // Certificates: one CA, the hub's, one per agent (CN = cluster id).
-    let ca = Ca::generate("cached clusters CA").map_err(|e| e.to_string())?;
-    let hub_cert = ca
-        .issue_server(&["localhost", "127.0.0.1"])
-        .map_err(|e| e.to_string())?;
-    write(&dir, "ca.crt", &ca.cert_pem())?;
-    write(&dir, "hub.crt", &hub_cert.cert)?;
-    write(&dir, "hub.key", &hub_cert.key)?;
+    let pki = Pki::write(&dir, "cached clusters CA")?;
     let names: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
     kubehub_hub::access::write_dev_file(&dir.join("access.json"), "perf", &names)
         .map_err(|e| e.to_string())?;
     let (user, agents, admin, sim) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let clusters = names
-        .iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    write(&dir, "hub.toml", &format!(
-        "id = \"hub-cached\"\ncores = {}\nclusters = [{clusters}]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{user}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{agents}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[cache]\nenabled = {}\n{}",
-        a.hub_cores,
-        !a.no_cache,
-        if a.cache_types.is_empty() {
-            String::new()
+    let hub = HubToml {
+        id: "hub-cached".into(),
+        cores: a.hub_cores,
+        clusters: names.clone(),
+        user_port: user,
+        agent_port: agents,
+        admin_port: admin,
+        cache: if a.no_cache {
+            CacheMode::Disabled
         } else {
-            format!(
-                "types = [{}]\n",
-                a.cache_types
-                    .iter()
-                    .map(|t| format!("\"{t}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    ))?;
+            CacheMode::Types(a.cache_types.clone())
+        },
+        limits: Vec::new(),
+    };
+    write_file(&dir, "hub.toml", &hub.render())?;
     let t = Instant::now();
     for name in &names {
-        let c = ca.issue_agent(name).map_err(|e| e.to_string())?;
-        write(&dir, &format!("agents/{name}.crt"), &c.cert)?;
-        write(&dir, &format!("agents/{name}.key"), &c.key)?;
-        write(&dir, &format!("agents/{name}.toml"), &format!(
-            "cluster_id = \"{name}\"\nhubs = [\"127.0.0.1:{agents}\"]\n[tls]\nca = \"../ca.crt\"\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\nserver_name = \"localhost\"\n[upstream]\nurl = \"http://127.0.0.1:{sim}/clusters/{name}\"\n{}",
-            a.batch_bytes
-                .map(|b| format!("[sync]\nbatch_bytes = {b}\n"))
-                .unwrap_or_default()
-        ))?;
+        pki.write_agent(
+            &dir,
+            name,
+            &format!("agents/{name}.crt"),
+            &format!("agents/{name}.key"),
+        )?;
+        write_file(
+            &dir,
+            &format!("agents/{name}.toml"),
+            &agent_toml(
+                name,
+                agents,
+                ("../ca.crt", &format!("{name}.crt"), &format!("{name}.key")),
+                &format!("http://127.0.0.1:{sim}/clusters/{name}"),
+                &a.batch_bytes
+                    .map(|b| format!("[sync]\nbatch_bytes = {b}\n"))
+                    .unwrap_or_default(),
+            ),
+        )?;
     }
     eprintln!(
         "{n} agent certificates and configurations written in {:.1?}",
@@ -252,7 +181,7 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(a.timeout);
     let cache = !a.no_cache;
     let mut running = vec![start_agent(&names[0])?];
-    let types = wait_for(&client, &metrics, 1, cache, timeout, &mut procs).await?;
+    let types = wait_agents(&client, &metrics, 1, (cache, 0), timeout, &mut procs).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kib = rss_kib(hub_pid)?;
     let t = Instant::now();
@@ -262,7 +191,7 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(a.batch_pause_ms)).await;
         }
     }
-    wait_for(&client, &metrics, n as u64, cache, timeout, &mut procs).await?;
+    wait_agents(&client, &metrics, n as u64, (cache, 0), timeout, &mut procs).await?;
     let took = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_kib = rss_kib(hub_pid)?;
@@ -341,23 +270,4 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
     }
     drop(procs);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_lines() {
-        let text = "# HELP x\nkubehub_hub_agents_connected 3\nkubehub_hub_cache_synced_clusters{resource=\"v1/pods\"} 2\nkubehub_hub_cache_synced_clusters{resource=\"apps/v1/deployments\"} 3\nkubehub_hub_cache_objects{resource=\"v1/pods\"} 9\n";
-        let (agents, synced) = parse_metrics(text);
-        assert_eq!(agents, 3);
-        assert_eq!(
-            synced,
-            vec![
-                ("resource=\"v1/pods\"".to_owned(), 2),
-                ("resource=\"apps/v1/deployments\"".to_owned(), 3)
-            ]
-        );
-    }
 }

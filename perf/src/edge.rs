@@ -125,22 +125,22 @@ pub async fn sim(a: SimArgs) -> Result<(), String> {
 pub struct ConfigmapsArgs {
     /// Base URL of the API server (e.g. http://127.0.0.1:6443).
     #[arg(long)]
-    url: String,
+    pub url: String,
     /// Namespace to create and fill.
     #[arg(long)]
-    namespace: String,
+    pub namespace: String,
     /// ConfigMaps to create.
     #[arg(long)]
-    count: usize,
+    pub count: usize,
     /// Requests in flight.
     #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Bearer token.
     #[arg(long)]
-    token: Option<String>,
+    pub token: Option<String>,
     /// CA certificate (PEM) for https.
     #[arg(long)]
-    ca: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
 }
 
 type BodyClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;

@@ -10,12 +10,19 @@ use hyper_util::rt::TokioExecutor;
 
 pub mod bulk;
 pub mod clusters;
+pub mod compare;
 pub mod edge;
+pub mod fanout;
+pub mod fleet;
 pub mod get;
+pub mod hol;
 pub mod idle;
 pub mod load;
+pub mod peers;
 pub mod plot;
 pub mod report;
+pub mod scenario;
+pub mod stack;
 pub mod summary;
 pub mod sys;
 

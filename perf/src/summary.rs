@@ -334,11 +334,11 @@ pub fn markdown(r: &crate::report::Report, plots: &[std::path::PathBuf]) -> Stri
         s.push('\n');
         // Ratios within a round: the hub's side against every other target.
         let mut lines = Vec::new();
-        for hub in r.runs.iter().filter(|x| x.target == "kubehub") {
+        for hub in r.runs.iter().filter(|x| x.target.starts_with("kubehub")) {
             for peer in r
                 .runs
                 .iter()
-                .filter(|x| x.round == hub.round && x.target != "kubehub")
+                .filter(|x| x.round == hub.round && !x.target.starts_with("kubehub"))
             {
                 let (Some(a), Some(b)) = (hub.cpu_us_per_request(), peer.cpu_us_per_request())
                 else {
@@ -346,8 +346,9 @@ pub fn markdown(r: &crate::report::Report, plots: &[std::path::PathBuf]) -> Stri
                 };
                 let p99 = |run: &crate::report::Run| run.ops.first().map_or(0.0, |o| o.p99_us);
                 lines.push(format!(
-                    "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
                     hub.round,
+                    hub.target,
                     peer.target,
                     a,
                     b,
@@ -364,9 +365,9 @@ pub fn markdown(r: &crate::report::Report, plots: &[std::path::PathBuf]) -> Stri
             let _ = writeln!(s, "## KubeHub against the others, same round\n");
             let _ = writeln!(
                 s,
-                "| round | other | kubehub CPU µs/req | other CPU µs/req | CPU ratio | p99 ratio |"
+                "| round | kubehub | other | kubehub CPU µs/req | other CPU µs/req | CPU ratio | p99 ratio |"
             );
-            let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+            let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
             for l in lines {
                 let _ = writeln!(s, "{l}");
             }

@@ -16,7 +16,8 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use kubehub_perf::{bulk, clusters, edge, get, idle, summary};
+use kubehub_perf::compare::{self, Kind};
+use kubehub_perf::{bulk, clusters, edge, fanout, fleet, get, hol, idle, scenario, summary};
 
 #[derive(Debug, Parser)]
 #[command(name = "kubehub-perf", version, about = "KubeHub's load generator")]
@@ -27,6 +28,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Scenario `idle`: N simulated agents connect and sync a small inventory each; the
+    /// hub's memory per agent (and its curve), the time to connect and sync them all.
+    Idle(scenario::FleetOpts),
+    /// Scenario `reconnect`: N agents connected and synced, the hub killed and restarted;
+    /// the time until every agent is back and every cache synced.
+    Reconnect(scenario::FleetOpts),
+    /// Scenario `mixed`: 80% reads / 20% writes over N clusters, open loop, with edge churn
+    /// and long watches open; latencies per operation, the hub's CPU per request.
+    Mixed(scenario::MixedArgs),
+    /// Scenario `cache-get`: a GET served from the hub's cache against nginx serving the same
+    /// bytes as a static file over HTTPS, and the simulator directly; rounds alternate.
+    CacheGet(compare::CompareArgs),
+    /// Scenario `cache-list`: a LIST of a namespace served from the cache, same peers.
+    CacheList(compare::CompareArgs),
+    /// Scenario `forward`: an uncached GET through hub + tunnel + agent against nginx as a
+    /// one-hop TLS proxy, the rathole stack (nginx + rathole server + client), and direct.
+    Forward(compare::CompareArgs),
+    /// Scenario `stream`: a multi-MB LIST forwarded, one stream and several at once, through
+    /// the hub and the same peers as `forward`: MB/s and CPU per MB.
+    Stream(compare::CompareArgs),
+    /// Scenario `fanout`: one event to K watchers of the hub's cache; deliveries per second and
+    /// the delivery latency of every watcher and of the last one, at rising event rates.
+    Fanout(fanout::FanoutArgs),
+    /// Scenario `hol`: one stalled stream among 1,000 busy ones on one tunnel; the busy
+    /// requests' latency with and without it.
+    Hol(hol::HolArgs),
+    /// One fleet process of simulated agents (started by the scenarios).
+    #[command(hide = true)]
+    Fleet(fleet::FleetArgs),
     /// Open-loop GETs of one URL at a constant rate: HDR latency percentiles, and optionally
     /// the CPU time per request of server processes and what reached the edge meanwhile.
     Get(get::GetArgs),
@@ -72,6 +102,24 @@ struct AccessFileArgs {
 
 fn main() {
     let cli = Cli::parse();
+    // A fleet process builds its own runtime (its thread count is an option).
+    let cli = match cli.command {
+        Cmd::Fleet(a) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                )
+                .with_writer(std::io::stderr)
+                .try_init();
+            if let Err(e) = fleet::run_fleet(a) {
+                eprintln!("kubehub-perf fleet: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        command => Cli { command },
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +130,34 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let report = |r: Result<kubehub_perf::report::Report, String>| {
+        r.map(|r| {
+            print!("{}", kubehub_perf::summary::markdown(&r, &[]));
+        })
+    };
     let res = match cli.command {
+        Cmd::Idle(a) => report(rt.block_on(scenario::idle(a))),
+        Cmd::Reconnect(a) => report(rt.block_on(scenario::reconnect(a))),
+        Cmd::Mixed(a) => report(rt.block_on(scenario::mixed(a))),
+        Cmd::CacheGet(a) => report(rt.block_on(compare::run(Kind::CacheGet, a))),
+        Cmd::CacheList(a) => report(rt.block_on(compare::run(Kind::CacheList, a))),
+        Cmd::Forward(a) => report(rt.block_on(compare::run(Kind::Forward, a))),
+        Cmd::Stream(a) => report(rt.block_on(compare::run(Kind::Stream, a))),
+        Cmd::Fanout(a) => report(rt.block_on(async {
+            let mut r = kubehub_perf::report::Report::new("fanout");
+            let out = a.out_dir();
+            fanout::run(a, &mut r).await?;
+            r.write(&out)?;
+            Ok(r)
+        })),
+        Cmd::Hol(a) => report(rt.block_on(async {
+            let mut r = kubehub_perf::report::Report::new("hol");
+            let out = a.out_dir();
+            hol::run(a, &mut r).await?;
+            r.write(&out)?;
+            Ok(r)
+        })),
+        Cmd::Fleet(_) => Ok(()),
         Cmd::Get(a) => rt.block_on(get::run(a)),
         Cmd::IdleAgents(a) => rt.block_on(idle::run(a)),
         Cmd::Bulk(a) => rt.block_on(bulk::run(a)),
