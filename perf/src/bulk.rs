@@ -157,19 +157,9 @@ impl Target {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, Bytes), String> {
-        let resp = self
-            .client
-            .request(self.request(method, path, body)?)
-            .await
-            .map_err(|e| format!("{} {path}: {e}", self.label))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
+        let sent = self.client.request(self.request(method, path, body)?).await;
+        let a = crate::call::whole(sent, &format!("{} {path}", self.label)).await?;
+        Ok((a.status, a.body))
     }
 
     /// GET, counting the body's bytes (and newlines) as they come, without keeping them.

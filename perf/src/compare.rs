@@ -146,9 +146,9 @@ async fn fill(stack: &Stack, count: usize, object_bytes: Option<usize>) -> Resul
                         .header("content-type", "application/json")
                         .body(http_body_util::Full::new(Bytes::from(body)))
                         .map_err(|e| e.to_string())?;
-                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                    let st = resp.status().as_u16();
-                    let _ = resp.into_body().collect().await;
+                    let st = crate::call::whole(client.request(req).await, "POST")
+                        .await?
+                        .status;
                     if st == 201 || st == 409 {
                         Ok(())
                     } else {
@@ -195,27 +195,13 @@ async fn fetch(
     let req = req
         .body(http_body_util::Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("GET {base}{path}: {e}"))?;
-    let st = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_owned();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if !st.is_success() {
-        return Err(format!("GET {base}{path}: {st}"));
-    }
-    Ok((ct, body))
+    let what = format!("GET {base}{path}");
+    let a = crate::call::whole(client.request(req).await, &what).await?;
+    let ct = a
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/json".to_owned());
+    Ok((ct, a.ok(&what)?))
 }
 
 fn wanted(a: &CompareArgs, label: &str) -> bool {

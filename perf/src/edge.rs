@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use kubehub_sim::{Cluster, ClusterConfig, RequestLog, Router, SeedSpec, ServeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,18 +294,8 @@ async fn post(
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    let a = crate::call::whole(client.request(req).await, &format!("POST {url}")).await?;
+    Ok((a.status, a.body))
 }
 
 /// `kubehub-perf configmaps`.
@@ -408,21 +398,9 @@ pub async fn get_json(client: &PlainClient, url: &str) -> Result<serde_json::Val
 /// GET a URL: the body of a 2xx answer, or what went wrong.
 pub async fn get_bytes(client: &PlainClient, url: &str) -> Result<Bytes, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let resp = client
-        .get(uri)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(format!("GET {url}: {status}"));
-    }
-    Ok(body)
+    crate::call::whole(client.get(uri).await, &format!("GET {url}"))
+        .await?
+        .ok(&format!("GET {url}"))
 }
 
 /// The per-type cache figures of one cluster in the hub's `/clusters`: (type, synced,

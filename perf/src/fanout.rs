@@ -476,21 +476,10 @@ async fn sim_call(
         .header("accept", "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{method} {url}: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    let a = crate::call::whole(client.request(req).await, &format!("{method} {url}")).await?;
+    Ok((a.status, a.body))
 }
 
-/// Runs the scenario, adding a [`Run`] per rate to `report`.
 impl FanoutArgs {
     /// The output folder.
     pub fn out_dir(&self) -> PathBuf {
@@ -500,6 +489,7 @@ impl FanoutArgs {
     }
 }
 
+/// Runs the scenario, adding a [`Run`] per rate to `report`.
 pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
     if a.smoke {
         a.watchers = a.watchers.min(20);

@@ -82,24 +82,10 @@ async fn post(client: &Client<Full<Bytes>>, url: &str, body: String) -> Result<(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?
-        .to_bytes();
-    if status != http::StatusCode::CREATED {
-        return Err(format!(
-            "POST {url}: {status} {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        ));
-    }
-    Ok(())
+    crate::call::whole(client.request(req).await, &format!("POST {url}"))
+        .await?
+        .ok(&format!("POST {url}"))
+        .map(|_| ())
 }
 
 /// The small ConfigMap and the big namespace, on the simulator.

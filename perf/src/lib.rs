@@ -9,6 +9,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 pub mod bulk;
+pub mod call;
 pub mod clusters;
 pub mod compare;
 pub mod edge;

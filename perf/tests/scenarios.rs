@@ -162,14 +162,20 @@ fn stream_measures_throughput_per_path() {
 fn fanout_delivers_every_event_to_every_watcher() {
     let (r, _) = run("fanout", &[]);
     let run0 = &r["runs"][0];
-    assert!(run0["figures"]["deliveries/s"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(
+        run0["figures"]["deliveries/s"].as_f64().unwrap() > 0.0,
+        "{r:#}"
+    );
     let ops: Vec<&str> = run0["ops"]
         .as_array()
         .unwrap()
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert!(ops.contains(&"delivery") && ops.contains(&"last-watcher"), "{ops:?}");
+    assert!(
+        ops.contains(&"delivery") && ops.contains(&"last-watcher"),
+        "{ops:?}"
+    );
 }
 
 #[test]
@@ -177,5 +183,8 @@ fn hol_measures_busy_streams_with_and_without_a_stalled_one() {
     let (r, _) = run("hol", &[]);
     let t = targets(&r);
     assert!(t.iter().any(|(n, ok)| n == "kubehub" && *ok > 0), "{t:?}");
-    assert!(t.iter().any(|(n, ok)| n == "kubehub+stall" && *ok > 0), "{t:?}");
+    assert!(
+        t.iter().any(|(n, ok)| n == "kubehub+stall" && *ok > 0),
+        "{t:?}"
+    );
 }
