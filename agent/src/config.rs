@@ -79,8 +79,10 @@
 //! page_size = 500                    # objects per list page (limit=); a list follows `continue`
 //! batch_bytes = 65536                # largest batch of snapshot objects sent to the hub (one
 //!                                    # object larger than this goes alone); 1 KiB to 1 MiB
-//! progress_grace_ms = 200            # a freshness check waits this long for the watch to reach
-//!                                    # the edge's current resourceVersion before confirming by a list
+//! progress_grace_ms = 200            # a freshness check waits at most this long for the watch to
+//!                                    # reach the edge's current resourceVersion before confirming
+//! progress_quiet_ms = 10             # by a list; sooner once the type's watch has been quiet this
+//!                                    # long (the edge moved on for other types: nothing will come)
 //! watch_timeout_min_s = 300          # each watch asks the API server to end it after a random
 //! watch_timeout_max_s = 600          # time in [min, max] (spreads re-watches out)
 //! request_timeout_ms = 60000         # deadline of one list page or probe (a watch's response head)
@@ -364,6 +366,11 @@ pub struct ReflectorConfig {
     /// resourceVersion; if the watch has not delivered that far, the reflector waits this long
     /// for it before confirming with a list compared against what it sent.
     pub progress_grace_ms: u64,
+    /// While it waits, a watch that delivers nothing of this type for this long means the
+    /// edge's version moved on through other types (a quiet type in a busy cluster): the
+    /// reflector confirms by list then, rather than waiting out `progress_grace_ms`. Each event
+    /// of the type restarts the quiet period (never past the grace). 0 lists at once.
+    pub progress_quiet_ms: u64,
     /// Each watch asks the API server to end it after a random time between
     /// `watch_timeout_min_s` and `watch_timeout_max_s` seconds (client-go draws from 5-10 min),
     /// so the watches of many types and agents do not restart in step.
@@ -386,6 +393,7 @@ impl Default for ReflectorConfig {
             page_size: 500,
             batch_bytes: 64 * 1024,
             progress_grace_ms: 200,
+            progress_quiet_ms: 10,
             watch_timeout_min_s: 300,
             watch_timeout_max_s: 600,
             request_timeout_ms: 60_000,

@@ -25,8 +25,9 @@
 //!   [`SyncOut::Progress`] with its version: at once if the watch is already there, or as soon
 //!   as it gets there within `progress_grace_ms`. A quiet type in a busy cluster never gets
 //!   there (nothing of this type changed while the cluster's version moved on, and bookmarks
-//!   come about once a minute), so after the grace period the reflector confirms with a
-//!   consistent list compared with what it holds: an event for exactly each difference (ADDED,
+//!   come about once a minute), so once the type's watch has been quiet for
+//!   `progress_quiet_ms` (each event of the type restarts that period; never past the grace)
+//!   the reflector confirms with a consistent list compared with what it holds: an event for exactly each difference (ADDED,
 //!   MODIFIED where the version differs, DELETED with the last known object and the list's
 //!   version), in version order, then the answer with the list's version. Watch events at or
 //!   below a version already sent are skipped afterwards. Requests that arrive before a probe
@@ -877,11 +878,13 @@ enum Round {
     /// The probe is out; `seqs` arrived before it was sent.
     Probing { seqs: Vec<u32>, probe: ProbeFuture },
     /// The edge is at `target`; waiting for the watch to get there until `deadline` (`None`:
-    /// until the snapshot in progress ends).
+    /// until the snapshot in progress ends), which each event of the type pushes back by the
+    /// quiet period, never past `cap` (the probe's answer plus the grace).
     Waiting {
         seqs: Vec<u32>,
         target: u64,
         deadline: Option<Instant>,
+        cap: Instant,
     },
 }
 
@@ -1341,18 +1344,23 @@ impl Reflector {
                         self.answer(seqs, rv, "immediate").await
                     }
                     Ok(target) => {
-                        let deadline = after(Duration::from_millis(self.cfg.progress_grace_ms));
+                        let cap = after(Duration::from_millis(self.cfg.progress_grace_ms));
+                        let quiet = after(Duration::from_millis(self.cfg.progress_quiet_ms));
                         self.round = Some(Round::Waiting {
                             seqs,
                             target,
-                            deadline: (!self.listing).then_some(deadline),
+                            deadline: (!self.listing).then_some(quiet.min(cap)),
+                            cap,
                         });
                         Ok(())
                     }
                 }
             }
             Progress::GraceOver => {
-                let Some(Round::Waiting { seqs, target, .. }) = self.round.take() else {
+                let Some(Round::Waiting {
+                    seqs, target, cap, ..
+                }) = self.round.take()
+                else {
                     return Ok(());
                 };
                 if self.listing {
@@ -1361,6 +1369,7 @@ impl Reflector {
                         seqs,
                         target,
                         deadline: None,
+                        cap,
                     });
                     return Ok(());
                 }
@@ -1383,7 +1392,10 @@ impl Reflector {
     /// After the version advanced: answers a round waiting for it.
     async fn advanced(&mut self) -> Result<(), ReflectorError> {
         let Some(Round::Waiting {
-            target, deadline, ..
+            target,
+            deadline,
+            cap,
+            ..
         }) = &mut self.round
         else {
             return Ok(());
@@ -1393,8 +1405,13 @@ impl Reflector {
                 let rv = self.rv.clone();
                 return self.answer(seqs, rv, "watch").await;
             }
-        } else if deadline.is_none() && !self.listing {
-            *deadline = Some(Instant::now());
+        } else if !self.listing {
+            *deadline = Some(match deadline {
+                // The snapshot that held the round ended: decide now.
+                None => Instant::now(),
+                // The type's watch is moving: another quiet period to get there.
+                Some(_) => after(Duration::from_millis(self.cfg.progress_quiet_ms)).min(*cap),
+            });
         }
         Ok(())
     }

@@ -62,6 +62,7 @@ fn fast() -> ReflectorConfig {
         page_size: 4,
         batch_bytes: 8 * 1024,
         progress_grace_ms: 200,
+        progress_quiet_ms: 10,
         watch_timeout_min_s: 1,
         watch_timeout_max_s: 2,
         request_timeout_ms: 5_000,
@@ -675,6 +676,33 @@ async fn progress_on_a_quiet_type_is_confirmed_by_a_list() {
         let answer = until_progress(&mut r, &mut model, seq).await;
         assert!(answer.parse::<u64>().unwrap() >= edge);
     }
+    converge(&mut r, &mut model, &sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_type_is_confirmed_once_its_watch_is_quiet_not_after_the_whole_grace() {
+    let sim = start_sim(ClusterConfig {
+        bookmark_interval: Duration::from_secs(3600),
+        ..ClusterConfig::default()
+    })
+    .await;
+    // A grace longer than `until_progress` waits: only the quiet period can answer in time.
+    let cfg = ReflectorConfig {
+        progress_grace_ms: 60_000,
+        progress_quiet_ms: 10,
+        ..fast()
+    };
+    let mut r = start(&sim, configmaps(), cfg.clone(), 8);
+    let mut model = Model::new(cfg.batch_bytes);
+    first_snapshot(&mut r, &mut model).await;
+    for seq in 1..=3u32 {
+        churn(&sim.cluster, 3);
+        let edge = sim.cluster.resource_version();
+        r.handle.progress(seq);
+        let answer = until_progress(&mut r, &mut model, seq).await;
+        assert!(answer.parse::<u64>().unwrap() >= edge);
+    }
+    assert_eq!(r.progress_count("list"), 3);
     converge(&mut r, &mut model, &sim).await;
 }
 
