@@ -71,13 +71,7 @@ async fn get_text(client: &crate::HttpClient, url: &str) -> Result<String, Strin
 
 /// `kubehub-perf cached-clusters`.
 pub async fn run(a: ClustersArgs) -> Result<(), String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging("error");
     let n = a.count.max(1);
     let dir = std::path::absolute(&a.dir).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -16,7 +16,6 @@
 //! the measured interval; the upstream simulator's CPU is left out (the same for every path
 //! but `direct`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,13 +31,6 @@ use crate::sys;
 /// Options of the compare scenarios.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
-    /// The `kubehub` binary (simulator, agent, hub); default: the newest `kubehub` built next
-    /// to this binary or in the workspace's target/.
-    #[arg(long)]
-    pub kubehub: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
     /// Rounds; each measures every target once, in a rotating order.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
@@ -55,9 +47,6 @@ pub struct CompareArgs {
     /// Requests in flight at most (keep-alive connections).
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// Hub worker threads.
-    #[arg(long, default_value_t = 2)]
-    pub hub_cores: usize,
     /// nginx worker processes.
     #[arg(long, default_value_t = 2)]
     pub nginx_workers: usize,
@@ -77,9 +66,9 @@ pub struct CompareArgs {
     /// `nginx+rathole`, `direct`); default: every one the scenario has.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
-    /// Small and quick (CI): 1 round of 1 s per target at a low rate.
-    #[arg(long)]
-    pub smoke: bool,
+    /// `--smoke`: 1 round of 1 s per target at a low rate.
+    #[command(flatten)]
+    pub stack: crate::stack::StackArgs,
 }
 
 /// Which comparison.
@@ -211,19 +200,15 @@ fn wanted(a: &CompareArgs, label: &str) -> bool {
 /// Runs one compare scenario.
 pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
     let mut r = Report::new(kind.name());
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("target/perf/{}", kind.name())));
+    let out = a.stack.out_dir(kind.name());
     let dir = std::path::absolute(out.join("run")).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let kubehub = match &a.kubehub {
-        Some(k) => k.clone(),
-        None => crate::stack::find_kubehub()?,
-    };
-    let mut o = StackOptions::new(kubehub, dir.join("stack"));
-    o.hub_cores = a.hub_cores;
+    let mut o = StackOptions::new(
+        crate::stack::find_kubehub_or(a.stack.kubehub.as_deref())?,
+        dir.join("stack"),
+    );
+    o.hub_cores = a.stack.hub_cores;
     // Configmaps cached (cache scenarios), nothing but configmaps cached (forward: service
     // accounts are forwarded; stream: the big LIST is forwarded).
     o.cache = CacheMode::Types(vec!["v1/configmaps".into()]);
@@ -232,9 +217,11 @@ pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
     }
     let mut stack = Stack::start(&o).await?;
     match kind {
-        Kind::CacheList => fill(&stack, if a.smoke { 5 } else { a.list_objects }, None).await?,
+        Kind::CacheList => {
+            fill(&stack, if a.stack.smoke { 5 } else { a.list_objects }, None).await?
+        }
         Kind::Stream => {
-            let n = if a.smoke { 5 } else { a.stream_objects };
+            let n = if a.stack.smoke { 5 } else { a.stream_objects };
             fill(&stack, n, Some(a.stream_object_bytes)).await?
         }
         _ => {}
@@ -354,11 +341,11 @@ pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
         "{}: `{path}`, {} bytes per answer; the hub with {} worker threads, nginx with {} workers; CPU per request counts {}",
         kind.name(),
         hub_bytes.len(),
-        a.hub_cores,
+        a.stack.hub_cores,
         a.nginx_workers,
         "the hub and the agent for kubehub, every nginx and rathole process for the peers, nothing for direct (the simulator's own CPU is not counted on any path)"
     ));
-    let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
+    let rounds = if a.stack.smoke { 1 } else { a.rounds.max(1) };
     for round in 0..rounds {
         for k in 0..targets.len() {
             let t = &targets[(k + round as usize) % targets.len()];
@@ -438,7 +425,7 @@ pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
         .map(|o| o.error_count())
         .sum();
     r.write(&out)?;
-    if a.smoke && failed > 0 {
+    if a.stack.smoke && failed > 0 {
         return Err(format!(
             "smoke: {failed} requests failed; see {}",
             out.display()
@@ -490,7 +477,7 @@ async fn rate_run(a: &CompareArgs, kind: Kind, t: &Target, round: u32) -> Result
         Kind::CacheList => 300.0,
         _ => 1000.0,
     });
-    let (rate, warmup, duration) = if a.smoke {
+    let (rate, warmup, duration) = if a.stack.smoke {
         (rate.min(100.0), 1, 1)
     } else {
         (rate, a.warmup, a.duration)
@@ -531,7 +518,11 @@ async fn rate_run(a: &CompareArgs, kind: Kind, t: &Target, round: u32) -> Result
 /// Bulk: the LIST fetched back to back on one connection for the measured time, then by
 /// `stream_parallel` connections at once; MB/s and CPU per MB.
 async fn stream_run(a: &CompareArgs, t: &Target, round: u32) -> Result<Run, String> {
-    let secs = if a.smoke { 1.0 } else { a.duration as f64 };
+    let secs = if a.stack.smoke {
+        1.0
+    } else {
+        a.duration as f64
+    };
     let tck = sys::clock_ticks();
     let mut run = Run {
         target: t.label.clone(),

@@ -44,20 +44,10 @@ pub async fn signalled() {
     }
 }
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// `kubehub-perf sim`: `kubehub sim`'s default cluster (same seed, same content), no churn,
 /// with a request log.
 pub async fn sim(a: SimArgs) -> Result<(), String> {
-    init_logging();
+    crate::init_logging("warn");
     let cluster = Cluster::new(
         "sim",
         ClusterConfig {

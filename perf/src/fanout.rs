@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::report::{OpStats, Report, Run};
-use crate::stack::{CacheMode, Stack, StackOptions};
+use crate::stack::{Stack, StackOptions};
 
 /// Options of the `fanout` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,20 +48,8 @@ pub struct FanoutArgs {
     /// Seconds of warm-up per rate (written and delivered, not measured).
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// The `kubehub` binary (simulator, agent, hub); default: the newest `kubehub` built next
-    /// to this binary or in the workspace's target/.
-    #[arg(long)]
-    pub kubehub: Option<PathBuf>,
-    /// Output folder (report.json, summary.md, plots; the processes' files under `run/`);
-    /// default `target/perf/fanout`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Hub worker threads.
-    #[arg(long, default_value_t = 2)]
-    pub hub_cores: usize,
-    /// A few seconds with 20 watchers at 20 events/s: checks every watcher got every event.
-    #[arg(long)]
-    pub smoke: bool,
+    #[command(flatten)]
+    pub stack: crate::stack::StackArgs,
 }
 
 const NAMESPACE: &str = "fanout";
@@ -483,15 +471,13 @@ async fn sim_call(
 impl FanoutArgs {
     /// The output folder.
     pub fn out_dir(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("target/perf/fanout"))
+        self.stack.out_dir("fanout")
     }
 }
 
 /// Runs the scenario, adding a [`Run`] per rate to `report`.
 pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
-    if a.smoke {
+    if a.stack.smoke {
         a.watchers = a.watchers.min(20);
         a.rates = vec![20.0];
         a.seconds = 2.0;
@@ -507,24 +493,12 @@ pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
             "{k} watchers need more than the {nofile} open files this process may have"
         ));
     }
-    let kubehub = match &a.kubehub {
-        Some(k) => k.clone(),
-        None => crate::stack::find_kubehub()?,
-    };
-    let mut opts = StackOptions::new(kubehub, a.out_dir().join("run"));
-    opts.hub_cores = a.hub_cores;
-    opts.cache = CacheMode::Types(vec!["v1/configmaps".into()]);
-    // The default content is unused here: one namespace.
-    opts.sim_args = [
-        "--namespaces",
-        "1",
-        "--deployments",
-        "1",
-        "--configmaps",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
+    let opts = StackOptions::small(
+        a.stack.kubehub.as_deref(),
+        a.out_dir().join("run"),
+        a.stack.hub_cores,
+        &["v1/configmaps"],
+    )?;
     let mut stack = Stack::start(&opts).await?;
 
     // The namespace and the object, on the simulator.
@@ -700,8 +674,11 @@ pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
     let mut lost_total = 0u64;
     let mut best: Option<(f64, f64)> = None;
     for (idx, &rate) in a.rates.iter().enumerate() {
-        let quiet =
-            crate::stack::wait_quiet(Duration::from_secs(if a.smoke { 2 } else { 20 }), 30.0).await;
+        let quiet = crate::stack::wait_quiet(
+            Duration::from_secs(if a.stack.smoke { 2 } else { 20 }),
+            30.0,
+        )
+        .await;
         if quiet >= 30.0 {
             report.notes.push(format!(
                 "fanout {rate}/s: the machine was busy before the run ({quiet:.0}% of a core used by others)"
@@ -954,7 +931,7 @@ pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
             .notes
             .push(format!("fanout: {lost_total} deliveries lost (must be 0)"));
     }
-    if a.smoke && (lost_total > 0 || errors > 0 || hits < k as u64) {
+    if a.stack.smoke && (lost_total > 0 || errors > 0 || hits < k as u64) {
         return Err(format!(
             "fanout smoke: {lost_total} deliveries lost, {errors} errors ({}), {hits} of {k} watches served by the cache",
             first_error.unwrap_or_default()

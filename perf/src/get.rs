@@ -237,24 +237,7 @@ pub async fn run(a: GetArgs) -> Result<(), String> {
     };
 
     // The schedule, on a thread of its own.
-    let (sched_tx, mut sched_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let pacer = std::thread::spawn(move || {
-        let mut n = 0u64;
-        loop {
-            let scheduled = start + period.mul_f64(n as f64);
-            if scheduled >= end {
-                break;
-            }
-            let now = Instant::now();
-            if scheduled > now {
-                std::thread::sleep(scheduled - now);
-            }
-            if sched_tx.send(scheduled).is_err() {
-                break;
-            }
-            n += 1;
-        }
-    });
+    let (pacer, mut sched_rx) = crate::load::pacer(start, period, end);
 
     // A bounded number of requests in flight: beyond it, the schedule is behind and the
     // waiting shows in the latency of the requests that wait.
@@ -267,7 +250,7 @@ pub async fn run(a: GetArgs) -> Result<(), String> {
         }
         v
     });
-    while let Some(scheduled) = sched_rx.recv().await {
+    while let Some((_, scheduled)) = sched_rx.recv().await {
         let permit = slots
             .clone()
             .acquire_owned()

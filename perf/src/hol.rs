@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::report::{OpStats, Report, Run};
-use crate::stack::{metric, CacheMode, Stack, StackOptions};
+use crate::stack::{metric, Stack, StackOptions};
 
 /// Options of the `hol` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,21 +50,8 @@ pub struct HolArgs {
     /// Size of the stalled LIST (MB of ConfigMap data).
     #[arg(long, default_value_t = 16)]
     pub stall_mb: usize,
-    /// The `kubehub` binary (simulator, agent, hub); default: the newest `kubehub` built next
-    /// to this binary or in the workspace's target/.
-    #[arg(long)]
-    pub kubehub: Option<PathBuf>,
-    /// Output folder (report.json, summary.md, plots; the processes' files under `run/`);
-    /// default `target/perf/hol`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Hub worker threads.
-    #[arg(long, default_value_t = 2)]
-    pub hub_cores: usize,
-    /// A few seconds with 20 busy streams, one round: checks the stall is real and the busy
-    /// requests all succeed.
-    #[arg(long)]
-    pub smoke: bool,
+    #[command(flatten)]
+    pub stack: crate::stack::StackArgs,
 }
 
 type Client<B> = hyper_util::client::legacy::Client<
@@ -365,14 +352,12 @@ async fn stall(stack: &Stack, hub: SocketAddr) -> Result<(Stalled, u64, u64), St
 impl HolArgs {
     /// The output folder.
     pub fn out_dir(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("target/perf/hol"))
+        self.stack.out_dir("hol")
     }
 }
 
 pub async fn run(mut a: HolArgs, report: &mut Report) -> Result<(), String> {
-    if a.smoke {
+    if a.stack.smoke {
         a.streams = a.streams.min(20);
         a.seconds = 2.0;
         a.warmup = 1.0;
@@ -386,23 +371,12 @@ pub async fn run(mut a: HolArgs, report: &mut Report) -> Result<(), String> {
             "{n} busy connections need more than the {nofile} open files this process may have"
         ));
     }
-    let kubehub = match &a.kubehub {
-        Some(k) => k.clone(),
-        None => crate::stack::find_kubehub()?,
-    };
-    let mut opts = StackOptions::new(kubehub, a.out_dir().join("run"));
-    opts.hub_cores = a.hub_cores;
-    opts.cache = CacheMode::Types(vec!["v1/pods".into()]);
-    opts.sim_args = [
-        "--namespaces",
-        "1",
-        "--deployments",
-        "1",
-        "--configmaps",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
+    let opts = StackOptions::small(
+        a.stack.kubehub.as_deref(),
+        a.out_dir().join("run"),
+        a.stack.hub_cores,
+        &["v1/pods"],
+    )?;
     let mut stack = Stack::start(&opts).await?;
     let t = Instant::now();
     let objects = populate(&stack, a.stall_mb).await?;
@@ -447,9 +421,11 @@ pub async fn run(mut a: HolArgs, report: &mut Report) -> Result<(), String> {
         let mut p99_a = 0.0;
         for stalled in [false, true] {
             stack.check_alive()?;
-            let quiet =
-                crate::stack::wait_quiet(Duration::from_secs(if a.smoke { 2 } else { 20 }), 30.0)
-                    .await;
+            let quiet = crate::stack::wait_quiet(
+                Duration::from_secs(if a.stack.smoke { 2 } else { 20 }),
+                30.0,
+            )
+            .await;
             if quiet >= 30.0 {
                 report.notes.push(format!(
                     "hol round {round}: the machine was busy before the run ({quiet:.0}% of a core used by others)"
@@ -557,7 +533,7 @@ pub async fn run(mut a: HolArgs, report: &mut Report) -> Result<(), String> {
         report.notes.push(format!("hol: {p}"));
     }
     stack.check_alive()?;
-    if a.smoke && !problems.is_empty() {
+    if a.stack.smoke && !problems.is_empty() {
         return Err(format!("hol smoke: {}", problems.join("; ")));
     }
     Ok(())

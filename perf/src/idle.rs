@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sys::{free_port, rss_kib};
+
 use kubehub_pki::Ca;
 use kubehub_testkit::agent::{client_tls, ScriptedAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,15 +24,6 @@ pub struct IdleArgs {
     /// Hub worker threads.
     #[arg(long, default_value_t = 2)]
     cores: usize,
-}
-
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "no VmRSS".to_owned())
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> Result<(), String> {
@@ -59,11 +52,6 @@ async fn connected(admin: std::net::SocketAddr) -> Option<usize> {
         .find(|l| l.starts_with("kubehub_hub_agents_connected "))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 pub async fn run(a: IdleArgs) -> Result<(), String> {

@@ -27,6 +27,17 @@ pub mod stack;
 pub mod summary;
 pub mod sys;
 
+/// Logs to stderr at `RUST_LOG`, else at `default` (`error`, `warn`).
+pub fn init_logging(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// An HTTP/1.1 client (TLS or plain) with empty request bodies.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 

@@ -159,6 +159,40 @@ async fn send(client: &BodyClient, load: &Load, r: &Req) -> Result<u64, String> 
     Ok(body.to_bytes().len() as u64)
 }
 
+/// The schedule of an open-loop run, kept by a thread of its own: `(n, scheduled time)` for
+/// n = 0, 1, … every `period` from `start` until `end`, each sent when its time comes. The
+/// channel is bounded: a pacer ahead of its consumer waits (and the consumer's lateness shows
+/// in the latencies it measures from the scheduled times). Join the thread after the channel
+/// is drained.
+pub fn pacer(
+    start: Instant,
+    period: Duration,
+    end: Instant,
+) -> (
+    std::thread::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<(u64, Instant)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(4096);
+    let thread = std::thread::spawn(move || {
+        let mut n = 0u64;
+        loop {
+            let scheduled = start + period.mul_f64(n as f64);
+            if scheduled >= end {
+                break;
+            }
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            if tx.blocking_send((n, scheduled)).is_err() {
+                break;
+            }
+            n += 1;
+        }
+    });
+    (thread, rx)
+}
+
 /// Offers `load` and returns what it measured. `tick` is called about every 100 ms with the
 /// fraction done (0..1), for a progress bar; `at_measure` once, when the measured interval
 /// begins (the warm-up is over): the moment to read the servers' CPU times.
@@ -175,25 +209,7 @@ pub async fn run(
     let end = start + total;
     let record_from = start + load.warmup;
 
-    // The schedule, on a thread of its own; bounded: a pacer ahead of the senders waits.
-    let (sched_tx, mut sched_rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(4096);
-    let pacer = std::thread::spawn(move || {
-        let mut n = 0u64;
-        loop {
-            let scheduled = start + period.mul_f64(n as f64);
-            if scheduled >= end {
-                break;
-            }
-            let now = Instant::now();
-            if scheduled > now {
-                std::thread::sleep(scheduled - now);
-            }
-            if sched_tx.blocking_send((n, scheduled)).is_err() {
-                break;
-            }
-            n += 1;
-        }
-    });
+    let (pacer, mut sched_rx) = pacer(start, period, end);
 
     let slots = Arc::new(tokio::sync::Semaphore::new(load.connections.max(1)));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Sample>(4096);

@@ -157,12 +157,8 @@ async fn start(o: &FleetOpts, scenario: &str, churn: f64) -> Result<Started, Str
             limit.saturating_sub(256)
         ));
     }
-    let kubehub = match &o.kubehub {
-        Some(k) => k.clone(),
-        None => crate::stack::find_kubehub()?,
-    };
     let hub = HubUnderTest::start(&HubSpec {
-        kubehub,
+        kubehub: crate::stack::find_kubehub_or(o.kubehub.as_deref())?,
         dir: o.out(scenario).join("run"),
         cores: o.hub_cores,
         prefix: "sim".into(),

@@ -428,6 +428,14 @@ pub async fn wait_agents(
 /// that covers `CARGO_TARGET_DIR`), else in the workspace's `target/`. An error says how to
 /// build it.
 pub fn find_kubehub() -> Result<PathBuf, String> {
+    find_kubehub_or(None)
+}
+
+/// `given` if there is one (a `--kubehub` option), else [`find_kubehub`]'s answer.
+pub fn find_kubehub_or(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
     if let Some(p) = std::env::var_os("KUBEHUB_BIN") {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -516,6 +524,34 @@ pub async fn wait_quiet(max: Duration, below_pct: f64) -> f64 {
     }
 }
 
+/// The options every scenario over one [`Stack`] takes (flattened into its own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// The `kubehub` binary (simulator, agent, hub); default: the newest `kubehub` built next
+    /// to this binary or in the workspace's target/.
+    #[arg(long)]
+    pub kubehub: Option<PathBuf>,
+    /// Output folder (report.json, summary.md, plots; the processes' files under `run/`);
+    /// default `target/perf/SCENARIO`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Hub worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub hub_cores: usize,
+    /// Small and quick (CI): a few seconds, and a check that the outcome is sane.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+impl StackArgs {
+    /// The output folder of `scenario`.
+    pub fn out_dir(&self, scenario: &str) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("target/perf/{scenario}")))
+    }
+}
+
 /// Options of [`Stack::start`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -543,6 +579,30 @@ pub struct StackOptions {
 }
 
 impl StackOptions {
+    /// A small edge (one application namespace with one deployment and one ConfigMap) whose
+    /// hub, with `hub_cores` threads, caches only `types`; the `kubehub` binary given or found.
+    pub fn small(
+        kubehub: Option<&Path>,
+        dir: impl Into<PathBuf>,
+        hub_cores: usize,
+        types: &[&str],
+    ) -> Result<StackOptions, String> {
+        let mut o = StackOptions::new(find_kubehub_or(kubehub)?, dir);
+        o.hub_cores = hub_cores;
+        o.cache = CacheMode::Types(types.iter().map(|t| (*t).to_owned()).collect());
+        o.sim_args = [
+            "--namespaces",
+            "1",
+            "--deployments",
+            "1",
+            "--configmaps",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        Ok(o)
+    }
+
     /// Defaults: cluster `edge`, 2 hub cores, the hub's default cache, 60 s to sync.
     pub fn new(kubehub: impl Into<PathBuf>, dir: impl Into<PathBuf>) -> StackOptions {
         StackOptions {

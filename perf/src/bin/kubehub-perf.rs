@@ -105,13 +105,7 @@ fn main() {
     // A fleet process builds its own runtime (its thread count is an option).
     let cli = match cli.command {
         Cmd::Fleet(a) => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-                )
-                .with_writer(std::io::stderr)
-                .try_init();
+            kubehub_perf::init_logging("error");
             if let Err(e) = fleet::run_fleet(a) {
                 eprintln!("kubehub-perf fleet: {e}");
                 std::process::exit(1);
