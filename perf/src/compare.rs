@@ -66,6 +66,10 @@ pub struct CompareArgs {
     /// `nginx+rathole`, `direct`); default: every one the scenario has.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// After the rounds, each target once more, kept busy by `--connections` closed-loop
+    /// clients for 5 s, for its maximum throughput (`--max-throughput false` to skip).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub max_throughput: bool,
     /// `--smoke`: 1 round of 1 s per target at a low rate.
     #[command(flatten)]
     pub stack: crate::stack::StackArgs,
@@ -373,6 +377,25 @@ pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
             r.runs.push(run);
         }
     }
+    // Maximum throughput: each target kept busy by `connections` closed-loop clients; what it
+    // answers per second is its ceiling on this machine with the client sharing the cores.
+    if kind != Kind::Stream && a.max_throughput {
+        for t in &targets {
+            let max = max_run(&a, t).await?;
+            let mut run = Run {
+                target: t.label.clone(),
+                round: rounds,
+                secs: max.secs,
+                ..Run::default()
+            };
+            run.figures
+                .insert("max answers/s (closed loop)".into(), max.per_s);
+            run.figures
+                .insert("errors at max".into(), max.errors as f64);
+            eprintln!("{} max {}: {:.0}/s", kind.name(), t.label, max.per_s);
+            r.runs.push(run);
+        }
+    }
     for round in (0..rounds).filter(|_| kind != Kind::Stream) {
         let cpu = |label: &str, names: &[&str]| {
             r.runs
@@ -469,6 +492,60 @@ fn procs_of(
         p.cpu_us_per_request = (ok > 0).then(|| p.cpu_secs * 1e6 / ok as f64);
     }
     out
+}
+
+struct Max {
+    per_s: f64,
+    errors: u64,
+    secs: f64,
+}
+
+/// `connections` clients each sending the next request as soon as the last is answered
+/// (closed loop: the target is never idle), for a few seconds.
+async fn max_run(a: &CompareArgs, t: &Target) -> Result<Max, String> {
+    let secs = if a.stack.smoke { 1.0 } else { 5.0 };
+    let roots = match &t.ca_pem {
+        Some(pem) => kubehub_pki::parse_roots(pem).map_err(|e| e.to_string())?,
+        None => rustls::RootCertStore::empty(),
+    };
+    let client = crate::https_client::<http_body_util::Empty<Bytes>>(roots, a.connections)?;
+    let url = format!("{}{}", t.base, t.path);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        let (client, url, token) = (client.clone(), url.clone(), t.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < end {
+                let mut req = http::Request::get(&url);
+                if let Some(t) = &token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                let Ok(req) = req.body(http_body_util::Empty::<Bytes>::new()) else {
+                    errors += 1;
+                    continue;
+                };
+                match crate::call::whole(client.request(req).await, &url).await {
+                    Ok(a) if (200..300).contains(&a.status) => ok += 1,
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    let (mut ok, mut errors) = (0u64, 0u64);
+    for task in tasks {
+        let (o, e) = task.await.map_err(|e| e.to_string())?;
+        ok += o;
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Max {
+        per_s: ok as f64 / secs,
+        errors,
+        secs,
+    })
 }
 
 async fn rate_run(a: &CompareArgs, kind: Kind, t: &Target, round: u32) -> Result<Run, String> {
