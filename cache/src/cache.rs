@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -490,12 +490,20 @@ pub enum ApplyError {
 ///
 /// Writes take `&self` so the cache can sit in state shared between threads; they are
 /// serialised by a mutex that only writers touch (uncontended with one writer, and it makes
-/// a second writer safe rather than lossy). Readers never take it.
+/// a second writer safe rather than lossy). Readers never take it, except the very first
+/// [`TypeCache::subscribe`] of a cache, which creates the wake-up channel under it.
+///
+/// Memory: an empty cache is a few pointers; the history is allocated as changes arrive (never
+/// for the whole window up front), and the wake-up channel (a few hundred bytes) only once
+/// something waits on the cache: most caches of most clusters are never watched through the
+/// hub.
 pub struct TypeCache {
     current: ArcSwap<Snapshot>,
     write: Mutex<()>,
     window: usize,
-    notify: watch::Sender<u64>,
+    /// Created by the first subscriber, under `write` (so that no publish falls between the
+    /// version it starts from and the channel existing); then every publish sends.
+    notify: OnceLock<watch::Sender<u64>>,
 }
 
 impl fmt::Debug for TypeCache {
@@ -516,7 +524,7 @@ impl TypeCache {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             write: Mutex::new(()),
             window: history_window.max(1),
-            notify: watch::channel(0).0,
+            notify: OnceLock::new(),
         }
     }
 
@@ -540,17 +548,28 @@ impl TypeCache {
     /// async runtime: any executor can await it. Subscribe before taking the snapshot a watch
     /// starts from, so that no change falls between the two.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.notify.subscribe()
+        if let Some(tx) = self.notify.get() {
+            return tx.subscribe();
+        }
+        // The first subscriber: created under the writer's lock, starting from the version
+        // published last; every later publish sees the channel and sends.
+        let _writing = self.lock();
+        self.notify
+            .get_or_init(|| watch::channel(self.current.load().rv).0)
+            .subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Called with the writer's lock held.
     fn publish(&self, snap: Snapshot) {
         let rv = snap.rv;
         self.current.store(Arc::new(snap));
-        self.notify.send_replace(rv);
+        if let Some(tx) = self.notify.get() {
+            tx.send_replace(rv);
+        }
     }
 
     /// Appends `changes` to the history, trimming it to the window.

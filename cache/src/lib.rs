@@ -42,7 +42,9 @@
 //! * **Watchers cost a cursor.** A watcher reads the shared history from its cursor; nothing is
 //!   queued per watcher. One that falls behind the window is [`CutOff`] (the caller ends it)
 //!   and never slows the others. [`TypeCache::subscribe`] wakes watchers on any thread, with
-//!   any executor (a `tokio::sync::watch` channel, which needs no runtime).
+//!   any executor (a `tokio::sync::watch` channel, which needs no runtime); the channel is
+//!   created by the first subscriber (under the writers' mutex, once per cache), so a cache
+//!   nobody waits on costs none.
 //! * **Versions are integers.** kube-apiserver's resourceVersions are etcd revisions; an object
 //!   whose version does not parse as `u64` is rejected ([`ParseError::BadResourceVersion`]),
 //!   and its type is not cacheable.

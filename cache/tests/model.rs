@@ -716,6 +716,49 @@ fn watchers_are_woken_without_a_runtime() {
 }
 
 #[test]
+fn a_late_first_subscriber_starts_from_the_current_version() {
+    // The wake-up channel is made by the first subscriber: one that comes after updates
+    // were published sees the version they reached (nothing to wait for), then every later
+    // update, from any thread.
+    let cache = Arc::new(TypeCache::new(10));
+    cache.replace(vec![object(0, 1, 0, 3)], 3).unwrap();
+    cache
+        .apply(ChangeKind::Modified, object(0, 1, 1, 5))
+        .unwrap();
+    let mut rx = cache.subscribe();
+    assert_eq!(*rx.borrow(), 5);
+    assert!(!rx.has_changed().unwrap());
+    let mut second = cache.subscribe();
+    let writer = cache.clone();
+    let t = std::thread::spawn(move || writer.progress(8));
+    t.join().unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 8);
+    assert_eq!(*second.borrow_and_update(), 8);
+    // Subscribing while a writer publishes: the receiver ends at the writer's last version.
+    let writer = cache.clone();
+    let t = std::thread::spawn(move || {
+        for rv in 9..200 {
+            writer.progress(rv);
+        }
+    });
+    let fresh = TypeCache::new(4);
+    fresh.replace(Vec::new(), 1).unwrap();
+    let racing = Arc::new(fresh);
+    let w2 = racing.clone();
+    let t2 = std::thread::spawn(move || {
+        for rv in 2..200 {
+            w2.progress(rv);
+        }
+    });
+    let rx2 = racing.subscribe();
+    t.join().unwrap();
+    t2.join().unwrap();
+    assert_eq!(*rx2.borrow(), 199);
+    assert_eq!(racing.snapshot().rv(), 199);
+}
+
+#[test]
 fn reset_starts_over_when_versions_go_backwards() {
     let cache = TypeCache::new(8);
     cache.replace(vec![object(0, 1, 0, 5)], 10).unwrap();

@@ -24,9 +24,14 @@
 //!
 //! Memory: the reader's ciphertext buffer starts at [`IDLE_READ_BUFFER`] bytes (an idle
 //! connection parks one read in the kernel with it) and grows to a full record only while data
-//! flows. The writer's ciphertext buffer lives only while it writes: it is kept between writes
-//! only after a busy write and only up to [`KEEP_WRITE_BUFFER`] (one record); a small write
-//! (a ping) or a large one releases it, so an idle connection holds no write buffer.
+//! flows: a read that fills it is followed by a record-sized one, and a read that does not (the
+//! socket had nothing more) by a small one again, so the read parked after a burst holds
+//! [`IDLE_READ_BUFFER`], not a record. rustls' own ciphertext buffer (its deframer), which grows
+//! towards a record while records arrive in pieces, is brought back to its minimum (4 KiB)
+//! once everything received has been processed. The writer's ciphertext buffer lives only
+//! while it writes: it is kept between writes only after a busy write and only up to
+//! [`KEEP_WRITE_BUFFER`] (one record); a small write (a ping) or a large one releases it, so an
+//! idle connection holds no write buffer.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -383,6 +388,26 @@ fn drain(conn: &mut rustls::Connection, dst: &mut BytesMut) -> io::Result<Draine
     }
 }
 
+/// A reader with nothing to give yet (`WouldBlock`), never end of file.
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// Brings rustls' ciphertext buffer (its deframer) back to its minimum once it holds no
+/// partial record. rustls grows that buffer towards a full record (16 KiB) while a record
+/// arrives in pieces and shrinks it back (to 4 KiB) only at the start of the next
+/// `read_tls`: after a burst the buffer would stay at its largest for as long as the
+/// connection is quiet. A `read_tls` from a reader that has nothing yet (`WouldBlock`) runs
+/// that shrink and changes nothing else (it is not an end of file; with a partial record
+/// buffered it only makes the room the next read would make anyway).
+fn shrink_deframer(conn: &mut rustls::Connection) {
+    let _ = conn.read_tls(&mut NothingYet);
+}
+
 /// Starts a socket read that owns its half and buffer, so it can outlive a `read` call.
 fn start_read(mut rd: OwnedReadHalf<TcpStream>, buf: Vec<u8>) -> ReadOp {
     Box::pin(async move {
@@ -444,10 +469,13 @@ impl TlsReader {
             };
             let full = n == buf.capacity();
             let processed = self.process(&buf[..n], dst);
-            // A small buffer while nothing was pending, a record-sized one once data flows.
+            // A record-sized buffer while data flows (the last read filled the buffer: more is
+            // probably waiting), a small one as soon as a read found the socket drained: the
+            // next read may wait for a long time (an idle tunnel, a keep-alive connection), and
+            // the buffer it waits with is held all that time.
             self.buf = if full && buf.capacity() < BUSY_READ_BUFFER {
                 Vec::with_capacity(BUSY_READ_BUFFER)
-            } else if !full && n < IDLE_READ_BUFFER && buf.capacity() > IDLE_READ_BUFFER {
+            } else if !full && buf.capacity() > IDLE_READ_BUFFER {
                 Vec::with_capacity(IDLE_READ_BUFFER)
             } else {
                 buf
@@ -498,6 +526,9 @@ impl TlsReader {
         // empty write moves it into the send queue (and sends no record of its own).
         if !conn.is_handshaking() {
             let _ = conn.writer().write(&[]);
+        }
+        if res.is_ok() && !self.eof {
+            shrink_deframer(&mut conn);
         }
         let queued = conn.wants_write();
         drop(conn);

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use kubehub_wire::conn::{ConnConfig, Event, OpenError as WireOpenError, ResetOrigin};
-use kubehub_wire::handshake::{self, Offer};
+use kubehub_wire::handshake::{self, Agreed, Offer};
 use kubehub_wire::{
-    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Frame, GoAway, Role, StreamId,
+    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Frame, GoAway, Hello, Role, StreamId,
 };
 use monoio::net::TcpStream;
 use prometheus_client::metrics::counter::Counter;
@@ -75,15 +75,60 @@ pub fn cluster_of(cert: &[u8]) -> Option<String> {
     Some(cn)
 }
 
+/// An agent connection past the handshakes (TLS, HELLO / HELLO_ACK): what the tunnel runs on.
+struct Admitted {
+    rd: TlsReader,
+    wr: TlsWriter,
+    /// Bytes the agent sent right behind its HELLO.
+    buf: BytesMut,
+    hello: Hello,
+    agreed: Agreed,
+}
+
 /// Serves one agent connection until it ends.
+///
+/// A task keeps the largest state its future may need for as long as it lives, and a tunnel
+/// lives for days: so the handshakes, which need far more (rustls' handshake, the timers, a
+/// refusal to write), run in a future of their own, boxed and freed once they are done, and
+/// the tunnel is set up synchronously ([`start`]); what this future holds while the tunnel
+/// runs is the reader's state and a few handles.
 pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
+    let started = {
+        let Some(admitted) = Box::pin(admit(tcp, peer, &ctx)).await else {
+            return;
+        };
+        start(admitted, &ctx)
+    };
+    let Started {
+        tunnel,
+        mut rd,
+        mut buf,
+        writer,
+        commander,
+        span,
+    } = started;
+    read_loop(&mut rd, &mut buf, &tunnel).instrument(span).await;
+    // However the reader ended, the writer flushes what the engine still has (a GOAWAY) and
+    // closes the socket; then nothing is left to command.
+    tunnel.wake.notify_one();
+    writer.await;
+    commander.await;
+    let why = tunnel.state.borrow().why.clone().unwrap_or_default();
+    info!(cluster = %tunnel.cluster, "agent disconnected: {why}");
+    tunnel.unregister();
+    ctx.metrics.agents.dec();
+}
+
+/// The TLS handshake (an agent's certificate), HELLO (its cluster is the certificate's, and
+/// served here) and HELLO_ACK; `None` if the agent was refused (it was told why).
+async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admitted> {
     let _ = tcp.set_nodelay(true);
     let deadline = ctx.limits.handshake_timeout();
     let conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
         Ok(c) => c,
         Err(e) => {
             warn!(%peer, "agent TLS setup: {e}");
-            return;
+            return None;
         }
     };
     let tls = match tls::handshake(tcp, conn.into(), deadline).await {
@@ -91,7 +136,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         Err(e) => {
             ctx.metrics.tunnel_rejects.inc();
             warn!(%peer, "agent connection refused: {e}");
-            return;
+            return None;
         }
     };
     let Some(cert_cluster) = tls
@@ -101,7 +146,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     else {
         ctx.metrics.tunnel_rejects.inc();
         warn!(%peer, "not an agent's certificate (organization kubehub:agents) or no common name");
-        return;
+        return None;
     };
     let (mut rd, mut wr) = tls.into_split();
     let mut buf = BytesMut::new();
@@ -134,12 +179,12 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
                 ErrorCode::HANDSHAKE,
                 format!("expected HELLO, got {}", other.frame_type().name()),
             );
-            return reject(&ctx, peer, &mut wr, g).await;
+            return reject(ctx, peer, &mut wr, g).await;
         }
-        Ok(Err((code, e))) => return reject(&ctx, peer, &mut wr, refuse(code, e)).await,
+        Ok(Err((code, e))) => return reject(ctx, peer, &mut wr, refuse(code, e)).await,
         Err(_) => {
             let g = refuse(ErrorCode::HANDSHAKE, "HELLO timed out".into());
-            return reject(&ctx, peer, &mut wr, g).await;
+            return reject(ctx, peer, &mut wr, g).await;
         }
     };
     if hello.cluster_id != cert_cluster {
@@ -150,18 +195,18 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
                 hello.cluster_id
             ),
         );
-        return reject(&ctx, peer, &mut wr, g).await;
+        return reject(ctx, peer, &mut wr, g).await;
     }
     if *ctx.drain.borrow() {
         let g = refuse(ErrorCode::NO_ERROR, "hub is shutting down".into());
-        return reject(&ctx, peer, &mut wr, g).await;
+        return reject(ctx, peer, &mut wr, g).await;
     }
     if !ctx.registry.serves(&hello.cluster_id) {
         let g = refuse(
             ErrorCode::UNAUTHORIZED,
             format!("this hub does not serve cluster {:?}", hello.cluster_id),
         );
-        return reject(&ctx, peer, &mut wr, g).await;
+        return reject(ctx, peer, &mut wr, g).await;
     }
     let offer = Offer {
         capabilities: if ctx.caches.cfg.enabled {
@@ -175,15 +220,49 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     let (ack, agreed) =
         match handshake::accept(&hello, &offer, &ctx.hub_id, ctx.limits.keepalive_ms as u32) {
             Ok(x) => x,
-            Err(g) => return reject(&ctx, peer, &mut wr, g).await,
+            Err(g) => return reject(ctx, peer, &mut wr, g).await,
         };
     let mut eb = EncodeBuf::new();
     eb.push(&Frame::HelloAck(ack));
     if write_buf(&mut wr, &mut eb).await.is_err() {
-        return;
+        return None;
     }
-    let cluster = hello.cluster_id.clone();
-    info!(%peer, cluster = %cluster, agent = %hello.agent_id, software = %hello.software, "agent connected");
+    info!(%peer, cluster = %hello.cluster_id, agent = %hello.agent_id, software = %hello.software, "agent connected");
+    Some(Admitted {
+        rd,
+        wr,
+        buf,
+        hello,
+        agreed,
+    })
+}
+
+/// A running tunnel: what [`serve_agent`] keeps while it reads.
+struct Started {
+    tunnel: Rc<Tunnel>,
+    rd: TlsReader,
+    buf: BytesMut,
+    writer: monoio::task::JoinHandle<()>,
+    commander: monoio::task::JoinHandle<()>,
+    span: tracing::Span,
+}
+
+/// Sets up the tunnel of an admitted agent: the engine, its registration, the writer and the
+/// commander tasks.
+fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
+    let Admitted {
+        rd,
+        wr,
+        mut buf,
+        hello,
+        agreed,
+    } = admitted;
+    let Hello {
+        cluster_id: cluster,
+        agent_id,
+        labels,
+        ..
+    } = hello;
     let now = Instant::now();
     let cfg = ConnConfig {
         keepalive: Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
@@ -205,8 +284,9 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
     );
     // Bytes the agent sent right behind its HELLO.
     conn.handle_bytes(&mut buf, now);
+    release_if_empty(&mut buf);
     let (cmd_tx, cmd_rx) = mpsc::channel::<TunnelCmd>(COMMAND_QUEUE);
-    let generation = ctx.registry.register(&cluster, &hello.agent_id, cmd_tx);
+    let generation = ctx.registry.register(&cluster, &agent_id, cmd_tx);
     ctx.metrics.agents.inc();
     // One statement each: `get_or_create` returns a read guard that lives to the end of its
     // statement, and a second call that must insert would wait on it forever.
@@ -219,7 +299,7 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
             slots: HashMap::new(),
             why: None,
             ingest: Ingest::new(cluster_cache, generation, ctx.metrics.clone()),
-            labels: hello.labels.clone(),
+            labels,
         }),
         ctx: ctx.clone(),
         cluster: cluster.clone(),
@@ -231,19 +311,29 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         to_agent,
     });
     tunnel.dispatch();
-    let span = tracing::info_span!("tunnel", cluster = %cluster, agent = %hello.agent_id);
-    let writer = monoio::spawn(writer(wr, eb, tunnel.clone()).instrument(span.clone()));
+    let span = tracing::info_span!("tunnel", cluster = %cluster, agent = %agent_id);
+    let writer = monoio::spawn(writer(wr, tunnel.clone()).instrument(span.clone()));
     let commander = monoio::spawn(commander(cmd_rx, tunnel.clone()).instrument(span.clone()));
-    read_loop(&mut rd, &mut buf, &tunnel).instrument(span).await;
-    // However the reader ended, the writer flushes what the engine still has (a GOAWAY) and
-    // closes the socket; then nothing is left to command.
-    tunnel.wake.notify_one();
-    writer.await;
-    commander.await;
-    let why = tunnel.state.borrow().why.clone().unwrap_or_default();
-    info!(cluster = %cluster, "agent disconnected: {why}");
-    tunnel.unregister();
-    ctx.metrics.agents.dec();
+    Started {
+        tunnel,
+        rd,
+        buf,
+        writer,
+        commander,
+        span,
+    }
+}
+
+/// Gives back the read buffer's memory once every byte in it was decoded. Frames are slices of
+/// the buffer, and what the caches keep is copied out of them, so a buffer that held a burst
+/// (a snapshot: frames of up to the negotiated maximum) would otherwise keep that allocation,
+/// grown to the burst's largest read, for as long as the tunnel lives. Even with no room left
+/// (`capacity() == 0`) an emptied buffer still holds its share of the allocation the frames
+/// were cut from: it is dropped whenever it is empty. The next read allocates what it needs.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
 }
 
 /// Commands queued for a tunnel, at most this many.
@@ -526,21 +616,31 @@ impl Tunnel {
     }
 }
 
-async fn reject(ctx: &TunnelCtx, peer: SocketAddr, wr: &mut TlsWriter, g: GoAway) {
+/// Refuses an agent with `g` (its GOAWAY) and closes; always `None` (nothing admitted).
+async fn reject(
+    ctx: &TunnelCtx,
+    peer: SocketAddr,
+    wr: &mut TlsWriter,
+    g: GoAway,
+) -> Option<Admitted> {
     ctx.metrics.tunnel_rejects.inc();
     warn!(%peer, code = %g.code, "agent refused: {}", g.message);
     let mut eb = EncodeBuf::new();
     eb.push(&Frame::GoAway(g));
     let _ = write_buf(wr, &mut eb).await;
     let _ = wr.close().await;
+    None
 }
+
+/// Chunks handed to one TLS write at most.
+const WRITE_SLICES: usize = 64;
 
 async fn write_buf(wr: &mut TlsWriter, eb: &mut EncodeBuf) -> std::io::Result<()> {
     while eb.has_remaining() {
         let written = {
-            let mut slices = [std::io::IoSlice::new(&[]); 64];
-            let k = eb.chunks_vectored(&mut slices);
-            let parts: Vec<&[u8]> = slices[..k].iter().map(|s| &s[..]).collect();
+            // Slices of the queued chunks themselves (no iovec array held across the write:
+            // it would sit in every tunnel's writer task for the tunnel's whole life).
+            let parts: Vec<&[u8]> = eb.slices().take(WRITE_SLICES).collect();
             wr.write_all(&parts).await?;
             parts.iter().map(|p| p.len()).sum::<usize>()
         };
@@ -580,7 +680,10 @@ async fn read_loop(rd: &mut TlsReader, buf: &mut BytesMut, tunnel: &Rc<Tunnel>) 
             match read {
                 None => st.conn.transport_closed("the hub closed the connection"),
                 Some(Ok(0)) => st.conn.transport_closed("the agent closed the connection"),
-                Some(Ok(_)) => st.conn.handle_bytes(buf, now),
+                Some(Ok(_)) => {
+                    st.conn.handle_bytes(buf, now);
+                    release_if_empty(buf);
+                }
                 Some(Err(e)) => st.conn.transport_closed(&format!("read failed: {e}")),
             }
         }
@@ -591,9 +694,8 @@ async fn read_loop(rd: &mut TlsReader, buf: &mut BytesMut, tunnel: &Rc<Tunnel>) 
 /// Flushes what the engine has to send, in batches of whole frames; drives its timers; starts
 /// the drain when the hub shuts down. Ends once the engine is closed and flushed (or the
 /// socket fails), closing the socket.
-async fn writer(mut wr: TlsWriter, mut eb: EncodeBuf, tunnel: Rc<Tunnel>) {
-    // The HELLO_ACK left a scratch buffer behind; an idle tunnel keeps none.
-    eb.release_memory();
+async fn writer(mut wr: TlsWriter, tunnel: Rc<Tunnel>) {
+    let mut eb = EncodeBuf::new();
     let mut drain = tunnel.ctx.drain.clone();
     let mut drain_watch = true;
     loop {

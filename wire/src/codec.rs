@@ -99,6 +99,13 @@ impl EncodeBuf {
         self.chunks.len()
     }
 
+    /// The queued chunks, in order, as slices borrowed from the buffer (what
+    /// [`Buf::chunks_vectored`] gives, without an `IoSlice` array to fill): for writers that
+    /// take `&[&[u8]]`. [`Buf::advance`] by what was written.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.chunks.iter().map(|c| &c[..])
+    }
+
     fn flush_scratch(&mut self) {
         if !self.scratch.is_empty() {
             let head = self.scratch.split().freeze();

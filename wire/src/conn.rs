@@ -424,7 +424,9 @@ pub struct Connection {
     decoder: Decoder,
     /// Largest DATA payload per frame.
     max_frame: usize,
-    streams: HashMap<StreamId, Stream>,
+    /// Boxed: a table sized for a past burst of streams then costs a pointer per slot, not a
+    /// whole stream.
+    streams: HashMap<StreamId, Box<Stream>>,
     /// Opening frames (REQUEST, SNAPSHOT_BEGIN) of streams we opened, in id order.
     opens: VecDeque<Frame>,
     /// Streams with a frame to send, round-robin.
@@ -683,7 +685,7 @@ impl Connection {
             .map_err(|e| OpenError::Invalid(e.to_string()))?;
         self.streams.insert(
             id,
-            Stream {
+            Box::new(Stream {
                 local: true,
                 kind,
                 head_sent: false,
@@ -697,7 +699,7 @@ impl Connection {
                 buffered: 0,
                 fin,
                 sched: Sched::Idle,
-            },
+            }),
         );
         self.opens.push_back(frame);
         Ok(id)
@@ -1117,9 +1119,15 @@ impl Connection {
             + usize::from(self.goaway.is_some())
     }
 
-    /// The next event for the application.
+    /// The next event for the application. Once none is left the queue gives its memory back:
+    /// a burst (a snapshot arriving) queues many events at once, and an idle tunnel should not
+    /// keep room for them.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if ev.is_none() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        ev
     }
 
     /// The connection is closed: after [`Connection::close`], a protocol error, a keepalive
@@ -1545,8 +1553,9 @@ impl Connection {
     }
 
     /// Removes the stream from the table and every queue. Returns it if it was known.
-    fn forget(&mut self, id: StreamId) -> Option<Stream> {
+    fn forget(&mut self, id: StreamId) -> Option<Box<Stream>> {
         let s = self.streams.remove(&id)?;
+        shrink_after_burst(&mut self.streams);
         match s.sched {
             Sched::Ready => self.ready.retain(|x| *x != id),
             Sched::Blocked => {
@@ -1737,8 +1746,21 @@ fn discovery_fits(frame: &Frame) -> bool {
         })
 }
 
-fn remote_stream(kind: StreamKind) -> Stream {
-    Stream {
+/// Gives back most of a map's table once it holds a quarter of what it has room for or less
+/// (a burst of streams has ended), so that a connection's tables follow its streams down as
+/// well as up. Hash tables never shrink by themselves; the hysteresis keeps a connection
+/// whose stream count swings from rebuilding its table each time.
+pub(crate) fn shrink_after_burst<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    // The capacity of an 8-slot table.
+    const KEEP: usize = 7;
+    let cap = map.capacity();
+    if cap > KEEP && map.len() * 4 <= cap {
+        map.shrink_to(KEEP.max(map.len() * 2));
+    }
+}
+
+fn remote_stream(kind: StreamKind) -> Box<Stream> {
+    Box::new(Stream {
         local: false,
         kind,
         head_sent: true,
@@ -1756,7 +1778,7 @@ fn remote_stream(kind: StreamKind) -> Stream {
             Fin::Open
         },
         sched: Sched::Idle,
-    }
+    })
 }
 
 fn invalid(id: StreamId, reason: &str) -> StreamGone {
@@ -1776,4 +1798,33 @@ fn truncate(message: &str) -> String {
         end -= 1;
     }
     message[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_follow_a_burst_of_streams_down() {
+        let mut map: HashMap<StreamId, u64> = HashMap::new();
+        for id in 0..200 {
+            map.insert(id, 0);
+        }
+        let burst = map.capacity();
+        for id in 0..200 {
+            map.remove(&id);
+            shrink_after_burst(&mut map);
+            // Room for four times what is left at most (and never below an 8-slot table).
+            assert!(map.capacity() <= 7.max(4 * map.len() + 7), "{}", map.len());
+        }
+        assert!(map.capacity() < burst);
+        assert_eq!(map.capacity(), 7);
+        // A small table is left alone.
+        for id in 0..4 {
+            map.insert(id, 0);
+        }
+        map.remove(&0);
+        shrink_after_burst(&mut map);
+        assert_eq!(map.capacity(), 7);
+    }
 }

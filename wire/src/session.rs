@@ -269,6 +269,7 @@ impl Session {
             if !s.send_open && !s.recv_open {
                 let local = s.local;
                 self.streams.remove(&id);
+                crate::conn::shrink_after_burst(&mut self.streams);
                 if local {
                     self.local_open -= 1;
                 } else {

@@ -9,7 +9,6 @@
 //! integer) ends that type's stream with a log line: its reads are forwarded from then on, and
 //! nothing wrong is ever served.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,8 +34,7 @@ pub struct Effects {
 
 struct Stream {
     slot: Arc<TypeSlot>,
-    /// The `resource` label, and the type's event counter (kept: no lookup per event).
-    label: TypeLabel,
+    /// The type's event counter (kept: no lookup per event).
     events: Counter,
     /// The snapshot being received, if one is open.
     snapshot: Option<Vec<Object>>,
@@ -47,7 +45,9 @@ pub struct Ingest {
     cluster: Arc<ClusterCache>,
     metrics: Arc<Metrics>,
     generation: u64,
-    streams: HashMap<StreamId, Stream>,
+    /// One per cached type: a handful, for as long as the tunnel lives (a vector costs what
+    /// they take; a hash table, room for more).
+    streams: Vec<(StreamId, Stream)>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -71,7 +71,7 @@ impl Ingest {
             cluster,
             metrics,
             generation,
-            streams: HashMap::new(),
+            streams: Vec::new(),
         }
     }
 
@@ -83,12 +83,22 @@ impl Ingest {
             .map(|(id, _)| *id)
     }
 
+    /// Removes stream `id`, if it is a known sync stream.
+    fn remove(&mut self, id: StreamId) -> Option<Stream> {
+        let i = self.streams.iter().position(|(s, _)| *s == id)?;
+        let (_, s) = self.streams.swap_remove(i);
+        if self.streams.is_empty() {
+            self.streams = Vec::new();
+        }
+        Some(s)
+    }
+
     /// Applies one frame of sync stream `id`.
     pub fn frame(&mut self, id: StreamId, frame: Frame, now: Instant) -> Effects {
         // A tunnel the cluster's agent has replaced (it reconnected before this one timed
         // out) writes nothing more into the caches its successor feeds.
         if !self.cluster.is_current(self.generation) {
-            self.streams.remove(&id);
+            self.remove(id);
             return Effects {
                 reset: Some(ErrorCode::CANCEL),
                 request_progress: None,
@@ -97,7 +107,7 @@ impl Ingest {
         match self.apply(id, frame, now) {
             Ok(effects) => effects,
             Err(why) => {
-                if let Some(s) = self.streams.remove(&id) {
+                if let Some(s) = self.remove(id) {
                     warn!(stream = id, resource = %s.slot.info.resource, "sync stream refused: {why}; reads of this type are forwarded");
                     s.slot.set_synced(false);
                 } else {
@@ -126,15 +136,16 @@ impl Ingest {
                     resource: type_label(&b.resource),
                 };
                 let events = self.metrics.cache_events.get_or_create(&label).clone();
-                self.streams.insert(
-                    id,
-                    Stream {
-                        slot,
-                        label,
-                        events,
-                        snapshot: Some(Vec::new()),
-                    },
-                );
+                let stream = Stream {
+                    slot,
+                    events,
+                    snapshot: Some(Vec::new()),
+                };
+                // A relist restarts on its stream: its snapshot starts over.
+                match self.streams.iter_mut().find(|(s, _)| *s == id) {
+                    Some((_, s)) => *s = stream,
+                    None => self.streams.push((id, stream)),
+                }
                 Ok(Effects::default())
             }
             Frame::SnapshotItems(items) => {
@@ -171,7 +182,9 @@ impl Ingest {
                 s.slot.set_synced(true);
                 info!(stream = id, resource = %s.slot.info.resource, objects = n, rv = %end.resource_version, "snapshot applied");
                 s.events.inc_by(n as u64);
-                let label = s.label.clone();
+                let label = TypeLabel {
+                    resource: type_label(&s.slot.key()),
+                };
                 self.metrics.cache_snapshots.get_or_create(&label).inc();
                 Ok(Effects::default())
             }
@@ -228,13 +241,15 @@ impl Ingest {
 
     fn stream(&mut self, id: StreamId) -> Result<&mut Stream, String> {
         self.streams
-            .get_mut(&id)
+            .iter_mut()
+            .find(|(s, _)| *s == id)
+            .map(|(_, s)| s)
             .ok_or_else(|| format!("stream {id} is not a known sync stream"))
     }
 
     /// The stream ended (END, RESET, or the tunnel closed).
     pub fn ended(&mut self, id: StreamId) {
-        if let Some(s) = self.streams.remove(&id) {
+        if let Some(s) = self.remove(id) {
             debug!(stream = id, resource = %s.slot.info.resource, "sync stream ended");
             // Unless a newer tunnel of the cluster feeds the slot by now.
             if self.cluster.is_current(self.generation) {

@@ -20,8 +20,8 @@ pub mod plan;
 pub mod serve;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -33,10 +33,16 @@ use crate::config::CacheConfig;
 use crate::metrics::{Metrics, TypeLabel};
 
 /// The cached state of one type of one cluster.
+///
+/// Memory: what every slot of every cluster holds, so nothing here is allocated before it is
+/// needed: the type's description is shared by the clusters that report it alike
+/// ([`Caches::wanted`]), the cache allocates its history as changes come, and the wake-up
+/// channels (the cache's, and `epoch`) exist only once something waits on them.
 #[derive(Debug)]
 pub struct TypeSlot {
-    /// The type, as the agent reported it (kind, scope).
-    pub info: ResourceType,
+    /// The type, as the agent reported it (kind, scope); one allocation shared by every
+    /// cluster whose agent reported the same.
+    pub info: Arc<ResourceType>,
     /// The objects, their history, their watchers' wake-ups.
     pub cache: TypeCache,
     /// Confirmations of currency.
@@ -44,20 +50,20 @@ pub struct TypeSlot {
     /// A snapshot has been applied and the sync stream is open: reads may be served.
     synced: AtomicBool,
     /// Bumped whenever the sync stream ends (agent gone, stream reset): open watches end so
-    /// that their clients relist.
-    epoch: watch::Sender<u64>,
+    /// that their clients relist. Created by the first watch (see [`TypeSlot::epoch`]).
+    epoch: OnceLock<watch::Sender<u64>>,
     /// At the last confirmation: the edge's resourceVersion minus the cache's.
     pub last_lag: AtomicU64,
 }
 
 impl TypeSlot {
-    fn new(info: ResourceType, history_window: usize) -> TypeSlot {
+    fn new(info: Arc<ResourceType>, history_window: usize) -> TypeSlot {
         TypeSlot {
             info,
             cache: TypeCache::new(history_window),
             freshness: freshness::Freshness::default(),
             synced: AtomicBool::new(false),
-            epoch: watch::channel(0).0,
+            epoch: OnceLock::new(),
             last_lag: AtomicU64::new(0),
         }
     }
@@ -71,7 +77,12 @@ impl TypeSlot {
     pub fn set_synced(&self, synced: bool) {
         let was = self.synced.swap(synced, Ordering::AcqRel);
         if was && !synced {
-            self.epoch.send_modify(|e| *e += 1);
+            // Pairs with the fence in `epoch`: a watcher that subscribed and then still saw
+            // the stream synced has a channel this sees.
+            fence(Ordering::SeqCst);
+            if let Some(tx) = self.epoch.get() {
+                tx.send_modify(|e| *e += 1);
+            }
         }
         if !synced {
             // No answer comes on a stream that ended, whether or not it ever synced.
@@ -79,16 +90,45 @@ impl TypeSlot {
         }
     }
 
-    /// Changes when the sync stream ends (see [`TypeSlot::set_synced`]).
+    /// Whether this is the slot of type `key`.
+    fn is(&self, key: &ResourceKey) -> bool {
+        self.info.resource == key.resource
+            && self.info.group == key.group
+            && self.info.version == key.version
+    }
+
+    /// The type's key.
+    fn key(&self) -> ResourceKey {
+        ResourceKey {
+            group: self.info.group.clone(),
+            version: self.info.version.clone(),
+            resource: self.info.resource.clone(),
+        }
+    }
+
+    /// The order of [`ClusterCache::slots`]: by group, version, resource.
+    fn order(&self) -> (&str, &str, &str) {
+        (&self.info.group, &self.info.version, &self.info.resource)
+    }
+
+    /// Changes when the sync stream ends (see [`TypeSlot::set_synced`]). Subscribe before
+    /// checking [`TypeSlot::is_synced`]: an end after the check is then always seen.
     pub fn epoch(&self) -> watch::Receiver<u64> {
-        self.epoch.subscribe()
+        let rx = self.epoch.get_or_init(|| watch::channel(0).0).subscribe();
+        // Pairs with the fence in `set_synced`: either that sees this channel and sends, or
+        // the `is_synced` check that follows sees the stream ended.
+        fence(Ordering::SeqCst);
+        rx
     }
 }
 
 /// Where the cluster's agent stands, for reads.
 #[derive(Debug)]
 pub struct ClusterCache {
-    types: RwLock<HashMap<ResourceKey, Arc<TypeSlot>>>,
+    /// The slots, sorted by type (group, version, resource). A handful per cluster: a scan
+    /// finds one as fast as a hash would, and a vector costs a pointer per type where a hash
+    /// table would cost a bucket of room (key included) per type and then some.
+    types: RwLock<Vec<Arc<TypeSlot>>>,
     /// Milliseconds since `origin` when the agent left; 0 while connected.
     left_at_ms: AtomicU64,
     /// The tunnel generation currently feeding these caches.
@@ -99,7 +139,7 @@ pub struct ClusterCache {
 impl ClusterCache {
     fn new() -> ClusterCache {
         ClusterCache {
-            types: RwLock::new(HashMap::new()),
+            types: RwLock::new(Vec::new()),
             left_at_ms: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             origin: Instant::now(),
@@ -111,51 +151,51 @@ impl ClusterCache {
         self.types
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(key)
+            .iter()
+            .find(|s| s.is(key))
             .cloned()
     }
 
     /// The slots, sorted by type.
     pub fn slots(&self) -> Vec<(ResourceKey, Arc<TypeSlot>)> {
-        let mut v: Vec<_> = self
-            .types
+        self.types
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
-        v.sort_by(|a, b| {
-            (&a.0.group, &a.0.version, &a.0.resource).cmp(&(
-                &b.0.group,
-                &b.0.version,
-                &b.0.resource,
-            ))
-        });
-        v
+            .map(|s| (s.key(), s.clone()))
+            .collect()
     }
 
     /// Makes the cached types exactly `wanted` (keeping the slots of types that stay), and
     /// returns their keys.
-    pub fn set_types(&self, wanted: Vec<ResourceType>, history_window: usize) -> Vec<ResourceKey> {
+    pub fn set_types(
+        &self,
+        wanted: Vec<Arc<ResourceType>>,
+        history_window: usize,
+    ) -> Vec<ResourceKey> {
         let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::with_capacity(wanted.len());
+        let mut next: Vec<Arc<TypeSlot>> = Vec::with_capacity(wanted.len());
         for t in wanted {
             let key = ResourceKey {
                 group: t.group.clone(),
                 version: t.version.clone(),
                 resource: t.resource.clone(),
             };
-            let slot = match types.remove(&key) {
-                Some(s) => s,
+            if next.iter().any(|s| s.is(&key)) {
+                continue;
+            }
+            let slot = match types.iter().position(|s| s.is(&key)) {
+                Some(i) => types.swap_remove(i),
                 None => Arc::new(TypeSlot::new(t, history_window)),
             };
-            next.insert(key, slot);
+            next.push(slot);
         }
-        for (_, gone) in types.drain() {
+        for gone in types.drain(..) {
             gone.set_synced(false);
         }
+        next.sort_by(|a, b| a.order().cmp(&b.order()));
         *types = next;
-        types.keys().cloned().collect()
+        types.iter().map(|s| s.key()).collect()
     }
 
     /// What is cached per type, for `/clusters` on the admin listener.
@@ -241,6 +281,8 @@ pub struct Caches {
     pub metrics: Arc<Metrics>,
     /// The hub is shutting down: no stale reads.
     draining: AtomicBool,
+    /// The type descriptions in use, each once (see [`Caches::wanted`]).
+    infos: Mutex<Vec<Weak<ResourceType>>>,
 }
 
 impl Caches {
@@ -252,6 +294,7 @@ impl Caches {
             clusters,
             metrics,
             draining: AtomicBool::new(false),
+            infos: Mutex::new(Vec::new()),
         }
     }
 
@@ -301,11 +344,14 @@ impl Caches {
 
     /// The types to cache for a cluster: those configured for its labels that its agent
     /// reported it can sync (DISCOVERY's `cached` flag: list and watch, no subresource).
+    ///
+    /// Each description is shared: clusters whose agents report a type alike (the same
+    /// Kubernetes version, as a fleet mostly is) hold one allocation of it, not one each.
     pub fn wanted(
         &self,
         labels: &[(String, String)],
         reported: &[ResourceType],
-    ) -> Vec<ResourceType> {
+    ) -> Vec<Arc<ResourceType>> {
         if !self.cfg.enabled {
             return Vec::new();
         }
@@ -318,7 +364,21 @@ impl Caches {
                     n.group == t.group && n.version == t.version && n.resource == t.resource
                 })
             })
-            .cloned()
+            .map(|t| self.intern(t))
             .collect()
+    }
+
+    /// The shared description equal to `t` (made if none is in use). Descriptions no slot
+    /// holds any more are forgotten as this runs, so the table holds what is in use: a few
+    /// per cached type, however many clusters and however often they report.
+    fn intern(&self, t: &ResourceType) -> Arc<ResourceType> {
+        let mut infos = self.infos.lock().unwrap_or_else(|e| e.into_inner());
+        infos.retain(|w| w.strong_count() > 0);
+        if let Some(shared) = infos.iter().filter_map(Weak::upgrade).find(|s| **s == *t) {
+            return shared;
+        }
+        let shared = Arc::new(t.clone());
+        infos.push(Arc::downgrade(&shared));
+        shared
     }
 }

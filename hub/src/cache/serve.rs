@@ -68,7 +68,8 @@ pub async fn serve(
             .inc();
     };
     // Subscribed before the checks below: a sync stream ending after them still ends a watch.
-    let epoch = slot.epoch();
+    // (Only a watch needs it: gets and lists do not make the slot's channel exist.)
+    let epoch = (plan.read == Read::Watch).then(|| slot.epoch());
     let decided = match ready(ctx, cluster, cc, &slot, &plan).await {
         Ok(warning) => filter_for(&slot, &plan).map(|f| (warning, f)),
         Err(reason) => Err(reason),
@@ -108,7 +109,7 @@ pub async fn serve(
                 snap,
                 plan: &plan,
                 filter,
-                epoch,
+                epoch: epoch.unwrap_or_else(|| slot.epoch()),
             };
             watch(ctx, conn, out, w, fields).await
         }
