@@ -487,12 +487,7 @@ pub async fn run(mut a: FanoutArgs, report: &mut Report) -> Result<(), String> {
     if a.rates.is_empty() || a.rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
         return Err(format!("--rates must be positive: {:?}", a.rates));
     }
-    let nofile = crate::sys::raise_nofile();
-    if (k as u64) + 200 > nofile {
-        return Err(format!(
-            "{k} watchers need more than the {nofile} open files this process may have"
-        ));
-    }
+    crate::sys::need_files(k as u64 + 200, &format!("{k} watchers"))?;
     let opts = StackOptions::small(
         a.stack.kubehub.as_deref(),
         a.out_dir().join("run"),

@@ -233,14 +233,13 @@ fn start_agent(a: &FleetArgs, ca: &Ca, i: usize) -> Result<(Agent, Arc<Cluster>)
 
 /// `kubehub-perf fleet`: builds its own runtime with `--threads` workers.
 pub fn run_fleet(a: FleetArgs) -> Result<(), String> {
-    let limit = crate::sys::raise_nofile();
-    if (limit as usize) < a.count + 64 {
-        return Err(format!(
-            "{} agents need {} open files; this process may have {limit} (ulimit -Hn): run more fleet processes with fewer agents each",
-            a.count,
-            a.count + 64
-        ));
-    }
+    crate::sys::need_files(
+        a.count as u64 + 64,
+        &format!(
+            "{} agents in one fleet process (use more processes, fewer agents each)",
+            a.count
+        ),
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.max(1))
         .enable_all()

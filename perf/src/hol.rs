@@ -365,12 +365,7 @@ pub async fn run(mut a: HolArgs, report: &mut Report) -> Result<(), String> {
         a.stall_mb = a.stall_mb.min(8);
     }
     let n = a.streams.max(1);
-    let nofile = crate::sys::raise_nofile();
-    if (n as u64) + 200 > nofile {
-        return Err(format!(
-            "{n} busy connections need more than the {nofile} open files this process may have"
-        ));
-    }
+    crate::sys::need_files(n as u64 + 200, &format!("{n} busy connections"))?;
     let opts = StackOptions::small(
         a.stack.kubehub.as_deref(),
         a.out_dir().join("run"),

@@ -149,14 +149,10 @@ async fn wait_all(
 
 async fn start(o: &FleetOpts, scenario: &str, churn: f64) -> Result<Started, String> {
     let n = o.agents();
-    let limit = sys::raise_nofile();
-    if (limit as usize) < n + 256 {
-        return Err(format!(
-            "{n} agents need {} open files in the hub process; this machine allows {limit} (ulimit -Hn); the largest N here is about {}",
-            n + 256,
-            limit.saturating_sub(256)
-        ));
-    }
+    sys::need_files(
+        n as u64 + 256,
+        &format!("{n} agents (one descriptor each in the hub process, which inherits this limit)"),
+    )?;
     let hub = HubUnderTest::start(&HubSpec {
         kubehub: crate::stack::find_kubehub_or(o.kubehub.as_deref())?,
         dir: o.out(scenario).join("run"),

@@ -117,6 +117,18 @@ pub fn nofile_limit() -> (u64, u64) {
     rlimit::Resource::NOFILE.get().unwrap_or((0, 0))
 }
 
+/// Raises the open-files limit ([`raise_nofile`]) and checks that `need` descriptors fit, with
+/// an error that says what needs them and what the machine allows (`ulimit -Hn`).
+pub fn need_files(need: u64, what: &str) -> Result<(), String> {
+    let limit = raise_nofile();
+    if need > limit {
+        return Err(format!(
+            "{what} need {need} open files; a process here may have {limit} (ulimit -Hn, which only a privileged user can raise)"
+        ));
+    }
+    Ok(())
+}
+
 /// Raises this process's open-files limit to its hard limit (children started afterwards
 /// inherit it) and returns the new soft limit. Many agents and their hub need one descriptor
 /// per tunnel; the hard limit is what the machine allows without privileges, and a run that
@@ -127,4 +139,22 @@ pub fn raise_nofile() -> u64 {
         return hard;
     }
     soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_needing_more_descriptors_than_allowed_says_so() {
+        assert!(need_files(16, "a few").is_ok());
+        let (_, hard) = nofile_limit();
+        let err = need_files(hard + 1, "too many agents").unwrap_err();
+        assert!(
+            err.contains("too many agents") && err.contains("ulimit -Hn"),
+            "{err}"
+        );
+        // The soft limit now stands at the hard one, for children started afterwards.
+        assert_eq!(nofile_limit().0, hard);
+    }
 }
