@@ -244,10 +244,13 @@ pub async fn idle(o: FleetOpts) -> Result<Report, String> {
         s.secs_to_synced,
     );
     r.notes.push(format!(
-        "{n} agents, each syncing {} to the hub's cache ({} objects per cluster of the default seed: content {:?}); hub with {} worker threads",
+        "{n} agents, each syncing {} to the hub's cache; each cluster holds the 4 system namespaces and {} application namespace(s) with {} deployment(s) of {} pod(s) and {} ConfigMap(s) each, {} node(s); hub with {} worker threads",
         o.cache_types.join(", "),
-        "a few dozen",
-        o.content,
+        o.content.namespaces,
+        o.content.deployments,
+        o.content.pods,
+        o.content.configmaps,
+        o.content.nodes,
         o.hub_cores
     ));
     r.runs.push(run);
