@@ -122,11 +122,7 @@ struct Target {
 }
 
 fn client(ca_pem: &str) -> Result<HttpClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in kubehub_pki::parse_certs(ca_pem).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    crate::https_client(roots, 1024)
+    crate::https_client(crate::roots(Some(ca_pem))?, 1024)
 }
 
 impl Target {

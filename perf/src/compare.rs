@@ -176,10 +176,7 @@ async fn fetch(
     token: Option<&str>,
     ca: Option<&str>,
 ) -> Result<(String, Bytes), String> {
-    let roots = match ca {
-        Some(pem) => kubehub_pki::parse_roots(pem).map_err(|e| e.to_string())?,
-        None => rustls::RootCertStore::empty(),
-    };
+    let roots = crate::roots(ca)?;
     let client = crate::https_client::<http_body_util::Empty<Bytes>>(roots, 1)?;
     let mut req = http::Request::get(format!("{base}{path}"));
     if let Some(t) = token {
@@ -252,10 +249,8 @@ pub async fn run(kind: Kind, a: CompareArgs) -> Result<Report, String> {
         ca_pem: stack.ca_pem.clone(),
     };
     let pid = |name: &str| stack.procs.pid(name).map(|p| (name.to_owned(), p));
-    let hub_pids: Vec<(String, u32)> = match kind {
-        Kind::CacheGet | Kind::CacheList => pid("hub").into_iter().chain(pid("agent")).collect(),
-        _ => pid("hub").into_iter().chain(pid("agent")).collect(),
-    };
+    // The agent counts on every KubeHub path: it answers the cache's freshness probes too.
+    let hub_pids: Vec<(String, u32)> = pid("hub").into_iter().chain(pid("agent")).collect();
     let mut targets = Vec::new();
     let kube = |label: &str, p: String| Target {
         label: label.into(),
@@ -504,10 +499,7 @@ struct Max {
 /// (closed loop: the target is never idle), for a few seconds.
 async fn max_run(a: &CompareArgs, t: &Target) -> Result<Max, String> {
     let secs = if a.stack.smoke { 1.0 } else { 5.0 };
-    let roots = match &t.ca_pem {
-        Some(pem) => kubehub_pki::parse_roots(pem).map_err(|e| e.to_string())?,
-        None => rustls::RootCertStore::empty(),
-    };
+    let roots = crate::roots(t.ca_pem.as_deref())?;
     let client = crate::https_client::<http_body_util::Empty<Bytes>>(roots, a.connections)?;
     let url = format!("{}{}", t.base, t.path);
     let start = Instant::now();
@@ -610,10 +602,7 @@ async fn stream_run(a: &CompareArgs, t: &Target, round: u32) -> Result<Run, Stri
         ("one stream", 1usize),
         ("parallel streams", a.stream_parallel.max(1)),
     ] {
-        let roots = match &t.ca_pem {
-            Some(pem) => kubehub_pki::parse_roots(pem).map_err(|e| e.to_string())?,
-            None => rustls::RootCertStore::empty(),
-        };
+        let roots = crate::roots(t.ca_pem.as_deref())?;
         let client = crate::https_client::<http_body_util::Empty<Bytes>>(roots, parallel)?;
         let url = format!("{}{}", t.base, t.path);
         let before = cpu_of(&t.pids, tck);

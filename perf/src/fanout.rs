@@ -434,17 +434,7 @@ async fn watch_open(
 
 /// TLS 1.3/1.2 towards the hub, trusting `ca_pem`, HTTP/1.1 by ALPN.
 fn tls_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in kubehub_pki::parse_certs(ca_pem).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = crate::tls_client(crate::roots(Some(ca_pem))?)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

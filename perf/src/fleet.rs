@@ -179,7 +179,12 @@ fn agent_config(a: &FleetArgs, cluster: &str, i: usize) -> AgentConfig {
 }
 
 /// One agent with its cluster.
-fn start_agent(a: &FleetArgs, ca: &Ca, i: usize) -> Result<(Agent, Arc<Cluster>), String> {
+fn start_agent(
+    a: &FleetArgs,
+    ca: &Ca,
+    roots: &rustls::RootCertStore,
+    i: usize,
+) -> Result<(Agent, Arc<Cluster>), String> {
     let name = format!("{}-{}", a.prefix, a.first + i);
     let cluster = Cluster::new(
         name.clone(),
@@ -216,11 +221,10 @@ fn start_agent(a: &FleetArgs, ca: &Ca, i: usize) -> Result<(Agent, Arc<Cluster>)
         )
         .map_err(|e| format!("{name}: {e}"))?,
     );
-    let roots = kubehub_pki::parse_roots(&ca.cert_pem()).map_err(|e| e.to_string())?;
     let parts = Parts {
         client_cert,
         cert_pem: cert.cert,
-        roots,
+        roots: roots.clone(),
         upstream: UpstreamClient::in_process(
             format!("inproc://{name}"),
             in_process(cluster.clone()),
@@ -255,6 +259,7 @@ async fn fleet(a: FleetArgs) -> Result<(), String> {
         &std::fs::read_to_string(&a.ca_key).map_err(|e| format!("{}: {e}", a.ca_key.display()))?,
     )
     .map_err(|e| e.to_string())?;
+    let roots = crate::roots(Some(&ca.cert_pem()))?;
     let mut agents = Vec::with_capacity(a.count);
     let mut clusters = Vec::with_capacity(a.count);
     let period = Duration::from_secs_f64(1.0 / a.connect_rate.max(1.0));
@@ -265,7 +270,7 @@ async fn fleet(a: FleetArgs) -> Result<(), String> {
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }
-        let (agent, cluster) = start_agent(&a, &ca, i)?;
+        let (agent, cluster) = start_agent(&a, &ca, &roots, i)?;
         agents.push(agent);
         clusters.push(cluster);
         if last.elapsed() >= Duration::from_secs(1) {

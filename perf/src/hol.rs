@@ -133,17 +133,7 @@ impl std::fmt::Debug for Stalled {
 }
 
 fn open_stalled(hub: SocketAddr, ca_pem: &str, path: &str, token: &str) -> Result<Stalled, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in kubehub_pki::parse_certs(ca_pem).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = crate::tls_client(crate::roots(Some(ca_pem))?)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls::pki_types::ServerName::IpAddress(hub.ip().into());
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;

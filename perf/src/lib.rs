@@ -49,6 +49,27 @@ pub fn client(ca: Option<&std::path::Path>, conns: usize) -> Result<HttpClient, 
     https_client(roots, conns)
 }
 
+/// The roots trusting `ca_pem` (PEM, one or more certificates); none: an empty store (plain
+/// HTTP only).
+pub fn roots(ca_pem: Option<&str>) -> Result<rustls::RootCertStore, String> {
+    match ca_pem {
+        Some(pem) => kubehub_pki::parse_roots(pem).map_err(|e| e.to_string()),
+        None => Ok(rustls::RootCertStore::empty()),
+    }
+}
+
+/// The harness's TLS client configuration (ring, TLS 1.2 and 1.3, no client certificate)
+/// trusting `roots`; callers set ALPN if they speak HTTP themselves.
+pub fn tls_client(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// An HTTP/1.1 client over TLS (or plain HTTP) trusting `roots`, keeping up to `conns` idle
 /// connections per host.
 pub fn https_client<B>(
@@ -59,13 +80,7 @@ where
     B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
 {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = tls_client(roots)?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);

@@ -114,13 +114,7 @@ struct Sample {
 type BodyClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn body_client(ca_pem: Option<&str>, conns: usize) -> Result<BodyClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(pem) = ca_pem {
-        for c in kubehub_pki::parse_certs(pem).map_err(|e| e.to_string())? {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-    }
-    crate::https_client(roots, conns)
+    crate::https_client(crate::roots(ca_pem)?, conns)
 }
 
 /// Sends one request and reads its whole answer: `Ok(body bytes)` for a 2xx, else the

@@ -413,7 +413,7 @@ fn open_watches(
     String,
 > {
     use http_body_util::BodyExt;
-    let roots = kubehub_pki::parse_roots(&s.hub.ca_pem).map_err(|e| e.to_string())?;
+    let roots = crate::roots(Some(&s.hub.ca_pem))?;
     let client = crate::https_client::<http_body_util::Empty<Bytes>>(roots, count.max(1))?;
     let lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();

@@ -815,11 +815,7 @@ impl Stack {
         B: hyper::body::Body + Send + Unpin + 'static,
         B::Data: Send,
     {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in kubehub_pki::parse_certs(&self.ca_pem).map_err(|e| e.to_string())? {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-        crate::https_client(roots, conns)
+        crate::https_client(crate::roots(Some(&self.ca_pem))?, conns)
     }
 
     /// The hub's `/metrics` text.
