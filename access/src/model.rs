@@ -220,6 +220,12 @@ pub struct ClusterSelector {
 ///   except a `list` or `watch` with a `fieldSelector` of `metadata.name=<one of them>`, whose
 ///   name kube-apiserver reads from the selector.
 ///
+/// The agent's plugins are resource requests too, cluster-scoped, in API group
+/// `plugins.kubehub.io` (`kubehub_kapi::plugin`): `create` on `native` with `resourceNames:
+/// ["uptime"]` allows running the native command `uptime` and nothing else; `list` on
+/// `native` lists the allowed commands, `get` on `native` describes one; `get` on `host`
+/// reads the host's facts. A rule with `apiGroups: ["*"]` and `resources: ["*"]` covers them.
+///
 /// **Non-resource rules** (`nonResourceURLs` not empty) match non-resource requests (`/version`,
 /// `/healthz`, `/metrics`, discovery `/api`, `/apis/apps/v1`, `/openapi/v2`, …), whose verb is
 /// the lower-cased HTTP method (`get`, `head`, `post`, …):

@@ -278,4 +278,36 @@ mod tests {
         assert!(discovery_rule().allows(&get("/apis/apps")));
         assert_eq!(discovery_rule().validate(), Ok(()));
     }
+    /// A grant of one native command allows running it, and nothing else of the plugins.
+    #[test]
+    fn plugin_rules_name_plugins_as_resources() {
+        let one = crate::build::rule(
+            &["plugins.kubehub.io"],
+            &["native"],
+            &["create"],
+            &[],
+            &["uptime"],
+        );
+        let allows = |r: &Rule, method: &str, path: &str| {
+            let info = kubehub_kapi::plugin::request_info(method, path).unwrap();
+            r.allows(&Attributes::from(&info))
+        };
+        assert!(allows(&one, "POST", "/plugins/native/uptime"));
+        assert!(!allows(&one, "POST", "/plugins/native/reboot"));
+        assert!(!allows(&one, "GET", "/plugins/native"));
+        assert!(!allows(&one, "GET", "/plugins/native/uptime"));
+        assert!(!allows(&one, "GET", "/plugins/host"));
+        assert!(!allows(&one, "POST", "/plugins/native/uptime/x"));
+        let host = crate::build::rule(&["plugins.kubehub.io"], &["host"], &["get"], &[], &[]);
+        assert!(allows(&host, "GET", "/plugins/host"));
+        assert!(!allows(&host, "POST", "/plugins/native/uptime"));
+        // Namespaced rules never reach them (cluster-scoped); `*` does.
+        let ns = crate::build::rule(&["*"], &["*"], &["*"], &["default"], &[]);
+        assert!(!allows(&ns, "POST", "/plugins/native/uptime"));
+        let all = crate::build::rule(&["*"], &["*"], &["*"], &[], &[]);
+        assert!(allows(&all, "POST", "/plugins/native/uptime"));
+        // A Kubernetes rule does not.
+        let pods = crate::build::rule(&[""], &["pods"], &["*"], &[], &[]);
+        assert!(!allows(&pods, "POST", "/plugins/native/uptime"));
+    }
 }

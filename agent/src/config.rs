@@ -88,6 +88,50 @@
 //! request_timeout_ms = 60000         # deadline of one list page or probe (a watch's response head)
 //! backoff_initial_ms = 500           # after an API server failure, retry after a full-jitter
 //! backoff_max_ms = 30000             # exponential backoff between these bounds
+//!
+//! [plugins.host]                     # GET /plugins/host: the edge host's facts as JSON (OS,
+//! enabled = true                     # kernel, CPU, memory, disks, network interfaces, uptime).
+//!                                    # On by default: only users granted `host` in API group
+//!                                    # plugins.kubehub.io reach it, and little of it is not
+//!                                    # already in the Node objects such users can read
+//!
+//! [plugins.native]                   # allow-listed commands run on the edge host
+//!                                    # (`kubehub ctl native`); nothing else ever runs
+//! enabled = true                     # false: every /plugins/native request is 404
+//! max_running = 16                   # commands running at once (all users together); more: 429
+//!
+//! [[plugins.native.commands]]        # one allowed command (none by default)
+//! name = "journal"                   # /plugins/native/journal; a DNS label (a-z, 0-9, -),
+//!                                    # what grants name in resourceNames
+//! description = "The last lines of a systemd unit's journal"
+//! argv = ["journalctl", "--no-pager", "-u", "{unit}", "-n", "{lines}", "--since=-{hours}h"]
+//!                                    # run directly (never through a shell): the program
+//!                                    # (argv[0], an absolute path or looked up in the PATH
+//!                                    # below) and its arguments. `{name}` is replaced by the
+//!                                    # caller's value of argument `name`, as a whole element
+//!                                    # or a part of one; `{{` and `}}` are literal braces.
+//!                                    # argv[0] takes no placeholder; every placeholder must be
+//!                                    # declared below and every declared argument used
+//! args.unit = { values = ["kubelet", "containerd"] }  # one of these exactly
+//! args.lines = { pattern = "[0-9]{1,4}" }  # or a regular expression (Rust `regex` syntax)
+//! args.hours = { pattern = "[1-9][0-9]?" } # the whole value must match (it is anchored). A
+//!                                    # value may hold any character a pattern admits (spaces,
+//!                                    # `;`, `$(...)`: they reach the program as they are), but
+//!                                    # mind values starting with `-`, which many programs read
+//!                                    # as options. Every argument is required; at most 4096 bytes
+//! timeout_ms = 10000                 # killed (its whole process group, SIGKILL) after this;
+//!                                    # 1 to 86400000, default 30000
+//! user = "nobody"                    # run as this user (name or uid; its uid and primary gid,
+//!                                    # no supplementary groups). Default: the agent's own user.
+//!                                    # Unknown users are refused when the configuration is
+//!                                    # loaded; another user than the agent's needs the agent to
+//!                                    # run as root (checked when it starts). Every command runs
+//!                                    # with an empty environment but
+//!                                    # PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
+//!                                    # in `/`, with stdin from /dev/null, in its own process
+//!                                    # group (killed with it on timeout, when the caller goes
+//!                                    # away, and once the command exits: nothing it started
+//!                                    # outlives it)
 //! ```
 
 use std::net::SocketAddr;
@@ -432,6 +476,127 @@ impl ReflectorConfig {
     }
 }
 
+/// `[plugins]`: what the agent serves besides the edge API server, under `/plugins/<name>`
+/// (`crate::plugin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `[plugins.host]`: the edge host's facts.
+    #[serde(default)]
+    pub host: HostConfig,
+    /// `[plugins.native]`: allow-listed commands.
+    #[serde(default)]
+    pub native: NativeConfig,
+}
+
+impl PluginsConfig {
+    /// Checks the commands (names, templates, argument rules, timeouts, users).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::plugin::native::Native::compile(&self.native).map(|_| ())
+    }
+}
+
+/// `[plugins.host]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Serve `GET /plugins/host`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig { enabled: true }
+    }
+}
+
+/// `[plugins.native]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeConfig {
+    /// Serve `/plugins/native` (false: 404, whatever the commands).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Commands running at once, all callers together; beyond, 429.
+    #[serde(default = "default_max_running")]
+    pub max_running: u32,
+    /// The allowed commands.
+    #[serde(default)]
+    pub commands: Vec<NativeCommand>,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            enabled: true,
+            max_running: default_max_running(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+fn default_max_running() -> u32 {
+    16
+}
+
+fn default_command_timeout() -> u64 {
+    30_000
+}
+
+/// `[[plugins.native.commands]]`: one allowed command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeCommand {
+    /// Its name in `/plugins/native/<name>` (a DNS label).
+    pub name: String,
+    /// What it does, for `GET /plugins/native`.
+    #[serde(default)]
+    pub description: String,
+    /// The program and its arguments, with `{placeholders}`.
+    pub argv: Vec<String>,
+    /// The placeholders' rules.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, ArgRule>,
+    /// Killed after this long.
+    #[serde(default = "default_command_timeout")]
+    pub timeout_ms: u64,
+    /// Run as this user (name or uid); default: the agent's user.
+    #[serde(default)]
+    pub user: Option<RunAs>,
+}
+
+/// A user, by name or uid.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RunAs {
+    /// A uid.
+    Uid(u32),
+    /// A user name.
+    Name(String),
+}
+
+impl std::fmt::Display for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunAs::Uid(u) => write!(f, "uid {u}"),
+            RunAs::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// What values an argument admits: one of `values`, or a whole match of `pattern`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgRule {
+    /// The admitted values.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// A regular expression the whole value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -475,6 +640,9 @@ pub struct AgentConfig {
     /// Cache sync.
     #[serde(default)]
     pub sync: ReflectorConfig,
+    /// Plugins: what the agent serves besides the edge API server (`crate::plugin`).
+    #[serde(default)]
+    pub plugins: PluginsConfig,
 }
 
 impl AgentConfig {
@@ -534,6 +702,7 @@ impl AgentConfig {
             limits: Limits::default(),
             reconnect: Reconnect::default(),
             sync: ReflectorConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 
@@ -570,6 +739,7 @@ impl AgentConfig {
             ));
         }
         self.sync.validate()?;
+        self.plugins.validate()?;
         Ok(())
     }
 

@@ -401,6 +401,7 @@ pub(crate) struct Dialer {
     pub(crate) cfg: Arc<AgentConfig>,
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) upstream: UpstreamClient,
+    pub(crate) plugins: crate::plugin::Plugins,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -434,6 +435,7 @@ pub(crate) async fn dial_loop(
             &d.cfg,
             d.tls.clone(),
             d.upstream.clone(),
+            d.plugins.clone(),
             d.metrics.clone(),
             || {
                 up.store(true, Ordering::Relaxed);

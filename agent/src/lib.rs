@@ -2,8 +2,10 @@
 //!
 //! One agent runs next to each edge cluster. It dials the hubs over mutual TLS, says HELLO
 //! (the [`kubehub_wire`] protocol), and runs every request the hub forwards against the local
-//! API server, streaming the answer back. It reconnects after any failure with exponential
-//! backoff and full jitter, so thousands of agents never reconnect in lock-step. It reports the
+//! API server, streaming the answer back; requests under `/plugins/` go to the agent's
+//! plugins instead ([`plugin`]: allow-listed commands on the edge host, the host's facts). It
+//! reconnects after any failure with exponential backoff and full jitter, so thousands of
+//! agents never reconnect in lock-step. It reports the
 //! edge cluster's resource types to the hub ([`discovery`]), and list-watches the types the
 //! hub caches ([`reflector`]). With `[meta]` it enrolls with the metaserver using a join token
 //! and renews its certificate before it expires ([`enroll`]); tunnels dial with whatever
@@ -17,9 +19,12 @@ pub mod config;
 pub mod discovery;
 pub mod enroll;
 pub mod hubs;
+pub mod plugin;
 pub mod reflector;
 mod sync;
 pub mod tunnel;
+mod observe;
+mod upgrade;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -231,6 +236,9 @@ pub enum AgentError {
     /// Enrollment with the metaserver failed.
     #[error("enrollment: {0}")]
     Enroll(#[from] enroll::EnrollError),
+    /// The plugins cannot run as configured.
+    #[error(transparent)]
+    Plugins(#[from] config::ConfigError),
     /// `[meta]` but no identity or hubs yet: [`enroll::prepare`] comes first
     /// ([`Agent::join_and_start`] does both).
     #[error("not ready to start: {0}")]
@@ -335,6 +343,7 @@ impl Agent {
             return Err(AgentError::NotEnrolled("no hubs to dial"));
         }
         let tls = tunnel::client_tls_with(roots, client_cert.clone()).map_err(AgentError::Tls)?;
+        let plugins = plugin::Plugins::from_config(&cfg.plugins)?;
         let metrics = Arc::new(Metrics::default());
         if let Ok((_, not_after)) = kubehub_pki::cert_validity(&cert_pem) {
             metrics.cert.expires(not_after);
@@ -374,6 +383,7 @@ impl Agent {
             cfg: cfg.clone(),
             tls,
             upstream,
+            plugins,
             metrics: metrics.clone(),
         };
         if let Some((meta, access)) = meta_access {

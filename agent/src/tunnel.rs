@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
@@ -54,8 +54,10 @@ pub enum TunnelError {
 
 /// One stream the hub opened.
 struct Slot {
-    /// The request body, on its way to the upstream request.
-    body: Option<mpsc::Sender<Bytes>>,
+    /// The request body (or an upgraded connection's bytes from the user), on its way to the
+    /// edge. Bounded in bytes, not chunks: the hub cannot send more than the stream's window,
+    /// and credit goes back only as the edge takes the bytes.
+    body: Option<mpsc::UnboundedSender<Bytes>>,
     /// The task forwarding it.
     task: Option<AbortHandle>,
 }
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     writable: Notify,
     /// What the sync streams need.
     sync_env: SyncEnv,
+    /// What answers forwarded requests besides the edge API server (`/plugins/<name>/…`).
+    plugins: crate::plugin::Plugins,
 }
 
 impl Shared {
@@ -90,7 +94,7 @@ impl Shared {
         out
     }
 
-    /// [`Shared::with`], for the sync pumps.
+    /// [`Shared::with`], for the sync pumps and upgraded connections.
     pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         self.with(f)
     }
@@ -158,10 +162,6 @@ impl Shared {
     }
 }
 
-/// Request body chunks buffered per stream before the upstream takes them. The hub sends no
-/// more than the stream window (256 KiB by default, 16 chunks of 16 KiB), so a compliant hub
-/// never fills this; one that does gets the stream reset.
-const BODY_QUEUE: usize = 64;
 /// Bytes encoded per write at most.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -229,6 +229,7 @@ pub async fn run_once(
     cfg: &AgentConfig,
     tls: Arc<rustls::ClientConfig>,
     upstream: UpstreamClient,
+    plugins: crate::plugin::Plugins,
     metrics: Arc<Metrics>,
     on_up: impl FnOnce(),
 ) -> Result<(), TunnelError> {
@@ -348,6 +349,7 @@ pub async fn run_once(
             restart_after: Duration::from_millis(cfg.reconnect.max_ms),
             metrics: metrics.clone(),
         },
+        plugins,
     });
     let writer = tokio::spawn(writer(
         wr,
@@ -542,7 +544,7 @@ fn dispatch(
                 let (body_tx, body_rx) = if end_stream {
                     (None, None)
                 } else {
-                    let (t, r) = mpsc::channel(BODY_QUEUE);
+                    let (t, r) = mpsc::unbounded_channel();
                     (Some(t), Some(r))
                 };
                 metrics.streams.inc();
@@ -575,21 +577,17 @@ fn dispatch(
                 data,
                 end_stream,
             } => {
-                let mut overflow = false;
                 if let Some(slot) = st.streams.get_mut(&id) {
                     if !data.is_empty() {
                         if let Some(tx) = &slot.body {
-                            overflow = tx.try_send(data).is_err();
+                            // The consumer may have finished (an early answer): its credit
+                            // no longer matters, the stream is ending.
+                            let _ = tx.send(data);
                         }
                     }
                     if end_stream {
                         slot.body = None;
                     }
-                }
-                if overflow {
-                    warn!(stream = id, "the hub sent more body than the stream window");
-                    st.conn.reset(id, ErrorCode::ENHANCE_YOUR_CALM);
-                    abort(st, id);
                 }
             }
             Event::End { id, .. } => {
@@ -636,7 +634,7 @@ fn abort(st: &mut State, id: StreamId) {
 
 /// Sends body bytes on `id`, waiting while the stream's send buffer is full. `false`: the
 /// stream is gone.
-async fn send_data(shared: &Shared, id: StreamId, data: Bytes) -> bool {
+pub(crate) async fn send_data(shared: &Shared, id: StreamId, data: Bytes) -> bool {
     loop {
         let notified = shared.writable.notified();
         tokio::pin!(notified);
@@ -688,7 +686,7 @@ struct Forward {
 /// One forwarded request: upstream call, then the response streamed back.
 async fn forward(
     req: Forward,
-    body_rx: Option<mpsc::Receiver<Bytes>>,
+    body_rx: Option<mpsc::UnboundedReceiver<Bytes>>,
     shared: Arc<Shared>,
     upstream: UpstreamClient,
     metrics: Arc<Metrics>,
@@ -701,11 +699,14 @@ async fn forward(
 
 async fn answer(
     req: Forward,
-    body_rx: Option<mpsc::Receiver<Bytes>>,
+    body_rx: Option<mpsc::UnboundedReceiver<Bytes>>,
     shared: &Arc<Shared>,
     upstream: UpstreamClient,
 ) {
     let id = req.id;
+    if crate::upgrade::protocol(&req.fields).is_some() {
+        return crate::upgrade::answer(req.id, &req.method, &req.path, &req.fields, body_rx, shared, &upstream).await;
+    }
     let body: UpBody = match body_rx {
         None => http_body_util::Empty::<Bytes>::new()
             .map_err(|e| match e {})
@@ -714,30 +715,43 @@ async fn answer(
             // Credit for request body bytes goes back as the upstream takes them. The engine
             // queues the WINDOW_UPDATE itself: it cannot be lost to a full queue.
             let s2 = shared.clone();
-            let stream = ReceiverStream::new(rx).map(move |b: Bytes| {
+            let stream = UnboundedReceiverStream::new(rx).map(move |b: Bytes| {
                 s2.with(|c| c.release(id, b.len() as u32));
                 Ok::<_, std::io::Error>(hyper::body::Frame::data(b))
             });
             BodyExt::boxed(StreamBody::new(stream))
         }
     };
-    let resp = match upstream
-        .send(&req.method, &req.path, &req.fields, body)
+    let resp = match shared
+        .plugins
+        .send(&upstream, &req.method, &req.path, &req.fields, body)
         .await
     {
         Ok(r) => r,
-        Err(e) => {
-            warn!("edge API server unreachable: {e}");
-            let (code, fields, body) = status_body(
-                503,
-                "ServiceUnavailable",
-                format!("the edge API server is unreachable from the agent: {e}"),
-            );
-            let _ = shared.with(|c| c.send_response(id, code, fields, false).is_ok())
-                && shared.with(|c| c.send_data(id, body, true).is_ok());
-            return;
-        }
+        Err(e) => return unreachable(shared, id, &e),
     };
+    respond(shared, id, resp).await;
+}
+
+/// Answers stream `id` with a 503 `Status`: the edge API server could not be reached.
+pub(crate) fn unreachable(shared: &Shared, id: StreamId, e: &str) {
+    warn!("edge API server unreachable: {e}");
+    let (code, fields, body) = status_body(
+        503,
+        "ServiceUnavailable",
+        format!("the edge API server is unreachable from the agent: {e}"),
+    );
+    let _ = shared.with(|c| c.send_response(id, code, fields, false).is_ok())
+        && shared.with(|c| c.send_data(id, body, true).is_ok());
+}
+
+/// Streams the edge's answer back on stream `id`: RESPONSE, the body as DATA as the hub's
+/// window allows, END with any trailers.
+pub(crate) async fn respond(
+    shared: &Arc<Shared>,
+    id: StreamId,
+    resp: http::Response<crate::upstream::DownBody>,
+) {
     let status = resp.status().as_u16();
     let fields: Fields = resp
         .headers()

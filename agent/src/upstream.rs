@@ -137,37 +137,29 @@ impl UpstreamClient {
         fields: &[(Bytes, Bytes)],
         body: UpBody,
     ) -> Result<http::Response<DownBody>, String> {
-        let uri: Uri = match &self.via {
-            Via::Http(_) => format!("{}{}", self.base, String::from_utf8_lossy(path)),
-            Via::InProcess(_) => String::from_utf8_lossy(path).into_owned(),
-        }
-        .parse()
-        .map_err(|e| format!("bad path: {e}"))?;
-        let method = http::Method::from_bytes(method).map_err(|e| format!("bad method: {e}"))?;
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(h) = req.headers_mut() {
-            for (n, v) in fields {
-                if is_hop_by_hop(n)
-                    || n.eq_ignore_ascii_case(b"host")
-                    || n.eq_ignore_ascii_case(b"authorization")
-                {
-                    continue;
-                }
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
-                    h.append(n, v);
-                }
-            }
-            if let Some(t) = &self.token {
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                    h.insert(http::header::AUTHORIZATION, v);
-                }
+        self.call(request(method, path, fields, body)?).await
+    }
+
+    /// Sends a request built by [`request`] (its URI the path and query only): the base URL
+    /// goes in front and the agent's credentials are added.
+    pub async fn call(&self, mut req: Request<UpBody>) -> Result<http::Response<DownBody>, String> {
+        if let Some(t) = &self.token {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                req.headers_mut().insert(http::header::AUTHORIZATION, v);
             }
         }
-        let req = req.body(body).map_err(|e| e.to_string())?;
         let client = match &self.via {
             Via::Http(c) => c,
             Via::InProcess(handler) => return handler(req).await,
         };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *req.uri_mut() = format!("{}{path}", self.base)
+            .parse()
+            .map_err(|e| format!("bad path: {e}"))?;
         let resp = client.request(req).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -181,6 +173,35 @@ impl UpstreamClient {
         use http_body_util::BodyExt;
         Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed()))
     }
+}
+
+/// A forwarded request as the edge (the API server, or a plugin) receives it: the URI is the
+/// path and query only; hop-by-hop fields, `Host` and `Authorization` are removed.
+pub fn request(
+    method: &[u8],
+    path: &[u8],
+    fields: &[(Bytes, Bytes)],
+    body: UpBody,
+) -> Result<Request<UpBody>, String> {
+    let uri: Uri = String::from_utf8_lossy(path)
+        .parse()
+        .map_err(|e| format!("bad path: {e}"))?;
+    let method = http::Method::from_bytes(method).map_err(|e| format!("bad method: {e}"))?;
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(h) = req.headers_mut() {
+        for (n, v) in fields {
+            if is_hop_by_hop(n)
+                || n.eq_ignore_ascii_case(b"host")
+                || n.eq_ignore_ascii_case(b"authorization")
+            {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                h.append(n, v);
+            }
+        }
+    }
+    req.body(body).map_err(|e| e.to_string())
 }
 
 pub use kubehub_kapi::http::is_hop_by_hop;

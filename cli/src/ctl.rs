@@ -1,6 +1,7 @@
 //! `kubehub ctl`: the metaserver's command line. Every subcommand is one or two API calls
 //! (meta/src/api.rs lists them); output is a table for people, or JSON with `-o json`.
-//! Errors print meta's message and exit 1 (2 for usage errors).
+//! Errors print meta's message and exit 1 (2 for usage errors). `native` and `host` talk to a
+//! hub instead, with a user's kubeconfig (the cluster's agent plugins: `crate::plugins`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,9 +19,10 @@ pub struct CtlArgs {
     /// File holding the bearer token (an admin token, or a user's KubeHub token).
     #[arg(long, env = "KUBEHUB_META_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// The CA that signed meta's certificate (PEM).
+    /// The CA that signed meta's certificate (PEM); required by every subcommand but `native`
+    /// and `host`.
     #[arg(long, env = "KUBEHUB_META_CA")]
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
     /// Output: `table` or `json`.
     #[arg(short = 'o', long, default_value = "table")]
     pub output: String,
@@ -75,6 +77,11 @@ pub enum CtlCommand {
     Agents,
     /// Who meta thinks you are.
     Whoami,
+    /// Run an allow-listed command on a cluster's edge host, through the hub (`[CLUSTER]
+    /// COMMAND [NAME=VALUE ...]`; `--list`: the allowed commands); exits with its exit code.
+    Native(crate::plugins::NativeArgs),
+    /// A cluster's edge host facts (OS, kernel, CPU, memory, disks, network), through the hub.
+    Host(crate::plugins::HostArgs),
 }
 
 /// create / list / delete by name.
@@ -361,8 +368,14 @@ pub fn run(args: CtlArgs) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(ctl(args)) {
-        Ok(()) => 0,
+    let json_out = args.output == "json";
+    let result = match args.command {
+        CtlCommand::Native(n) => rt.block_on(crate::plugins::native(n, json_out)),
+        CtlCommand::Host(h) => rt.block_on(crate::plugins::host(h)),
+        _ => rt.block_on(ctl(args)).map(|()| 0),
+    };
+    match result {
+        Ok(code) => code,
         Err((code, msg)) => {
             eprintln!("kubehub ctl: {msg}");
             code
@@ -373,8 +386,12 @@ pub fn run(args: CtlArgs) -> i32 {
 async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
     let usage = |m: String| (2, m);
     let fail = |e: kubehub_meta::client::ClientError| (1, e.to_string());
-    let ca = std::fs::read_to_string(&args.ca)
-        .map_err(|e| usage(format!("reading --ca {}: {e}", args.ca.display())))?;
+    let ca_path = args
+        .ca
+        .as_ref()
+        .ok_or_else(|| usage("--ca (or KUBEHUB_META_CA) is required: meta's CA".into()))?;
+    let ca = std::fs::read_to_string(ca_path)
+        .map_err(|e| usage(format!("reading --ca {}: {e}", ca_path.display())))?;
     let token = match &args.token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -698,6 +715,10 @@ async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
         CtlCommand::Whoami => {
             let v = c.get("/v1/whoami").await.map_err(fail)?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        // Not meta's: `run` sends them to the hub.
+        CtlCommand::Native(_) | CtlCommand::Host(_) => {
+            return Err(usage("native and host talk to a hub".into()))
         }
     }
     Ok(())

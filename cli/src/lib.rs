@@ -8,6 +8,7 @@
 
 mod ctl;
 mod meta;
+mod plugins;
 mod run;
 mod sim;
 

@@ -378,6 +378,18 @@ state_dir = "agent"    # the agent's key, certificate and enrollment
 
 [upstream]
 url = "http://{sim}"
+
+[plugins.native]       # commands users may run on the edge host (`kubehub ctl native`)
+[[plugins.native.commands]]
+name = "uptime"
+description = "How long the host has been up (seconds), and its load averages"
+argv = ["cat", "/proc/uptime", "/proc/loadavg"]
+
+[[plugins.native.commands]]
+name = "df"
+description = "Disk space of a file system"
+argv = ["df", "-h", "{{path}}"]
+args.path = {{ values = ["/", "/tmp"] }}
 "#,
         sim = sim_server.local_addr()
     );
@@ -422,9 +434,17 @@ url = "http://{sim}"
     println!("  {k} get pods -A -w            # the cluster changes every few seconds");
     println!("  {k} get deploy,svc -A -o wide");
     println!("  {k} logs -f -n <namespace> <pod>");
+    println!("  {k} exec -it -n <namespace> <pod> -- sh          # also exec -i, attach, cp");
+    println!("  {k} port-forward -n <namespace> pod/<pod> 8080:<port> & curl localhost:8080/");
     println!("  {k} label pods -n <namespace> --all team=demo && {k} get pods -A --show-labels");
     println!("  {k} auth can-i delete pods -n default");
     println!("  {k} apply -f <manifest.yaml>   # JSON-bodied writes; the simulator does not decode protobuf bodies");
+    let kc = kc_path.display();
+    println!(
+        "  kubehub ctl native --kubeconfig {kc} --list   # commands the agent may run on its host"
+    );
+    println!("  kubehub ctl native --kubeconfig {kc} df path=/");
+    println!("  kubehub ctl host --kubeconfig {kc}            # the edge host's facts");
     if let Some(a) = hub.admin_addr {
         println!("  curl http://{a}/metrics      # the hub's metrics");
     }

@@ -81,6 +81,22 @@ fn demo_prints_working_commands_keeps_its_state_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (demo, lines) = start(dir.path());
     kubectl_works(dir.path(), &lines);
+    // The printed native command runs on the edge host, through the hub.
+    let native = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("kubehub ctl native") && l.contains(" df "))
+        .expect("a native command");
+    let out = Command::new(env!("CARGO_BIN_EXE_kubehub"))
+        .args(native.split_whitespace().skip(1))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Filesystem"),
+        "{native}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in [
         "meta.toml",
         "hub.toml",

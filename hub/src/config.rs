@@ -80,6 +80,11 @@
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
 //! drain_timeout_ms = 5000            # on shutdown, streams still open after this are ended
+//! # An upgraded connection (exec, attach, cp, port-forward) with no bytes either way for this
+//! # long is closed. kubectl pings every 5 s over WebSocket (and gives up after 61 s without an
+//! # answer), but not over SPDY: an idle shell or port-forward must outlive a coffee break, so
+//! # the default is kubelet's streaming-connection-idle-timeout (4 h).
+//! upgrade_idle_timeout_ms = 14400000
 //!
 //! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
 //! enabled = true
@@ -214,6 +219,9 @@ pub struct Limits {
     /// On shutdown, how long streams in flight may go on before they are ended (watches and
     /// `logs -f` end cleanly; clients reconnect elsewhere).
     pub drain_timeout_ms: u64,
+    /// An upgraded connection (exec, attach, port-forward) silent both ways for this long is
+    /// closed.
+    pub upgrade_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -233,6 +241,7 @@ impl Default for Limits {
             response_timeout_ms: 60_000,
             keepalive_ms: 15_000,
             drain_timeout_ms: 5_000,
+            upgrade_idle_timeout_ms: 4 * 3600 * 1000,
         }
     }
 }
@@ -655,6 +664,15 @@ impl HubConfig {
             return Err(ConfigError::Invalid(
                 "limits.request_head_timeout_ms and limits.idle_timeout_ms must be above 0".into(),
             ));
+        }
+        // Below kubectl's 61 s ping deadline a healthy WebSocket session could be cut between
+        // two pings that crossed a busy moment; far below it, every idle shell would be.
+        if l.upgrade_idle_timeout_ms < 61_000 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.upgrade_idle_timeout_ms = {} is below kubectl's 61 s ping deadline: \
+                 use at least 61000",
+                l.upgrade_idle_timeout_ms
+            )));
         }
         self.cache.validate()?;
         match (&self.access, &self.meta) {

@@ -615,6 +615,42 @@ pub fn response_head(
     (out, framing)
 }
 
+/// The `101 Switching Protocols` head of an upgraded connection, with the edge's fields as
+/// they came (`Connection: Upgrade`, `Upgrade`, `Sec-WebSocket-Accept`,
+/// `Sec-WebSocket-Protocol`, `X-Stream-Protocol-Version`, …): what follows is not HTTP, so
+/// only body framing fields are left out.
+pub fn switching_protocols_head(fields: &Fields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (n, v) in fields {
+        if n.eq_ignore_ascii_case(b"content-length")
+            || n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"keep-alive")
+        {
+            continue;
+        }
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The protocol a request asks to switch to: its `Upgrade` field, when `Connection` lists
+/// `upgrade` (RFC 9110 §7.8; both are needed, as a server reads them).
+pub fn upgrade_of(head: &RequestHead) -> Option<&[u8]> {
+    let listed = head
+        .fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    let value = head.header("upgrade")?.trim_ascii();
+    (listed && !value.is_empty() && head.http11).then_some(value)
+}
+
 /// A complete response carrying a Kubernetes `Status`.
 pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u8> {
     let body = status.to_json();

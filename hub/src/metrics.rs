@@ -51,6 +51,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of upgraded sessions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabel {
+    /// `exec`, `attach`, `portforward`, or `other` (any other upgrade).
+    pub kind: &'static str,
+    /// How it ended: `closed` (both sides ended), `client_gone`, `agent_gone` (reset, or
+    /// the tunnel went away), `idle`.
+    pub end: &'static str,
+}
+
 /// Labels of refused requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -116,6 +126,10 @@ pub struct Metrics {
     /// The user listener's certificate: expiry (with `[meta] state_dir`, the enrolled
     /// certificate's, updated on renewal), renewals, failed attempts.
     pub cert: kubehub_enroll::CertMetrics,
+    /// Upgraded connections (exec, attach, port-forward) open now.
+    pub sessions_open: Gauge,
+    /// Upgraded connections that ended, by kind and how.
+    pub sessions: Family<SessionLabel, Counter>,
     registry: Registry,
 }
 
@@ -279,9 +293,23 @@ impl Metrics {
             "Sync feed connections to the metaserver that ended, by outcome",
             meta_syncs.clone(),
         );
+        let sessions_open = Gauge::default();
+        let sessions = Family::<SessionLabel, Counter>::default();
+        registry.register(
+            "sessions_open",
+            "Upgraded connections (exec, attach, port-forward) open",
+            sessions_open.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Upgraded connections that ended, by kind and how they ended",
+            sessions.clone(),
+        );
         let cert = kubehub_enroll::CertMetrics::default();
         cert.register(&mut registry, "the hub's (user listener's)");
         Metrics {
+            sessions_open,
+            sessions,
             cert,
             unauthenticated,
             denied,

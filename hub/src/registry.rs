@@ -27,6 +27,9 @@ pub enum StreamEvent {
     },
     /// Body bytes. The consumer returns their credit with [`TunnelCmd::Release`] once written.
     Data(Bytes),
+    /// Trailer fields the agent ended its half with (before [`StreamEvent::End`]; only when
+    /// there are some).
+    Trailers(Fields),
     /// The response is complete.
     End,
     /// The stream failed (the agent reset it, or the tunnel went away).
@@ -69,6 +72,11 @@ pub enum TunnelCmd {
         head: Box<RequestHead>,
         /// No request body follows.
         end_stream: bool,
+        /// Both halves carry bytes independently (an upgraded connection: exec, attach,
+        /// port-forward): the requester's half stays open after the agent ended its own, until
+        /// the requester ends it too or cancels. Otherwise an answer that is complete ends the
+        /// stream, and the rest of a request body is not sent.
+        duplex: bool,
         /// Where the stream's response goes. Bounded in bytes by the stream's flow-control
         /// window: the agent cannot send more than the window until the consumer releases it.
         events: mpsc::UnboundedSender<StreamEvent>,

@@ -665,6 +665,17 @@ impl TlsWriter {
         flushed.and(shut)
     }
 
+    /// Ends the connection without close_notify: the peer sees the stream cut short (TLS
+    /// reports an unexpected EOF), as when a session broke rather than ended. Closing after
+    /// this does nothing.
+    pub async fn abort(&mut self) {
+        let mut side = self.shared.send.lock().await;
+        if let Some(mut wr) = side.wr.take() {
+            let _ = wr.shutdown().await;
+        }
+        side.out = Vec::new();
+    }
+
     /// Sends a TLS 1.3 key update and asks the peer to update its keys too.
     pub async fn update_keys(&mut self) -> io::Result<()> {
         let mut side = self.shared.send.lock().await;

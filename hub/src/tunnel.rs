@@ -348,6 +348,12 @@ struct Slot {
     /// The ack of the request body chunk the engine holds, answered once the stream can take
     /// more (or failed if the stream ends first).
     ack: Option<oneshot::Sender<bool>>,
+    /// See [`TunnelCmd::Open`]'s `duplex`.
+    duplex: bool,
+    /// This side ended its half (REQUEST with END_STREAM, or the last body chunk).
+    local_done: bool,
+    /// The agent ended its half (a duplex stream lives on until this side ends its own).
+    remote_done: bool,
 }
 
 struct State {
@@ -409,7 +415,7 @@ impl Tunnel {
                 } => {
                     self.deliver(st, id, StreamEvent::Head { status, fields });
                     if end_stream {
-                        self.finish(st, id, Some(StreamEvent::End));
+                        self.ended(st, id, Vec::new());
                     }
                 }
                 Event::Data {
@@ -422,12 +428,12 @@ impl Tunnel {
                         self.deliver(st, id, StreamEvent::Data(data));
                     }
                     if end_stream {
-                        self.finish(st, id, Some(StreamEvent::End));
+                        self.ended(st, id, Vec::new());
                     }
                 }
-                Event::End { id, .. } => {
+                Event::End { id, trailers } => {
                     st.ingest.ended(id);
-                    self.finish(st, id, Some(StreamEvent::End))
+                    self.ended(st, id, trailers)
                 }
                 Event::Reset { id, code, origin } => {
                     debug!(stream = id, %code, ?origin, "stream reset");
@@ -522,6 +528,28 @@ impl Tunnel {
         }
     }
 
+    /// The agent ended its half of request stream `id`. A duplex stream whose requester is
+    /// still sending lives on; otherwise the stream is done, and a request body not sent
+    /// whole is abandoned (RESET `CANCEL`, so that neither engine keeps a half-open stream).
+    fn ended(&self, st: &mut State, id: StreamId, trailers: kubehub_wire::Fields) {
+        let Some(slot) = st.slots.get_mut(&id) else {
+            return;
+        };
+        if !trailers.is_empty() {
+            let _ = slot.events.send(StreamEvent::Trailers(trailers));
+        }
+        if slot.duplex && !slot.local_done {
+            slot.remote_done = true;
+            let _ = slot.events.send(StreamEvent::End);
+            return;
+        }
+        let abandoned = !slot.local_done;
+        self.finish(st, id, Some(StreamEvent::End));
+        if abandoned {
+            st.conn.reset(id, ErrorCode::CANCEL);
+        }
+    }
+
     /// Removes a stream, telling its consumer how it ended.
     fn finish(&self, st: &mut State, id: StreamId, ev: Option<StreamEvent>) {
         if let Some(slot) = st.slots.remove(&id) {
@@ -544,6 +572,7 @@ impl Tunnel {
                 TunnelCmd::Open {
                     head,
                     end_stream,
+                    duplex,
                     events,
                     reply,
                 } => {
@@ -554,7 +583,16 @@ impl Tunnel {
                     } = *head;
                     match st.conn.open_request(method, path, fields, end_stream) {
                         Ok(id) => {
-                            st.slots.insert(id, Slot { events, ack: None });
+                            st.slots.insert(
+                                id,
+                                Slot {
+                                    events,
+                                    ack: None,
+                                    duplex,
+                                    local_done: end_stream,
+                                    remote_done: false,
+                                },
+                            );
                             self.ctx.metrics.streams.inc();
                             let _ = reply.send(Ok(id));
                         }
@@ -575,23 +613,29 @@ impl Tunnel {
                     ack,
                 } => {
                     let n = data.len() as u64;
+                    let mut both_ended = false;
                     let slot = st.slots.get_mut(&stream);
                     match slot {
-                        Some(slot) if slot.ack.is_none() => {
+                        Some(slot) if slot.ack.is_none() && !slot.local_done => {
                             if st.conn.send_data(stream, data, end).is_err() {
                                 let _ = ack.send(false);
                             } else {
                                 self.to_agent.inc_by(n);
+                                slot.local_done = end;
                                 if st.conn.is_writable(stream) || end {
                                     let _ = ack.send(true);
                                 } else {
                                     slot.ack = Some(ack);
                                 }
+                                both_ended = end && slot.remote_done;
                             }
                         }
                         _ => {
                             let _ = ack.send(false);
                         }
+                    }
+                    if both_ended {
+                        self.finish(st, stream, None);
                     }
                 }
                 TunnelCmd::Release { stream, n } => st.conn.release(stream, n),

@@ -17,6 +17,12 @@
 //!   protobuf, as kubectl sends them) and their answers.
 //! * [`http`]: HTTP rules both proxies apply (hop-by-hop fields).
 //! * [`kubeconfig`]: writing kubeconfig files.
+//! * [`plugin`]: agent plugin paths (`/plugins/<name>/…`), as the hub authorizes them and
+//!   the agent routes them.
+//! * [`spdy`]: the SPDY/3.1 frame codec (kubectl's fallback transport for exec, attach and
+//!   port-forward, and the one port-forward tunnels in a WebSocket).
+//! * [`remotecommand`]: the exec/attach/port-forward protocols over it and over WebSocket:
+//!   channels, stream types, the exit `Status`, terminal resizes.
 //! * [`time`]: RFC 3339 timestamps and the "AGE" durations kubectl prints.
 //!
 //! Everything here is synchronous and runtime-free; objects are `serde_json::Value`s.
@@ -27,11 +33,14 @@ pub mod accept;
 pub mod http;
 pub mod kubeconfig;
 pub mod path;
+pub mod plugin;
 pub mod query;
+pub mod remotecommand;
 pub mod request_info;
 pub mod resources;
 pub mod review;
 pub mod selector;
+pub mod spdy;
 pub mod status;
 pub mod table;
 pub mod time;

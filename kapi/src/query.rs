@@ -87,6 +87,14 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `name`, in order (`command=sh&command=-c`).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// `name` as a boolean (`true`/`1` and `false`/`0`); absent is `false`.
     pub fn flag(&self, name: &str) -> Result<bool, Status> {
         match self.get(name) {

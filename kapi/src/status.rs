@@ -291,8 +291,12 @@ impl Status {
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         });
+        // `code` is omitted when zero, as Go's `omitempty` does (the Status on an exec error
+        // stream has none).
+        if self.code != 0 {
+            v["code"] = json!(self.code);
+        }
         if let Some(d) = &self.details {
             v["details"] = serde_json::to_value(d).unwrap_or(Value::Null);
         }

@@ -175,6 +175,7 @@ fn agent_config(a: &FleetArgs, cluster: &str, i: usize) -> AgentConfig {
         limits: Default::default(),
         reconnect: Default::default(),
         sync: Default::default(),
+        plugins: Default::default(),
     }
 }
 

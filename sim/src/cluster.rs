@@ -72,6 +72,7 @@ pub struct Cluster {
     events: broadcast::Sender<Arc<Event>>,
     disconnect: watch::Sender<u64>,
     available: std::sync::atomic::AtomicBool,
+    runtimes: super::kubelet::Runtimes,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -174,6 +175,7 @@ impl Cluster {
             events,
             disconnect,
             available: std::sync::atomic::AtomicBool::new(true),
+            runtimes: super::kubelet::Runtimes::default(),
         });
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -192,6 +194,11 @@ impl Cluster {
     /// Its configuration.
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// What its pods' containers hold (their filesystems), for exec, attach and `kubectl cp`.
+    pub fn runtimes(&self) -> &super::kubelet::Runtimes {
+        &self.runtimes
     }
 
     /// The resource types it serves (subresources included).

@@ -12,15 +12,26 @@
 //! * [`openapi`]: the OpenAPI v3 documents `kubectl apply` needs.
 //! * [`server`]: sockets, TLS, bearer token, one or many clusters per listener.
 //! * [`seed`]: deterministic content and churn.
+//! * [`kubelet`]: `pods/{name}/exec`, `attach` and `portforward`: validation, the WebSocket
+//!   and SPDY transports kubectl speaks, per-pod container state.
+//! * [`shell`]: the commands a simulated container runs (a tiny shell, `cat`, `tar`, …).
+//! * [`vfs`]: a container's in-memory filesystem.
+//! * [`spdy`]: a SPDY/3.1 session (server side) over any byte stream.
+//! * [`portforward`]: what answers on a forwarded pod port.
 
 pub mod api;
 pub mod cluster;
 pub mod objects;
+pub mod kubelet;
 pub mod openapi;
 pub mod patch;
+pub mod portforward;
 pub mod seed;
 pub mod server;
+pub mod shell;
+pub mod spdy;
 pub mod store;
+pub mod vfs;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use seed::{seed, Churn, SeedSpec};

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::api::{self, status_response, Body, MAX_BODY};
 use super::cluster::Cluster;
+use super::kubelet;
 
 /// Which cluster answers a request.
 #[derive(Debug, Clone)]
@@ -153,11 +154,13 @@ async fn connection(
                 .map_err(|_| "TLS handshake timed out".to_owned())?
                 .map_err(|e| format!("TLS handshake: {e}"))?;
             http.serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
                 .await
                 .map_err(|e| e.to_string())
         }
         None => http
             .serve_connection(TokioIo::new(sock), service)
+            .with_upgrades()
             .await
             .map_err(|e| e.to_string()),
     }
@@ -187,23 +190,6 @@ async fn serve_request(
         return status_response(&Status::unauthorized());
     }
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return status_response(&if too_large {
-                Status::new(
-                    413,
-                    "RequestEntityTooLarge",
-                    format!("Request entity too large: limit is {MAX_BODY}"),
-                )
-            } else {
-                Status::bad_request(format!("reading the request body: {e}"))
-            });
-        }
-    };
     let cluster = match router {
         Router::Single(c) => c.clone(),
         Router::Multi(map) => {
@@ -221,6 +207,30 @@ async fn serve_request(
                 Err(_) => return status_response(&Status::bad_request("malformed path")),
             }
             c.clone()
+        }
+    };
+    if kubelet::is_streaming(parts.uri.path()) {
+        // exec, attach, port-forward: an upgrade, not a body.
+        let uri = parts.uri.clone();
+        let resp = kubelet::handle(&cluster, Request::from_parts(parts, body)).await;
+        tracing::debug!(cluster = cluster.name(), %uri, status = resp.status().as_u16(), "streaming request");
+        return resp;
+    }
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return status_response(&if too_large {
+                Status::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                )
+            } else {
+                Status::bad_request(format!("reading the request body: {e}"))
+            });
         }
     };
     let method = parts.method.clone();

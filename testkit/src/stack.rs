@@ -60,6 +60,19 @@ pub fn default_access() -> Vec<Record> {
     ]
 }
 
+/// [`default_access`] plus user `name` of [`TENANT`], granted `rules` on [`CLUSTER`]; their
+/// token is returned with the records (for [`StackOptions::access`]).
+pub fn access_with_user(name: &str, rules: Vec<kubehub_access::Rule>) -> (String, Vec<Record>) {
+    let (token, record) = mint(name, TENANT, &[CLUSTER], 0);
+    let mut access = default_access();
+    access.extend([
+        user(name, TENANT, &[]),
+        grant(&format!("{name}-grant"), TENANT, name, &[CLUSTER], rules),
+        record,
+    ]);
+    (token, access)
+}
+
 #[derive(Debug)]
 pub struct Stack {
     pub rt: tokio::runtime::Runtime,
@@ -277,6 +290,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
             max_ms: 1000,
         },
         sync: Default::default(),
+        plugins: Default::default(),
     };
     let agent = {
         let _g = rt.enter();

@@ -13,6 +13,12 @@
 //!   appended, so kubectl prints `Error from server (Forbidden): …` exactly as against a real
 //!   cluster.
 //!
+//! Upgraded connections are authorized as their subresources, never implied by access to
+//! pods: `exec`, `attach` and `portforward` need `create` on the subresource (the SPDY `POST`
+//! form), and the WebSocket `GET` form needs `get` **and** `create` — kube-apiserver 1.35's
+//! rule (kubernetes#134577: a role granting only `get` on `pods/exec` no longer lets anyone
+//! run commands). The refusal names the verb that was missing.
+//!
 //! `SelfSubjectAccessReview` and `SelfSubjectRulesReview` (what `kubectl auth can-i` creates)
 //! are allowed to anyone with a grant covering the cluster, as Kubernetes'
 //! `system:basic-user` allows them to every authenticated user; the hub answers them itself
@@ -47,15 +53,27 @@ pub fn authorize(
     cluster: &str,
     info: &RequestInfo<'_>,
 ) -> Result<(), ProxyError> {
+    let attrs = Attributes::from(info);
     let decision = if Review::of(info).is_some() {
         index.authorize(id, cluster, &ANY_GRANT)
     } else {
-        index.authorize(id, cluster, &Attributes::from(info))
+        index.authorize(id, cluster, &attrs)
+    };
+    // The WebSocket form of a command stream is a GET that runs something: `create` too.
+    let (decision, verb) = match decision {
+        Decision::Allow if creates_by_get(info) => {
+            let create = Attributes {
+                verb: "create",
+                ..attrs
+            };
+            (index.authorize(id, cluster, &create), "create")
+        }
+        d => (d, info.verb.as_str()),
     };
     match decision {
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => {
-            let e = refusal(index, id, cluster, info, reason);
+            let e = refusal(index, id, cluster, info, verb, reason);
             let reason = match e {
                 ProxyError::UnknownCluster(_) => "not_found",
                 _ => "forbidden",
@@ -66,12 +84,27 @@ pub fn authorize(
     }
 }
 
-/// The answer to a denial: 404 for a cluster that is not the user's tenant's, else 403.
+/// Subresources that start a process or a connection at the edge: their WebSocket `GET` is
+/// authorized as `create` as well.
+pub const COMMAND_SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
+
+/// A `get` of `pods/exec`, `pods/attach` or `pods/portforward` (the WebSocket form).
+fn creates_by_get(info: &RequestInfo<'_>) -> bool {
+    info.is_resource_request
+        && info.verb.as_str() == "get"
+        && info.api_group.is_empty()
+        && info.resource == "pods"
+        && COMMAND_SUBRESOURCES.contains(&info.subresource)
+}
+
+/// The answer to a denial of `verb`: 404 for a cluster that is not the user's tenant's, else
+/// 403.
 fn refusal(
     index: &Index,
     id: &Identity,
     cluster: &str,
     info: &RequestInfo<'_>,
+    verb: &str,
     reason: DenyReason,
 ) -> ProxyError {
     let hidden = match reason {
@@ -85,13 +118,22 @@ fn refusal(
     if hidden {
         ProxyError::UnknownCluster(cluster.to_owned())
     } else {
-        ProxyError::Forbidden(Box::new(forbidden(&id.user, info, reason.as_str())))
+        ProxyError::Forbidden(Box::new(forbidden_verb(
+            &id.user,
+            info,
+            verb,
+            reason.as_str(),
+        )))
     }
 }
 
 /// The 403 kube-apiserver would send for this request.
 pub fn forbidden(user: &str, info: &RequestInfo<'_>, reason: &str) -> Status {
-    let verb = info.verb.as_str();
+    forbidden_verb(user, info, info.verb.as_str(), reason)
+}
+
+/// The 403 kube-apiserver would send for `verb` on what this request addresses.
+fn forbidden_verb(user: &str, info: &RequestInfo<'_>, verb: &str, reason: &str) -> Status {
     if !info.is_resource_request {
         return Status::forbidden_path(user, verb, info.path, reason);
     }
@@ -198,6 +240,69 @@ mod tests {
             "{}",
             s.message
         );
+    }
+
+    /// A grant of `get` on `pods/exec` (what roles written before kube-apiserver 1.35 often
+    /// hold) does not run commands over WebSocket; `get` and `create` do; `create` alone runs
+    /// them over SPDY only. The same for attach and port-forward.
+    #[test]
+    fn command_streams_need_create_in_both_forms() {
+        use kubehub_access::build::{cluster, grant, mint, rule, snapshot, tenant, user};
+        let index = Index::new();
+        let mut records = vec![tenant("acme"), cluster("edge-1", "acme")];
+        let mut who = std::collections::HashMap::new();
+        for (name, verbs) in [
+            ("getter", &["get"][..]),
+            ("creator", &["create"][..]),
+            ("both", &["get", "create"][..]),
+        ] {
+            let (token, record) = mint(name, "acme", &["edge-1"], 0);
+            records.push(user(name, "acme", &[]));
+            let subs = ["pods/exec", "pods/attach", "pods/portforward"];
+            records.push(grant(
+                &format!("g-{name}"),
+                "acme",
+                name,
+                &["edge-1"],
+                vec![rule(&[""], &subs, verbs, &[], &[])],
+            ));
+            records.push(record);
+            who.insert(name, token);
+        }
+        index.apply(&snapshot(1, records)).unwrap();
+        let m = Metrics::new();
+        let decide = |name: &str, method: &str, sub: &str| {
+            let id = index
+                .authenticate(Some(format!("Bearer {}", who[name]).as_bytes()), 2)
+                .unwrap();
+            let path = format!("/api/v1/namespaces/default/pods/web/{sub}");
+            let info = request_info(method, &path, "command=ls").unwrap();
+            authorize(&index, &m, &id, "edge-1", &info).map_err(|e| {
+                e.status(super::super::error::Reached::Hub)
+                    .map(|s| s.message)
+                    .unwrap_or_default()
+            })
+        };
+        for sub in ["exec", "attach", "portforward"] {
+            let e = decide("getter", "GET", sub).unwrap_err();
+            assert!(
+                e.contains(&format!("cannot create resource \"pods/{sub}\"")),
+                "{e}"
+            );
+            assert!(decide("getter", "POST", sub).is_err());
+            let e = decide("creator", "GET", sub).unwrap_err();
+            assert!(
+                e.contains(&format!("cannot get resource \"pods/{sub}\"")),
+                "{e}"
+            );
+            assert!(decide("creator", "POST", sub).is_ok());
+            assert!(decide("both", "GET", sub).is_ok());
+            assert!(decide("both", "POST", sub).is_ok());
+        }
+        // Other subresources keep their verbs: `get pods/log` is not a command.
+        assert!(!creates_by_get(
+            &request_info("GET", "/api/v1/namespaces/default/pods/web/log", "").unwrap()
+        ));
     }
 
     #[test]

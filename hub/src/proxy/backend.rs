@@ -20,9 +20,24 @@ pub enum Backend {
     Tunnel(AgentHandle),
 }
 
-/// One request in flight at a backend.
+/// One request in flight at a backend: its two directions, which an upgraded connection
+/// drives at the same time ([`Exchange::split`]).
 #[derive(Debug)]
 pub struct Exchange {
+    up: Uplink,
+    down: Downlink,
+}
+
+/// Towards the agent: request body chunks, cancellation.
+#[derive(Debug)]
+pub struct Uplink {
+    stream: StreamId,
+    tunnel: mpsc::Sender<TunnelCmd>,
+}
+
+/// From the agent: the answer's events, and the credit returned for them.
+#[derive(Debug)]
+pub struct Downlink {
     stream: StreamId,
     tunnel: mpsc::Sender<TunnelCmd>,
     events: mpsc::UnboundedReceiver<StreamEvent>,
@@ -35,6 +50,7 @@ impl Backend {
         cluster: &str,
         head: RequestHead,
         end_stream: bool,
+        duplex: bool,
     ) -> Result<Exchange, ProxyError> {
         let Backend::Tunnel(agent) = self;
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -42,6 +58,7 @@ impl Backend {
         let open = TunnelCmd::Open {
             head: Box::new(head),
             end_stream,
+            duplex,
             events: events_tx,
             reply,
         };
@@ -52,9 +69,15 @@ impl Backend {
         agent.tx.send(open).await.map_err(|_| offline())?;
         match reply_rx.await {
             Ok(Ok(stream)) => Ok(Exchange {
-                stream,
-                tunnel: agent.tx.clone(),
-                events,
+                up: Uplink {
+                    stream,
+                    tunnel: agent.tx.clone(),
+                },
+                down: Downlink {
+                    stream,
+                    tunnel: agent.tx.clone(),
+                    events,
+                },
             }),
             Ok(Err(OpenError::Busy)) => Err(ProxyError::Busy(cluster.to_owned())),
             Ok(Err(OpenError::Invalid(why))) => Err(ProxyError::Unforwardable(why)),
@@ -66,12 +89,44 @@ impl Backend {
 impl Exchange {
     /// The tunnel stream carrying it.
     pub fn stream_id(&self) -> StreamId {
-        self.stream
+        self.up.stream
     }
 
+    /// The two directions, to be driven independently.
+    pub fn split(self) -> (Uplink, Downlink) {
+        (self.up, self.down)
+    }
+
+    /// See [`Uplink::send_body`].
+    pub async fn send_body(&mut self, data: Bytes, end: bool) -> bool {
+        self.up.send_body(data, end).await
+    }
+
+    /// See [`Downlink::next`].
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        self.down.next().await
+    }
+
+    /// See [`Downlink::has_queued`].
+    pub fn has_queued(&self) -> bool {
+        self.down.has_queued()
+    }
+
+    /// See [`Downlink::release`].
+    pub async fn release(&self, n: u32) {
+        self.down.release(n).await
+    }
+
+    /// See [`Uplink::cancel`].
+    pub async fn cancel(&self) {
+        self.up.cancel().await
+    }
+}
+
+impl Uplink {
     /// Sends request body bytes, one chunk in flight: returns once the tunnel took them.
     /// `false`: the stream is over (the agent answered early or reset it; the answer or the
-    /// reason waits in [`Exchange::next`]).
+    /// reason waits in [`Downlink::next`]).
     pub async fn send_body(&mut self, data: Bytes, end: bool) -> bool {
         let (ack, ack_rx) = oneshot::channel();
         let cmd = TunnelCmd::Data {
@@ -83,10 +138,28 @@ impl Exchange {
         self.tunnel.send(cmd).await.is_ok() && matches!(ack_rx.await, Ok(true))
     }
 
+    /// The client went away: stop the request at the agent (RESET `CANCEL`; nothing if the
+    /// stream is already over).
+    pub async fn cancel(&self) {
+        let _ = self
+            .tunnel
+            .send(TunnelCmd::Cancel {
+                stream: self.stream,
+            })
+            .await;
+    }
+}
+
+impl Downlink {
     /// The next event of the answer; `None` once the backend dropped the stream without
     /// saying more (the tunnel went away).
     pub async fn next(&mut self) -> Option<StreamEvent> {
         self.events.recv().await
+    }
+
+    /// The next event if one is already waiting.
+    pub fn try_next(&mut self) -> Option<StreamEvent> {
+        self.events.try_recv().ok()
     }
 
     /// Whether more events are already waiting.
@@ -101,16 +174,6 @@ impl Exchange {
             .send(TunnelCmd::Release {
                 stream: self.stream,
                 n,
-            })
-            .await;
-    }
-
-    /// The client went away: stop the request at the agent.
-    pub async fn cancel(&self) {
-        let _ = self
-            .tunnel
-            .send(TunnelCmd::Cancel {
-                stream: self.stream,
             })
             .await;
     }

@@ -17,6 +17,8 @@
 //!   tunnel).
 //! * [`backend`]: the request in flight at that backend, its answer as a stream of events.
 //! * [`respond`]: the answer written as HTTP/1.1, credit returned as the client takes it.
+//! * [`upgrade`]: instead of `respond` for a request that switches protocols (exec, attach,
+//!   cp, port-forward): the edge's 101, then bytes both ways on the tunnel stream.
 //! * [`error`]: every way a request can fail, and the one place that decides the answer
 //!   (including "never 503 once the agent may have the request").
 //!
@@ -32,6 +34,7 @@ pub mod resolve;
 pub mod respond;
 pub mod review;
 pub mod route;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -55,7 +58,7 @@ use crate::cache;
 use crate::config::Limits;
 use crate::http::{self, BodyDecoder, BodyPart, HeadError, RequestHead};
 use crate::metrics::{CodeLabel, Metrics};
-use crate::registry::{self, Registry};
+use crate::registry::{self, Registry, StreamEvent};
 use crate::tls::{self, TlsWriter};
 
 /// What every user connection on a core shares.
@@ -135,7 +138,11 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
                 _ = in_tx.closed() => return,
             };
             match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return,
+                Err(e) => {
+                    debug!(%peer, "user connection read failed: {e}");
+                    return;
+                }
                 Ok(_) => {
                     if in_tx.send(chunk).await.is_err() {
                         return;
@@ -311,6 +318,18 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
     let mut fields = forward_fields(&head, &identity, ctx.impersonate);
+    if let Some(protocol) = http::upgrade_of(&head) {
+        return upgraded(
+            ctx,
+            &head,
+            conn,
+            out,
+            (target, identity, backend),
+            fields,
+            protocol,
+        )
+        .await;
+    }
     // review: KubeHub's decision first; the edge's only if KubeHub allows.
     let mut body = if has_body {
         Upload::Stream
@@ -388,7 +407,7 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         fields,
     };
     let cluster = target.cluster;
-    let mut ex = match backend.open(&cluster, forwarded, !has_body).await {
+    let mut ex = match backend.open(&cluster, forwarded, !has_body, false).await {
         Ok(ex) => ex,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
@@ -417,6 +436,104 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     match result {
         Ok(keep) => keep,
         Err(e) => out.error(conn, &e, Reached::MaybeAgent).await,
+    }
+}
+
+/// A request that asks to switch protocols: forwarded on a duplex stream; on the edge's 101
+/// the connection becomes the session ([`upgrade::splice`]), any other answer is relayed as
+/// it is. Never served from the cache, never reused after a 101.
+async fn upgraded(
+    ctx: &ProxyCtx,
+    head: &RequestHead,
+    conn: &mut Conn,
+    mut out: Responder<'_>,
+    (target, identity, backend): (
+        resolve::Target,
+        Arc<Identity>,
+        Result<backend::Backend, ProxyError>,
+    ),
+    mut fields: Fields,
+    protocol: &[u8],
+) -> bool {
+    let started = Instant::now();
+    if head.body != http::BodyKind::None && head.body != http::BodyKind::Length(0) {
+        let e =
+            ProxyError::BadBody("a request that asks to switch protocols carries no body".into());
+        return out.error(conn, &e, Reached::Hub).await;
+    }
+    let backend = match backend {
+        Ok(b) => b,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    let session = match target.info() {
+        Ok(info) => {
+            let query = target.path.split_once('?').map_or("", |(_, q)| q);
+            let offered = head
+                .header("sec-websocket-protocol")
+                .or_else(|| head.header("x-stream-protocol-version"));
+            upgrade::Session::new(&identity, &target.cluster, &info, query, protocol, offered)
+        }
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    upgrade::forward_fields(&mut fields, protocol);
+    let forwarded = registry::RequestHead {
+        method: head.method.clone(),
+        path: Bytes::from(target.path),
+        fields,
+    };
+    let cluster = target.cluster;
+    let mut ex = match backend.open(&cluster, forwarded, false, true).await {
+        Ok(ex) => ex,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    tracing::Span::current().record("stream", ex.stream_id());
+    let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
+    let first = monoio::select! {
+        ev = ex.next() => ev,
+        _ = monoio::time::sleep(deadline) => {
+            ex.cancel().await;
+            let e = ProxyError::Timeout { cluster: cluster.clone(), after: deadline };
+            return out.error(conn, &e, Reached::MaybeAgent).await;
+        }
+    };
+    match first {
+        Some(StreamEvent::Head {
+            status: 101,
+            fields,
+        }) => {
+            ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+            ctx.metrics
+                .requests
+                .get_or_create(&CodeLabel { code: 101 })
+                .inc();
+            let idle = Duration::from_millis(ctx.limits.upgrade_idle_timeout_ms);
+            upgrade::splice(conn, ex, &fields, &session, &ctx.metrics, idle).await;
+            false
+        }
+        Some(StreamEvent::Head { status, fields }) => {
+            // Refused (a 400 for a missing container, a 403 from the edge's RBAC, an
+            // upgrade the edge does not speak): the client reads it and may fall back.
+            session.log_refused(status);
+            ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+            let keep = out.start(conn, status, &fields).await
+                && respond::relay(conn, &mut out, &mut ex, &cluster, started, deadline, None)
+                    .await
+                    .unwrap_or(false);
+            // The hub's half is still open: close the stream.
+            ex.cancel().await;
+            keep
+        }
+        Some(StreamEvent::Reset(code)) => {
+            let e = ProxyError::AgentReset { cluster, code };
+            out.error(conn, &e, Reached::MaybeAgent).await
+        }
+        _ => {
+            let e = ProxyError::Offline {
+                cluster,
+                why: "its tunnel closed",
+            };
+            out.error(conn, &e, Reached::MaybeAgent).await
+        }
     }
 }
 

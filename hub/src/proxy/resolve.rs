@@ -6,6 +6,13 @@
 //! `kubectl get --raw /version` works): the cluster is the token's. What remains is parsed the
 //! way kube-apiserver parses it ([`kubehub_kapi::request_info`]): verb, group, resource,
 //! subresource, namespace, name. Authorization and routing work from that.
+//!
+//! One exception: `/plugins/<name>[/<object>]` is not a Kubernetes path but one of the agent's
+//! plugins (`native` commands, `host` facts), which the agent runs instead of forwarding to the
+//! edge API server. It reads as a cluster-scoped resource request of API group
+//! `plugins.kubehub.io` ([`kubehub_kapi::plugin`]: resource `<name>`, name `<object>`, verb
+//! from the method, a GET of the collection a `list`), so grants name plugins as they name any
+//! resource, and such a request is never answered from the cache.
 
 use kubehub_access::Identity;
 use kubehub_kapi::request_info::{decode_path, request_info, RequestInfo};
@@ -29,9 +36,19 @@ pub struct Target {
 impl Target {
     /// What the request asks, as kube-apiserver would see it (borrows from the target).
     pub fn info(&self) -> Result<RequestInfo<'_>, ProxyError> {
+        if let Some(info) = kubehub_kapi::plugin::request_info(&self.method, &self.decoded) {
+            return Ok(info);
+        }
         let query = self.path.split_once('?').map_or("", |(_, q)| q);
         request_info(&self.method, &self.decoded, query)
             .map_err(|e| ProxyError::BadPath(Box::new(e.to_status())))
+    }
+}
+
+impl Target {
+    /// Whether the request is for one of the agent's plugins (`/plugins/<name>…`).
+    pub fn is_plugin(&self) -> bool {
+        kubehub_kapi::plugin::split(&self.decoded).is_some()
     }
 }
 
@@ -177,5 +194,51 @@ mod tests {
             e.status(crate::proxy::error::Reached::Hub).unwrap().code,
             400
         );
+    }
+
+    #[test]
+    fn plugin_paths_are_resources_of_the_plugins_group() {
+        let target = |raw: &str, id: &Identity| {
+            let mut buf = BytesMut::from(format!("{raw} HTTP/1.1\r\nHost: hub\r\n\r\n").as_bytes());
+            let head = crate::http::parse_head(&mut buf, 4096).unwrap().unwrap();
+            resolve(&head, id).unwrap()
+        };
+        let two = identity(&["edge-1", "edge-2"]);
+        let t = target("POST /clusters/edge-1/plugins/native/uptime", &two);
+        assert!(t.is_plugin());
+        assert_eq!(
+            (t.cluster.as_str(), t.path.as_str()),
+            ("edge-1", "/plugins/native/uptime")
+        );
+        let info = t.info().unwrap();
+        assert!(info.is_resource_request);
+        assert_eq!(
+            (
+                info.verb.as_str(),
+                info.api_group,
+                info.resource,
+                &*info.name,
+                info.namespace
+            ),
+            ("create", "plugins.kubehub.io", "native", "uptime", "")
+        );
+        // Without the prefix for a token bound to one cluster; percent-encoding decoded.
+        let t = target("GET /%70lugins/native?x=1", &identity(&["edge-9"]));
+        assert!(t.is_plugin());
+        let info = t.info().unwrap();
+        assert_eq!(
+            (info.verb.as_str(), info.resource, &*info.name),
+            ("list", "native", "")
+        );
+        let t = target("GET /clusters/edge-1/plugins/host", &two);
+        let info = t.info().unwrap();
+        assert_eq!((info.verb.as_str(), info.resource), ("get", "host"));
+        // Kubernetes paths read as before.
+        let t = target("GET /clusters/edge-1/api/v1/namespaces/plugins/pods", &two);
+        assert!(!t.is_plugin());
+        assert_eq!(t.info().unwrap().api_group, "");
+        let t = target("GET /clusters/edge-1/plugins", &two);
+        assert!(!t.is_plugin());
+        assert!(!t.info().unwrap().is_resource_request);
     }
 }

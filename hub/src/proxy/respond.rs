@@ -256,6 +256,7 @@ pub async fn relay(
                     ex.release(std::mem::take(&mut unreleased)).await;
                 }
             }
+            Some(StreamEvent::Trailers(_)) => {}
             Some(StreamEvent::End) => return Ok(out.end(conn).await),
             Some(StreamEvent::Reset(code)) => {
                 return Err(ProxyError::AgentReset {

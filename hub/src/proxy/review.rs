@@ -9,7 +9,8 @@
 //!   the cluster. If KubeHub would deny, the hub answers at once (201, `status.allowed: false`,
 //!   the reason starting with `KubeHub:`); if it would allow, the review is forwarded to the
 //!   edge, whose RBAC has the last word (a protobuf body is forwarded as its JSON equivalent,
-//!   which every API server reads).
+//!   which every API server reads). Except for the agent's plugins (API group
+//!   `plugins.kubehub.io`), which only KubeHub authorizes: its yes is answered too.
 //! * `SelfSubjectRulesReview`: answered by the hub from [`Index::rules`] for
 //!   `spec.namespace` (`kubectl auth can-i --list`).
 //!
@@ -102,6 +103,12 @@ pub fn decide(
         kreview::Review::Access(a) => a,
     };
     match index.authorize(id, cluster, &attributes(&asked)) {
+        // The agent's plugins are KubeHub's alone (the edge API server knows nothing of them):
+        // its yes is the answer.
+        Decision::Allow if asked.is_resource && asked.group == kubehub_kapi::plugin::API_GROUP => {
+            let answer = kreview::access_answer(&asked, true, "KubeHub: allowed by a grant");
+            Ok(Verdict::Answer(Bytes::from(answer.to_string())))
+        }
         // Always forwarded as the JSON of what the hub read and decided on, never the bytes
         // as sent: a JSON body with repeated keys could read differently at the edge (Go's
         // decoder merges them) and ask it another question; a protobuf body the edge may not
@@ -234,6 +241,58 @@ mod tests {
             .authenticate(Some(format!("Bearer {token}").as_bytes()), 2)
             .unwrap();
         (index, who)
+    }
+
+    #[test]
+    fn reviews_of_plugins_are_answered_by_the_hub() {
+        use kubehub_access::build::{cluster, grant, mint, rule, snapshot, tenant, user};
+        let (token, token_record) = mint("alice", "acme", &["edge-1"], 0);
+        let index = Index::new();
+        let records = vec![
+            tenant("acme"),
+            user("alice", "acme", &[]),
+            cluster("edge-1", "acme"),
+            grant(
+                "uptime",
+                "acme",
+                "alice",
+                &["edge-1"],
+                vec![rule(
+                    &["plugins.kubehub.io"],
+                    &["native"],
+                    &["create"],
+                    &[],
+                    &["uptime"],
+                )],
+            ),
+            token_record,
+        ];
+        index.apply(&snapshot(1, records)).unwrap();
+        let alice = index
+            .authenticate(Some(format!("Bearer {token}").as_bytes()), 2)
+            .unwrap();
+        let ask = |name: &str| {
+            let body = format!(
+                r#"{{"spec":{{"resourceAttributes":{{"verb":"create","group":"plugins.kubehub.io","resource":"native","name":"{name}"}}}}}}"#
+            );
+            match decide(
+                &index,
+                &alice,
+                "edge-1",
+                Review::Access,
+                Some(b"application/json"),
+                Bytes::from(body),
+            )
+            .unwrap()
+            {
+                Verdict::Answer(a) => {
+                    serde_json::from_slice::<Value>(&a).unwrap()["status"]["allowed"].clone()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(ask("uptime"), true);
+        assert_eq!(ask("reboot"), false);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `route`: which backend answers a request. Reads of a type the cluster's cache holds go to
 //! the cache ([`cached`], with the [`crate::cache::plan`] saying how); everything else, and
-//! reads the cache declines, goes to the cluster's tunnel ([`route`]).
+//! reads the cache declines, goes to the cluster's tunnel ([`route`]). Requests for the
+//! agent's plugins (`/plugins/…`) always go to the tunnel.
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ pub fn cached(
     info: &RequestInfo<'_>,
     head: &RequestHead,
 ) -> Cached {
-    if !info.is_resource_request || !caches.cfg.enabled {
+    // Plugins run at the agent, every time.
+    if !info.is_resource_request || !caches.cfg.enabled || target.is_plugin() {
         return Cached::No;
     }
     let Some(cc) = caches.cluster(&target.cluster) else {

@@ -19,14 +19,18 @@ pub struct Sim {
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub url: String,
+    /// Every request the simulator served.
+    pub log: Arc<sim::RequestLog>,
 }
 
 pub async fn start(cfg: ClusterConfig, spec: SeedSpec, tls: bool, token: Option<&str>) -> Sim {
     let cluster = Cluster::new("sim", cfg);
     sim::seed(&cluster, &spec).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(sim::RequestLog::default());
     let mut opts = ServeOptions {
         token: token.map(str::to_owned),
+        log: Some(log.clone()),
         ..ServeOptions::default()
     };
     let mut ca_pem = None;
@@ -61,6 +65,7 @@ pub async fn start(cfg: ClusterConfig, spec: SeedSpec, tls: bool, token: Option<
         dir,
         kubeconfig,
         url,
+        log,
     }
 }
 
@@ -77,6 +82,11 @@ impl Sim {
     /// Starts kubectl with stdout piped.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.k().spawn(args)
+    }
+
+    /// The kubectl command, ready for more arguments, environment or redirections.
+    pub fn k_cmd(&self, args: &[&str]) -> std::process::Command {
+        self.k().cmd(args)
     }
 
     fn k(&self) -> Kubectl {
