@@ -19,11 +19,11 @@ pub mod config;
 pub mod discovery;
 pub mod enroll;
 pub mod hubs;
+mod observe;
 pub mod plugin;
 pub mod reflector;
 mod sync;
 pub mod tunnel;
-mod observe;
 mod upgrade;
 pub mod upstream;
 

@@ -18,6 +18,7 @@
 //! bytes still flow, the status is "unknown".
 
 use bytes::BytesMut;
+use kubehub_kapi::remotecommand::{read_exit_status, ExitOutcome};
 use kubehub_kapi::spdy;
 
 /// Most bytes of an error-channel message kept.
@@ -69,7 +70,7 @@ impl ExitObserver {
     }
 
     /// Bytes the client sent to the edge.
-    pub fn from_client(&mut self, bytes: &[u8]) {
+    pub fn client_bytes(&mut self, bytes: &[u8]) {
         let ExitObserver::Spdy {
             client,
             error_stream,
@@ -94,7 +95,7 @@ impl ExitObserver {
     }
 
     /// Bytes the edge sent to the client.
-    pub fn from_edge(&mut self, bytes: &[u8]) {
+    pub fn edge_bytes(&mut self, bytes: &[u8]) {
         let ok = match self {
             ExitObserver::WebSocket(ws) => ws.feed(bytes),
             ExitObserver::Spdy {
@@ -132,30 +133,22 @@ impl ExitObserver {
     pub fn exit(&self) -> Option<String> {
         let raw = match self {
             ExitObserver::WebSocket(ws) => ws.status.as_deref()?,
-            ExitObserver::Spdy { status, .. } if !status.is_empty() => status,
+            // An error stream that ended empty is a success, as client-go reads it.
+            ExitObserver::Spdy { status, done, .. } if *done || !status.is_empty() => status,
             _ => return None,
         };
         Some(describe(raw))
     }
 }
 
-/// The exit status a `Status` on the error channel says (older protocols send plain text).
+/// The exit status the error channel's bytes say (client-go's reading: empty or `Success` is
+/// 0; older protocols send plain text).
 pub fn describe(raw: &[u8]) -> String {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
-        return format!("error: {}", String::from_utf8_lossy(raw).trim());
-    };
-    if v["status"] == "Success" {
-        return "0".into();
-    }
-    let code = v["details"]["causes"].as_array().and_then(|causes| {
-        causes
-            .iter()
-            .find(|c| c["reason"] == "ExitCode")
-            .and_then(|c| c["message"].as_str())
-    });
-    match code {
-        Some(code) if v["reason"] == "NonZeroExitCode" => code.to_owned(),
-        _ => format!("error: {}", v["message"].as_str().unwrap_or("unknown")),
+    match read_exit_status(raw) {
+        Ok(ExitOutcome::Success) => "0".into(),
+        Ok(ExitOutcome::Exit(code)) => code.to_string(),
+        Ok(ExitOutcome::Failure { message, .. }) => format!("error: {message}"),
+        Err(_) => format!("error: {}", String::from_utf8_lossy(raw).trim()),
     }
 }
 
@@ -465,26 +458,26 @@ mod tests {
         for piece in [1, 2, 3, 7, 100, 4096, stream.len()] {
             let mut o = ExitObserver::new("websocket", Some("v5.channel.k8s.io"), true);
             for chunk in stream.chunks(piece) {
-                o.from_edge(chunk);
+                o.edge_bytes(chunk);
             }
             assert_eq!(o.exit().as_deref(), Some("3"), "pieces of {piece}");
         }
         let mut ok = ExitObserver::new("websocket", Some("v4.channel.k8s.io"), true);
         let mut err = vec![3u8];
         err.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
-        ok.from_edge(&ws_frame(2, true, &err, None));
+        ok.edge_bytes(&ws_frame(2, true, &err, None));
         assert_eq!(ok.exit().as_deref(), Some("0"));
         // No error channel yet: unknown.
         let mut none = ExitObserver::new("websocket", Some("v5.channel.k8s.io"), true);
-        none.from_edge(&ws_frame(2, true, b"\x01hi", None));
+        none.edge_bytes(&ws_frame(2, true, b"\x01hi", None));
         assert_eq!(none.exit(), None);
         // Port-forward is not observed.
         let mut pf = ExitObserver::new("websocket", Some("SPDY/3.1+portforward.k8s.io"), true);
-        pf.from_edge(&ws_frame(2, true, &err, None));
+        pf.edge_bytes(&ws_frame(2, true, &err, None));
         assert_eq!(pf.exit(), None);
         // Garbage turns observation off, never panics.
         let mut bad = ExitObserver::new("websocket", Some("v5.channel.k8s.io"), true);
-        bad.from_edge(&[0x83, 0x00, 1, 2, 3]);
+        bad.edge_bytes(&[0x83, 0x00, 1, 2, 3]);
         assert!(matches!(bad, ExitObserver::Off));
     }
 
@@ -526,10 +519,10 @@ mod tests {
         for piece in [1, 5, 8, 9, 1000, e.len()] {
             let mut o = ExitObserver::new("SPDY/3.1", None, true);
             for chunk in c.chunks(piece) {
-                o.from_client(chunk);
+                o.client_bytes(chunk);
             }
             for chunk in e.chunks(piece) {
-                o.from_edge(chunk);
+                o.edge_bytes(chunk);
             }
             assert_eq!(o.exit().as_deref(), Some("3"), "pieces of {piece}");
         }

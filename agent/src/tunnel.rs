@@ -705,7 +705,16 @@ async fn answer(
 ) {
     let id = req.id;
     if crate::upgrade::protocol(&req.fields).is_some() {
-        return crate::upgrade::answer(req.id, &req.method, &req.path, &req.fields, body_rx, shared, &upstream).await;
+        return crate::upgrade::answer(
+            req.id,
+            &req.method,
+            &req.path,
+            &req.fields,
+            body_rx,
+            shared,
+            &upstream,
+        )
+        .await;
     }
     let body: UpBody = match body_rx {
         None => http_body_util::Empty::<Bytes>::new()

@@ -149,7 +149,7 @@ pub(crate) async fn answer(
                 }
                 Ok(_) => {
                     let bytes = buf.split().freeze();
-                    observe(&mut |o| o.from_edge(&bytes));
+                    observe(&mut |o| o.edge_bytes(&bytes));
                     if !send_data(shared, id, bytes).await {
                         return false;
                     }
@@ -168,7 +168,7 @@ pub(crate) async fn answer(
         };
         while let Some(chunk) = rx.recv().await {
             let n = chunk.len() as u32;
-            observe(&mut |o| o.from_client(&chunk));
+            observe(&mut |o| o.client_bytes(&chunk));
             if let Err(e) = edge_wr.write_all(&chunk).await {
                 debug!("edge connection write failed: {e}");
                 shared.with_conn(|c| c.reset(id, ErrorCode::UPSTREAM));

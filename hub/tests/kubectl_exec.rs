@@ -245,13 +245,14 @@ fn cp_copies_files_both_ways() {
 
 /// Starts `kubectl port-forward` on a free local port; returns the child and the port. Its
 /// output goes to a file (kubectl writes a line per connection: a pipe nobody reads would
-/// stop it).
+/// stop it). The caller kills and waits for the child.
+#[allow(clippy::zombie_processes)] // returned to the caller, who waits for it
 fn port_forward(k: &Kubectl, p: &Pod, env: &[(&str, &str)]) -> (std::process::Child, u16) {
     let target = format!("pod/{}", p.name);
     let ports = format!(":{}", p.port);
     let log_path = k.cache_dir.with_file_name("port-forward.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = k
+    let mut child = k
         .cmd(&["port-forward", "-n", &p.ns, &target, &ports])
         .envs(env.iter().copied())
         .stdout(log.try_clone().unwrap())
@@ -269,10 +270,11 @@ fn port_forward(k: &Kubectl, p: &Pod, env: &[(&str, &str)]) -> (std::process::Ch
         if let Some(local) = local {
             return (child, local);
         }
-        assert!(
-            Instant::now() < deadline,
-            "port-forward did not start: {out}"
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("port-forward did not start: {out}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -276,9 +276,9 @@ fn a_large_stream_arrives_whole_while_other_requests_are_served() {
         // Read slowly at first: the stream waits on its window, the tunnel does not.
         let mut first = vec![0u8; 1024];
         c.read_exact(&mut first).await.unwrap();
-        let other = format!("/clusters/edge-1/api/v1/namespaces/default/pods/web/exec?command=cat");
+        let other = "/clusters/edge-1/api/v1/namespaces/default/pods/web/exec?command=cat";
         let mut d = s.user_connection().await;
-        send(&mut d, upgrade_request(&other, common::TOKEN).as_bytes()).await;
+        send(&mut d, upgrade_request(other, common::TOKEN).as_bytes()).await;
         assert!(read_head(&mut d).await.starts_with("HTTP/1.1 101 "));
         send(&mut d, b"ping").await;
         let mut pong = [0u8; 4];

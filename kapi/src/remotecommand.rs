@@ -246,7 +246,9 @@ pub fn non_zero_exit(code: i32) -> Status {
     let mut s = Status::new(
         0,
         NON_ZERO_EXIT_CODE,
-        format!("command terminated with non-zero exit code: command terminated with exit code {code}"),
+        format!(
+            "command terminated with non-zero exit code: command terminated with exit code {code}"
+        ),
     );
     s.details = Some(Box::new(Details {
         causes: vec![Cause {
@@ -372,14 +374,23 @@ mod tests {
             WsMessage::Data(0, b"abc")
         );
         assert_eq!(parse_ws_message(&[255, 0], true), WsMessage::Close(0));
-        assert_eq!(parse_ws_message(&[255, 0], false), WsMessage::Data(255, &[0]));
+        assert_eq!(
+            parse_ws_message(&[255, 0], false),
+            WsMessage::Data(255, &[0])
+        );
         assert_eq!(parse_ws_message(b"", true), WsMessage::Empty);
     }
 
     #[test]
     fn negotiation_follows_the_clients_order() {
-        assert_eq!(negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"], &[V4, V5]), Some(V5));
-        assert_eq!(negotiate(["v3.channel.k8s.io", "v4.channel.k8s.io"], &[V4, V5]), Some(V4));
+        assert_eq!(
+            negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"], &[V4, V5]),
+            Some(V5)
+        );
+        assert_eq!(
+            negotiate(["v3.channel.k8s.io", "v4.channel.k8s.io"], &[V4, V5]),
+            Some(V4)
+        );
         assert_eq!(negotiate(["channel.k8s.io"], &[V4, V5]), None);
         assert_eq!(negotiate(Vec::<String>::new(), &[V4]), None);
     }

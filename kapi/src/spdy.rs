@@ -532,7 +532,8 @@ impl Decoder {
                 data: payload,
             }));
         }
-        self.control((word & 0xFFFF) as u16, flags, payload).map(Some)
+        self.control((word & 0xFFFF) as u16, flags, payload)
+            .map(Some)
     }
 
     fn control(&mut self, kind: u16, flags: u8, mut p: Bytes) -> Result<Frame, SpdyError> {
@@ -722,7 +723,9 @@ pub fn parse_header_block(raw: &[u8]) -> Result<Headers, SpdyError> {
     };
     let take_str = |p: &mut &[u8], n: usize| -> Result<String, SpdyError> {
         if p.len() < n {
-            return Err(SpdyError::MalformedHeaderBlock("a length exceeds the block"));
+            return Err(SpdyError::MalformedHeaderBlock(
+                "a length exceeds the block",
+            ));
         }
         let (s, rest) = p.split_at(n);
         *p = rest;
@@ -1209,7 +1212,9 @@ mod tests {
                 SpdyError::InvalidWindowDelta(0),
             ),
             (
-                vec![0x80, 3, 0, 4, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 1],
+                vec![
+                    0x80, 3, 0, 4, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 1,
+                ],
                 SpdyError::InvalidLength {
                     kind: "SETTINGS",
                     len: 12,
@@ -1322,17 +1327,19 @@ mod tests {
                 any::<bool>(),
                 arb_headers()
             )
-                .prop_map(|(stream_id, associated_to, priority, slot, fin, uni, headers)| {
-                    Frame::SynStream {
-                        stream_id,
-                        associated_to,
-                        priority,
-                        slot,
-                        fin,
-                        unidirectional: uni,
-                        headers,
+                .prop_map(
+                    |(stream_id, associated_to, priority, slot, fin, uni, headers)| {
+                        Frame::SynStream {
+                            stream_id,
+                            associated_to,
+                            priority,
+                            slot,
+                            fin,
+                            unidirectional: uni,
+                            headers,
+                        }
                     }
-                }),
+                ),
             (id.clone(), any::<bool>(), arb_headers()).prop_map(|(stream_id, fin, headers)| {
                 Frame::SynReply {
                     stream_id,

@@ -21,8 +21,8 @@
 
 pub mod api;
 pub mod cluster;
-pub mod objects;
 pub mod kubelet;
+pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod portforward;

@@ -65,10 +65,7 @@ pub async fn serve(mut session: Session, target: Target) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(stream) = session.next_stream().await {
         while tasks.try_join_next().is_some() {}
-        let ty = stream
-            .headers
-            .get(STREAM_TYPE)
-            .and_then(StreamType::parse);
+        let ty = stream.headers.get(STREAM_TYPE).and_then(StreamType::parse);
         let Some(request) = stream.headers.get(REQUEST_ID).map(str::to_owned) else {
             tracing::debug!("port-forward stream {} without a request id", stream.id);
             stream.tx.reset(rst::PROTOCOL_ERROR).await;
@@ -276,12 +273,20 @@ async fn http(
             match parse_head(&buf) {
                 Parsed::Complete(h, n) => break (h, n),
                 Parsed::Invalid => {
-                    let _ = tx.send(answer(400, "Bad Request", "bad request\n", false, false)).await;
+                    let _ = tx
+                        .send(answer(400, "Bad Request", "bad request\n", false, false))
+                        .await;
                     return;
                 }
                 Parsed::Partial if buf.len() > MAX_HEAD => {
                     let _ = tx
-                        .send(answer(431, "Request Header Fields Too Large", "request head too large\n", false, false))
+                        .send(answer(
+                            431,
+                            "Request Header Fields Too Large",
+                            "request head too large\n",
+                            false,
+                            false,
+                        ))
                         .await;
                     return;
                 }
@@ -295,7 +300,13 @@ async fn http(
         buf.advance(n);
         if head.chunked {
             let _ = tx
-                .send(answer(501, "Not Implemented", "chunked request bodies are not supported\n", false, false))
+                .send(answer(
+                    501,
+                    "Not Implemented",
+                    "chunked request bodies are not supported\n",
+                    false,
+                    false,
+                ))
                 .await;
             return;
         }
@@ -372,12 +383,26 @@ mod tests {
 
     #[tokio::test]
     async fn http_keep_alive_and_close() {
-        let out = exchange(&[b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz", b"HEAD /c HTTP/1.1\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n"]).await;
+        let out = exchange(&[
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz",
+            b"HEAD /c HTTP/1.1\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n",
+        ])
+        .await;
         let answers: Vec<&str> = out.split("HTTP/1.1 ").filter(|s| !s.is_empty()).collect();
         assert_eq!(answers.len(), 3, "{out}");
-        assert!(answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("pod shop/web-0 port 8080: GET /a\n"), "{out}");
-        assert!(answers[1].ends_with("pod shop/web-0 port 8080: POST /b\n"), "{out}");
-        assert!(answers[2].contains("Connection: close\r\n") && answers[2].ends_with("\r\n\r\n"), "{out}");
+        assert!(
+            answers[0].starts_with("200 OK\r\n")
+                && answers[0].ends_with("pod shop/web-0 port 8080: GET /a\n"),
+            "{out}"
+        );
+        assert!(
+            answers[1].ends_with("pod shop/web-0 port 8080: POST /b\n"),
+            "{out}"
+        );
+        assert!(
+            answers[2].contains("Connection: close\r\n") && answers[2].ends_with("\r\n\r\n"),
+            "{out}"
+        );
         // HTTP/1.0 closes after one answer.
         let out = exchange(&[b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n"]).await;
         assert_eq!(out.matches("HTTP/1.1 200").count(), 1, "{out}");
@@ -387,7 +412,10 @@ mod tests {
 
     #[tokio::test]
     async fn anything_else_is_echoed() {
-        assert_eq!(exchange(&[b"GE", b"Tx hello", b" world"]).await, "GETx hello world");
+        assert_eq!(
+            exchange(&[b"GE", b"Tx hello", b" world"]).await,
+            "GETx hello world"
+        );
         assert_eq!(exchange(&[b"\x00\x01binary"]).await, "\x00\x01binary");
     }
 }

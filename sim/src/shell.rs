@@ -550,18 +550,23 @@ impl Lexer<'_> {
         let fd = fd.unwrap_or(1) as u8;
         if self.chars.peek() == Some(&'>') {
             self.chars.next();
-            self.tokens.push(Token::Redir(RedirOp::Out { fd, append: true }));
+            self.tokens
+                .push(Token::Redir(RedirOp::Out { fd, append: true }));
         } else if self.chars.peek() == Some(&'&') {
             self.chars.next();
             match self.chars.peek().and_then(|d| d.to_digit(10)) {
                 Some(to) => {
                     self.chars.next();
-                    self.tokens.push(Token::Redir(RedirOp::Dup { fd, to: to as u8 }));
+                    self.tokens
+                        .push(Token::Redir(RedirOp::Dup { fd, to: to as u8 }));
                 }
-                None => self.tokens.push(Token::Redir(RedirOp::Out { fd, append: false })),
+                None => self
+                    .tokens
+                    .push(Token::Redir(RedirOp::Out { fd, append: false })),
             }
         } else {
-            self.tokens.push(Token::Redir(RedirOp::Out { fd, append: false }));
+            self.tokens
+                .push(Token::Redir(RedirOp::Out { fd, append: false }));
         }
     }
 }
@@ -864,7 +869,10 @@ impl Shell {
         vars.insert("HOME".to_owned(), "/root".to_owned());
         vars.insert("KUBERNETES_SERVICE_HOST".to_owned(), "10.96.0.1".to_owned());
         vars.insert("KUBERNETES_SERVICE_PORT".to_owned(), "443".to_owned());
-        vars.insert("KUBERNETES_PORT".to_owned(), "tcp://10.96.0.1:443".to_owned());
+        vars.insert(
+            "KUBERNETES_PORT".to_owned(),
+            "tcp://10.96.0.1:443".to_owned(),
+        );
         if tty {
             vars.insert("TERM".to_owned(), "xterm".to_owned());
         }
@@ -970,7 +978,11 @@ impl Shell {
         if f.exit {
             return f;
         }
-        self.status = if p.bang { i32::from(f.code == 0) } else { f.code };
+        self.status = if p.bang {
+            i32::from(f.code == 0)
+        } else {
+            f.code
+        };
         Flow::code(self.status)
     }
 
@@ -1068,7 +1080,10 @@ impl Shell {
                         Ok(input) => redirected_in = Some(input),
                         Err(_) => {
                             let _ = stderr
-                                .write(format!("sh: can't open {}: no such file\n", self.expand(target)))
+                                .write(format!(
+                                    "sh: can't open {}: no such file\n",
+                                    self.expand(target)
+                                ))
                                 .await;
                             self.status = 1;
                             return Flow::code(1);
@@ -1111,7 +1126,9 @@ impl Shell {
                                 FsError::NotFound => "nonexistent directory".to_owned(),
                                 e => e.to_string(),
                             };
-                            let _ = stderr.write(format!("sh: can't create {name}: {why}\n")).await;
+                            let _ = stderr
+                                .write(format!("sh: can't create {name}: {why}\n"))
+                                .await;
                             self.status = 1;
                             return Flow::code(1);
                         }
@@ -1254,7 +1271,8 @@ impl Shell {
             let path = sub.path(file);
             let text = sub.ctr.fs().read(&path);
             let Ok(text) = text else {
-                io.err(format!("sh: 0: cannot open {file}: No such file")).await;
+                io.err(format!("sh: 0: cannot open {file}: No such file"))
+                    .await;
                 return Flow::code(2);
             };
             sub.args = args[i..].to_vec();
@@ -1325,8 +1343,10 @@ impl Shell {
                 2
             }
             None => {
-                io.err(format!("sh: cd: can't cd to {target}: No such file or directory"))
-                    .await;
+                io.err(format!(
+                    "sh: cd: can't cd to {target}: No such file or directory"
+                ))
+                .await;
                 2
             }
         }
@@ -1435,7 +1455,8 @@ impl Shell {
                 for a in args.iter().filter(|a| !a.starts_with('-')) {
                     let r = self.ctr.fs().mkdir(&self.path(a), parents);
                     if let Err(e) = r {
-                        io.err(format!("mkdir: cannot create directory '{a}': {e}")).await;
+                        io.err(format!("mkdir: cannot create directory '{a}': {e}"))
+                            .await;
                         code = 1;
                     }
                 }
@@ -1505,8 +1526,11 @@ impl Shell {
                     None => Ok(1),
                 },
                 None => {
-                    let text: String =
-                        self.vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                    let text: String = self
+                        .vars
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}\n"))
+                        .collect();
                     io.out(text).await?;
                     Ok(0)
                 }
@@ -1537,7 +1561,8 @@ impl Shell {
             }
             "basename" => {
                 let p = args.first().map(String::as_str).unwrap_or("");
-                io.out(format!("{}\n", vfs::base(p.trim_end_matches('/')))).await?;
+                io.out(format!("{}\n", vfs::base(p.trim_end_matches('/'))))
+                    .await?;
                 Ok(0)
             }
             "dirname" => {
@@ -1617,7 +1642,8 @@ impl Shell {
                 Ok(false)
             }
             None => {
-                io.err(format!("cat: {name}: No such file or directory")).await;
+                io.err(format!("cat: {name}: No such file or directory"))
+                    .await;
                 Ok(false)
             }
         }
@@ -1670,14 +1696,16 @@ impl Shell {
             };
             if let Some(v) = a.strip_prefix("-c") {
                 let Some(n) = value(i, v).and_then(|n| parse_size(&n)) else {
-                    io.err(format!("head: invalid number of bytes: '{a}'")).await;
+                    io.err(format!("head: invalid number of bytes: '{a}'"))
+                        .await;
                     return Ok(1);
                 };
                 bytes = Some(n);
                 i += if v.is_empty() { 2 } else { 1 };
             } else if let Some(v) = a.strip_prefix("-n") {
                 let Some(n) = value(i, v).and_then(|n| parse_size(&n)) else {
-                    io.err(format!("head: invalid number of lines: '{a}'")).await;
+                    io.err(format!("head: invalid number of lines: '{a}'"))
+                        .await;
                     return Ok(1);
                 };
                 lines = n;
@@ -1698,7 +1726,8 @@ impl Shell {
             let mut src = match self.source(Some(f)) {
                 Ok(s) => s,
                 Err((name, e)) => {
-                    io.err(format!("head: cannot open '{name}' for reading: {e}")).await;
+                    io.err(format!("head: cannot open '{name}' for reading: {e}"))
+                        .await;
                     code = 1;
                     continue;
                 }
@@ -1770,7 +1799,8 @@ impl Shell {
         let mut src = match self.source(file.as_deref()) {
             Ok(s) => s,
             Err((name, e)) => {
-                io.err(format!("tail: cannot open '{name}' for reading: {e}")).await;
+                io.err(format!("tail: cannot open '{name}' for reading: {e}"))
+                    .await;
                 return Ok(1);
             }
         };
@@ -1802,7 +1832,9 @@ impl Shell {
                 held -= last.pop_front().map_or(0, |l| l.len());
             }
         }
-        io.stdout.write(last.into_iter().flatten().collect::<Vec<u8>>()).await?;
+        io.stdout
+            .write(last.into_iter().flatten().collect::<Vec<u8>>())
+            .await?;
         Ok(0)
     }
 
@@ -1854,7 +1886,10 @@ impl Shell {
         let mut text = if cols.len() == 1 {
             cols[0].to_string()
         } else {
-            cols.iter().map(|n| format!("{n:>7}")).collect::<Vec<_>>().join(" ")
+            cols.iter()
+                .map(|n| format!("{n:>7}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         if let Some(f) = file.filter(|f| *f != "-") {
             text.push(' ');
@@ -1943,10 +1978,13 @@ impl Shell {
                 Node::File { mode, mtime, .. } => ('-', *mode, *mtime),
                 Node::Dev(_) => ('c', 0o666, 0),
             };
-            let time = kubehub_kapi::time::rfc3339(
-                std::time::UNIX_EPOCH + Duration::from_secs(mtime),
+            let time =
+                kubehub_kapi::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(mtime));
+            let when = format!(
+                "{} {}",
+                &time[..10.min(time.len())],
+                time.get(11..16).unwrap_or("")
             );
-            let when = format!("{} {}", &time[..10.min(time.len())], time.get(11..16).unwrap_or(""));
             format!(
                 "{kind}{} 1 root root {:>8} {when} {name}\n",
                 perms(mode),
@@ -1963,7 +2001,9 @@ impl Shell {
                 let path = self.path(p);
                 match fs.stat(&path) {
                     None => {
-                        errors.push(format!("ls: cannot access '{p}': No such file or directory"));
+                        errors.push(format!(
+                            "ls: cannot access '{p}': No such file or directory"
+                        ));
                         code = 2;
                     }
                     Some(Node::Dir { .. }) => {
@@ -2040,7 +2080,8 @@ impl Shell {
             Some(true) => 0,
             Some(false) => 1,
             None => {
-                io.err(format!("sh: test: syntax error: {}", a.join(" "))).await;
+                io.err(format!("sh: test: syntax error: {}", a.join(" ")))
+                    .await;
                 2
             }
         }
@@ -2051,7 +2092,8 @@ impl Shell {
             Ok(o) => o,
             Err(msg) => {
                 io.err(format!("tar: {msg}")).await;
-                io.err("Try 'tar --help' or 'tar --usage' for more information.").await;
+                io.err("Try 'tar --help' or 'tar --usage' for more information.")
+                    .await;
                 return Ok(2);
             }
         };
@@ -2064,7 +2106,8 @@ impl Shell {
 
     async fn tar_create(&self, opts: &TarOpts, dir: &str, io: Io<'_>) -> Result<i32, WriteError> {
         if opts.members.is_empty() {
-            io.err("tar: Cowardly refusing to create an empty archive").await;
+            io.err("tar: Cowardly refusing to create an empty archive")
+                .await;
             return Ok(2);
         }
         let mut code = 0;
@@ -2159,14 +2202,18 @@ impl Shell {
         if to_stdout {
             io.out(archive).await?;
         } else if let Some(f) = &opts.file {
-            let r = self.ctr.fs().write(&self.path(f), Bytes::from(archive), false);
+            let r = self
+                .ctr
+                .fs()
+                .write(&self.path(f), Bytes::from(archive), false);
             if let Err(e) = r {
                 io.err(format!("tar: {f}: Cannot write: {e}")).await;
                 return Ok(2);
             }
         }
         if code != 0 {
-            io.err("tar: Exiting with failure status due to previous errors").await;
+            io.err("tar: Exiting with failure status due to previous errors")
+                .await;
         }
         Ok(code)
     }
@@ -2212,7 +2259,8 @@ impl Shell {
         if errors.is_empty() {
             Ok(0)
         } else {
-            io.err("tar: Exiting with failure status due to previous errors").await;
+            io.err("tar: Exiting with failure status due to previous errors")
+                .await;
             Ok(2)
         }
     }
@@ -2672,7 +2720,11 @@ mod tests {
             name: "web".into(),
             pod_ip: "10.244.0.5".into(),
             env: vec![("GREETING".into(), "hello world".into())],
-            fs: Arc::new(Mutex::new(Vfs::for_container("web-0", "shop", "10.244.0.5"))),
+            fs: Arc::new(Mutex::new(Vfs::for_container(
+                "web-0",
+                "shop",
+                "10.244.0.5",
+            ))),
         })
     }
 
@@ -2741,7 +2793,11 @@ mod tests {
         assert_eq!((r.code, text(&r)), (0, "hi\n"));
         assert_eq!(sh(&c, "exit 3").await.code, 3);
         assert_eq!(sh(&c, "exit 300").await.code, 44);
-        let r = sh(&c, "echo a; false; echo $?; true && echo yes || echo no; false || echo alt").await;
+        let r = sh(
+            &c,
+            "echo a; false; echo $?; true && echo yes || echo no; false || echo alt",
+        )
+        .await;
         assert_eq!(text(&r), "a\n1\nyes\nalt\n");
         let r = sh(&c, "echo one; exit 4; echo never").await;
         assert_eq!((r.code, text(&r)), (4, "one\n"));
@@ -2752,7 +2808,11 @@ mod tests {
     #[tokio::test]
     async fn quoting_variables_and_assignments() {
         let c = container();
-        let r = sh(&c, r#"X=1; echo "$X ${X}2" '$X' "a\"b" a\ b; echo "$GREETING""#).await;
+        let r = sh(
+            &c,
+            r#"X=1; echo "$X ${X}2" '$X' "a\"b" a\ b; echo "$GREETING""#,
+        )
+        .await;
         assert_eq!(text(&r), "1 12 $X a\"b a b\nhello world\n");
         let r = run_with(&c, &["sh", "-c", "echo $0 $1 $#", "name", "arg"], b"").await;
         assert_eq!(text(&r), "name arg 1\n");
@@ -2767,7 +2827,11 @@ mod tests {
         let c = container();
         let r = run_with(&c, &["nosuch", "x"], b"").await;
         assert_eq!(r.code, 127);
-        assert!(r.err.contains("executable file not found in $PATH"), "{}", r.err);
+        assert!(
+            r.err.contains("executable file not found in $PATH"),
+            "{}",
+            r.err
+        );
         let r = sh(&c, "nosuch").await;
         assert_eq!((r.code, r.err.as_str()), (127, "sh: nosuch: not found\n"));
         let r = sh(&c, "echo 'unterminated").await;
@@ -2810,14 +2874,23 @@ mod tests {
     #[tokio::test]
     async fn a_script_on_stdin() {
         let c = container();
-        let r = run_with(&c, &["sh"], b"echo first\necho 'multi\nline'\nexit 5\necho never\n").await;
+        let r = run_with(
+            &c,
+            &["sh"],
+            b"echo first\necho 'multi\nline'\nexit 5\necho never\n",
+        )
+        .await;
         assert_eq!((r.code, text(&r)), (5, "first\nmulti\nline\n"));
     }
 
     #[tokio::test]
     async fn files_and_redirections() {
         let c = container();
-        let r = sh(&c, "echo hello > /tmp/f; echo more >> /tmp/f; cat /tmp/f; cat < /tmp/f | wc -c").await;
+        let r = sh(
+            &c,
+            "echo hello > /tmp/f; echo more >> /tmp/f; cat /tmp/f; cat < /tmp/f | wc -c",
+        )
+        .await;
         assert_eq!(text(&r), "hello\nmore\n11\n");
         let r = sh(&c, "cat /nope 2>/dev/null; echo $?; cat /nope 2>&1").await;
         assert_eq!(text(&r), "1\ncat: /nope: No such file or directory\n");
@@ -2830,16 +2903,27 @@ mod tests {
         assert_eq!(run_with(&c, &["test", "-d", "/tmp"], b"").await.code, 0);
         let r = sh(&c, "cd /tmp/a; pwd; ls").await;
         assert_eq!(text(&r), "/tmp/a\nb\n");
-        assert_eq!(text(&sh(&c, "cat /etc/hostname; hostname").await), "web-0\nweb-0\n");
+        assert_eq!(
+            text(&sh(&c, "cat /etc/hostname; hostname").await),
+            "web-0\nweb-0\n"
+        );
         let r = sh(&c, "rm /tmp/a; echo $?; rm -r /tmp/a; ls /tmp/a").await;
         assert_eq!(r.code, 2);
-        assert!(r.err.contains("rm: cannot remove '/tmp/a': Is a directory"), "{}", r.err);
+        assert!(
+            r.err.contains("rm: cannot remove '/tmp/a': Is a directory"),
+            "{}",
+            r.err
+        );
     }
 
     #[tokio::test]
     async fn tar_round_trips_through_the_filesystem() {
         let c = container();
-        sh(&c, "mkdir -p /data/sub; echo alpha > /data/a.txt; echo beta > /data/sub/b.txt").await;
+        sh(
+            &c,
+            "mkdir -p /data/sub; echo alpha > /data/a.txt; echo beta > /data/sub/b.txt",
+        )
+        .await;
         let created = run_with(&c, &["tar", "cf", "-", "/data"], b"").await;
         assert_eq!(created.code, 0, "{}", created.err);
         assert_eq!(created.err, "tar: Removing leading `/' from member names\n");
@@ -2861,7 +2945,12 @@ mod tests {
         let r = run_with(&c, &["tar", "cf", "-", "/missing"], b"").await;
         assert_eq!(r.code, 2);
         assert!(r.err.contains("Cannot stat"), "{}", r.err);
-        assert_eq!(run_with(&c, &["tar", "-xf", "-", "-C", "/nope"], &created.out).await.code, 2);
+        assert_eq!(
+            run_with(&c, &["tar", "-xf", "-", "-C", "/nope"], &created.out)
+                .await
+                .code,
+            2
+        );
         assert_eq!(run_with(&c, &["tar"], b"").await.code, 2);
     }
 
@@ -2872,7 +2961,10 @@ mod tests {
         let t = text(&r);
         assert!(t.contains("GREETING=hello world\n"), "{t}");
         assert!(t.contains("HOSTNAME=web-0\n"), "{t}");
-        assert_eq!(text(&run_with(&c, &["printenv", "GREETING"], b"").await), "hello world\n");
+        assert_eq!(
+            text(&run_with(&c, &["printenv", "GREETING"], b"").await),
+            "hello world\n"
+        );
         assert_eq!(text(&run_with(&c, &["whoami"], b"").await), "root\n");
     }
 
@@ -3001,7 +3093,10 @@ mod tests {
         );
         assert_eq!(parse_size("100M"), Some(100 << 20));
         assert_eq!(parse_size("104857600"), Some(104_857_600));
-        assert_eq!(parse_duration("0.5"), Some(Some(Duration::from_millis(500))));
+        assert_eq!(
+            parse_duration("0.5"),
+            Some(Some(Duration::from_millis(500)))
+        );
         assert_eq!(parse_duration("infinity"), Some(None));
         assert_eq!(parse_duration("-1"), None);
     }

@@ -401,7 +401,10 @@ mod tests {
             buf: BytesMut::new(),
         };
         c.send(syn(1, "stdin")).await;
-        assert!(matches!(c.recv().await, Some(Frame::SynReply { stream_id: 1, .. })));
+        assert!(matches!(
+            c.recv().await,
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
         let mut s = session.next_stream().await.unwrap();
         assert_eq!(s.headers.get("streamtype"), Some("stdin"));
         c.send(Frame::Ping { id: 1 }).await;

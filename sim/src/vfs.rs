@@ -173,10 +173,13 @@ impl Vfs {
         ] {
             let _ = fs.mkdir(d, true);
         }
-        fs.nodes.insert("/tmp".into(), Node::Dir {
-            mode: 0o1777,
-            mtime: now(),
-        });
+        fs.nodes.insert(
+            "/tmp".into(),
+            Node::Dir {
+                mode: 0o1777,
+                mtime: now(),
+            },
+        );
         fs.nodes.insert("/dev/null".into(), Node::Dev(Device::Null));
         fs.nodes.insert("/dev/zero".into(), Node::Dev(Device::Zero));
         let files = [
@@ -391,26 +394,43 @@ mod tests {
     fn files_directories_and_quota() {
         let mut fs = Vfs::for_container("web-0", "shop", "10.244.0.5");
         assert_eq!(&fs.read("/etc/hostname").unwrap()[..], b"web-0\n");
-        assert_eq!(fs.write("/nope/f", Bytes::new(), false), Err(FsError::NotFound));
-        assert_eq!(fs.write("/etc/hostname/x", Bytes::new(), false), Err(FsError::NotDir));
+        assert_eq!(
+            fs.write("/nope/f", Bytes::new(), false),
+            Err(FsError::NotFound)
+        );
+        assert_eq!(
+            fs.write("/etc/hostname/x", Bytes::new(), false),
+            Err(FsError::NotDir)
+        );
         fs.write("/tmp/a", Bytes::from_static(b"1"), false).unwrap();
         fs.write("/tmp/a", Bytes::from_static(b"2"), true).unwrap();
         assert_eq!(&fs.read("/tmp/a").unwrap()[..], b"12");
         fs.mkdir("/tmp/d/e", true).unwrap();
         assert_eq!(fs.mkdir("/tmp/d", false), Err(FsError::Exists));
-        let names: Vec<String> = fs.list("/tmp").unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = fs
+            .list("/tmp")
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, ["a", "d"]);
         assert_eq!(fs.remove("/tmp/d", false), Err(FsError::IsDir));
         fs.remove("/tmp", true).unwrap();
         assert!(fs.stat("/tmp/a").is_none());
         assert!(fs.stat("/etc/hostname").is_some());
         let mut small = Vfs::empty(4);
-        small.write("/a", Bytes::from_static(b"1234"), false).unwrap();
-        assert_eq!(small.write("/b", Bytes::from_static(b"5"), false), Err(FsError::NoSpace));
+        small
+            .write("/a", Bytes::from_static(b"1234"), false)
+            .unwrap();
+        assert_eq!(
+            small.write("/b", Bytes::from_static(b"5"), false),
+            Err(FsError::NoSpace)
+        );
         small.write("/a", Bytes::from_static(b"9"), false).unwrap();
         assert_eq!(small.used(), 1);
         // Writes to /dev/null vanish.
-        fs.write("/dev/null", Bytes::from_static(b"x"), false).unwrap();
+        fs.write("/dev/null", Bytes::from_static(b"x"), false)
+            .unwrap();
         assert!(fs.read("/dev/null").unwrap().is_empty());
     }
 }

@@ -124,8 +124,14 @@ fn assert_used(s: &common::Sim, t: Transport, sub: &str) {
         Transport::WebSocket => ("GET ", "POST "),
         Transport::Spdy => ("POST ", "GET "),
     };
-    assert!(hits.iter().any(|l| l.starts_with(want)), "{t:?} {sub}: {hits:?}");
-    assert!(!hits.iter().any(|l| l.starts_with(not)), "{t:?} {sub}: {hits:?}");
+    assert!(
+        hits.iter().any(|l| l.starts_with(want)),
+        "{t:?} {sub}: {hits:?}"
+    );
+    assert!(
+        !hits.iter().any(|l| l.starts_with(not)),
+        "{t:?} {sub}: {hits:?}"
+    );
     s.log.clear();
 }
 
@@ -140,11 +146,35 @@ async fn exec_prints_output_and_exits_zero() {
         let out = run(&s, t, &["exec", "box", "--", "echo", "hi"]);
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "hi\n", "{t:?}");
-        let out = run(&s, t, &["exec", "box", "--", "sh", "-c", "echo $GREETING; hostname; cat /etc/hostname"]);
-        assert_eq!(text(&out.stdout), "hello from the box\nbox\nbox\n", "{t:?}: {}", text(&out.stderr));
+        let out = run(
+            &s,
+            t,
+            &[
+                "exec",
+                "box",
+                "--",
+                "sh",
+                "-c",
+                "echo $GREETING; hostname; cat /etc/hostname",
+            ],
+        );
+        assert_eq!(
+            text(&out.stdout),
+            "hello from the box\nbox\nbox\n",
+            "{t:?}: {}",
+            text(&out.stderr)
+        );
         // stderr is its own stream.
-        let out = run(&s, t, &["exec", "box", "--", "sh", "-c", "echo out; echo err >&2"]);
-        assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("out\n", "err\n"), "{t:?}");
+        let out = run(
+            &s,
+            t,
+            &["exec", "box", "--", "sh", "-c", "echo out; echo err >&2"],
+        );
+        assert_eq!(
+            (text(&out.stdout).as_str(), text(&out.stderr).as_str()),
+            ("out\n", "err\n"),
+            "{t:?}"
+        );
         assert_used(&s, t, "exec");
     }
 }
@@ -204,12 +234,16 @@ async fn exec_with_piped_stdin() {
 async fn a_100_mib_stream_arrives_whole() {
     let s = sim().await;
     for t in BOTH {
-        let mut child = kubectl(&s, t, &["exec", "box", "--", "head", "-c", "104857600", "/dev/zero"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = kubectl(
+            &s,
+            t,
+            &["exec", "box", "--", "head", "-c", "104857600", "/dev/zero"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let (mut total, mut nonzero) = (0usize, 0usize);
@@ -278,7 +312,11 @@ async fn exec_with_a_terminal() {
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(4), "{t:?}: {:?}", text(&seen));
         // The terminal echoed the command, then the shell printed its answer.
-        assert!(text(&seen).contains("# echo hi from a tty\r\nhi from a tty\r\n# "), "{t:?}: {:?}", text(&seen));
+        assert!(
+            text(&seen).contains("# echo hi from a tty\r\nhi from a tty\r\n# "),
+            "{t:?}: {:?}",
+            text(&seen)
+        );
     }
 }
 
@@ -287,21 +325,48 @@ async fn cp_both_ways() {
     let s = sim().await;
     for (i, t) in BOTH.into_iter().enumerate() {
         let local = s.path().join(format!("upload-{i}.txt"));
-        let content: String = (0..5000).map(|n| format!("line {n} of the upload\n")).collect();
+        let content: String = (0..5000)
+            .map(|n| format!("line {n} of the upload\n"))
+            .collect();
         std::fs::write(&local, &content).unwrap();
         let dest = format!("box:/tmp/copied-{i}.txt");
         let out = run(&s, t, &["cp", local.to_str().unwrap(), &dest]);
-        assert!(out.status.success(), "{t:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{t:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         // It is in the container's filesystem ...
-        let out = run(&s, t, &["exec", "box", "--", "cat", &format!("/tmp/copied-{i}.txt")]);
+        let out = run(
+            &s,
+            t,
+            &["exec", "box", "--", "cat", &format!("/tmp/copied-{i}.txt")],
+        );
         assert_eq!(text(&out.stdout), content, "{t:?}");
         // ... and comes back.
         let back = s.path().join(format!("download-{i}.txt"));
         let out = run(&s, t, &["cp", &dest, back.to_str().unwrap()]);
-        assert!(out.status.success(), "{t:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{t:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         assert_eq!(std::fs::read_to_string(&back).unwrap(), content, "{t:?}");
         // A file made in the container, copied out.
-        run(&s, t, &["exec", "box", "--", "sh", "-c", "mkdir -p /data && echo made inside > /data/made.txt"]);
+        run(
+            &s,
+            t,
+            &[
+                "exec",
+                "box",
+                "--",
+                "sh",
+                "-c",
+                "mkdir -p /data && echo made inside > /data/made.txt",
+            ],
+        );
         let made = s.path().join(format!("made-{i}.txt"));
         let out = run(&s, t, &["cp", "box:/data/made.txt", made.to_str().unwrap()]);
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
@@ -312,9 +377,24 @@ async fn cp_both_ways() {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("a.txt"), "A").unwrap();
     std::fs::write(dir.join("sub/b.txt"), "B").unwrap();
-    let out = run(&s, Transport::WebSocket, &["cp", dir.to_str().unwrap(), "box:/srv"]);
+    let out = run(
+        &s,
+        Transport::WebSocket,
+        &["cp", dir.to_str().unwrap(), "box:/srv"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(&s, Transport::WebSocket, &["exec", "box", "--", "sh", "-c", "cat /srv/a.txt /srv/sub/b.txt"]);
+    let out = run(
+        &s,
+        Transport::WebSocket,
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat /srv/a.txt /srv/sub/b.txt",
+        ],
+    );
     assert_eq!(text(&out.stdout), "AB");
 }
 
@@ -340,7 +420,11 @@ async fn errors_are_the_apiservers() {
     for t in BOTH {
         let out = run(&s, t, &["exec", "nosuchpod", "--", "true"]);
         assert!(!out.status.success());
-        assert!(text(&out.stderr).contains("pods \"nosuchpod\" not found"), "{t:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("pods \"nosuchpod\" not found"),
+            "{t:?}: {}",
+            text(&out.stderr)
+        );
         let out = run(&s, t, &["exec", "box", "-c", "nope", "--", "true"]);
         assert!(!out.status.success());
         assert!(
@@ -365,7 +449,11 @@ async fn errors_are_the_apiservers() {
 fn http_get(port: u16, path: &str) -> String {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
@@ -387,7 +475,10 @@ fn wait_listening(port: u16, child: &mut std::process::Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("kubectl port-forward exited: {status}");
         }
-        assert!(Instant::now() < deadline, "port-forward never listened on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "port-forward never listened on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -424,7 +515,10 @@ async fn port_forward_serves_http_on_several_connections_at_once() {
                 let (port, remote) = if i % 2 == 0 { (a, 8080) } else { (b, 9090) };
                 std::thread::spawn(move || {
                     let body = http_get(port, &format!("/req/{i}"));
-                    assert_eq!(body, format!("pod default/box port {remote}: GET /req/{i}\n"));
+                    assert_eq!(
+                        body,
+                        format!("pod default/box port {remote}: GET /req/{i}\n")
+                    );
                 })
             })
             .collect();
@@ -438,8 +532,15 @@ async fn port_forward_serves_http_on_several_connections_at_once() {
             .unwrap();
         let mut answer = String::new();
         c.read_to_string(&mut answer).unwrap();
-        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{t:?}: {answer}");
-        assert!(answer.contains("GET /one\n") && answer.contains("GET /two\n"), "{answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 200 OK").count(),
+            2,
+            "{t:?}: {answer}"
+        );
+        assert!(
+            answer.contains("GET /one\n") && answer.contains("GET /two\n"),
+            "{answer}"
+        );
         let mut c = TcpStream::connect(("127.0.0.1", b)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         c.write_all(b"\x00hello, echo").unwrap();
@@ -479,7 +580,13 @@ async fn port_forward_to_a_port_nothing_listens_on() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut err = String::new();
-        child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         assert!(
             err.contains(&format!("an error occurred forwarding {local} -> 7777"))
                 && err.contains("connect: connection refused"),
@@ -494,12 +601,19 @@ fn raw(s: &common::Sim, head: &str) -> (u16, serde_json::Value) {
     let addr = s.url.trim_start_matches("http://").to_owned();
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(c, "{head}Host: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        c,
+        "{head}Host: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     let code = answer[9..12].parse().unwrap();
     let body = answer.split_once("\r\n\r\n").unwrap().1;
-    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,32 +624,69 @@ async fn upgrade_errors_are_status_objects() {
     let (code, v) = raw(&s, &format!("POST {exec} HTTP/1.1\r\n"));
     assert_eq!(code, 400);
     assert_eq!(v["kind"], "Status");
-    assert_eq!(v["message"], "unable to upgrade: missing upgrade headers in request");
+    assert_eq!(
+        v["message"],
+        "unable to upgrade: missing upgrade headers in request"
+    );
     // SPDY without a protocol both sides speak.
     let (code, v) = raw(
         &s,
         &format!("POST {exec} HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: channel.k8s.io\r\n"),
     );
-    assert_eq!((code, v["reason"].as_str()), (403, Some("Forbidden")), "{v}");
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (403, Some("Forbidden")),
+        "{v}"
+    );
     // WebSocket offering only the old protocols.
     let (code, v) = raw(
         &s,
         &format!("GET {exec} HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: channel.k8s.io\r\n"),
     );
     assert_eq!(code, 400, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("unable to negotiate protocol"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unable to negotiate protocol"),
+        "{v}"
+    );
     // Validation comes first, as in kube-apiserver.
-    let (code, v) = raw(&s, "POST /api/v1/namespaces/default/pods/box/exec?stdout=true HTTP/1.1\r\n");
+    let (code, v) = raw(
+        &s,
+        "POST /api/v1/namespaces/default/pods/box/exec?stdout=true HTTP/1.1\r\n",
+    );
     assert_eq!(code, 400);
-    assert_eq!(v["message"], "you must specify at least one command for the container");
-    let (code, v) = raw(&s, "POST /api/v1/namespaces/default/pods/box/exec?command=true HTTP/1.1\r\n");
+    assert_eq!(
+        v["message"],
+        "you must specify at least one command for the container"
+    );
+    let (code, v) = raw(
+        &s,
+        "POST /api/v1/namespaces/default/pods/box/exec?command=true HTTP/1.1\r\n",
+    );
     assert_eq!(code, 400);
-    assert_eq!(v["message"], "you must specify at least 1 of stdin, stdout, stderr");
-    let (code, v) = raw(&s, "POST /api/v1/namespaces/default/pods/duo/exec?command=true&stdout=true HTTP/1.1\r\n");
+    assert_eq!(
+        v["message"],
+        "you must specify at least 1 of stdin, stdout, stderr"
+    );
+    let (code, v) = raw(
+        &s,
+        "POST /api/v1/namespaces/default/pods/duo/exec?command=true&stdout=true HTTP/1.1\r\n",
+    );
     assert_eq!(code, 400);
-    assert_eq!(v["message"], "a container name must be specified for pod duo, choose one of: [app proxy]");
-    let (code, v) = raw(&s, "POST /api/v1/namespaces/default/pods/ghost/portforward HTTP/1.1\r\n");
+    assert_eq!(
+        v["message"],
+        "a container name must be specified for pod duo, choose one of: [app proxy]"
+    );
+    let (code, v) = raw(
+        &s,
+        "POST /api/v1/namespaces/default/pods/ghost/portforward HTTP/1.1\r\n",
+    );
     assert_eq!((code, v["reason"].as_str()), (404, Some("NotFound")));
-    let (code, _) = raw(&s, "DELETE /api/v1/namespaces/default/pods/box/exec?command=true HTTP/1.1\r\n");
+    let (code, _) = raw(
+        &s,
+        "DELETE /api/v1/namespaces/default/pods/box/exec?command=true HTTP/1.1\r\n",
+    );
     assert_eq!(code, 405);
 }

@@ -15,8 +15,8 @@
 //! Ends: the client closing its side (EOF or TLS close_notify) ends the hub's half (the agent
 //! half-closes the edge connection) and the edge's remaining bytes still reach the client;
 //! the edge closing its side ends the agent's half, and the hub then closes the client's
-//! (close_notify, then the socket's write side), waiting at most [`LINGER`] for the client to
-//! close too. The agent going away (RESET, or its tunnel closing) ends the session at once:
+//! (close_notify, then the socket's write side). Once one side ended, the other has
+//! [`LINGER`] after the last byte to end too, then the session is ended for it. The agent going away (RESET, or its tunnel closing) ends the session at once:
 //! the client's connection is cut without TLS close_notify (so it cannot pass for a clean
 //! end), and kubectl reports the error and exits non-zero. A session silent
 //! both ways for `limits.upgrade_idle_timeout_ms` is closed.
@@ -44,8 +44,8 @@ use crate::http;
 use crate::metrics::{Metrics, SessionLabel};
 use crate::registry::StreamEvent;
 
-/// After the edge ended the session, how long the client has to close its side before the
-/// hub closes the connection anyway.
+/// After one side ended its half, how long the other has (from the last byte either way) to
+/// end its own before the hub ends the session.
 pub const LINGER: Duration = Duration::from_secs(30);
 
 /// The trailer field in which the agent reports an exec's exit status (`0`, or the `Status`
@@ -197,8 +197,8 @@ fn shell_words(words: &[String]) -> String {
 pub enum End {
     /// Both sides ended their halves.
     Closed,
-    /// The client's connection failed, or it did not close within [`LINGER`] after the edge
-    /// did.
+    /// The client's connection failed; or one side ended and the other did not follow within
+    /// [`LINGER`] (a client that closed its connection is gone: these protocols end inside).
     ClientGone,
     /// The agent reset the stream or its tunnel went away.
     AgentGone,
@@ -293,9 +293,11 @@ pub async fn splice(
                 (_, Some(Err(e))) | (Some(Err(e)), _) => return Poll::Ready(e),
                 _ => {}
             }
-            // Idle limit while both sides are open; once the edge ended, the client has
-            // LINGER to close its side.
-            let limit = if downward.is_some() {
+            // Idle limit while both sides are open; once one side ended, the other has
+            // LINGER (after the last byte either way) to end too. Clients end these protocols
+            // inside them, so a client's EOF usually means it is gone: the edge is given the
+            // time to finish what it was sending, not the idle limit.
+            let limit = if downward.is_some() || upward.is_some() {
                 LINGER.min(idle)
             } else {
                 idle
@@ -303,10 +305,10 @@ pub async fn splice(
             let since = stats.active.get().unwrap_or(session.started);
             let due = since + limit;
             if Instant::now() >= due {
-                return Poll::Ready(if downward.is_some() {
-                    End::ClientGone
-                } else {
+                return Poll::Ready(if upward.is_none() && downward.is_none() {
                     End::Idle
+                } else {
+                    End::ClientGone
                 });
             }
             if due != timer_at {
