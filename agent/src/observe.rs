@@ -490,15 +490,7 @@ mod tests {
         let mut c = BytesMut::new();
         let mut e = BytesMut::new();
         for (id, kind) in [(1, "error"), (3, "stdout"), (5, "stderr")] {
-            let f = spdy::Frame::SynStream {
-                stream_id: id,
-                associated_to: 0,
-                priority: 0,
-                slot: 0,
-                fin: false,
-                unidirectional: false,
-                headers: spdy::Headers::new().with("streamtype", kind),
-            };
+            let f = spdy::Frame::open(id, spdy::Headers::new().with("streamtype", kind));
             client.encode(&f, &mut c).unwrap();
             let reply = spdy::Frame::SynReply {
                 stream_id: id,

@@ -319,6 +319,20 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// A SYN_STREAM opening `stream_id` with `headers`, as a client opens one (no association,
+    /// priority 0, not finished, bidirectional).
+    pub fn open(stream_id: u32, headers: Headers) -> Frame {
+        Frame::SynStream {
+            stream_id,
+            associated_to: 0,
+            priority: 0,
+            slot: 0,
+            fin: false,
+            unidirectional: false,
+            headers,
+        }
+    }
+
     /// The stream a frame belongs to (0 for session frames).
     pub fn stream_id(&self) -> u32 {
         match self {

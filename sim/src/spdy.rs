@@ -379,15 +379,7 @@ mod tests {
     }
 
     fn syn(id: u32, ty: &str) -> Frame {
-        Frame::SynStream {
-            stream_id: id,
-            associated_to: 0,
-            priority: 0,
-            slot: 0,
-            fin: false,
-            unidirectional: false,
-            headers: Headers::new().with("streamtype", ty),
-        }
+        Frame::open(id, Headers::new().with("streamtype", ty))
     }
 
     #[tokio::test]
