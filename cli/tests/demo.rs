@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 
 /// Starts the demo in `dir`; returns it with the lines it printed up to the kubectl command.
 fn start(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
+    start_logging(dir, Stdio::null())
+}
+
+/// [`start`], with the demo's log (stderr) going to `log`.
+fn start_logging(dir: &std::path::Path, log: Stdio) -> (std::process::Child, Vec<String>) {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_kubehub"))
         .args(["demo", "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = demo.stdout.take().unwrap();
@@ -133,4 +138,73 @@ fn demo_prints_working_commands_keeps_its_state_and_stops_on_sigterm() {
         "the agent kept its certificate"
     );
     stop(demo);
+}
+
+/// An operator reading the hub's log finds every exec session: who ran what where, and how the
+/// command ended (the agent reads the exit status off the session for it), over both of
+/// kubectl's transports.
+#[test]
+fn exec_sessions_are_audited_with_their_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (demo, _) = start_logging(dir.path(), Stdio::from(log));
+    let kubectl = |env: &str, args: &[&str]| {
+        Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", env)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = kubectl(
+        "true",
+        &[
+            "get",
+            "pods",
+            "-n",
+            "edge-0",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    let pod = String::from_utf8(out.stdout).unwrap();
+    assert!(!pod.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (env, code) in [("true", 3), ("false", 5)] {
+        let script = format!("exit {code}");
+        let out = kubectl(
+            env,
+            &["exec", "-n", "edge-0", &pod, "--", "sh", "-c", &script],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stop(demo);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for (protocol, code) in [("websocket", 3), ("SPDY/3.1", 5)] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("session_end") && l.contains(&format!("exit {code}'")))
+            .unwrap_or_else(|| panic!("no audit line for exit {code}:\n{log}"));
+        for want in [
+            "kubehub::audit".to_owned(),
+            "user=demo".to_owned(),
+            "cluster=demo".to_owned(),
+            "namespace=edge-0".to_owned(),
+            format!("pod={pod}"),
+            format!("protocol={protocol}"),
+            format!("exit=\"{code}\""),
+            "end=\"closed\"".to_owned(),
+        ] {
+            assert!(line.contains(&want), "{want} in {line}");
+        }
+    }
 }
