@@ -7,23 +7,14 @@
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
 use std::io::{Read, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kubehub_hub::config::Limits;
 use kubehub_sim::ClusterConfig;
+use kubehub_testkit::kubectl::{read_until, wait_with_deadline, Transport};
 use kubehub_testkit::stack::{self as common, Stack};
 use kubehub_testkit::Kubectl;
-
-/// The two ways kubectl carries these sessions (WebSocket is kubectl's default).
-const SPDY: [(&str, &str); 2] = [
-    ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
-    ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
-];
-const WEBSOCKET: [(&str, &str); 2] = [
-    ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true"),
-    ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "true"),
-];
 
 /// A running pod of the seeded cluster: namespace, name, first container, its port.
 struct Pod {
@@ -54,37 +45,24 @@ fn pod(s: &Stack) -> Pod {
     }
 }
 
+impl Pod {
+    /// The arguments of `kubectl exec` with `flags` running `argv` in the pod's first container.
+    fn exec_args<'a>(&'a self, flags: &[&'a str], argv: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["exec", "-n", &self.ns, &self.name, "-c", &self.container];
+        args.extend_from_slice(flags);
+        args.push("--");
+        args.extend_from_slice(argv);
+        args
+    }
+}
+
 fn stack() -> Stack {
     common::start(ClusterConfig::default(), Limits::default())
 }
 
-/// `kubectl exec` in `p` with `argv`, over the transport `env` picks, stdin from `input`.
-fn exec(
-    k: &Kubectl,
-    p: &Pod,
-    env: &[(&str, &str)],
-    flags: &[&str],
-    argv: &[&str],
-    input: &[u8],
-) -> Output {
-    let mut args = vec!["exec", "-n", &p.ns, &p.name, "-c", &p.container];
-    args.extend_from_slice(flags);
-    args.push("--");
-    args.extend_from_slice(argv);
-    let mut cmd = k.cmd(&args);
-    cmd.envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+/// `kubectl exec` in `p` with `argv` over `t`, stdin from `input`.
+fn exec(k: &Kubectl, p: &Pod, t: Transport, flags: &[&str], argv: &[&str], input: &[u8]) -> Output {
+    k.run_with_input(t, &p.exec_args(flags, argv), input)
 }
 
 fn text(b: &[u8]) -> String {
@@ -96,13 +74,13 @@ fn exec_prints_output_returns_exit_codes_and_takes_stdin_both_ways() {
     let s = stack();
     let p = pod(&s);
     let k = s.k();
-    for env in [&WEBSOCKET[..], &SPDY[..]] {
-        let out = exec(&k, &p, env, &[], &["echo", "hi"], b"");
-        assert_eq!(text(&out.stdout), "hi\n", "{env:?}: {}", text(&out.stderr));
+    for t in Transport::BOTH {
+        let out = exec(&k, &p, t, &[], &["echo", "hi"], b"");
+        assert_eq!(text(&out.stdout), "hi\n", "{t:?}: {}", text(&out.stderr));
         assert_eq!(out.status.code(), Some(0));
 
-        let out = exec(&k, &p, env, &[], &["sh", "-c", "exit 3"], b"");
-        assert_eq!(out.status.code(), Some(3), "{env:?}: {}", text(&out.stderr));
+        let out = exec(&k, &p, t, &[], &["sh", "-c", "exit 3"], b"");
+        assert_eq!(out.status.code(), Some(3), "{t:?}: {}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("command terminated with exit code 3"),
             "{}",
@@ -112,7 +90,7 @@ fn exec_prints_output_returns_exit_codes_and_takes_stdin_both_ways() {
         let out = exec(
             &k,
             &p,
-            env,
+            t,
             &[],
             &["sh", "-c", "echo oops >&2; echo fine"],
             b"",
@@ -123,13 +101,23 @@ fn exec_prints_output_returns_exit_codes_and_takes_stdin_both_ways() {
         let input: Vec<u8> = (0..20_000)
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
-        let out = exec(&k, &p, env, &["-i"], &["cat"], &input);
-        assert_eq!(out.status.code(), Some(0), "{env:?}: {}", text(&out.stderr));
-        assert_eq!(out.stdout.len(), input.len(), "{env:?}");
-        assert!(
-            out.stdout == input,
-            "stdin comes back unchanged over {env:?}"
-        );
+        let out = exec(&k, &p, t, &["-i"], &["cat"], &input);
+        assert_eq!(out.status.code(), Some(0), "{t:?}: {}", text(&out.stderr));
+        assert_eq!(out.stdout.len(), input.len(), "{t:?}");
+        assert!(out.stdout == input, "stdin comes back unchanged over {t:?}");
+    }
+}
+
+#[test]
+fn attach_reaches_the_main_process() {
+    let s = stack();
+    let p = pod(&s);
+    let k = s.k();
+    for t in Transport::BOTH {
+        let args = ["attach", "-i", "-n", &p.ns, &p.name, "-c", &p.container];
+        let out = k.run_with_input(t, &args, b"first line\nsecond line\n");
+        assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "first line\nsecond line\n", "{t:?}");
     }
 }
 
@@ -137,57 +125,25 @@ fn exec_prints_output_returns_exit_codes_and_takes_stdin_both_ways() {
 fn exec_with_a_terminal() {
     let s = stack();
     let p = pod(&s);
-    // `script` gives kubectl a pseudo-terminal, as a person's shell would.
-    let kubectl = format!(
-        "{} --kubeconfig {} --cache-dir {} exec -it -n {} {} -c {} -- sh",
-        kubehub_testkit::kubectl::KUBECTL,
-        s.kubeconfig.display(),
-        s.path().join("tty-cache").display(),
-        p.ns,
-        p.name,
-        p.container
-    );
-    for env in [&WEBSOCKET[..], &SPDY[..]] {
-        let mut child = Command::new("script")
-            .args(["-qec", &kubectl, "/dev/null"])
-            .envs(env.iter().copied())
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    // kubectl on a pseudo-terminal, as a person's shell runs it.
+    let k = Kubectl {
+        kubeconfig: s.kubeconfig.clone(),
+        cache_dir: s.path().join("tty-cache"),
+    };
+    let args = p.exec_args(&["-it"], &["sh"]);
+    for t in Transport::BOTH {
+        let mut child = k.under_terminal(t, &args).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         stdin.write_all(b"echo in-a-terminal\n").unwrap();
         std::thread::sleep(Duration::from_millis(1000));
         stdin.write_all(b"exit\n").unwrap();
         drop(stdin);
-        let out = wait(child, Duration::from_secs(60));
+        let out = wait_with_deadline(child, Duration::from_secs(60));
         let screen = text(&out.stdout);
-        assert!(screen.contains("in-a-terminal"), "{env:?}: {screen}");
+        assert!(screen.contains("in-a-terminal"), "{t:?}: {screen}");
         assert!(screen.contains("# "), "a prompt: {screen}");
-        assert_eq!(out.status.code(), Some(0), "{env:?}: {screen}");
-    }
-}
-
-/// Waits for a child at most `within` (then kills it and fails).
-fn wait(mut child: std::process::Child, within: Duration) -> Output {
-    let deadline = Instant::now() + within;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {within:?}: {}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(out.status.code(), Some(0), "{t:?}: {screen}");
     }
 }
 
@@ -199,23 +155,22 @@ fn cp_copies_files_both_ways() {
     let local = s.path().join("notes.bin");
     let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&local, &content).unwrap();
-    for (i, env) in [&WEBSOCKET[..], &SPDY[..]].into_iter().enumerate() {
+    for (i, t) in Transport::BOTH.into_iter().enumerate() {
         let remote = format!("{}/{}:/tmp/notes-{i}.bin", p.ns, p.name);
-        let out = k
-            .cmd(&["cp", "-c", &p.container, local.to_str().unwrap(), &remote])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let out = k.output_over(
+            t,
+            &["cp", "-c", &p.container, local.to_str().unwrap(), &remote],
+        );
         assert!(
             out.status.success(),
-            "cp up over {env:?}: {}",
+            "cp up over {t:?}: {}",
             text(&out.stderr)
         );
         // The file is there, whole.
         let out = exec(
             &k,
             &p,
-            env,
+            t,
             &[],
             &["wc", "-c", &format!("/tmp/notes-{i}.bin")],
             b"",
@@ -226,56 +181,19 @@ fn cp_copies_files_both_ways() {
             text(&out.stdout)
         );
         let back = s.path().join(format!("back-{i}.bin"));
-        let out = k
-            .cmd(&["cp", "-c", &p.container, &remote, back.to_str().unwrap()])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let out = k.output_over(
+            t,
+            &["cp", "-c", &p.container, &remote, back.to_str().unwrap()],
+        );
         assert!(
             out.status.success(),
-            "cp down over {env:?}: {}",
+            "cp down over {t:?}: {}",
             text(&out.stderr)
         );
         assert!(
             std::fs::read(&back).unwrap() == content,
             "the copy comes back unchanged"
         );
-    }
-}
-
-/// Starts `kubectl port-forward` on a free local port; returns the child and the port. Its
-/// output goes to a file (kubectl writes a line per connection: a pipe nobody reads would
-/// stop it). The caller kills and waits for the child.
-#[allow(clippy::zombie_processes)] // returned to the caller, who waits for it
-fn port_forward(k: &Kubectl, p: &Pod, env: &[(&str, &str)]) -> (std::process::Child, u16) {
-    let target = format!("pod/{}", p.name);
-    let ports = format!(":{}", p.port);
-    let log_path = k.cache_dir.with_file_name("port-forward.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = k
-        .cmd(&["port-forward", "-n", &p.ns, &target, &ports])
-        .envs(env.iter().copied())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = std::fs::read_to_string(&log_path).unwrap();
-        let local = out
-            .split("Forwarding from 127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|p| p.parse().ok());
-        if let Some(local) = local {
-            return (child, local);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("port-forward did not start: {out}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -299,8 +217,10 @@ fn port_forward_carries_several_connections_at_once() {
     let s = stack();
     let p = pod(&s);
     let k = s.k();
-    for env in [&WEBSOCKET[..], &SPDY[..]] {
-        let (mut child, local) = port_forward(&k, &p, env);
+    let target = format!("pod/{}", p.name);
+    for t in Transport::BOTH {
+        let forward = k.port_forward(t, &["-n", &p.ns, &target], &[p.port]);
+        let local = forward.local(p.port);
         let answers: Vec<String> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..6)
                 .map(|i| scope.spawn(move || http_get(local, &format!("/conn-{i}"))))
@@ -308,7 +228,7 @@ fn port_forward_carries_several_connections_at_once() {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for (i, a) in answers.iter().enumerate() {
-            assert!(a.starts_with("HTTP/1.1 200"), "{env:?}: {a}");
+            assert!(a.starts_with("HTTP/1.1 200"), "{t:?}: {a}");
             assert!(
                 a.contains(&format!("/conn-{i}")),
                 "each connection its own answer: {a}"
@@ -322,9 +242,8 @@ fn port_forward_carries_several_connections_at_once() {
         c.write_all(&payload).unwrap();
         let mut back = vec![0u8; payload.len()];
         c.read_exact(&mut back).unwrap();
-        assert!(back == payload, "echoed unchanged over {env:?}");
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(back == payload, "echoed unchanged over {t:?}");
+        drop(forward);
     }
 }
 
@@ -336,19 +255,7 @@ fn a_large_exec_stream_does_not_hold_up_other_requests() {
     const N: usize = 100 * 1024 * 1024;
     let n = N.to_string();
     let mut child = k
-        .cmd(&[
-            "exec",
-            "-n",
-            &p.ns,
-            &p.name,
-            "-c",
-            &p.container,
-            "--",
-            "head",
-            "-c",
-            &n,
-            "/dev/zero",
-        ])
+        .cmd(&p.exec_args(&[], &["head", "-c", &n, "/dev/zero"]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -364,7 +271,14 @@ fn a_large_exec_stream_does_not_hold_up_other_requests() {
         latencies.push(t.elapsed());
         assert!(out.contains("namespace/default"), "{out}");
     }
-    let out = exec(&k, &p, &WEBSOCKET, &[], &["echo", "meanwhile"], b"");
+    let out = exec(
+        &k,
+        &p,
+        Transport::WebSocket,
+        &[],
+        &["echo", "meanwhile"],
+        b"",
+    );
     assert_eq!(text(&out.stdout), "meanwhile\n");
     latencies.sort();
     eprintln!(
@@ -410,29 +324,28 @@ fn exec_and_port_forward_need_their_grants() {
     let p = pod(&s);
     s.kubeconfig_for("bob", &bob_token, Some(common::CLUSTER));
     let bob = s.kubectl_as("bob");
-    for env in [&WEBSOCKET[..], &SPDY[..]] {
-        let out = exec(&bob, &p, env, &[], &["echo", "hi"], b"");
+    for t in Transport::BOTH {
+        let out = exec(&bob, &p, t, &[], &["echo", "hi"], b"");
         assert!(!out.status.success());
         let err = text(&out.stderr);
         assert!(
             err.contains("cannot get resource \"pods/exec\"")
                 || err.contains("cannot create resource \"pods/exec\""),
-            "{env:?}: {err}"
+            "{t:?}: {err}"
         );
         assert!(out.stdout.is_empty());
     }
     let target = format!("pod/{}", p.name);
-    let out = bob
-        .cmd(&[
+    let out = bob.output_over(
+        Transport::Spdy,
+        &[
             "port-forward",
             "-n",
             &p.ns,
             &target,
             &format!(":{}", p.port),
-        ])
-        .envs(SPDY.iter().copied())
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("pods/portforward"),
@@ -453,38 +366,27 @@ fn the_agent_going_away_ends_a_session_with_an_error() {
     let mut s = stack();
     let p = pod(&s);
     let k = s.k();
-    for env in [&WEBSOCKET[..], &SPDY[..]] {
+    for t in Transport::BOTH {
         if s.agent.is_none() {
             s.start_agent();
             s.wait_connected(true, Duration::from_secs(10));
         }
-        let child = k
-            .cmd(&[
-                "exec",
-                "-n",
-                &p.ns,
-                &p.name,
-                "-c",
-                &p.container,
-                "--",
-                "sh",
-                "-c",
-                "echo started; sleep 600",
-            ])
-            .envs(env.iter().copied())
+        let mut child = k
+            .cmd_over(
+                t,
+                &p.exec_args(&[], &["sh", "-c", "echo started; sleep 600"]),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut child = child;
-        let started =
-            kubehub_testkit::kubectl::read_until(&mut child, Duration::from_secs(30), |o| {
-                o.contains("started")
-            });
-        assert!(started.contains("started"), "{env:?}: {started}");
+        let started = read_until(&mut child, Duration::from_secs(30), |o| {
+            o.contains("started")
+        });
+        assert!(started.contains("started"), "{t:?}: {started}");
         s.stop_agent();
-        let out = wait(child, Duration::from_secs(90));
-        if env == &WEBSOCKET[..] {
+        let out = wait_with_deadline(child, Duration::from_secs(90));
+        if t == Transport::WebSocket {
             assert!(!out.status.success(), "an error, not success");
             assert!(
                 text(&out.stderr).contains("unexpected EOF"),

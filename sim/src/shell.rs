@@ -2786,6 +2786,64 @@ mod tests {
         std::str::from_utf8(&r.out).unwrap()
     }
 
+    /// A session running on its own task, its stdin and stdout channels held by the test (no
+    /// stderr: on a terminal everything goes to stdout).
+    struct Session {
+        stdin: mpsc::Sender<Bytes>,
+        stdout: mpsc::Receiver<Bytes>,
+        /// What [`Session::read_until`] has read.
+        seen: Vec<u8>,
+        /// The exit code.
+        ended: tokio::task::JoinHandle<i32>,
+    }
+
+    impl Session {
+        /// `program` in `ctr`, stdout a channel of `out_capacity` chunks.
+        fn start(ctr: Arc<Container>, program: Program, tty: bool, out_capacity: usize) -> Self {
+            let (itx, irx) = mpsc::channel(4);
+            let (otx, orx) = mpsc::channel(out_capacity);
+            let ended = tokio::spawn(run_session(
+                ctr,
+                program,
+                SessionIo {
+                    stdin: Some(irx),
+                    stdout: Some(otx),
+                    stderr: None,
+                    tty,
+                },
+            ));
+            Session {
+                stdin: itx,
+                stdout: orx,
+                seen: Vec::new(),
+                ended,
+            }
+        }
+
+        /// An interactive `sh` on a terminal.
+        fn shell(ctr: Arc<Container>) -> Self {
+            Session::start(ctr, Program::Exec(vec!["sh".into()]), true, 64)
+        }
+
+        /// Writes `keys` to stdin.
+        async fn send(&self, keys: &'static [u8]) {
+            self.stdin.send(Bytes::from_static(keys)).await.unwrap();
+        }
+
+        /// Reads stdout until all it has read contains `want`.
+        async fn read_until(&mut self, want: &str) {
+            while !String::from_utf8_lossy(&self.seen).contains(want) {
+                self.seen
+                    .extend_from_slice(&self.stdout.recv().await.unwrap());
+            }
+        }
+
+        /// Waits for the session to end (its stdin still open): the exit code.
+        async fn code(&mut self) -> i32 {
+            (&mut self.ended).await.unwrap()
+        }
+    }
+
     #[tokio::test]
     async fn echo_exit_and_lists() {
         let c = container();
@@ -2979,92 +3037,46 @@ mod tests {
 
     #[tokio::test]
     async fn an_interactive_shell_on_a_terminal() {
-        let c = container();
-        let (itx, irx) = mpsc::channel(4);
-        let (otx, mut orx) = mpsc::channel(64);
-        let session = tokio::spawn(run_session(
-            c,
-            Program::Exec(vec!["sh".into()]),
-            SessionIo {
-                stdin: Some(irx),
-                stdout: Some(otx),
-                stderr: None,
-                tty: true,
-            },
-        ));
-        let mut out = Vec::new();
-        let mut read_until = async |want: &str, out: &mut Vec<u8>| {
-            while !String::from_utf8_lossy(out).contains(want) {
-                out.extend_from_slice(&orx.recv().await.unwrap());
-            }
-        };
-        read_until("# ", &mut out).await;
-        itx.send(Bytes::from_static(b"echo hi\r")).await.unwrap();
-        read_until("hi\r\n# ", &mut out).await;
-        itx.send(Bytes::from_static(b"nosuch\r")).await.unwrap();
-        read_until("not found\r\n# ", &mut out).await;
-        itx.send(Bytes::from_static(b"exit 7\r")).await.unwrap();
-        assert_eq!(session.await.unwrap(), 7);
-        let text = String::from_utf8_lossy(&out);
+        let mut sh = Session::shell(container());
+        sh.read_until("# ").await;
+        sh.send(b"echo hi\r").await;
+        sh.read_until("hi\r\n# ").await;
+        sh.send(b"nosuch\r").await;
+        sh.read_until("not found\r\n# ").await;
+        sh.send(b"exit 7\r").await;
+        assert_eq!(sh.code().await, 7);
+        let text = String::from_utf8_lossy(&sh.seen);
         assert!(text.starts_with("# echo hi\r\nhi\r\n# "), "{text:?}");
         assert!(text.contains("sh: nosuch: not found\r\n"), "{text:?}");
     }
 
     #[tokio::test]
     async fn ctrl_c_interrupts_the_command_not_the_shell() {
-        let c = container();
-        let (itx, irx) = mpsc::channel(4);
-        let (otx, mut orx) = mpsc::channel(64);
-        let session = tokio::spawn(run_session(
-            c,
-            Program::Exec(vec!["sh".into()]),
-            SessionIo {
-                stdin: Some(irx),
-                stdout: Some(otx),
-                stderr: None,
-                tty: true,
-            },
-        ));
-        let mut out = Vec::new();
-        let mut read_until = async |want: &str, out: &mut Vec<u8>| {
-            while !String::from_utf8_lossy(out).contains(want) {
-                out.extend_from_slice(&orx.recv().await.unwrap());
-            }
-        };
-        read_until("# ", &mut out).await;
-        itx.send(Bytes::from_static(b"sleep 1000\r")).await.unwrap();
-        read_until("sleep 1000\r\n", &mut out).await;
-        itx.send(Bytes::from_static(b"\x03")).await.unwrap();
-        read_until("^C\r\n# ", &mut out).await;
-        itx.send(Bytes::from_static(b"echo $?\r")).await.unwrap();
-        read_until("130\r\n# ", &mut out).await;
+        let mut sh = Session::shell(container());
+        sh.read_until("# ").await;
+        sh.send(b"sleep 1000\r").await;
+        sh.read_until("sleep 1000\r\n").await;
+        sh.send(b"\x03").await;
+        sh.read_until("^C\r\n# ").await;
+        sh.send(b"echo $?\r").await;
+        sh.read_until("130\r\n# ").await;
         // Ctrl-D on an empty line ends the shell, with the last command's status.
-        itx.send(Bytes::from_static(b"false\r")).await.unwrap();
-        read_until("false\r\n# ", &mut out).await;
-        itx.send(Bytes::from_static(b"\x04")).await.unwrap();
-        assert_eq!(session.await.unwrap(), 1);
+        sh.send(b"false\r").await;
+        sh.read_until("false\r\n# ").await;
+        sh.send(b"\x04").await;
+        assert_eq!(sh.code().await, 1);
     }
 
     #[tokio::test]
     async fn the_main_process_echoes_lines() {
-        let (itx, irx) = mpsc::channel(4);
-        let (otx, mut orx) = mpsc::channel(4);
-        let session = tokio::spawn(run_session(
-            container(),
-            Program::Attach,
-            SessionIo {
-                stdin: Some(irx),
-                stdout: Some(otx),
-                stderr: None,
-                tty: false,
-            },
-        ));
-        itx.send(Bytes::from_static(b"ping\npo")).await.unwrap();
-        assert_eq!(&orx.recv().await.unwrap()[..], b"ping\n");
-        itx.send(Bytes::from_static(b"ng\n")).await.unwrap();
-        assert_eq!(&orx.recv().await.unwrap()[..], b"pong\n");
-        drop(itx);
-        assert_eq!(session.await.unwrap(), 0);
+        let mut attached = Session::start(container(), Program::Attach, false, 4);
+        attached.send(b"ping\npo").await;
+        assert_eq!(&attached.stdout.recv().await.unwrap()[..], b"ping\n");
+        attached.send(b"ng\n").await;
+        assert_eq!(&attached.stdout.recv().await.unwrap()[..], b"pong\n");
+        let Session { stdin, ended, .. } = attached;
+        drop(stdin);
+        assert_eq!(ended.await.unwrap(), 0);
     }
 
     #[test]

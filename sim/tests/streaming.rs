@@ -8,32 +8,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::start;
 use kubehub_sim::{ClusterConfig, SeedSpec};
+use kubehub_testkit::kubectl::{wait_with_deadline, Transport};
+use kubehub_testkit::Kubectl;
 use serde_json::json;
-
-/// The two transports, as kubectl is told to use them.
-#[derive(Debug, Clone, Copy)]
-enum Transport {
-    WebSocket,
-    Spdy,
-}
-
-const BOTH: [Transport; 2] = [Transport::WebSocket, Transport::Spdy];
-
-impl Transport {
-    fn apply(self, c: &mut Command) -> &mut Command {
-        let v = match self {
-            Transport::WebSocket => "true",
-            Transport::Spdy => "false",
-        };
-        c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", v)
-            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", v)
-    }
-}
 
 /// A simulator with one pod of our own: `box` in `default`, container `main` declaring ports
 /// 8080 and 9090, with an environment variable; plus `duo` with two containers and `waiting`,
@@ -50,35 +32,18 @@ async fn sim() -> common::Sim {
     )
     .await;
     let pods = s.cluster.type_index("", "v1", "pods").unwrap();
-    s.cluster
-        .create(
-            pods,
-            Some("default"),
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "box"},
-                "spec": {"containers": [{"name": "main", "image": "busybox",
-                    "env": [{"name": "GREETING", "value": "hello from the box"}],
-                    "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}]}}),
-            false,
-        )
-        .unwrap();
-    s.cluster
-        .create(
-            pods,
-            Some("default"),
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "duo"},
-                "spec": {"containers": [{"name": "app", "image": "a"}, {"name": "proxy", "image": "b"}]}}),
-            false,
-        )
-        .unwrap();
-    s.cluster
-        .create(
-            pods,
-            Some("default"),
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "waiting"},
-                "spec": {"containers": [{"name": "main", "image": "a"}]}}),
-            false,
-        )
-        .unwrap();
+    for pod in [
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "box"},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                "env": [{"name": "GREETING", "value": "hello from the box"}],
+                "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "duo"},
+            "spec": {"containers": [{"name": "app", "image": "a"}, {"name": "proxy", "image": "b"}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "waiting"},
+            "spec": {"containers": [{"name": "main", "image": "a"}]}}),
+    ] {
+        s.cluster.create(pods, Some("default"), pod, false).unwrap();
+    }
     let mut w: serde_json::Value =
         serde_json::from_slice(&s.cluster.get(pods, Some("default"), "waiting").unwrap()).unwrap();
     w["status"]["phase"] = json!("Pending");
@@ -88,30 +53,18 @@ async fn sim() -> common::Sim {
     s
 }
 
-fn kubectl(s: &common::Sim, t: Transport, args: &[&str]) -> Command {
-    let mut c = s.k_cmd(args);
-    t.apply(&mut c);
-    c
+/// kubectl for the simulator, with its discovery cache in the simulator's directory.
+fn kubectl(s: &common::Sim) -> Kubectl {
+    Kubectl::new(&s.kubeconfig, s.path())
 }
 
 fn run(s: &common::Sim, t: Transport, args: &[&str]) -> Output {
-    kubectl(s, t, args).stdin(Stdio::null()).output().unwrap()
+    kubectl(s).output_over(t, args)
 }
 
-fn run_with_stdin(s: &common::Sim, t: Transport, args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = kubectl(s, t, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+/// `sh -c script` in `box` over `t`.
+fn sh(s: &common::Sim, t: Transport, script: &str) -> Output {
+    run(s, t, &["exec", "box", "--", "sh", "-c", script])
 }
 
 /// Checks that kubectl used `t` for `sub` (`exec`, `attach`, `portforward`) since the log was
@@ -142,22 +95,11 @@ fn text(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_prints_output_and_exits_zero() {
     let s = sim().await;
-    for t in BOTH {
+    for t in Transport::BOTH {
         let out = run(&s, t, &["exec", "box", "--", "echo", "hi"]);
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "hi\n", "{t:?}");
-        let out = run(
-            &s,
-            t,
-            &[
-                "exec",
-                "box",
-                "--",
-                "sh",
-                "-c",
-                "echo $GREETING; hostname; cat /etc/hostname",
-            ],
-        );
+        let out = sh(&s, t, "echo $GREETING; hostname; cat /etc/hostname");
         assert_eq!(
             text(&out.stdout),
             "hello from the box\nbox\nbox\n",
@@ -165,11 +107,7 @@ async fn exec_prints_output_and_exits_zero() {
             text(&out.stderr)
         );
         // stderr is its own stream.
-        let out = run(
-            &s,
-            t,
-            &["exec", "box", "--", "sh", "-c", "echo out; echo err >&2"],
-        );
+        let out = sh(&s, t, "echo out; echo err >&2");
         assert_eq!(
             (text(&out.stdout).as_str(), text(&out.stderr).as_str()),
             ("out\n", "err\n"),
@@ -182,8 +120,8 @@ async fn exec_prints_output_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_reports_the_exit_code() {
     let s = sim().await;
-    for t in BOTH {
-        let out = run(&s, t, &["exec", "box", "--", "sh", "-c", "exit 3"]);
+    for t in Transport::BOTH {
+        let out = sh(&s, t, "exit 3");
         assert_eq!(out.status.code(), Some(3), "{t:?}: {}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("command terminated with exit code 3"),
@@ -205,24 +143,22 @@ async fn exec_with_piped_stdin() {
     let s = sim().await;
     // 1 MiB of varied bytes through `cat`, and a count through a pipeline.
     let input: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
-    for t in BOTH {
-        let out = run_with_stdin(&s, t, &["exec", "-i", "box", "--", "cat"], input.clone());
+    for t in Transport::BOTH {
+        let out = kubectl(&s).run_with_input(t, &["exec", "-i", "box", "--", "cat"], &input);
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
         assert_eq!(out.stdout.len(), input.len(), "{t:?}");
         assert!(out.stdout == input, "{t:?}: the bytes differ");
-        let out = run_with_stdin(
-            &s,
+        let out = kubectl(&s).run_with_input(
             t,
             &["exec", "-i", "box", "--", "sh", "-c", "wc -l"],
-            b"one\ntwo\nthree\n".to_vec(),
+            b"one\ntwo\nthree\n",
         );
         assert_eq!(text(&out.stdout), "3\n", "{t:?}: {}", text(&out.stderr));
         // A command that stops reading early: the session still ends cleanly.
-        let out = run_with_stdin(
-            &s,
+        let out = kubectl(&s).run_with_input(
             t,
             &["exec", "-i", "box", "--", "head", "-c", "5"],
-            vec![b'x'; 8 * 1024 * 1024],
+            &vec![b'x'; 8 * 1024 * 1024],
         );
         assert_eq!(text(&out.stdout), "xxxxx", "{t:?}: {}", text(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{t:?}: {}", text(&out.stderr));
@@ -233,17 +169,17 @@ async fn exec_with_piped_stdin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_stream_arrives_whole() {
     let s = sim().await;
-    for t in BOTH {
-        let mut child = kubectl(
-            &s,
-            t,
-            &["exec", "box", "--", "head", "-c", "104857600", "/dev/zero"],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    for t in Transport::BOTH {
+        let mut child = kubectl(&s)
+            .cmd_over(
+                t,
+                &["exec", "box", "--", "head", "-c", "104857600", "/dev/zero"],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let (mut total, mut nonzero) = (0usize, 0usize);
@@ -264,23 +200,10 @@ async fn a_100_mib_stream_arrives_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_with_a_terminal() {
     let s = sim().await;
-    for t in BOTH {
-        // `script` gives kubectl a pseudo-terminal; what we write to script's stdin is typed
-        // into it.
-        let kubectl_line = format!(
-            "{} --kubeconfig {} --cache-dir {} exec -it box -- sh",
-            kubehub_testkit::KUBECTL,
-            s.kubeconfig.display(),
-            s.path().join("cache").display()
-        );
-        let mut c = Command::new("script");
-        c.args(["-qec", &kubectl_line, "/dev/null"]);
-        t.apply(&mut c);
-        let mut child = c
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+    for t in Transport::BOTH {
+        // What we write to its stdin is typed into kubectl's terminal.
+        let mut child = kubectl(&s)
+            .under_terminal(t, &["exec", "-it", "box", "--", "sh"])
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
@@ -309,7 +232,7 @@ async fn exec_with_a_terminal() {
         stdin.write_all(b"echo hi from a tty\n").unwrap();
         wait_for("hi from a tty\r\n# ", &mut seen);
         stdin.write_all(b"exit 4\n").unwrap();
-        let status = child.wait().unwrap();
+        let status = wait_with_deadline(child, Duration::from_secs(30)).status;
         assert_eq!(status.code(), Some(4), "{t:?}: {:?}", text(&seen));
         // The terminal echoed the command, then the shell printed its answer.
         assert!(
@@ -323,7 +246,7 @@ async fn exec_with_a_terminal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cp_both_ways() {
     let s = sim().await;
-    for (i, t) in BOTH.into_iter().enumerate() {
+    for (i, t) in Transport::BOTH.into_iter().enumerate() {
         let local = s.path().join(format!("upload-{i}.txt"));
         let content: String = (0..5000)
             .map(|n| format!("line {n} of the upload\n"))
@@ -355,18 +278,7 @@ async fn cp_both_ways() {
         );
         assert_eq!(std::fs::read_to_string(&back).unwrap(), content, "{t:?}");
         // A file made in the container, copied out.
-        run(
-            &s,
-            t,
-            &[
-                "exec",
-                "box",
-                "--",
-                "sh",
-                "-c",
-                "mkdir -p /data && echo made inside > /data/made.txt",
-            ],
-        );
+        sh(&s, t, "mkdir -p /data && echo made inside > /data/made.txt");
         let made = s.path().join(format!("made-{i}.txt"));
         let out = run(&s, t, &["cp", "box:/data/made.txt", made.to_str().unwrap()]);
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
@@ -383,31 +295,16 @@ async fn cp_both_ways() {
         &["cp", dir.to_str().unwrap(), "box:/srv"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(
-        &s,
-        Transport::WebSocket,
-        &[
-            "exec",
-            "box",
-            "--",
-            "sh",
-            "-c",
-            "cat /srv/a.txt /srv/sub/b.txt",
-        ],
-    );
+    let out = sh(&s, Transport::WebSocket, "cat /srv/a.txt /srv/sub/b.txt");
     assert_eq!(text(&out.stdout), "AB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_echoes_stdin() {
     let s = sim().await;
-    for t in BOTH {
-        let out = run_with_stdin(
-            &s,
-            t,
-            &["attach", "-i", "box"],
-            b"first line\nsecond line\n".to_vec(),
-        );
+    for t in Transport::BOTH {
+        let out =
+            kubectl(&s).run_with_input(t, &["attach", "-i", "box"], b"first line\nsecond line\n");
         assert!(out.status.success(), "{t:?}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "first line\nsecond line\n", "{t:?}");
         assert_used(&s, t, "attach");
@@ -417,98 +314,59 @@ async fn attach_echoes_stdin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_the_apiservers() {
     let s = sim().await;
-    for t in BOTH {
-        let out = run(&s, t, &["exec", "nosuchpod", "--", "true"]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("pods \"nosuchpod\" not found"),
-            "{t:?}: {}",
-            text(&out.stderr)
-        );
-        let out = run(&s, t, &["exec", "box", "-c", "nope", "--", "true"]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("container nope is not valid for pod box"),
-            "{t:?}: {}",
-            text(&out.stderr)
-        );
-        let out = run(&s, t, &["exec", "waiting", "--", "true"]);
-        assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("container not found (\"main\")"),
-            "{t:?}: {}",
-            text(&out.stderr)
-        );
+    for t in Transport::BOTH {
+        for (args, error) in [
+            (
+                &["exec", "nosuchpod", "--", "true"][..],
+                "pods \"nosuchpod\" not found",
+            ),
+            (
+                &["exec", "box", "-c", "nope", "--", "true"],
+                "container nope is not valid for pod box",
+            ),
+            (
+                &["exec", "waiting", "--", "true"],
+                "container not found (\"main\")",
+            ),
+        ] {
+            let out = run(&s, t, args);
+            assert!(!out.status.success(), "{t:?}: {args:?}");
+            assert!(
+                text(&out.stderr).contains(error),
+                "{t:?}: {}",
+                text(&out.stderr)
+            );
+        }
         // Both containers of a two-container pod are reachable by name.
         let out = run(&s, t, &["exec", "duo", "-c", "proxy", "--", "hostname"]);
         assert_eq!(text(&out.stdout), "duo\n", "{t:?}: {}", text(&out.stderr));
     }
 }
 
-/// One HTTP/1.1 exchange on a fresh connection: the answer's body.
-fn http_get(port: u16, path: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// Writes `request` on a fresh connection to `addr` and reads until the server closes it.
+fn exchange(addr: impl std::net::ToSocketAddrs, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    c.write_all(request).unwrap();
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the answer's body.
+fn http_get(port: u16, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let answer = exchange(("127.0.0.1", port), request.as_bytes());
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     answer.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until kubectl port-forward accepts connections on `port`.
-fn wait_listening(port: u16, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("kubectl port-forward exited: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port-forward never listened on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_serves_http_on_several_connections_at_once() {
     let s = sim().await;
-    for t in BOTH {
-        let (a, b) = (free_port(), free_port());
-        let spec_a = format!("{a}:8080");
-        let spec_b = format!("{b}:9090");
-        let mut child = KillOnDrop(
-            kubectl(&s, t, &["port-forward", "pod/box", &spec_a, &spec_b])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_listening(a, &mut child.0);
-        wait_listening(b, &mut child.0);
+    for t in Transport::BOTH {
+        let forward = kubectl(&s).port_forward(t, &["pod/box"], &[8080, 9090]);
+        let (a, b) = (forward.local(8080), forward.local(9090));
         // Sixteen connections at once, over both forwarded ports.
         let threads: Vec<_> = (0..16)
             .map(|i| {
@@ -526,12 +384,10 @@ async fn port_forward_serves_http_on_several_connections_at_once() {
             th.join().unwrap();
         }
         // Keep-alive: two requests on one connection, then something that is not HTTP.
-        let mut c = TcpStream::connect(("127.0.0.1", a)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        c.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
+        let answer = exchange(
+            ("127.0.0.1", a),
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         assert_eq!(
             answer.matches("HTTP/1.1 200 OK").count(),
             2,
@@ -554,18 +410,9 @@ async fn port_forward_serves_http_on_several_connections_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_to_a_port_nothing_listens_on() {
     let s = sim().await;
-    for t in BOTH {
-        let local = free_port();
-        let spec = format!("{local}:7777");
-        let mut child = KillOnDrop(
-            kubectl(&s, t, &["port-forward", "pod/box", &spec])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        wait_listening(local, &mut child.0);
+    for t in Transport::BOTH {
+        let mut forward = kubectl(&s).port_forward(t, &["pod/box"], &[7777]);
+        let local = forward.local(7777);
         let mut c = TcpStream::connect(("127.0.0.1", local)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -574,40 +421,22 @@ async fn port_forward_to_a_port_nothing_listens_on() {
         assert!(got.is_empty(), "{t:?}: {}", text(&got));
         // kubectl reports what the kubelet wrote on the error stream, and (since 1.30) gives
         // up on the forward.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{t:?}: kubectl kept forwarding");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut err = String::new();
-        child
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let status = forward.wait_exit(Duration::from_secs(30));
+        let err = forward.log();
         assert!(
             err.contains(&format!("an error occurred forwarding {local} -> 7777"))
                 && err.contains("connect: connection refused"),
             "{t:?}: {err}"
         );
-        assert!(!child.0.wait().unwrap().success());
+        assert!(!status.success());
     }
 }
 
 /// One raw HTTP/1.1 request to the simulator: the status code and the body.
 fn raw(s: &common::Sim, head: &str) -> (u16, serde_json::Value) {
-    let addr = s.url.trim_start_matches("http://").to_owned();
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        c,
-        "{head}Host: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
+    let addr = s.url.trim_start_matches("http://");
+    let request = format!("{head}Host: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let answer = exchange(addr, request.as_bytes());
     let code = answer[9..12].parse().unwrap();
     let body = answer.split_once("\r\n\r\n").unwrap().1;
     (
@@ -652,33 +481,25 @@ async fn upgrade_errors_are_status_objects() {
         "{v}"
     );
     // Validation comes first, as in kube-apiserver.
-    let (code, v) = raw(
-        &s,
-        "POST /api/v1/namespaces/default/pods/box/exec?stdout=true HTTP/1.1\r\n",
-    );
-    assert_eq!(code, 400);
-    assert_eq!(
-        v["message"],
-        "you must specify at least one command for the container"
-    );
-    let (code, v) = raw(
-        &s,
-        "POST /api/v1/namespaces/default/pods/box/exec?command=true HTTP/1.1\r\n",
-    );
-    assert_eq!(code, 400);
-    assert_eq!(
-        v["message"],
-        "you must specify at least 1 of stdin, stdout, stderr"
-    );
-    let (code, v) = raw(
-        &s,
-        "POST /api/v1/namespaces/default/pods/duo/exec?command=true&stdout=true HTTP/1.1\r\n",
-    );
-    assert_eq!(code, 400);
-    assert_eq!(
-        v["message"],
-        "a container name must be specified for pod duo, choose one of: [app proxy]"
-    );
+    for (target, message) in [
+        (
+            "box/exec?stdout=true",
+            "you must specify at least one command for the container",
+        ),
+        (
+            "box/exec?command=true",
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ),
+        (
+            "duo/exec?command=true&stdout=true",
+            "a container name must be specified for pod duo, choose one of: [app proxy]",
+        ),
+    ] {
+        let head = format!("POST /api/v1/namespaces/default/pods/{target} HTTP/1.1\r\n");
+        let (code, v) = raw(&s, &head);
+        assert_eq!(code, 400, "{target}");
+        assert_eq!(v["message"], message, "{target}");
+    }
     let (code, v) = raw(
         &s,
         "POST /api/v1/namespaces/default/pods/ghost/portforward HTTP/1.1\r\n",

@@ -218,22 +218,16 @@ mod tests {
         );
     }
 
-    /// alice may list pods in `default` on edge-1.
-    fn index() -> (Index, std::sync::Arc<Identity>) {
-        use kubehub_access::build::{cluster, grant, mint, rule, snapshot, tenant, user};
+    /// alice (of acme) granted `rule` on edge-1 by the grant `name`: the index and her identity.
+    fn alice_granted(name: &str, rule: Rule) -> (Index, std::sync::Arc<Identity>) {
+        use kubehub_access::build::{cluster, grant, mint, snapshot, tenant, user};
         let (token, token_record) = mint("alice", "acme", &["edge-1"], 0);
         let index = Index::new();
         let records = vec![
             tenant("acme"),
             user("alice", "acme", &[]),
             cluster("edge-1", "acme"),
-            grant(
-                "pods",
-                "acme",
-                "alice",
-                &["edge-1"],
-                vec![rule(&[""], &["pods"], &["list"], &["default"], &[])],
-            ),
+            grant(name, "acme", "alice", &["edge-1"], vec![rule]),
             token_record,
         ];
         index.apply(&snapshot(1, records)).unwrap();
@@ -243,34 +237,25 @@ mod tests {
         (index, who)
     }
 
+    /// alice may list pods in `default` on edge-1.
+    fn index() -> (Index, std::sync::Arc<Identity>) {
+        use kubehub_access::build::rule;
+        alice_granted("pods", rule(&[""], &["pods"], &["list"], &["default"], &[]))
+    }
+
     #[test]
     fn reviews_of_plugins_are_answered_by_the_hub() {
-        use kubehub_access::build::{cluster, grant, mint, rule, snapshot, tenant, user};
-        let (token, token_record) = mint("alice", "acme", &["edge-1"], 0);
-        let index = Index::new();
-        let records = vec![
-            tenant("acme"),
-            user("alice", "acme", &[]),
-            cluster("edge-1", "acme"),
-            grant(
-                "uptime",
-                "acme",
-                "alice",
-                &["edge-1"],
-                vec![rule(
-                    &["plugins.kubehub.io"],
-                    &["native"],
-                    &["create"],
-                    &[],
-                    &["uptime"],
-                )],
+        use kubehub_access::build::rule;
+        let (index, alice) = alice_granted(
+            "uptime",
+            rule(
+                &["plugins.kubehub.io"],
+                &["native"],
+                &["create"],
+                &[],
+                &["uptime"],
             ),
-            token_record,
-        ];
-        index.apply(&snapshot(1, records)).unwrap();
-        let alice = index
-            .authenticate(Some(format!("Bearer {token}").as_bytes()), 2)
-            .unwrap();
+        );
         let ask = |name: &str| {
             let body = format!(
                 r#"{{"spec":{{"resourceAttributes":{{"verb":"create","group":"plugins.kubehub.io","resource":"native","name":"{name}"}}}}}}"#
