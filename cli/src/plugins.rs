@@ -27,6 +27,7 @@ use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use kubehub_kapi::plugin::{Exit, OutputError, OutputLine, OutputStream};
 use serde_json::{json, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -404,9 +405,8 @@ pub async fn native(args: NativeArgs, json_out: bool) -> Result<i32, Failure> {
 
 /// Copies the command's output to stdout and stderr as it comes; its exit code.
 async fn relay(mut body: Incoming) -> Result<i32, Failure> {
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut pending: Vec<u8> = Vec::new();
-    let mut exit: Option<Value> = None;
+    let mut exit: Option<Exit> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| fail(format!("the output broke off: {e}")))?;
         let Ok(data) = frame.into_data() else {
@@ -415,16 +415,14 @@ async fn relay(mut body: Incoming) -> Result<i32, Failure> {
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let v: Value = serde_json::from_slice(&line)
-                .map_err(|e| fail(format!("an output line is not JSON: {e}")))?;
-            if let Some(e) = v.get("exit") {
-                exit = Some(e.clone());
-                continue;
-            }
-            let bytes = b64
-                .decode(v["data"].as_str().unwrap_or(""))
-                .map_err(|e| fail(format!("an output line's data: {e}")))?;
-            let written = if v["stream"] == "stderr" {
+            let (stream, bytes) = match OutputLine::parse(&line).map_err(|e| fail(e.to_string()))? {
+                OutputLine::Exit(e) => {
+                    exit = Some(e);
+                    continue;
+                }
+                OutputLine::Output { stream, data } => (stream, data),
+            };
+            let written = if stream == OutputStream::Stderr {
                 let mut e = std::io::stderr().lock();
                 e.write_all(&bytes).and_then(|_| e.flush())
             } else {
@@ -436,24 +434,20 @@ async fn relay(mut body: Incoming) -> Result<i32, Failure> {
             }
         }
     }
-    let Some(exit) = exit else {
-        return Err(fail(
-            "the output ended before the command did (the connection was lost)",
-        ));
-    };
-    if exit["timedOut"] == true {
+    let exit = exit.ok_or_else(|| fail(OutputError::NoExit.to_string()))?;
+    if exit.timed_out {
         return Err((124, "the command timed out and was killed".into()));
     }
-    if let Some(code) = exit["code"].as_i64() {
-        return Ok(i32::try_from(code).map_or(1, |c| if (0..=255).contains(&c) { c } else { 1 }));
+    if let Some(code) = exit.code {
+        return Ok(if (0..=255).contains(&code) { code } else { 1 });
     }
-    if let Some(signal) = exit["signal"].as_i64() {
+    if let Some(signal) = exit.signal {
         return Err((
-            128 + i32::try_from(signal).unwrap_or(0),
+            128 + signal,
             format!("the command was killed by signal {signal}"),
         ));
     }
-    Err(fail(format!("unexpected exit line: {exit}")))
+    Err(fail(format!("unexpected exit line: {exit:?}")))
 }
 
 fn print_list(v: &Value, json_out: bool) {

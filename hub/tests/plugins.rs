@@ -75,25 +75,11 @@ fn stack(extra: Vec<Record>) -> Stack {
 
 /// A command's NDJSON answer: stdout, stderr and the exit object.
 fn decode(body: &[u8]) -> (String, String, Value) {
-    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), Value::Null);
-    for l in std::str::from_utf8(body).unwrap().lines() {
-        let v: Value = serde_json::from_str(l).unwrap();
-        if let Some(e) = v.get("exit") {
-            exit = e.clone();
-            continue;
-        }
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(v["data"].as_str().unwrap())
-            .unwrap();
-        match v["stream"].as_str().unwrap() {
-            "stdout" => out.extend(data),
-            _ => err.extend(data),
-        }
-    }
+    let (out, err, exit) = kubehub_kapi::plugin::collect_output(body).unwrap();
     (
         String::from_utf8(out).unwrap(),
         String::from_utf8(err).unwrap(),
-        exit,
+        serde_json::to_value(exit).unwrap(),
     )
 }
 

@@ -76,6 +76,130 @@ pub fn request_info<'a>(method: &str, decoded_path: &'a str) -> Option<RequestIn
     })
 }
 
+/// One line of a native command's answer (`application/x-ndjson`, one line per chunk of
+/// output as the command produces it, the exit last): `{"stream":"stdout","data":"<base64>"}`,
+/// `{"stream":"stderr",…}`, then `{"exit":{…}}` ([`Exit`]). The agent writes these, `kubehub
+/// ctl native` and tests read them: the format lives here once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputLine {
+    /// Bytes the command wrote.
+    Output {
+        /// Which of its outputs.
+        stream: OutputStream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// How it ended.
+    Exit(Exit),
+}
+
+/// A command's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a native command ended: `{"code":N}`, `{"signal":N}`, `{"signal":9,"timedOut":true}`
+/// (killed at its timeout), or `{"code":-1,"error":"…"}` (the agent lost track of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exit {
+    /// Its exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// It was killed at its timeout.
+    #[serde(
+        rename = "timedOut",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub timed_out: bool,
+    /// Why its end is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why an output line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Not JSON, or not a line of this format.
+    #[error("an output line is not valid: {0}")]
+    Line(String),
+    /// A line after the exit line.
+    #[error("output after the exit line")]
+    AfterExit,
+    /// The answer ended without an exit line (the connection was lost).
+    #[error("the output ended before the command did (the connection was lost)")]
+    NoExit,
+}
+
+impl OutputLine {
+    /// The line as sent, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let v = match self {
+            OutputLine::Output { stream, data } => serde_json::json!({
+                "stream": match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                },
+                "data": base64::engine::general_purpose::STANDARD.encode(data),
+            }),
+            OutputLine::Exit(exit) => serde_json::json!({ "exit": exit }),
+        };
+        let mut line = v.to_string().into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    /// Reads one line (without or with its newline).
+    pub fn parse(line: &[u8]) -> Result<OutputLine, OutputError> {
+        use base64::Engine as _;
+        let bad = |why: String| OutputError::Line(why);
+        let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+        if let Some(exit) = v.get("exit") {
+            let exit = serde_json::from_value(exit.clone()).map_err(|e| bad(e.to_string()))?;
+            return Ok(OutputLine::Exit(exit));
+        }
+        let stream = match v["stream"].as_str() {
+            Some("stdout") => OutputStream::Stdout,
+            Some("stderr") => OutputStream::Stderr,
+            other => return Err(bad(format!("unknown stream {other:?}"))),
+        };
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap_or(""))
+            .map_err(|e| bad(format!("data: {e}")))?;
+        Ok(OutputLine::Output { stream, data })
+    }
+}
+
+/// A whole answer read at once: stdout, stderr and the exit.
+pub fn collect_output(ndjson: &[u8]) -> Result<(Vec<u8>, Vec<u8>, Exit), OutputError> {
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+    for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if exit.is_some() {
+            return Err(OutputError::AfterExit);
+        }
+        match OutputLine::parse(line)? {
+            OutputLine::Output {
+                stream: OutputStream::Stdout,
+                data,
+            } => out.extend(data),
+            OutputLine::Output {
+                stream: OutputStream::Stderr,
+                data,
+            } => err.extend(data),
+            OutputLine::Exit(e) => exit = Some(e),
+        }
+    }
+    Ok((out, err, exit.ok_or(OutputError::NoExit)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +268,48 @@ mod tests {
         );
         assert!(request_info("GET", "/plugins/").is_none());
         assert!(request_info("GET", "/apis/plugins.kubehub.io/v1/native").is_none());
+    }
+
+    #[test]
+    fn output_lines_round_trip_and_answers_are_collected() {
+        let lines = [
+            OutputLine::Output {
+                stream: OutputStream::Stdout,
+                data: b"hi\n\x00\xff".to_vec(),
+            },
+            OutputLine::Output {
+                stream: OutputStream::Stderr,
+                data: b"oops\n".to_vec(),
+            },
+            OutputLine::Exit(Exit {
+                signal: Some(9),
+                timed_out: true,
+                ..Exit::default()
+            }),
+        ];
+        let mut all = Vec::new();
+        for l in &lines {
+            let text = l.to_line();
+            assert_eq!(&OutputLine::parse(&text).unwrap(), l);
+            all.extend(text);
+        }
+        assert!(String::from_utf8_lossy(&all)
+            .ends_with("{\"exit\":{\"signal\":9,\"timedOut\":true}}\n"));
+        let (out, err, exit) = collect_output(&all).unwrap();
+        assert_eq!((&out[..], &err[..]), (&b"hi\n\x00\xff"[..], &b"oops\n"[..]));
+        assert_eq!(exit.signal, Some(9));
+        let ok = OutputLine::Exit(Exit {
+            code: Some(0),
+            ..Exit::default()
+        })
+        .to_line();
+        assert_eq!(ok, b"{\"exit\":{\"code\":0}}\n");
+        all.extend(ok);
+        assert!(matches!(collect_output(&all), Err(OutputError::AfterExit)));
+        assert!(matches!(collect_output(b""), Err(OutputError::NoExit)));
+        assert!(matches!(
+            OutputLine::parse(b"{\"stream\":\"stdin\"}"),
+            Err(OutputError::Line(_))
+        ));
     }
 }

@@ -28,10 +28,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited, StreamBody};
+use kubehub_kapi::plugin::{Exit, OutputLine, OutputStream};
 use kubehub_kapi::Status;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{Gid, Pid, Uid, User};
@@ -602,12 +602,6 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
-fn line(v: &Value) -> Bytes {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    Bytes::from(b)
-}
-
 /// Sends one line, waiting while the caller is behind (unless the deadline passes first).
 async fn send(
     tx: &mpsc::Sender<Bytes>,
@@ -642,7 +636,6 @@ async fn drive(
     let (mut out_buf, mut err_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut status = None;
     let mut stop = None;
-    let b64 = base64::engine::general_purpose::STANDARD;
     while status.is_none() || stdout.is_some() || stderr.is_some() {
         let chunk = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -660,21 +653,22 @@ async fn drive(
                 continue;
             }
             r = read_some(&mut stdout, &mut out_buf) => match r {
-                Ok(n) if n > 0 => ("stdout", b64.encode(&out_buf[..n])),
+                Ok(n) if n > 0 => (OutputStream::Stdout, out_buf[..n].to_vec()),
                 _ => {
                     stdout = None;
                     continue;
                 }
             },
             r = read_some(&mut stderr, &mut err_buf) => match r {
-                Ok(n) if n > 0 => ("stderr", b64.encode(&err_buf[..n])),
+                Ok(n) if n > 0 => (OutputStream::Stderr, err_buf[..n].to_vec()),
                 _ => {
                     stderr = None;
                     continue;
                 }
             },
         };
-        let l = line(&json!({ "stream": chunk.0, "data": chunk.1 }));
+        let (stream, data) = chunk;
+        let l = Bytes::from(OutputLine::Output { stream, data }.to_line());
         if let Err(s) = send(&tx, l, deadline).await {
             stop = Some(s);
             break;
@@ -699,21 +693,36 @@ async fn drive(
         }
         (None, _) => false,
     };
+    let unknown = |error: Option<String>| Exit {
+        code: Some(-1),
+        error,
+        ..Exit::default()
+    };
     let exit = match status {
         Some(Ok(st)) => match (st.code(), st.signal()) {
-            (_, Some(sig)) if timed_out => json!({ "signal": sig, "timedOut": true }),
-            (Some(code), _) => json!({ "code": code }),
-            (None, Some(sig)) => json!({ "signal": sig }),
-            (None, None) => json!({ "code": -1 }),
+            (_, Some(sig)) if timed_out => Exit {
+                signal: Some(sig),
+                timed_out: true,
+                ..Exit::default()
+            },
+            (Some(code), _) => Exit {
+                code: Some(code),
+                ..Exit::default()
+            },
+            (None, Some(sig)) => Exit {
+                signal: Some(sig),
+                ..Exit::default()
+            },
+            (None, None) => unknown(None),
         },
         Some(Err(e)) => {
             warn!(command = %cmd.name, "waiting for the native command: {e}");
-            json!({ "code": -1, "error": e.to_string() })
+            unknown(Some(e.to_string()))
         }
-        None => json!({ "code": -1 }),
+        None => unknown(None),
     };
-    info!(command = %cmd.name, exit = %exit, timed_out, duration_ms = started.elapsed().as_millis() as u64, "native command ended");
-    let _ = tx.send(line(&json!({ "exit": exit }))).await;
+    info!(command = %cmd.name, exit = ?exit, timed_out, duration_ms = started.elapsed().as_millis() as u64, "native command ended");
+    let _ = tx.send(Bytes::from(OutputLine::Exit(exit).to_line())).await;
 }
 
 #[cfg(test)]
@@ -760,28 +769,11 @@ mod tests {
 
     /// A command's output: stdout, stderr (decoded, in order) and the exit object.
     fn decode(ndjson: &[u8]) -> (String, String, Value) {
-        let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), Value::Null);
-        let text = std::str::from_utf8(ndjson).unwrap();
-        for l in text.lines() {
-            assert!(exit.is_null(), "nothing follows the exit line: {text}");
-            let v: Value = serde_json::from_str(l).unwrap();
-            if let Some(e) = v.get("exit") {
-                exit = e.clone();
-                continue;
-            }
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(v["data"].as_str().unwrap())
-                .unwrap();
-            match v["stream"].as_str().unwrap() {
-                "stdout" => out.extend(data),
-                "stderr" => err.extend(data),
-                s => panic!("stream {s}"),
-            }
-        }
+        let (out, err, exit) = kubehub_kapi::plugin::collect_output(ndjson).unwrap();
         (
             String::from_utf8(out).unwrap(),
             String::from_utf8(err).unwrap(),
-            exit,
+            serde_json::to_value(exit).unwrap(),
         )
     }
 
@@ -1026,10 +1018,9 @@ argv = ["sh", "-c", "env; pwd; cat"]
         let r = n.call(req).await.unwrap();
         let mut b = r.into_body();
         let first = b.frame().await.unwrap().unwrap().into_data().unwrap();
-        let v: Value = serde_json::from_slice(&first).unwrap();
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(v["data"].as_str().unwrap())
-            .unwrap();
+        let OutputLine::Output { data, .. } = OutputLine::parse(&first).unwrap() else {
+            panic!("output first");
+        };
         let pid: i32 = String::from_utf8(data).unwrap().trim().parse().unwrap();
         drop(b);
         gone(pid).await;
