@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine;
 use kubehub_access::Record;
 use kubehub_agent::config::{ArgRule, NativeCommand, PluginsConfig};
+use kubehub_kapi::plugin::OutputLine;
 use kubehub_testkit::stack::{
     self as common, default_access, grant, mint, rule, user, Reply, Stack, StackOptions, CLUSTER,
     TENANT, TOKEN,
@@ -266,10 +266,9 @@ fn output_streams_and_hanging_up_kills_the_command() {
         };
         let text = String::from_utf8_lossy(&raw).into_owned();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(v["data"].as_str().unwrap())
-            .unwrap();
+        let OutputLine::Output { data, .. } = OutputLine::parse(line.as_bytes()).unwrap() else {
+            panic!("output before the exit: {line}");
+        };
         String::from_utf8(data).unwrap().trim().parse().unwrap()
         // The connection drops here: the user went away.
     });
