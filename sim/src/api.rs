@@ -228,6 +228,26 @@ async fn resource(
         (Some(name), sub, Method::PATCH) => {
             allow(Verbs::PATCH)?;
             let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("");
+            if sub.is_none() && ct.split(';').next().map(str::trim) == Some(super::apply::CONTENT_TYPE) {
+                let force = match query.get("force") {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(v) => return Err(Status::bad_request(format!("invalid force value {v:?}"))),
+                };
+                let (code, obj) = super::apply::serve(
+                    cluster,
+                    base,
+                    ns,
+                    name,
+                    req.body(),
+                    query.get("fieldManager"),
+                    force,
+                    dry_run,
+                    &t.group,
+                    &t.resource,
+                )?;
+                return Ok(json_response(code, obj));
+            }
             let Some(pt) = PatchType::from_content_type(ct) else {
                 return Err(Status::unsupported_media_type(
                     ct,

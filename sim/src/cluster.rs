@@ -125,10 +125,11 @@ pub enum PatchType {
 
 impl PatchType {
     /// The accepted content types, for 415 messages.
-    pub const CONTENT_TYPES: [&'static str; 3] = [
+    pub const CONTENT_TYPES: [&'static str; 4] = [
         "application/json-patch+json",
         "application/merge-patch+json",
         "application/strategic-merge-patch+json",
+        "application/apply-patch+yaml",
     ];
 
     /// The patch type of a Content-Type header value.

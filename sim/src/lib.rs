@@ -20,6 +20,7 @@
 //! * [`portforward`]: what answers on a forwarded pod port.
 
 pub mod api;
+pub mod apply;
 pub mod cluster;
 pub mod kubelet;
 pub mod objects;

@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 /// The merge key of a list field, if the field merges item by item.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -43,7 +43,7 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
 }
 
 /// Primitive lists that merge as sets instead of being replaced.
-fn is_set_list(field: &str) -> bool {
+pub(crate) fn is_set_list(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 
