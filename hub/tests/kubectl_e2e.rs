@@ -99,6 +99,49 @@ fn apply_create_update_and_delete() {
     assert!(s.cluster.get(ty, Some("default"), "settings").is_err());
 }
 
+/// Server-side apply through the hub, as a GitOps tool uses it: create, update, another
+/// manager's conflict (kube-apiserver's message), and forcing it.
+#[test]
+fn server_side_apply_with_a_conflict_through_the_hub() {
+    let s = stack();
+    let file = s.path().join("ssa.yaml");
+    let write = |v: &str| {
+        std::fs::write(
+            &file,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  v: \"{v}\"\n"),
+        )
+        .unwrap()
+    };
+    let f = file.to_str().unwrap();
+    write("1");
+    assert!(s
+        .ok(&["apply", "--server-side", "-f", f])
+        .contains("configmap/ssa serverside-applied"));
+    write("2");
+    s.ok(&["apply", "--server-side", "-f", f]);
+    write("3");
+    let out = s.kubectl(&["apply", "--server-side", "--field-manager=flux", "-f", f]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict with \"kubectl\" using v1: .data.v"),
+        "{err}"
+    );
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=flux",
+        "--force-conflicts",
+        "-f",
+        f,
+    ]);
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    let cm: Value =
+        serde_json::from_slice(&s.cluster.get(ty, Some("default"), "ssa").unwrap()).unwrap();
+    assert_eq!(cm["data"]["v"], "3");
+    assert_eq!(cm["metadata"]["managedFields"][0]["manager"], "flux");
+}
+
 #[test]
 fn watch_sees_a_change_made_by_another_client() {
     let s = stack();
