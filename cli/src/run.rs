@@ -438,7 +438,8 @@ args.path = {{ values = ["/", "/tmp"] }}
     println!("  {k} port-forward -n <namespace> pod/<pod> 8080:<port> & curl localhost:8080/");
     println!("  {k} label pods -n <namespace> --all team=demo && {k} get pods -A --show-labels");
     println!("  {k} auth can-i delete pods -n default");
-    println!("  {k} apply -f <manifest.yaml>   # JSON-bodied writes; the simulator does not decode protobuf bodies");
+    println!("  {k} create deployment web --image=nginx && {k} rollout status deployment/web");
+    println!("  {k} apply --server-side -f <manifest.yaml>");
     let kc = kc_path.display();
     println!(
         "  kubehub ctl native --kubeconfig {kc} --list   # commands the agent may run on its host"

@@ -370,7 +370,7 @@ fn watch_lines(s: &common::Stack, path: &str, via_hub: bool) -> Lines {
 }
 
 /// Creates a configmap in `default` through the hub (JSON: kubectl's imperative `create`
-/// sends protobuf, which the simulator does not speak).
+/// sends protobuf bodies).
 fn create_configmap(s: &common::Stack, name: &str) {
     let r = s.hub_send(
         "POST",

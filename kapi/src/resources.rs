@@ -226,6 +226,17 @@ pub fn builtin() -> &'static [ResourceType] {
                 &[],
                 &[],
             ),
+            // The same events as the events.k8s.io API shows them (the simulator stores both).
+            rt(
+                "events.k8s.io",
+                "events",
+                "Event",
+                "event",
+                true,
+                ALL,
+                &["ev"],
+                &[],
+            ),
             // `kubectl auth can-i` asks these (create only, never stored).
             rt(
                 "authorization.k8s.io",
@@ -403,6 +414,20 @@ pub fn field_selectors(group: &str, resource: &str) -> &'static [&'static str] {
             "reason",
             "reportingComponent",
             "source",
+            "type",
+        ],
+        ("events.k8s.io", "events") => &[
+            "metadata.name",
+            "metadata.namespace",
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
             "type",
         ],
         ("", "secrets") => &["metadata.name", "metadata.namespace", "type"],

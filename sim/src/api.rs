@@ -30,6 +30,7 @@ use tokio_stream::StreamExt;
 
 use super::cluster::{Cluster, DeleteOptions, PatchType, WatchItem};
 use super::openapi;
+use super::validation;
 
 /// A response body: whole, or streamed.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -121,11 +122,10 @@ async fn route(cluster: &Arc<Cluster>, req: Request<Bytes>) -> Result<Response<B
                 .map(get_only)
                 .unwrap_or_else(|| Err(Status::no_such_resource()))
         }
-        Endpoint::OpenApiV3Index => get_only(openapi::index(types)),
-        Endpoint::OpenApiV3(gv) => openapi::document(types, gv)
-            .map(get_only)
-            .unwrap_or_else(|| Err(Status::no_such_resource())),
-        Endpoint::OpenApiV2 | Endpoint::Unknown => Err(Status::no_such_resource()),
+        Endpoint::OpenApiV3Index | Endpoint::OpenApiV3(_) | Endpoint::OpenApiV2 => {
+            openapi::serve(&req, types)
+        }
+        Endpoint::Unknown => Err(Status::no_such_resource()),
         Endpoint::Resource(rp) => resource(cluster, &req, &query, rp).await,
     }
 }
@@ -161,19 +161,7 @@ async fn resource(
         return review(req, t);
     }
     let ns = rp.namespace;
-    let dry_run = match query.get("dryRun") {
-        None | Some("") => false,
-        Some("All") => true,
-        Some(v) => {
-            return Err(Status::invalid(
-                "",
-                "",
-                "",
-                "dryRun",
-                &format!("Unsupported value: {v:?}: supported values: \"All\""),
-            ))
-        }
-    };
+    let dry_run = validation::dry_run(query, req.method())?;
     let allow = |v: Verbs| {
         if t.verbs.contains(v) {
             Ok(())
@@ -199,14 +187,19 @@ async fn resource(
             if t.namespaced && ns.is_none() {
                 return Err(Status::method_not_allowed());
             }
-            let body = json_body(req)?;
+            let mut body = json_body(req)?;
+            let warnings = validation::check_object(t, &mut body, req.body(), query, req.method())?;
             let obj = cluster.create(ty, ns, body, dry_run)?;
-            Ok(json_response(201, obj))
+            Ok(validation::with_warnings(
+                json_response(201, obj),
+                &warnings,
+            ))
         }
         (None, None, Method::DELETE) => {
             allow(Verbs::DELETE_COLLECTION)?;
             let opts = ListOptions::from_query(query)?;
             let filter = Filter::for_request(t, ns, &opts)?;
+            let dry_run = dry_run || validation::delete_dry_run(req.body())?;
             let items = cluster.delete_collection(ty, &filter, dry_run)?;
             let meta = ListMeta {
                 resource_version: cluster.resource_version().to_string(),
@@ -221,18 +214,26 @@ async fn resource(
         }
         (Some(name), sub, Method::PUT) => {
             allow(Verbs::UPDATE)?;
-            let body = json_body(req)?;
+            let mut body = json_body(req)?;
+            let warnings = validation::check_object(t, &mut body, req.body(), query, req.method())?;
             let obj = cluster.update(base, ns, name, body, sub, dry_run)?;
-            Ok(json_response(200, obj))
+            Ok(validation::with_warnings(
+                json_response(200, obj),
+                &warnings,
+            ))
         }
         (Some(name), sub, Method::PATCH) => {
             allow(Verbs::PATCH)?;
             let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("");
-            if sub.is_none() && ct.split(';').next().map(str::trim) == Some(super::apply::CONTENT_TYPE) {
+            if sub.is_none()
+                && ct.split(';').next().map(str::trim) == Some(super::apply::CONTENT_TYPE)
+            {
                 let force = match query.get("force") {
                     None | Some("false") => false,
                     Some("true") => true,
-                    Some(v) => return Err(Status::bad_request(format!("invalid force value {v:?}"))),
+                    Some(v) => {
+                        return Err(Status::bad_request(format!("invalid force value {v:?}")))
+                    }
                 };
                 let (code, obj) = super::apply::serve(
                     cluster,
@@ -254,12 +255,24 @@ async fn resource(
                     &PatchType::CONTENT_TYPES,
                 ));
             };
-            let obj = cluster.patch(base, ns, name, pt, req.body(), sub, dry_run)?;
-            Ok(json_response(200, obj))
+            let (stripped, warnings) =
+                validation::check_patch(t, pt, req.body(), query, req.method())?;
+            let body = stripped.as_deref().unwrap_or(req.body());
+            let obj = cluster.patch(base, ns, name, pt, body, sub, dry_run)?;
+            Ok(validation::with_warnings(
+                json_response(200, obj),
+                &warnings,
+            ))
         }
         (Some(name), None, Method::DELETE) => {
             allow(Verbs::DELETE)?;
-            let opts = delete_options(req.body())?;
+            let mut opts = delete_options(req.body())?;
+            // Also a query parameter, as kube-apiserver reads DeleteOptions.
+            if let Some(p) = query.get("propagationPolicy").filter(|p| !p.is_empty()) {
+                let body = json!({ "propagationPolicy": p }).to_string();
+                opts.propagation_policy = delete_options(body.as_bytes())?.propagation_policy;
+            }
+            let dry_run = dry_run || validation::delete_dry_run(req.body())?;
             let obj = cluster.delete(ty, ns, name, &opts, dry_run)?;
             Ok(json_response(200, obj))
         }
@@ -304,6 +317,9 @@ fn review(req: &Request<Bytes>, t: &ResourceType) -> Result<Response<Body>, Stat
 fn json_body(req: &Request<Bytes>) -> Result<Value, Status> {
     let ct = header_str(req, header::CONTENT_TYPE).unwrap_or("application/json");
     let media = ct.split(';').next().unwrap_or("").trim();
+    if media == super::protobuf::MEDIA_TYPE {
+        return super::protobuf::decode_body(ct, req.body());
+    }
     if !matches!(media, "application/json" | "" | "*/*") {
         return Err(Status::unsupported_media_type(ct, &["application/json"]));
     }
@@ -334,6 +350,13 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions, Status> {
         }
     }
     Ok(DeleteOptions {
+        propagation_policy: match v["propagationPolicy"].as_str() {
+            Some("Orphan") => Some(super::cluster::Propagation::Orphan),
+            Some("Foreground") => Some(super::cluster::Propagation::Foreground),
+            Some(_) => Some(super::cluster::Propagation::Background),
+            None if v["orphanDependents"] == true => Some(super::cluster::Propagation::Orphan),
+            None => None,
+        },
         uid: v["preconditions"]["uid"].as_str().map(str::to_owned),
         resource_version: v["preconditions"]["resourceVersion"]
             .as_str()
@@ -349,7 +372,8 @@ fn list(
     opts: &ListOptions,
 ) -> Result<Response<Body>, Status> {
     let t = &cluster.types()[ty];
-    let wants = negotiate(header_str(req, header::ACCEPT))?;
+    let protobuf = super::protobuf::negotiate(header_str(req, header::ACCEPT))?;
+    let wants = protobuf.unwrap_or(kubehub_kapi::accept::Wants::Json);
     let page = cluster.list(
         ty,
         filter,
@@ -361,6 +385,10 @@ fn list(
     )?;
     let render = Render::new(wants, opts.include_object);
     let body = render_list(t, render, &page.list_meta(), &page.items, SystemTime::now());
+    if protobuf.is_none() {
+        let pb = super::protobuf::encode_body(&concat(&body))?;
+        return Ok(respond(200, super::protobuf::MEDIA_TYPE, full(pb)));
+    }
     Ok(json_response(200, concat(&body)))
 }
 
@@ -370,7 +398,10 @@ fn single(
     obj: &Bytes,
     query: &Query,
 ) -> Result<Response<Body>, Status> {
-    let wants = negotiate(header_str(req, header::ACCEPT))?;
+    let Some(wants) = super::protobuf::negotiate(header_str(req, header::ACCEPT))? else {
+        let pb = super::protobuf::encode_body(obj)?;
+        return Ok(respond(200, super::protobuf::MEDIA_TYPE, full(pb)));
+    };
     let include = ListOptions::from_query(query)
         .map(|o| o.include_object)
         .unwrap_or(IncludeObject::Metadata);

@@ -43,6 +43,9 @@ pub struct ClusterConfig {
     /// How late watches deliver each change (a lagging watch cache; tests of freshness use
     /// it). Zero: at once.
     pub watch_delay: Duration,
+    /// Events the simulated controllers record, kept per namespace (the oldest are deleted
+    /// beyond it, as a real cluster expires them after an hour). Zero: record none.
+    pub events_per_namespace: usize,
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +57,7 @@ impl Default for ClusterConfig {
             log_interval: Duration::from_secs(1),
             seed: 1,
             watch_delay: Duration::ZERO,
+            events_per_namespace: 500,
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct Cluster {
     disconnect: watch::Sender<u64>,
     available: std::sync::atomic::AtomicBool,
     runtimes: super::kubelet::Runtimes,
+    recorder: super::controllers::Recorder,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -110,6 +115,19 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`
     pub resource_version: Option<String>,
+    /// `propagationPolicy` (None: Background, as for apps/v1 kinds).
+    pub propagation_policy: Option<Propagation>,
+}
+
+/// What happens to an object's dependents (by `ownerReferences`) when it is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The dependents stay, without the owner reference.
+    Orphan,
+    /// The owner goes at once, the dependents after it.
+    Background,
+    /// The dependents go first, then the owner.
+    Foreground,
 }
 
 /// The patch formats kube-apiserver accepts.
@@ -177,6 +195,7 @@ impl Cluster {
             disconnect,
             available: std::sync::atomic::AtomicBool::new(true),
             runtimes: super::kubelet::Runtimes::default(),
+            recorder: super::controllers::Recorder::default(),
         });
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -309,8 +328,24 @@ impl Cluster {
         Ok(paginate(range, filter, req.limit, read_rv))
     }
 
-    /// Creates an object (`dry_run`: validates and returns it without storing).
+    /// Creates an object (`dry_run`: validates and returns it without storing); the simulated
+    /// controllers then act on it (a Deployment gets its ReplicaSet and pods).
     pub fn create(
+        &self,
+        ty: usize,
+        ns: Option<&str>,
+        obj: Value,
+        dry_run: bool,
+    ) -> Result<Bytes, Status> {
+        let out = self.create_inner(ty, ns, obj, dry_run)?;
+        if !dry_run {
+            super::controllers::after_create(self, ty, &out);
+        }
+        Ok(out)
+    }
+
+    /// [`Cluster::create`] without the controllers (what the controllers themselves use).
+    pub(crate) fn create_inner(
         &self,
         ty: usize,
         ns: Option<&str>,
@@ -458,7 +493,11 @@ impl Cluster {
         if subresource != Some("scale") {
             check_name(&obj, name)?;
         }
-        self.modify(ty, ns, name, subresource, dry_run, |_| Ok(obj))
+        let out = self.modify(ty, ns, name, subresource, dry_run, |_| Ok(obj))?;
+        if !dry_run {
+            super::controllers::after_update(self, ty, ns, name, subresource);
+        }
+        Ok(out)
     }
 
     /// Patches an object, or its status or scale subresource.
@@ -475,7 +514,7 @@ impl Cluster {
     ) -> Result<Bytes, Status> {
         let patch: Value = serde_json::from_slice(patch)
             .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
-        self.modify(ty, ns, name, subresource, dry_run, |current| {
+        let out = self.modify(ty, ns, name, subresource, dry_run, |current| {
             let mut doc = current.clone();
             match patch_type {
                 PatchType::Json => {
@@ -499,11 +538,16 @@ impl Cluster {
                 }
             }
             Ok(doc)
-        })
+        })?;
+        if !dry_run {
+            super::controllers::after_update(self, ty, ns, name, subresource);
+        }
+        Ok(out)
     }
 
     /// The shared path of update and patch: read, compute the new object, check it, commit.
-    fn modify(
+    /// Without the controllers (what the controllers themselves use).
+    pub(crate) fn modify(
         &self,
         ty: usize,
         ns: Option<&str>,
@@ -618,11 +662,12 @@ impl Cluster {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(to_view(subresource, &old));
         }
-        let rv = state.rv + 1;
-        next["metadata"]["resourceVersion"] = json!(rv.to_string());
         if dry_run {
+            // Nothing is written: the resourceVersion stays, as kube-apiserver's dry run.
             return Ok(to_view(subresource, &next));
         }
+        let rv = state.rv + 1;
+        next["metadata"]["resourceVersion"] = json!(rv.to_string());
         let stored = Stored {
             json: to_bytes(&next),
             rv,
@@ -634,9 +679,53 @@ impl Cluster {
         Ok(to_view(subresource, &next))
     }
 
-    /// Deletes an object and returns its last state. Deleting a namespace deletes what is in
-    /// it first.
+    /// Deletes an object and returns its last state, its dependents (by `ownerReferences`) as
+    /// `opts.propagation_policy` says (see [`super::controllers`]). Deleting a namespace
+    /// deletes what is in it first.
     pub fn delete(
+        &self,
+        ty: usize,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        dry_run: bool,
+    ) -> Result<Bytes, Status> {
+        if dry_run {
+            return self.delete_inner(ty, ns, name, opts, dry_run);
+        }
+        super::controllers::delete(self, ty, ns, name, opts)
+    }
+
+    /// Every object of type `ty` in namespace `ns` with the labels `labels` (all of them, if
+    /// `None`), parsed (for the controllers).
+    pub(crate) fn objects_in(
+        &self,
+        ty: usize,
+        ns: &str,
+        labels: Option<&serde_json::Map<String, Value>>,
+    ) -> Vec<Value> {
+        let raw: Vec<Bytes> = {
+            let inner = lock(&self.inner);
+            let lo = ObjKey::new(ns, "");
+            inner.state.objects[ty]
+                .range::<ObjKey, _>(lo..)
+                .take_while(|(k, _)| k.namespace() == ns)
+                .filter(|(_, s)| {
+                    labels.is_none_or(|l| {
+                        l.iter()
+                            .all(|(k, v)| s.meta.label(k) == Some(v.as_str().unwrap_or("")))
+                    })
+                })
+                .map(|(_, s)| s.json.clone())
+                .collect()
+        };
+        raw.iter()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect()
+    }
+
+    /// [`Cluster::delete`] without the controllers: the object alone.
+    pub(crate) fn delete_inner(
         &self,
         ty: usize,
         ns: Option<&str>,
@@ -700,7 +789,7 @@ impl Cluster {
                         namespace: Some(name.to_owned()),
                         ..Filter::default()
                     };
-                    self.delete_collection(i, &filter, false)?;
+                    self.delete_collection_inner(i, &filter, false, false)?;
                 }
             }
         }
@@ -725,6 +814,18 @@ impl Cluster {
         filter: &Filter,
         dry_run: bool,
     ) -> Result<Vec<Bytes>, Status> {
+        self.delete_collection_inner(ty, filter, dry_run, true)
+    }
+
+    /// `controllers`: whether each deletion cascades and is replaced as
+    /// [`Cluster::delete`] does (not when a namespace goes, with everything in it).
+    fn delete_collection_inner(
+        &self,
+        ty: usize,
+        filter: &Filter,
+        dry_run: bool,
+        controllers: bool,
+    ) -> Result<Vec<Bytes>, Status> {
         let keys: Vec<ObjKey> = {
             let inner = lock(&self.inner);
             inner.state.objects[ty]
@@ -736,7 +837,13 @@ impl Cluster {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let ns = Some(key.namespace()).filter(|ns| !ns.is_empty());
-            match self.delete(ty, ns, key.name(), &DeleteOptions::default(), dry_run) {
+            let opts = DeleteOptions::default();
+            let res = if controllers {
+                self.delete(ty, ns, key.name(), &opts, dry_run)
+            } else {
+                self.delete_inner(ty, ns, key.name(), &opts, dry_run)
+            };
+            match res {
                 Ok(b) => out.push(b),
                 Err(e) if e.code == 404 => {} // raced with another delete
                 Err(e) => return Err(e),
@@ -796,6 +903,11 @@ impl Cluster {
             kind: EventType::Bookmark,
             object: bookmark_object(&self.types[ty], rv, initial_events_end),
         }
+    }
+
+    /// What the simulated controllers remember (the events they recorded, per namespace).
+    pub(crate) fn recorder(&self) -> &super::controllers::Recorder {
+        &self.recorder
     }
 
     /// Runs `f` with the cluster's RNG (seeding and churn draw from it, so a seeded cluster is

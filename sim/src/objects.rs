@@ -195,6 +195,16 @@ pub fn on_create<R: Rng>(kind: &str, obj: &mut Value, ctx: &mut Ctx<'_, R>) {
             }
             default(obj_mut(obj, "status"), "loadBalancer", json!({}));
         }
+        "Deployment" => {
+            let spec = obj_mut(obj, "spec");
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
+        }
         "Secret" => {
             if let Some(o) = obj.as_object_mut() {
                 default(o, "type", json!("Opaque"));
@@ -284,36 +294,27 @@ fn pod_status(pod: &mut Value, now: SystemTime, old: Option<&Value>) {
     ]);
 }
 
-/// Workload status as if the controllers had already converged on the spec.
+/// Workload status as if the controllers had already converged on the spec (Deployments and
+/// ReplicaSets get theirs from [`super::controllers`]).
 fn workload_status(kind: &str, obj: &mut Value) {
     let generation = obj["metadata"]["generation"].clone();
     let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
     match kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" => {
+        "Deployment" | "ReplicaSet" if obj["spec"]["replicas"].is_null() => {
+            obj["spec"]["replicas"] = json!(1);
+        }
+        "StatefulSet" => {
             if obj["spec"]["replicas"].is_null() {
                 obj["spec"]["replicas"] = json!(1);
             }
-            let mut st = json!({
+            obj["status"] = json!({
                 "observedGeneration": generation,
                 "replicas": replicas,
                 "readyReplicas": replicas,
                 "availableReplicas": replicas,
+                "updatedReplicas": replicas,
+                "currentReplicas": replicas,
             });
-            if kind != "ReplicaSet" {
-                st["updatedReplicas"] = json!(replicas);
-            }
-            if kind == "StatefulSet" {
-                st["currentReplicas"] = json!(replicas);
-            }
-            if kind == "Deployment" {
-                st["conditions"] = json!([
-                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-                     "message": "Deployment has minimum availability."},
-                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                     "message": "ReplicaSet has successfully progressed."},
-                ]);
-            }
-            obj["status"] = st;
         }
         "DaemonSet" => {
             obj["status"] = json!({
@@ -365,14 +366,18 @@ mod tests {
         assert_eq!(pod["status"]["phase"], "Running");
         assert_eq!(pod["spec"]["nodeName"], "n1");
         assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
-        let mut d = json!({"metadata": {"name": "d", "generation": 1}, "spec": {"replicas": 3}});
+        let mut d = json!({"metadata": {"name": "d", "generation": 1}, "spec": {}});
         on_create("Deployment", &mut d, &mut ctx);
-        assert_eq!(d["status"]["readyReplicas"], 3);
-        let old = d.clone();
-        let mut new = d.clone();
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+        let mut s = json!({"metadata": {"name": "s", "generation": 1}, "spec": {"replicas": 3}});
+        on_create("StatefulSet", &mut s, &mut ctx);
+        assert_eq!(s["status"]["readyReplicas"], 3);
+        let old = s.clone();
+        let mut new = s.clone();
         new["spec"]["replicas"] = json!(5);
         new["status"] = json!({"bogus": true});
-        on_update("Deployment", &old, &mut new, SystemTime::now());
+        on_update("StatefulSet", &old, &mut new, SystemTime::now());
         assert_eq!(new["status"]["availableReplicas"], 5);
         assert!(new["status"].get("bogus").is_none());
     }

@@ -3,7 +3,8 @@
 //! Seeding draws every random choice from the cluster's seeded RNG: the same seed and sizes give
 //! the same objects (names, labels, sizes). Pods look like real ones (owner references, several
 //! containers with env, probes, resources and mounts, the projected service-account volume,
-//! status conditions): 2-6 KB of JSON each.
+//! status conditions): 2-6 KB of JSON each. Each Deployment's ReplicaSet and pods are made by
+//! the simulated controllers ([`super::controllers`]), as at run time, without events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
+use super::controllers;
 use kubehub_kapi::Status;
 
 /// How much to put in a cluster.
@@ -116,7 +118,7 @@ fn container<R: Rng>(rng: &mut R, name: &str) -> Value {
 }
 
 /// A pod template for an app.
-fn pod_template<R: Rng>(rng: &mut R, app: &str, hash: &str) -> Value {
+fn pod_template<R: Rng>(rng: &mut R, app: &str) -> Value {
     let sidecar = rng.random_bool(0.4);
     let mut containers = vec![container(rng, app)];
     if sidecar {
@@ -124,7 +126,7 @@ fn pod_template<R: Rng>(rng: &mut R, app: &str, hash: &str) -> Value {
     }
     json!({
         "metadata": {
-            "labels": {"app": app, "tier": if app.len() % 2 == 0 { "backend" } else { "frontend" }, "pod-template-hash": hash},
+            "labels": {"app": app, "tier": if app.len() % 2 == 0 { "backend" } else { "frontend" }},
             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}
         },
         "spec": {
@@ -151,12 +153,10 @@ fn pod_template<R: Rng>(rng: &mut R, app: &str, hash: &str) -> Value {
 
 /// Fills `cluster` per `spec`. Returns the number of objects created.
 pub fn seed(cluster: &Cluster, spec: &SeedSpec) -> Result<usize, Status> {
-    let (nodes, nss, deps, rss, pods, svcs, cms, secrets) = (
+    let (nodes, nss, deps, svcs, cms, secrets) = (
         ty(cluster, "", "nodes")?,
         ty(cluster, "", "namespaces")?,
         ty(cluster, "apps", "deployments")?,
-        ty(cluster, "apps", "replicasets")?,
-        ty(cluster, "", "pods")?,
         ty(cluster, "", "services")?,
         ty(cluster, "", "configmaps")?,
         ty(cluster, "", "secrets")?,
@@ -180,30 +180,20 @@ pub fn seed(cluster: &Cluster, spec: &SeedSpec) -> Result<usize, Status> {
                 "{}-{d}",
                 cluster.with_rng(|r| *WORDS.choose(r).unwrap_or(&"app"))
             );
-            let hash = cluster.with_rng(super::objects::name_suffix);
             let replicas = spec.pods_per_deployment;
-            let tpl = cluster.with_rng(|r| pod_template(r, &app, &hash));
+            let tpl = cluster.with_rng(|r| pod_template(r, &app));
             let selector = json!({"matchLabels": {"app": app}});
-            cluster.create(deps, Some(&ns), json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            // The Deployment, then what its controllers make of it (a ReplicaSet, its pods),
+            // without events: seeded content is old, its events long expired.
+            cluster.create_inner(deps, Some(&ns), json!({"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": app, "labels": {"app": app}},
                 "spec": {"replicas": replicas, "selector": selector, "template": tpl,
                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}}), false)?;
-            let rs_name = format!("{app}-{hash}");
-            let rs = cluster.create(rss, Some(&ns), json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": rs_name, "labels": {"app": app, "pod-template-hash": hash}},
-                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app, "pod-template-hash": hash}}, "template": tpl}}), false)?;
-            let rs_uid = serde_json::from_slice::<Value>(&rs)
-                .ok()
-                .and_then(|v| v["metadata"]["uid"].as_str().map(str::to_owned))
-                .unwrap_or_default();
+            controllers::sync_deployment(cluster, &ns, &app, false)?;
             cluster.create(svcs, Some(&ns), json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": app, "labels": {"app": app}},
                 "spec": {"selector": {"app": app}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}), false)?;
-            n += 3;
-            for _ in 0..replicas {
-                create_pod(cluster, pods, &ns, &tpl, &rs_name, &rs_uid)?;
-                n += 1;
-            }
+            n += 3 + replicas;
         }
         for c in 0..spec.configmaps_per_namespace {
             let data = cluster.with_rng(|r| {
@@ -226,24 +216,6 @@ pub fn seed(cluster: &Cluster, spec: &SeedSpec) -> Result<usize, Status> {
         }
     }
     Ok(n)
-}
-
-/// A pod of a ReplicaSet, from its template.
-fn create_pod(
-    cluster: &Cluster,
-    pods: usize,
-    ns: &str,
-    template: &Value,
-    rs: &str,
-    rs_uid: &str,
-) -> Result<(), Status> {
-    let mut pod = template.clone();
-    pod["apiVersion"] = json!("v1");
-    pod["kind"] = json!("Pod");
-    pod["metadata"]["generateName"] = json!(format!("{rs}-"));
-    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-        "uid": rs_uid, "controller": true, "blockOwnerDeletion": true}]);
-    cluster.create(pods, Some(ns), pod, false).map(|_| ())
 }
 
 /// Mutates a cluster at `rate` events per second until dropped: mostly pod updates (a label or
@@ -290,23 +262,42 @@ pub fn churn_once(cluster: &Cluster) -> Result<(), Status> {
     let (ns, name) = &keys[pick];
     match action {
         0 => {
-            // Replace the pod: its ReplicaSet would.
+            // Replace the pod: its ReplicaSet does (a pod without one is recreated as it was).
+            // No events: one delete and one create, like every churn step a write or two.
             let pod = get_json(cluster, pods, ns, name)?;
-            cluster.delete(pods, Some(ns), name, &Default::default(), false)?;
-            let owner = &pod["metadata"]["ownerReferences"][0];
-            let template = json!({
-                "metadata": {"labels": pod["metadata"]["labels"], "annotations": pod["metadata"]["annotations"]},
-                "spec": pod["spec"],
-            });
-            let rs = owner["name"].as_str().unwrap_or("replacement");
-            create_pod(
-                cluster,
-                pods,
-                ns,
-                &template,
-                rs,
-                owner["uid"].as_str().unwrap_or(""),
-            )
+            cluster.delete_inner(pods, Some(ns), name, &Default::default(), false)?;
+            let rss = ty(cluster, "apps", "replicasets")?;
+            match controllers::controller_of(&pod).filter(|o| o["kind"] == "ReplicaSet") {
+                Some(o)
+                    if cluster
+                        .get(rss, Some(ns), o["name"].as_str().unwrap_or(""))
+                        .is_ok() =>
+                {
+                    let rs = o["name"].as_str().unwrap_or("");
+                    controllers::sync_replica_set(cluster, ns, rs, false, true)
+                }
+                _ => {
+                    let template = json!({
+                        "metadata": {"labels": pod["metadata"]["labels"], "annotations": pod["metadata"]["annotations"]},
+                        "spec": pod["spec"],
+                    });
+                    let owner = pod["metadata"]["ownerReferences"][0].clone();
+                    let prefix = pod["metadata"]["generateName"]
+                        .as_str()
+                        .unwrap_or("replacement-");
+                    let mut p = controllers::pod_for(
+                        &template,
+                        prefix.trim_end_matches('-'),
+                        owner.clone(),
+                    );
+                    if owner.is_null() {
+                        if let Some(m) = p["metadata"].as_object_mut() {
+                            m.remove("ownerReferences");
+                        }
+                    }
+                    cluster.create_inner(pods, Some(ns), p, false).map(|_| ())
+                }
+            }
         }
         1 => {
             // A container restarts.

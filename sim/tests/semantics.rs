@@ -143,7 +143,16 @@ async fn create_get_and_their_errors() {
         r.body["message"],
         "the name of the object (a) does not match the name on the URL (other)"
     );
-    // Unsupported media types.
+    // Unsupported media types; protobuf is read (tests/protobuf.rs), "x" is not protobuf.
+    let r = call(
+        &c,
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        "application/xml",
+        "x",
+    )
+    .await;
+    assert_status(&r, 415, "UnsupportedMediaType");
     let r = call(
         &c,
         Method::POST,
@@ -152,7 +161,17 @@ async fn create_get_and_their_errors() {
         "x",
     )
     .await;
+    assert_status(&r, 400, "BadRequest");
+    let r = call(
+        &c,
+        Method::PATCH,
+        "/api/v1/namespaces/default/pods/a",
+        "application/xml",
+        "x",
+    )
+    .await;
     assert_status(&r, 415, "UnsupportedMediaType");
+    // Server-side apply needs a field manager (the apply itself: tests/apply.rs).
     let r = call(
         &c,
         Method::PATCH,
@@ -161,7 +180,7 @@ async fn create_get_and_their_errors() {
         "x",
     )
     .await;
-    assert_status(&r, 415, "UnsupportedMediaType");
+    assert_status(&r, 422, "Invalid");
     // generateName.
     let mut g = pod("", json!({}));
     g["metadata"] = json!({"generateName": "web-"});
@@ -690,13 +709,18 @@ async fn tables_for_kubectl() {
     assert_eq!(t["rows"][0]["cells"][1], "1/1");
     assert_eq!(t["rows"][0]["cells"][2], "Running");
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-    // Protobuf only: 406.
+    // Protobuf only: the list in kube's protobuf envelope.
     let req = Request::builder()
         .uri("/api/v1/pods")
         .header("accept", "application/vnd.kubernetes.protobuf")
         .body(Bytes::new())
         .unwrap();
-    assert_eq!(handle(&c, req).await.status(), 406);
+    let resp = handle(&c, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.kubernetes.protobuf"
+    );
 }
 
 #[tokio::test]
@@ -735,6 +759,18 @@ async fn namespaces_cascade_and_discovery() {
     assert_eq!(d["kind"], "APIResourceList");
     let v = get(&c, "/version").await.body;
     assert_eq!(v["minor"], "32");
-    assert_eq!(get(&c, "/openapi/v2").await.code, 404);
+    // OpenAPI v2 as JSON; kubectl asks for it as protobuf only and gets 406.
+    let v2 = get(&c, "/openapi/v2").await;
+    assert_eq!(v2.code, 200);
+    assert!(v2.body["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+    let req = Request::builder()
+        .uri("/openapi/v2")
+        .header(
+            "accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )
+        .body(Bytes::new())
+        .unwrap();
+    assert_eq!(handle(&c, req).await.status(), 406);
     assert!(get(&c, "/openapi/v3").await.body["paths"]["api/v1"].is_object());
 }
