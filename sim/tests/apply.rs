@@ -28,6 +28,19 @@ fn manifest(s: &common::Sim, name: &str, b: &str) -> std::path::PathBuf {
     path
 }
 
+/// `data.b` of configmap c1.
+fn data_b(s: &common::Sim) -> String {
+    s.ok(&[
+        "get",
+        "configmap",
+        "c1",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.data.b}",
+    ])
+}
+
 fn managers(s: &common::Sim, name: &str) -> Value {
     let out = s.ok(&[
         "get",
@@ -60,15 +73,7 @@ async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
     // The same manager changes b: applied.
     let second = manifest(&s, "c1", "3");
     s.ok(&["apply", "--server-side", "-f", second.to_str().unwrap()]);
-    let b = s.ok(&[
-        "get",
-        "configmap",
-        "c1",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.data.b}",
-    ]);
+    let b = data_b(&s);
     assert_eq!(b, "3");
     // Another manager changing b: kubectl's conflict message, and nothing changes.
     let third = manifest(&s, "c1", "4");
@@ -85,15 +90,7 @@ async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
         err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" using v1: .data.b"),
         "{err}"
     );
-    let b = s.ok(&[
-        "get",
-        "configmap",
-        "c1",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.data.b}",
-    ]);
+    let b = data_b(&s);
     assert_eq!(b, "3", "a refused apply changes nothing");
     // Forced: flux takes b; a and the label, applied with the same values, are shared.
     s.ok(&[
@@ -104,15 +101,7 @@ async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
         "-f",
         third.to_str().unwrap(),
     ]);
-    let b = s.ok(&[
-        "get",
-        "configmap",
-        "c1",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.data.b}",
-    ]);
+    let b = data_b(&s);
     assert_eq!(b, "4");
     let mf = managers(&s, "c1");
     let owned = |m: &str| {
