@@ -189,6 +189,12 @@ async fn resource(
             }
             let mut body = json_body(req)?;
             let warnings = validation::check_object(t, &mut body, req.body(), query, req.method())?;
+            let manager = super::apply::manager_of(
+                query.get("fieldManager"),
+                header_str(req, header::USER_AGENT),
+            );
+            let now = kubehub_kapi::time::now_rfc3339();
+            super::apply::track_write(None, &mut body, &manager, &now);
             let obj = cluster.create(ty, ns, body, dry_run)?;
             Ok(validation::with_warnings(
                 json_response(201, obj),
@@ -216,6 +222,18 @@ async fn resource(
             allow(Verbs::UPDATE)?;
             let mut body = json_body(req)?;
             let warnings = validation::check_object(t, &mut body, req.body(), query, req.method())?;
+            if sub.is_none() {
+                if let Ok(old) = cluster.get(base, ns, name) {
+                    let old: Value = serde_json::from_slice(&old)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    let manager = super::apply::manager_of(
+                        query.get("fieldManager"),
+                        header_str(req, header::USER_AGENT),
+                    );
+                    let now = kubehub_kapi::time::now_rfc3339();
+                    super::apply::track_write(Some(&old), &mut body, &manager, &now);
+                }
+            }
             let obj = cluster.update(base, ns, name, body, sub, dry_run)?;
             Ok(validation::with_warnings(
                 json_response(200, obj),

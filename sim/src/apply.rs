@@ -23,10 +23,11 @@
 //! ordinary update with the read version as precondition, retried if the object changed in
 //! between, so an apply is one write and one watch event.
 //!
-//! Simplified: writes other than apply (create, update, other patches) keep `managedFields` as
-//! they are instead of recording `Update` entries for their field manager, so conflicts arise
-//! between appliers only; `status` and the always-present metadata (name, namespace, uid,
-//! resourceVersion, …) are never owned.
+//! Creates and updates (`PUT`) record their field manager with operation `Update`
+//! ([`track_write`]), so an apply conflicts with what `kubectl create` or an editor set, as
+//! against kube-apiserver. Simplified: patches other than apply keep `managedFields` as they
+//! are; `status` and the always-present metadata (name, namespace, uid, resourceVersion, …) are
+//! never owned.
 
 use std::sync::Arc;
 
@@ -503,6 +504,71 @@ fn differing_set(set: &FieldSet, a: &Value, b: &Value) -> FieldSet {
     walk(set, Some(a), Some(b))
 }
 
+/// Records a write other than an apply (create, update) in `new`'s `managedFields`, as
+/// kube-apiserver does: `manager` (operation `Update`) now owns every field the write set or
+/// changed, other managers lose those fields, and fields the write removed leave everyone.
+/// `old` is the stored object (`None` for a create); the client's own `managedFields` are
+/// ignored.
+pub fn track_write(old: Option<&Value>, new: &mut Value, manager: &str, now: &str) {
+    let api_version = new["apiVersion"].as_str().unwrap_or("v1").to_owned();
+    let after = fields_of(new);
+    let (entries, changed) = match old {
+        None => (Vec::new(), after.clone()),
+        Some(old) => {
+            let before = fields_of(old);
+            let gone = subtract(&before, &after);
+            let entries = old["metadata"]["managedFields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut e| {
+                    let owned = subtract(as_set(&e["fieldsV1"]), &gone);
+                    e["fieldsV1"] = Value::Object(owned);
+                    e
+                })
+                .collect::<Vec<_>>();
+            let mut changed = differing_set(&after, old, new);
+            // New list items and fields count as changed too (absent before).
+            changed = union(&changed, &subtract(&after, &before));
+            (entries, changed)
+        }
+    };
+    let mut out = Vec::new();
+    let mut mine = FieldSet::new();
+    for mut e in entries {
+        if e["manager"] == manager && e["operation"] == "Update" {
+            mine = as_set(&e["fieldsV1"]).clone();
+            continue;
+        }
+        let owned = subtract(as_set(&e["fieldsV1"]), &changed);
+        if !owned.is_empty() {
+            e["fieldsV1"] = Value::Object(owned);
+            out.push(e);
+        }
+    }
+    let mine = union(&mine, &changed);
+    if !mine.is_empty() {
+        out.push(entry(manager, "Update", &api_version, now, mine));
+    }
+    new["metadata"]["managedFields"] = Value::Array(out);
+}
+
+/// The field manager of a write: `fieldManager`, else the client's user agent up to its first
+/// `/` (as kube-apiserver defaults it), else `unknown`.
+pub fn manager_of(field_manager: Option<&str>, user_agent: Option<&str>) -> String {
+    field_manager
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            user_agent
+                .and_then(|ua| ua.split('/').next())
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Serves an apply patch on `cluster`: read, [`apply`], write with the read version as a
 /// precondition (retried if the object changed meanwhile), or create.
 #[allow(clippy::too_many_arguments)]
@@ -697,5 +763,38 @@ mod tests {
         assert_eq!(v["data"], json!({"n": "1", "on": "yes"}));
         assert!(parse_body(b"- a\n- b\n").is_err());
         assert!(parse_body(b"a: [").is_err());
+    }
+
+    #[test]
+    fn creates_and_updates_record_their_manager() {
+        let mut created = cm(json!({"a": "1", "b": "2"}));
+        track_write(None, &mut created, "kubectl-create", "t");
+        assert_eq!(
+            created["metadata"]["managedFields"][0]["operation"],
+            "Update"
+        );
+        // An apply changing a field kubectl-create set conflicts with it.
+        let e = apply_as(Some(&created), &cm(json!({"a": "9"})), "kubectl", false).unwrap_err();
+        assert!(
+            e.message
+                .contains("conflict with \"kubectl-create\" using v1: .data.a"),
+            "{}",
+            e.message
+        );
+        // An editor changes b and drops a: b is the editor's, a is nobody's.
+        let mut edited = cm(json!({"b": "3"}));
+        track_write(Some(&created), &mut edited, "kubectl-edit", "t");
+        let mf = edited["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(mf.len(), 1, "{mf:?}");
+        assert_eq!(mf[0]["manager"], "kubectl-edit");
+        assert_eq!(mf[0]["fieldsV1"], json!({"f:data": {"f:b": {}}}));
+        assert_eq!(
+            manager_of(None, Some("kubectl/v1.32.4 (linux/amd64)")),
+            "kubectl"
+        );
+        assert_eq!(manager_of(Some("flux"), Some("kubectl/v1")), "flux");
     }
 }

@@ -120,6 +120,33 @@ async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
     );
 }
 
+/// What `kubectl create` set is owned by it (`Update`): an apply that changes it conflicts,
+/// as against kube-apiserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_conflicts_with_what_kubectl_create_set() {
+    let s = sim().await;
+    s.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "-n",
+        "default",
+        "--from-literal=b=1",
+    ]);
+    let mf = managers(&s, "c1");
+    assert_eq!(mf[0]["manager"], "kubectl-create", "{mf}");
+    assert_eq!(mf[0]["operation"], "Update");
+    let m = manifest(&s, "c1", "2");
+    let out = s.kubectl(&["apply", "--server-side", "-f", m.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict with \"kubectl-create\" using v1: .data.b"),
+        "{err}"
+    );
+    assert_eq!(data_b(&s), "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_patch_apply_with_a_field_manager_and_a_conflict() {
     let s = sim().await;
