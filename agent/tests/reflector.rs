@@ -751,6 +751,7 @@ async fn progress_always_follows_the_change_made_before_it() {
                         br#"{"data":{"v":"b"}}"#,
                         None,
                         false,
+                        None,
                     )
                     .unwrap();
                 (EventType::Modified, rv_of(&b))

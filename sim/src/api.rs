@@ -170,6 +170,13 @@ async fn resource(
         }
     };
     let method = req.method().clone();
+    // Who a write is recorded for in `managedFields`.
+    let manager = || {
+        super::apply::manager_of(
+            query.get("fieldManager"),
+            header_str(req, header::USER_AGENT),
+        )
+    };
     match (rp.name, rp.subresource, method) {
         (None, None, Method::GET) => {
             let opts = ListOptions::from_query(query)?;
@@ -189,10 +196,7 @@ async fn resource(
             }
             let mut body = json_body(req)?;
             let warnings = validation::check_object(t, &mut body, req.body(), query, req.method())?;
-            let manager = super::apply::manager_of(
-                query.get("fieldManager"),
-                header_str(req, header::USER_AGENT),
-            );
+            let manager = manager();
             let now = kubehub_kapi::time::now_rfc3339();
             super::apply::track_write(None, &mut body, &manager, &now);
             let obj = cluster.create(ty, ns, body, dry_run)?;
@@ -226,10 +230,7 @@ async fn resource(
                 if let Ok(old) = cluster.get(base, ns, name) {
                     let old: Value = serde_json::from_slice(&old)
                         .map_err(|e| Status::internal(e.to_string()))?;
-                    let manager = super::apply::manager_of(
-                        query.get("fieldManager"),
-                        header_str(req, header::USER_AGENT),
-                    );
+                    let manager = manager();
                     let now = kubehub_kapi::time::now_rfc3339();
                     super::apply::track_write(Some(&old), &mut body, &manager, &now);
                 }
@@ -262,8 +263,7 @@ async fn resource(
                     query.get("fieldManager"),
                     force,
                     dry_run,
-                    &t.group,
-                    &t.resource,
+                    t,
                 )?;
                 return Ok(json_response(code, obj));
             }
@@ -276,7 +276,8 @@ async fn resource(
             let (stripped, warnings) =
                 validation::check_patch(t, pt, req.body(), query, req.method())?;
             let body = stripped.as_deref().unwrap_or(req.body());
-            let obj = cluster.patch(base, ns, name, pt, body, sub, dry_run)?;
+            let manager = manager();
+            let obj = cluster.patch(base, ns, name, pt, body, sub, dry_run, Some(&manager))?;
             Ok(validation::with_warnings(
                 json_response(200, obj),
                 &warnings,

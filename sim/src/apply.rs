@@ -581,9 +581,9 @@ pub fn serve(
     manager: Option<&str>,
     force: bool,
     dry_run: bool,
-    group: &str,
-    resource: &str,
+    t: &kubehub_wire::ResourceType,
 ) -> Result<(u16, bytes::Bytes), Status> {
+    let (group, resource) = (t.group.as_str(), t.resource.as_str());
     let Some(manager) = manager.filter(|m| !m.is_empty()) else {
         return Err(Status::invalid(
             "meta.k8s.io",
@@ -601,6 +601,7 @@ pub fn serve(
             )));
         }
     }
+    super::validation::check_apply(t, &config, ns, name)?;
     let mut config = config;
     config["metadata"]["name"] = json!(name);
     let now = kubehub_kapi::time::rfc3339(std::time::SystemTime::now());

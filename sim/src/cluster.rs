@@ -500,7 +500,9 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Patches an object, or its status or scale subresource.
+    /// Patches an object, or its status or scale subresource. With a `manager`, a patch of the
+    /// object itself is recorded in its `managedFields` as that manager's `Update`, as
+    /// kube-apiserver records every write (`kubectl label`, `edit`, `patch`, client-side apply).
     #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
@@ -511,6 +513,7 @@ impl Cluster {
         patch: &[u8],
         subresource: Option<&str>,
         dry_run: bool,
+        manager: Option<&str>,
     ) -> Result<Bytes, Status> {
         let patch: Value = serde_json::from_slice(patch)
             .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
@@ -536,6 +539,10 @@ impl Cluster {
                     }
                     strategic_merge(&mut doc, &patch).map_err(Status::bad_request)?;
                 }
+            }
+            if let (Some(manager), None) = (manager, subresource) {
+                let now = kubehub_kapi::time::now_rfc3339();
+                super::apply::track_write(Some(current), &mut doc, manager, &now);
             }
             Ok(doc)
         })?;

@@ -345,7 +345,16 @@ fn merge_patch(
     let bytes = serde_json::to_vec(&patch).map_err(|e| Status::internal(e.to_string()))?;
     let merge = super::cluster::PatchType::Merge;
     cluster
-        .patch(pods, Some(ns), name, merge, &bytes, subresource, false)
+        .patch(
+            pods,
+            Some(ns),
+            name,
+            merge,
+            &bytes,
+            subresource,
+            false,
+            None,
+        )
         .map(|_| ())
 }
 

@@ -383,6 +383,42 @@ pub fn check_patch(
     }
 }
 
+/// Checks an apply patch (`config`, already parsed) of type `t`: apply configurations are
+/// always strict, whatever `fieldValidation` says (the typed conversion of server-side apply
+/// fails on a field the schema does not declare), worded as kube-apiserver words it.
+/// Known difference: items of keyed lists are named by index (`[0]`), not by key
+/// (`[name="web"]`).
+pub fn check_apply(
+    t: &ResourceType,
+    config: &Value,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), Status> {
+    let Some(schema) = schemas().for_type(t) else {
+        return Ok(());
+    };
+    let mut v = config.clone();
+    let unknown = unknown_fields(schema, &mut v, false, false);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = unknown
+        .iter()
+        .map(|f| format!(".{f}: field not declared in schema"))
+        .collect();
+    let errors = match lines.as_slice() {
+        [one] => one.clone(),
+        many => format!("errors:\n  {}", many.join("\n  ")),
+    };
+    Err(Status::bad_request(format!(
+        "failed to create typed patch object ({}/{name}; {}/{}, Kind={}): {errors}",
+        ns.unwrap_or(""),
+        t.group,
+        t.version,
+        t.kind
+    )))
+}
+
 /// The unknown fields a JSON patch's `add` and `replace` operations write: an operation whose
 /// path is not a field is removed, as are unknown fields within its value.
 fn json_patch_unknown_fields(schema: &Value, ops: &mut Value) -> Vec<String> {

@@ -147,6 +147,98 @@ async fn an_apply_conflicts_with_what_kubectl_create_set() {
     assert_eq!(data_b(&s), "1");
 }
 
+/// An apply configuration with a field the schema does not declare is refused whatever
+/// `fieldValidation` says, in kube-apiserver's words, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_with_an_undeclared_field_is_refused() {
+    let s = sim().await;
+    let path = s.path().join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: typo\n  namespace: default\nspec:\n  replica: 2\n  selector:\n    matchLabels: {app: typo}\n  template:\n    metadata:\n      labels: {app: typo}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n",
+    )
+    .unwrap();
+    let f = path.to_str().unwrap();
+    for validate in ["--validate=strict", "--validate=false"] {
+        let out = s.kubectl(&["apply", "--server-side", validate, "-f", f]);
+        assert!(!out.status.success(), "{validate}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("failed to create typed patch object (default/typo; apps/v1, Kind=Deployment): .spec.replica: field not declared in schema"),
+            "{validate}: {err}"
+        );
+    }
+    let o = s.kubectl(&["get", "deployment", "typo", "-n", "default"]);
+    assert!(!o.status.success(), "nothing was stored");
+}
+
+/// Patches are writes too: `kubectl label` and a client-side `kubectl apply` own what they set
+/// (`Update`), an apply that changes it conflicts with them, and the applier keeps its own fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_record_their_manager_and_an_apply_conflicts_with_them() {
+    let s = sim().await;
+    let m = manifest(&s, "c1", "1");
+    s.ok(&["apply", "--server-side", "-f", m.to_str().unwrap()]);
+    s.ok(&[
+        "label",
+        "configmap",
+        "c1",
+        "-n",
+        "default",
+        "team=b",
+        "--overwrite",
+    ]);
+    let mf = managers(&s, "c1");
+    let label = mf
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl-label")
+        .unwrap_or_else(|| panic!("no kubectl-label entry: {mf}"));
+    assert_eq!(label["operation"], "Update");
+    assert_eq!(
+        label["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:team": {}}}})
+    );
+    // The applier lost the label to kubectl-label and kept the rest.
+    let applier = mf
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl")
+        .unwrap();
+    assert!(
+        applier["fieldsV1"]["f:metadata"]["f:labels"]
+            .get("f:team")
+            .is_none(),
+        "{mf}"
+    );
+    assert!(applier["fieldsV1"]["f:data"].get("f:b").is_some(), "{mf}");
+    // Applying team=a again conflicts with the label's manager.
+    let out = s.kubectl(&["apply", "--server-side", "-f", m.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict with \"kubectl-label\" using v1: .metadata.labels.team"),
+        "{err}"
+    );
+
+    // A client-side apply (a strategic merge patch) is recorded as kubectl-client-side-apply.
+    let m = manifest(&s, "c2", "1");
+    s.ok(&["apply", "-f", m.to_str().unwrap()]);
+    let m = manifest(&s, "c2", "2");
+    s.ok(&["apply", "-f", m.to_str().unwrap()]);
+    let mf = managers(&s, "c2");
+    let csa = mf
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl-client-side-apply")
+        .unwrap_or_else(|| panic!("no kubectl-client-side-apply entry: {mf}"));
+    assert_eq!(csa["operation"], "Update");
+    assert!(csa["fieldsV1"]["f:data"].get("f:b").is_some(), "{mf}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_patch_apply_with_a_field_manager_and_a_conflict() {
     let s = sim().await;

@@ -4,6 +4,7 @@ Usage: python3 client.py KUBECONFIG. Exits non-zero with the failing assertion o
 """
 import sys
 import threading
+import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -65,6 +66,33 @@ try:
     raise AssertionError("read after delete must fail")
 except ApiException as e:
     assert e.status == 404, e
+
+# Create with typed bodies: a ConfigMap, and a Deployment the edge's controllers roll out.
+cm = v1.create_namespaced_config_map(
+    "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py-cm"), data={"k": "v"})
+)
+assert cm.data == {"k": "v"} and cm.metadata.resource_version, cm
+dep = client.V1Deployment(
+    metadata=client.V1ObjectMeta(name="py-dep"),
+    spec=client.V1DeploymentSpec(
+        replicas=2,
+        selector=client.V1LabelSelector(match_labels={"app": "py-dep"}),
+        template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "py-dep"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="web", image="nginx:1.27")]),
+        ),
+    ),
+)
+created = apps.create_namespaced_deployment("default", dep)
+assert created.spec.replicas == 2 and created.metadata.generation == 1, created
+deadline = time.time() + 30
+while (apps.read_namespaced_deployment("py-dep", "default").status.ready_replicas or 0) < 2:
+    assert time.time() < deadline, "py-dep's pods never became ready"
+    time.sleep(0.1)
+dep_pods = v1.list_namespaced_pod("default", label_selector="app=py-dep").items
+assert len(dep_pods) == 2 and all(p.status.phase == "Running" for p in dep_pods), dep_pods
+apps.delete_namespaced_deployment("py-dep", "default")
+v1.delete_namespaced_config_map("py-cm", "default")
 
 t.join(25)
 seen = [e for e in events if e[1] == "py-pod"]
