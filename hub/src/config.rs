@@ -85,6 +85,11 @@
 //! # answer), but not over SPDY: an idle shell or port-forward must outlive a coffee break, so
 //! # the default is kubelet's streaming-connection-idle-timeout (4 h).
 //! upgrade_idle_timeout_ms = 14400000
+//! # A request for a cluster whose tunnel is on another hub goes there over a peer link (the
+//! # tunnel protocol, dialled to that hub's agent listener with this hub's agent_listener
+//! # certificate, which must be a hub's: O=kubehub:hubs, as enrolled hubs' are; verified
+//! # against client_ca). Links open on demand and close after this long without a stream.
+//! peer_idle_timeout_ms = 300000
 //!
 //! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
 //! enabled = true
@@ -222,6 +227,8 @@ pub struct Limits {
     /// An upgraded connection (exec, attach, port-forward) silent both ways for this long is
     /// closed.
     pub upgrade_idle_timeout_ms: u64,
+    /// A peer link this hub dialled closes after this long without a stream.
+    pub peer_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -242,6 +249,7 @@ impl Default for Limits {
             keepalive_ms: 15_000,
             drain_timeout_ms: 5_000,
             upgrade_idle_timeout_ms: 4 * 3600 * 1000,
+            peer_idle_timeout_ms: 300_000,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod enroll;
 pub mod http;
 pub mod metrics;
+pub mod peers;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -83,6 +83,8 @@ pub struct Hub {
     pub agent_cert: Arc<pki::ReloadingServerCert>,
     /// Who is who and who may do what, and the state of its source.
     pub access: Arc<Access>,
+    /// The other hubs: the directory of who holds which cluster, and the peer links.
+    pub peers: Arc<crate::peers::Peers>,
     drain: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     /// The metaserver client (ends when the hub is dropped).
@@ -264,6 +266,26 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         }
     }
     let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
+    // Peer links are dialled with the agent listener's certificate (an enrolled hub's) and
+    // verify the other hub against the CA agents' certificates come from.
+    let peer_tls = match &cfg.agent_listener.client_ca {
+        Some(ca) => {
+            let tls = |why: String| HubError::Tls {
+                what: "peer links",
+                why,
+            };
+            let roots = pki::load_roots(ca).map_err(|e| tls(e.to_string()))?;
+            let c = pki::tunnel_client_config(roots, agent_cert.clone())
+                .map_err(|e| tls(e.to_string()))?;
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
+    let peers = Arc::new(crate::peers::Peers::new(
+        &cfg.id,
+        peer_tls,
+        Duration::from_millis(cfg.limits.peer_idle_timeout_ms),
+    ));
     let user = reuseport_listeners(cfg.user_listener.listen, n)?;
     let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
     let user_addr = user[0].local_addr().map_err(|source| HubError::Bind {
@@ -309,24 +331,17 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
     let (drain, drain_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::with_capacity(n);
     for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
-        let proxy = ProxyCtx {
-            registry: registry.clone(),
-            access: access.clone(),
-            metrics: metrics.clone(),
-            limits: cfg.limits.clone(),
-            impersonate: cfg.impersonate,
-            tls: user_tls.clone(),
-            caches: caches.clone(),
-        };
-        let tunnel = TunnelCtx {
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            limits: cfg.limits.clone(),
-            hub_id: cfg.id.clone(),
-            tls: agent_tls.clone(),
-            drain: drain_rx.clone(),
-            caches: caches.clone(),
-        };
+        let proxy_parts = (
+            registry.clone(),
+            access.clone(),
+            metrics.clone(),
+            cfg.limits.clone(),
+            cfg.impersonate,
+            user_tls.clone(),
+            caches.clone(),
+            peers.clone(),
+        );
+        let tunnel_parts = (cfg.id.clone(), agent_tls.clone(), drain_rx.clone());
         let admin_l = if core == 0 { admin.take() } else { None };
         let admin_ctx = (
             registry.clone(),
@@ -350,8 +365,32 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                 };
                 rt.block_on(async move {
                     let conns = Rc::new(std::cell::Cell::new(0usize));
-                    let proxy = Rc::new(proxy);
-                    let tunnel = Rc::new(tunnel);
+                    let (registry, access, metrics, limits, impersonate, tls, caches, peers) =
+                        proxy_parts;
+                    let (hub_id, agent_tls, drain) = tunnel_parts;
+                    let tunnel = Rc::new(TunnelCtx {
+                        proxy: std::cell::OnceCell::new(),
+                        peers: peers.clone(),
+                        registry: registry.clone(),
+                        metrics: metrics.clone(),
+                        limits: limits.clone(),
+                        hub_id,
+                        tls: agent_tls,
+                        drain,
+                        caches: caches.clone(),
+                    });
+                    let proxy = Rc::new(ProxyCtx {
+                        registry,
+                        access,
+                        metrics,
+                        limits,
+                        impersonate,
+                        tls,
+                        caches,
+                        peers,
+                        tunnels: tunnel.clone(),
+                    });
+                    let _ = tunnel.proxy.set(Rc::downgrade(&proxy));
                     if let Some(l) = admin_l {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
@@ -418,6 +457,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         user_cert,
         agent_cert,
         access,
+        peers,
         drain,
         threads,
         _meta: meta,

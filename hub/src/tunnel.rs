@@ -43,6 +43,11 @@ use crate::tls::{self, TlsReader, TlsWriter};
 /// What every tunnel on a core shares.
 #[derive(Debug)]
 pub struct TunnelCtx {
+    /// The core's proxy, which serves the streams other hubs open on peer links (set once the
+    /// core's contexts exist).
+    pub proxy: std::cell::OnceCell<std::rc::Weak<crate::proxy::ProxyCtx>>,
+    /// Links to other hubs.
+    pub peers: Arc<crate::peers::Peers>,
     /// Clusters to tunnels.
     pub registry: Arc<Registry>,
     /// Metrics.
@@ -63,16 +68,37 @@ pub struct TunnelCtx {
 /// certificate is an agent's (organization `kubehub:agents`). Hubs' certificates come from the
 /// same CA and may authenticate clients too; they never pass for an agent.
 pub fn cluster_of(cert: &[u8]) -> Option<String> {
+    common_name_in(cert, kubehub_pki::AGENTS_GROUP)
+}
+
+/// The hub id in another hub's certificate: its common name, provided the certificate is a
+/// hub's (organization `kubehub:hubs`).
+pub fn hub_of(cert: &[u8]) -> Option<String> {
+    common_name_in(cert, kubehub_pki::HUBS_GROUP)
+}
+
+/// The subject common name of `cert` if its subject's organizations include `org`.
+fn common_name_in(cert: &[u8], org: &str) -> Option<String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
     let subject = c.subject();
-    if !subject
-        .iter_organization()
-        .any(|o| o.as_str() == Ok(kubehub_pki::AGENTS_GROUP))
-    {
+    if !subject.iter_organization().any(|o| o.as_str() == Ok(org)) {
         return None;
     }
     let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
     Some(cn)
+}
+
+/// What is at the other end of a tunnel connection.
+#[derive(Debug)]
+enum Remote {
+    /// An agent (the tunnel is its cluster's, registered as `generation`).
+    Agent { generation: u64 },
+    /// Another hub that dialled this one (a peer link, `PROTOCOL.md` §12): each stream it
+    /// opens is one HTTP exchange for a cluster this hub holds, served by
+    /// [`crate::proxy::peer::serve_stream`] with `commands` to answer on.
+    PeerIn { commands: mpsc::Sender<TunnelCmd> },
+    /// A hub this one dialled ([`crate::peers`]), registered there as `generation`.
+    PeerOut { generation: u64 },
 }
 
 /// An agent connection past the handshakes (TLS, HELLO / HELLO_ACK): what the tunnel runs on.
@@ -83,9 +109,11 @@ struct Admitted {
     buf: BytesMut,
     hello: Hello,
     agreed: Agreed,
+    /// Another hub (its certificate is a hub's and it asked for a peer link).
+    peer: bool,
 }
 
-/// Serves one agent connection until it ends.
+/// Serves one agent connection (or another hub's peer link) until it ends.
 ///
 /// A task keeps the largest state its future may need for as long as it lives, and a tunnel
 /// lives for days: so the handshakes, which need far more (rustls' handshake, the timers, a
@@ -107,16 +135,35 @@ pub async fn serve_agent(tcp: TcpStream, peer: SocketAddr, ctx: Rc<TunnelCtx>) {
         commander,
         span,
     } = started;
-    read_loop(&mut rd, &mut buf, &tunnel).instrument(span).await;
+    run(&tunnel, &mut rd, &mut buf, writer, commander, span).await;
+}
+
+/// Reads until the connection ends, then waits for the other tasks and unregisters.
+async fn run(
+    tunnel: &Rc<Tunnel>,
+    rd: &mut TlsReader,
+    buf: &mut BytesMut,
+    writer: monoio::task::JoinHandle<()>,
+    commander: monoio::task::JoinHandle<()>,
+    span: tracing::Span,
+) {
+    read_loop(rd, buf, tunnel).instrument(span).await;
     // However the reader ended, the writer flushes what the engine still has (a GOAWAY) and
     // closes the socket; then nothing is left to command.
     tunnel.wake.notify_one();
     writer.await;
     commander.await;
     let why = tunnel.state.borrow().why.clone().unwrap_or_default();
-    info!(cluster = %tunnel.cluster, "agent disconnected: {why}");
     tunnel.unregister();
-    ctx.metrics.agents.dec();
+    match tunnel.remote {
+        Remote::Agent { .. } => {
+            info!(cluster = %tunnel.cluster, "agent disconnected: {why}");
+            tunnel.ctx.metrics.agents.dec();
+        }
+        Remote::PeerIn { .. } | Remote::PeerOut { .. } => {
+            info!(hub = %tunnel.cluster, "peer link closed: {why}");
+        }
+    }
 }
 
 /// The TLS handshake (an agent's certificate), HELLO (its cluster is the certificate's, and
@@ -139,14 +186,16 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
             return None;
         }
     };
-    let Some(cert_cluster) = tls
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| cluster_of(c))
-    else {
-        ctx.metrics.tunnel_rejects.inc();
-        warn!(%peer, "not an agent's certificate (organization kubehub:agents) or no common name");
-        return None;
+    let leaf = tls.peer_certificates().and_then(|c| c.first());
+    // An agent's certificate, or another hub's (a peer link).
+    let (cert_cluster, cert_hub) = match leaf.map(|c| (cluster_of(c), hub_of(c))) {
+        Some((Some(cluster), _)) => (cluster, false),
+        Some((None, Some(hub))) => (hub, true),
+        _ => {
+            ctx.metrics.tunnel_rejects.inc();
+            warn!(%peer, "neither an agent's certificate (organization kubehub:agents) nor a hub's (kubehub:hubs)");
+            return None;
+        }
     };
     let (mut rd, mut wr) = tls.into_split();
     let mut buf = BytesMut::new();
@@ -187,11 +236,27 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
             return reject(ctx, peer, &mut wr, g).await;
         }
     };
+    let asks_peer = hello.capabilities.contains(Capabilities::PEER);
+    if cert_hub != asks_peer {
+        let why = if cert_hub {
+            "a hub's certificate may only open a peer link"
+        } else {
+            "only a hub's certificate may open a peer link"
+        };
+        return reject(
+            ctx,
+            peer,
+            &mut wr,
+            refuse(ErrorCode::UNAUTHORIZED, why.into()),
+        )
+        .await;
+    }
     if hello.cluster_id != cert_cluster {
+        let what = if cert_hub { "hub" } else { "cluster" };
         let g = refuse(
             ErrorCode::UNAUTHORIZED,
             format!(
-                "certificate is for cluster {cert_cluster:?}, HELLO claims {:?}",
+                "certificate is for {what} {cert_cluster:?}, HELLO claims {:?}",
                 hello.cluster_id
             ),
         );
@@ -201,7 +266,7 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         let g = refuse(ErrorCode::NO_ERROR, "hub is shutting down".into());
         return reject(ctx, peer, &mut wr, g).await;
     }
-    if !ctx.registry.serves(&hello.cluster_id) {
+    if !cert_hub && !ctx.registry.serves(&hello.cluster_id) {
         let g = refuse(
             ErrorCode::UNAUTHORIZED,
             format!("this hub does not serve cluster {:?}", hello.cluster_id),
@@ -209,7 +274,9 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         return reject(ctx, peer, &mut wr, g).await;
     }
     let offer = Offer {
-        capabilities: if ctx.caches.cfg.enabled {
+        capabilities: if cert_hub {
+            Capabilities::PEER
+        } else if ctx.caches.cfg.enabled {
             Capabilities::CACHE_SYNC
         } else {
             Capabilities(0)
@@ -227,13 +294,18 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
     if write_buf(&mut wr, &mut eb).await.is_err() {
         return None;
     }
-    info!(%peer, cluster = %hello.cluster_id, agent = %hello.agent_id, software = %hello.software, "agent connected");
+    if cert_hub {
+        info!(%peer, hub = %hello.cluster_id, software = %hello.software, "peer link accepted");
+    } else {
+        info!(%peer, cluster = %hello.cluster_id, agent = %hello.agent_id, software = %hello.software, "agent connected");
+    }
     Some(Admitted {
         rd,
         wr,
         buf,
         hello,
         agreed,
+        peer: cert_hub,
     })
 }
 
@@ -247,8 +319,8 @@ struct Started {
     span: tracing::Span,
 }
 
-/// Sets up the tunnel of an admitted agent: the engine, its registration, the writer and the
-/// commander tasks.
+/// Sets up the tunnel of an admitted agent (or accepted peer link): the engine, its
+/// registration, the writer and the commander tasks.
 fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
     let Admitted {
         rd,
@@ -256,6 +328,7 @@ fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
         mut buf,
         hello,
         agreed,
+        peer,
     } = admitted;
     let Hello {
         cluster_id: cluster,
@@ -270,48 +343,65 @@ fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
         // Two chunks per stream in the engine at most; the request handler waits for the
         // ack of each chunk (see `TunnelCmd::Data`).
         send_buffer: 2 * ctx.limits.data_chunk,
-        accept_requests: false,
+        // A peer hub opens request streams; an agent does not.
+        accept_requests: peer,
         // Cache sync arrives with the cache; until then sync streams are refused.
-        accept_sync: agreed.capabilities.contains(Capabilities::CACHE_SYNC),
+        accept_sync: !peer && agreed.capabilities.contains(Capabilities::CACHE_SYNC),
         capabilities: agreed.capabilities,
     };
-    let mut conn = Connection::new(
+    let conn = Connection::new(
         Role::Hub,
         agreed.hub_settings,
         agreed.agent_settings,
         cfg,
         now,
     );
-    // Bytes the agent sent right behind its HELLO.
-    conn.handle_bytes(&mut buf, now);
-    release_if_empty(&mut buf);
     let (cmd_tx, cmd_rx) = mpsc::channel::<TunnelCmd>(COMMAND_QUEUE);
-    let generation = ctx.registry.register(&cluster, &agent_id, cmd_tx);
-    ctx.metrics.agents.inc();
+    let (remote, generation) = if peer {
+        (Remote::PeerIn { commands: cmd_tx }, 0)
+    } else {
+        let generation = ctx.registry.register(&cluster, &agent_id, cmd_tx);
+        ctx.metrics.agents.inc();
+        (Remote::Agent { generation }, generation)
+    };
+    // Bytes the agent sent right behind its HELLO (handled once the tunnel exists: on a peer
+    // link they may open streams).
+    let early = std::mem::take(&mut buf);
     // One statement each: `get_or_create` returns a read guard that lives to the end of its
     // statement, and a second call that must insert would wait on it forever.
     let from_agent = ctx.metrics.bytes("from_agent");
     let to_agent = ctx.metrics.bytes("to_agent");
-    let cluster_cache = ctx.caches.cluster_or_new(&cluster);
+    let ingest = (!peer).then(|| {
+        let cluster_cache = ctx.caches.cluster_or_new(&cluster);
+        Ingest::new(cluster_cache, generation, ctx.metrics.clone())
+    });
     let tunnel = Rc::new(Tunnel {
         state: RefCell::new(State {
             conn,
             slots: HashMap::new(),
             why: None,
-            ingest: Ingest::new(cluster_cache, generation, ctx.metrics.clone()),
+            ingest,
             labels,
         }),
         ctx: ctx.clone(),
         cluster: cluster.clone(),
-        generation,
+        remote,
         wake: Notify::new(),
         closing: Notify::new(),
         done: Cell::new(false),
         from_agent,
         to_agent,
+        last_open: Cell::new(Instant::now()),
     });
+    buf = early;
+    tunnel.state.borrow_mut().conn.handle_bytes(&mut buf, now);
+    release_if_empty(&mut buf);
     tunnel.dispatch();
-    let span = tracing::info_span!("tunnel", cluster = %cluster, agent = %agent_id);
+    let span = if peer {
+        tracing::info_span!("peer_link", hub = %cluster, dir = "in")
+    } else {
+        tracing::info_span!("tunnel", cluster = %cluster, agent = %agent_id)
+    };
     let writer = monoio::spawn(writer(wr, tunnel.clone()).instrument(span.clone()));
     let commander = monoio::spawn(commander(cmd_rx, tunnel.clone()).instrument(span.clone()));
     Started {
@@ -322,6 +412,67 @@ fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
         commander,
         span,
     }
+}
+
+/// Starts a peer link this hub dialled ([`crate::peers`]) after its handshake: the engine (this
+/// side opens the streams, as an agent's side does), the writer and commander tasks, and a
+/// task that reads until the link ends and then unregisters it. Returns the link's command
+/// channel, which carries the same [`TunnelCmd`]s as an agent's tunnel.
+pub(crate) fn start_dialed(
+    rd: TlsReader,
+    wr: TlsWriter,
+    mut buf: BytesMut,
+    agreed: &Agreed,
+    hub: &str,
+    generation: u64,
+    ctx: &Rc<TunnelCtx>,
+) -> mpsc::Sender<TunnelCmd> {
+    let now = Instant::now();
+    let cfg = ConnConfig {
+        keepalive: Duration::from_millis(ctx.limits.keepalive_ms.max(100)),
+        max_data_frame: ctx.limits.data_chunk,
+        send_buffer: 2 * ctx.limits.data_chunk,
+        accept_requests: false,
+        accept_sync: false,
+        capabilities: agreed.capabilities,
+    };
+    let mut conn = Connection::new(
+        Role::Agent,
+        agreed.agent_settings,
+        agreed.hub_settings,
+        cfg,
+        now,
+    );
+    conn.handle_bytes(&mut buf, now);
+    release_if_empty(&mut buf);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<TunnelCmd>(COMMAND_QUEUE);
+    let tunnel = Rc::new(Tunnel {
+        state: RefCell::new(State {
+            conn,
+            slots: HashMap::new(),
+            why: None,
+            ingest: None,
+            labels: Vec::new(),
+        }),
+        ctx: ctx.clone(),
+        cluster: hub.to_owned(),
+        remote: Remote::PeerOut { generation },
+        wake: Notify::new(),
+        closing: Notify::new(),
+        done: Cell::new(false),
+        from_agent: ctx.metrics.bytes("from_peer"),
+        to_agent: ctx.metrics.bytes("to_peer"),
+        last_open: Cell::new(now),
+    });
+    tunnel.dispatch();
+    let span = tracing::info_span!("peer_link", hub = %hub, dir = "out");
+    let writer = monoio::spawn(writer(wr, tunnel.clone()).instrument(span.clone()));
+    let commander = monoio::spawn(commander(cmd_rx, tunnel.clone()).instrument(span.clone()));
+    monoio::spawn(async move {
+        let (mut rd, mut buf) = (rd, buf);
+        run(&tunnel, &mut rd, &mut buf, writer, commander, span).await;
+    });
+    cmd_tx
 }
 
 /// Gives back the read buffer's memory once every byte in it was decoded. Frames are slices of
@@ -361,18 +512,19 @@ struct State {
     slots: HashMap<StreamId, Slot>,
     /// Why the connection closed, once it did.
     why: Option<String>,
-    /// The sync streams, feeding the cluster's caches.
-    ingest: Ingest,
+    /// The sync streams, feeding the cluster's caches (agents only).
+    ingest: Option<Ingest>,
     /// The cluster's labels (HELLO): which types it caches.
     labels: Vec<(String, String)>,
 }
 
-/// One agent connection, shared by its three tasks.
+/// One agent connection (or peer link), shared by its three tasks.
 struct Tunnel {
     state: RefCell<State>,
     ctx: Rc<TunnelCtx>,
+    /// The agent's cluster, or the peer hub's id.
     cluster: String,
-    generation: u64,
+    remote: Remote,
     /// The engine may have something to send: the writer looks.
     wake: Notify,
     /// The writer is gone: the reader and the commander stop (see [`Tunnel::close`]).
@@ -380,6 +532,8 @@ struct Tunnel {
     done: Cell<bool>,
     from_agent: Counter,
     to_agent: Counter,
+    /// When a stream was last opened on it (a dialled peer link closes when idle).
+    last_open: Cell<Instant>,
 }
 
 impl Tunnel {
@@ -398,7 +552,11 @@ impl Tunnel {
     }
 
     fn unregister(&self) {
-        self.ctx.registry.unregister(&self.cluster, self.generation);
+        match self.remote {
+            Remote::Agent { generation } => self.ctx.registry.unregister(&self.cluster, generation),
+            Remote::PeerOut { generation } => self.ctx.peers.unregister(&self.cluster, generation),
+            Remote::PeerIn { .. } => {}
+        }
     }
 
     /// Hands the engine's events to the streams' consumers, and wakes the writer.
@@ -432,12 +590,16 @@ impl Tunnel {
                     }
                 }
                 Event::End { id, trailers } => {
-                    st.ingest.ended(id);
+                    if let Some(i) = &mut st.ingest {
+                        i.ended(id);
+                    }
                     self.ended(st, id, trailers)
                 }
                 Event::Reset { id, code, origin } => {
                     debug!(stream = id, %code, ?origin, "stream reset");
-                    st.ingest.ended(id);
+                    if let Some(i) = &mut st.ingest {
+                        i.ended(id);
+                    }
                     // A stream ended by our drain deadline ends cleanly for its user (a watch
                     // ends as when an API server ends it; the client reconnects elsewhere).
                     let ev = if origin == ResetOrigin::Drain {
@@ -453,19 +615,26 @@ impl Tunnel {
                     }
                 }
                 Event::GoAway { code, message } => {
-                    info!(%code, "agent is going away: {message}");
-                    // No new requests for this tunnel: the agent reconnects elsewhere.
+                    info!(%code, "the other end is going away: {message}");
+                    // No new requests for this tunnel: the agent reconnects elsewhere (a peer
+                    // hub's clusters are reached through another link).
                     self.unregister();
                 }
                 Event::Discovery(d) => {
-                    debug!(types = d.resources.len(), "resource types reported");
-                    self.sync_types(st, &d.resources);
-                    self.ctx
-                        .registry
-                        .set_types(&self.cluster, self.generation, d.resources);
+                    if let Remote::Agent { generation } = self.remote {
+                        debug!(types = d.resources.len(), "resource types reported");
+                        self.sync_types(st, &d.resources);
+                        self.ctx
+                            .registry
+                            .set_types(&self.cluster, generation, d.resources);
+                    }
                 }
                 Event::Sync { id, frame, credit } => {
-                    let fx = st.ingest.frame(id, frame, Instant::now());
+                    let Some(ingest) = &mut st.ingest else {
+                        st.conn.reset(id, ErrorCode::REFUSED_STREAM);
+                        continue;
+                    };
+                    let fx = ingest.frame(id, frame, Instant::now());
                     if let Some(code) = fx.reset {
                         st.conn.reset(id, code);
                     } else {
@@ -475,10 +644,19 @@ impl Tunnel {
                         st.conn.release(id, credit);
                     }
                 }
-                Event::Request { .. } | Event::SyncRequest(_) | Event::ProgressRequest { .. } => {}
+                Event::Request {
+                    id,
+                    method,
+                    path,
+                    fields,
+                    end_stream,
+                } => self.accept(st, id, &method, &path, &fields, end_stream),
+                Event::SyncRequest(_) | Event::ProgressRequest { .. } => {}
                 Event::Closed(reason) => {
                     self.unregister();
-                    st.ingest.closed();
+                    if let Some(i) = &mut st.ingest {
+                        i.closed();
+                    }
                     st.why = Some(reason.to_string());
                     for (_, slot) in st.slots.drain() {
                         let _ = slot.events.send(StreamEvent::Reset(ErrorCode::CANCEL));
@@ -498,15 +676,63 @@ impl Tunnel {
         }
     }
 
+    /// A stream another hub opened on its peer link: answered `200` at once, then its bytes
+    /// are one HTTP/1.1 exchange, served by the core's proxy like a user connection's request
+    /// ([`crate::proxy::peer::serve_stream`]). Anything else is refused.
+    fn accept(
+        &self,
+        st: &mut State,
+        id: StreamId,
+        method: &[u8],
+        path: &[u8],
+        fields: &kubehub_wire::Fields,
+        end_stream: bool,
+    ) {
+        let proxy = self.ctx.proxy.get().and_then(std::rc::Weak::upgrade);
+        let (Remote::PeerIn { commands }, Some(proxy)) = (&self.remote, proxy) else {
+            st.conn.reset(id, ErrorCode::REFUSED_STREAM);
+            return;
+        };
+        if method != crate::proxy::peer::METHOD.as_bytes() {
+            st.conn.reset(id, ErrorCode::REFUSED_STREAM);
+            return;
+        }
+        if st.conn.send_response(id, 200, Vec::new(), false).is_err() {
+            return;
+        }
+        let (events, rx) = mpsc::unbounded_channel();
+        st.slots.insert(
+            id,
+            Slot {
+                events,
+                ack: None,
+                duplex: true,
+                local_done: false,
+                remote_done: end_stream,
+            },
+        );
+        self.ctx.metrics.streams.inc();
+        let stream = crate::proxy::peer::Accepted {
+            stream: id,
+            tunnel: commands.clone(),
+            events: rx,
+            origin: self.cluster.clone(),
+        };
+        debug!(stream = id, path = %String::from_utf8_lossy(path), fields = fields.len(), "peer stream");
+        let span = tracing::info_span!("peer_stream", hub = %self.cluster, stream = id);
+        monoio::spawn(crate::proxy::peer::serve_stream(proxy, stream).instrument(span));
+    }
+
     /// Asks the agent to sync the configured types it reported (a new report may change
     /// them).
     fn sync_types(&self, st: &mut State, reported: &[kubehub_wire::ResourceType]) {
+        let Some(ingest) = &st.ingest else { return };
         if !st
             .conn
             .session()
             .capabilities()
             .contains(Capabilities::CACHE_SYNC)
-            || !st.ingest.is_current()
+            || !ingest.is_current()
         {
             return;
         }
@@ -581,6 +807,7 @@ impl Tunnel {
                         path,
                         fields,
                     } = *head;
+                    self.last_open.set(Instant::now());
                     match st.conn.open_request(method, path, fields, end_stream) {
                         Ok(id) => {
                             st.slots.insert(
@@ -642,7 +869,8 @@ impl Tunnel {
                 TunnelCmd::Progress { slot, seq } => {
                     let sent = st
                         .ingest
-                        .stream_of(&slot)
+                        .as_ref()
+                        .and_then(|i| i.stream_of(&slot))
                         .is_some_and(|id| st.conn.request_progress(id, seq).is_ok());
                     if !sent {
                         slot.freshness.fail_all();
@@ -781,7 +1009,29 @@ async fn writer(mut wr: TlsWriter, tunnel: Rc<Tunnel>) {
         }
         // Going idle: hold no buffers while waiting.
         eb.release_memory();
-        let deadline = tunnel.state.borrow().conn.poll_timeout();
+        let mut deadline = tunnel.state.borrow().conn.poll_timeout();
+        // A dialled peer link with no stream for the idle time closes.
+        if let Remote::PeerOut { .. } = tunnel.remote {
+            let idle = tunnel.ctx.peers.idle_timeout();
+            let st = tunnel.state.borrow();
+            if st.conn.open_streams() == 0 && !st.conn.is_draining() {
+                let due = tunnel.last_open.get() + idle;
+                if due <= Instant::now() {
+                    drop(st);
+                    debug!("peer link idle: closing");
+                    tunnel.unregister();
+                    let now = Instant::now();
+                    tunnel
+                        .state
+                        .borrow_mut()
+                        .conn
+                        .go_away(ErrorCode::NO_ERROR, "idle", now);
+                    tunnel.dispatch();
+                    continue;
+                }
+                deadline = Some(deadline.map_or(due, |d| d.min(due)));
+            }
+        }
         let wait = deadline.map_or(IDLE_WAIT, |d| d.saturating_duration_since(Instant::now()));
         monoio::select! {
             _ = tunnel.wake.notified() => {}

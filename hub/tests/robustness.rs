@@ -96,14 +96,40 @@ fn bad_agents_are_turned_away_and_the_hub_keeps_serving() {
         agent_exchange(&s, &other, &foreign, encode(&hello(common::CLUSTER))),
         None
     );
-    // Right CA, right name, but not an agent's certificate (a hub's, or a user's: no
-    // organization kubehub:agents): refused before HELLO is read, no frame at all (it would
-    // get a HELLO_ACK and take the cluster's tunnel over if it passed).
-    let not_agent =
+    // Right CA, right name, but neither an agent's nor a hub's certificate (a user's: no
+    // organization kubehub:agents or kubehub:hubs): refused before HELLO is read, no frame at
+    // all (it would get a HELLO_ACK and take the cluster's tunnel over if it passed).
+    let user =
+        s.ca.issue_client(common::CLUSTER, &["kubehub:users"])
+            .unwrap();
+    let f = agent_exchange(&s, &s.ca, &user, encode(&hello(common::CLUSTER)));
+    assert!(f.is_none(), "{f:?}");
+    // A hub's certificate may open a peer link only (HELLO with PEER), never an agent's
+    // tunnel; an agent's certificate may not open a peer link; and a peer link's HELLO must
+    // name the hub its certificate is for.
+    let hub =
         s.ca.issue_client(common::CLUSTER, &["kubehub:hubs"])
             .unwrap();
-    let f = agent_exchange(&s, &s.ca, &not_agent, encode(&hello(common::CLUSTER)));
-    assert!(f.is_none(), "{f:?}");
+    let f = agent_exchange(&s, &s.ca, &hub, encode(&hello(common::CLUSTER)));
+    assert_eq!(goaway_code(f), Some(ErrorCode::UNAUTHORIZED));
+    let peer_hello = |id: &str| {
+        let Frame::Hello(mut h) = hello(id) else {
+            unreachable!()
+        };
+        h.capabilities = kubehub_wire::Capabilities::PEER;
+        encode(&Frame::Hello(h))
+    };
+    let agent_cert = s.ca.issue_agent(common::CLUSTER).unwrap();
+    let f = agent_exchange(&s, &s.ca, &agent_cert, peer_hello(common::CLUSTER));
+    assert_eq!(goaway_code(f), Some(ErrorCode::UNAUTHORIZED));
+    let hub_b = s.ca.issue_client("hub-b", &["kubehub:hubs"]).unwrap();
+    let f = agent_exchange(&s, &s.ca, &hub_b, peer_hello("hub-c"));
+    assert_eq!(goaway_code(f), Some(ErrorCode::UNAUTHORIZED));
+    let f = agent_exchange(&s, &s.ca, &hub_b, peer_hello("hub-b"));
+    assert!(
+        matches!(f, Some(Frame::HelloAck(ref a)) if a.capabilities == kubehub_wire::Capabilities::PEER),
+        "{f:?}"
+    );
     // Right CA, wrong cluster: the certificate says edge-2, HELLO says edge-1.
     let edge2 = s.ca.issue_agent("edge-2").unwrap();
     let f = agent_exchange(&s, &s.ca, &edge2, encode(&hello(common::CLUSTER)));

@@ -330,6 +330,18 @@ impl Ca {
         self.issue(cn, &[], names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A hub's certificate as enrollment issues it ([`Profile::Hub`]: CN = `id`, O =
+    /// [`HUBS_GROUP`], SANs = `names`, server and client authentication), valid for a year.
+    pub fn issue_hub(&self, id: &str, names: &[&str]) -> Result<CertPem, PkiError> {
+        let (key, csr) = generate_key_and_csr(id, &[HUBS_GROUP])?;
+        let profile = Profile::Hub {
+            id: id.to_owned(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let cert = self.sign_csr(&csr, &profile, Duration::from_secs(365 * 24 * 3600))?;
+        Ok(CertPem { cert, key })
+    }
+
     /// An agent's certificate for `cluster` (CN = the cluster id, O = [`AGENTS_GROUP`]), as
     /// the hub's agent listener requires.
     pub fn issue_agent(&self, cluster: &str) -> Result<CertPem, PkiError> {
@@ -593,6 +605,20 @@ pub fn server_config(cert: &CertPem) -> Result<rustls::ServerConfig, PkiError> {
         .with_single_cert(parse_certs(&cert.cert)?, parse_key(&cert.key)?)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// TLS for a tunnel's dialling side (an agent, or a hub opening a peer link): TLS 1.3, the
+/// server verified against `roots`, `cert` presented as the client certificate (reloaded
+/// when it is renewed).
+pub fn tunnel_client_config(
+    roots: rustls::RootCertStore,
+    cert: std::sync::Arc<ReloadingCert>,
+) -> Result<rustls::ClientConfig, PkiError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(cert))
 }
 
 /// The server side of an agent tunnel (the hub's agent listener, and test hubs): TLS 1.3 only,

@@ -325,6 +325,64 @@ pub fn start_opts(opts: StackOptions) -> Stack {
 }
 
 impl Stack {
+    /// Another hub beside the stack's, sharing its access data and holding no tunnel: its
+    /// directory names the stack's hub (`hub-test`) as the holder of the stack's cluster, so
+    /// every request to it crosses a peer link. Its certificate is a hub's, as enrollment
+    /// issues them. Returns the hub and a kubeconfig pointing at it.
+    pub fn peer_hub(&self, id: &str, limits: Limits) -> (Hub, PathBuf) {
+        let d = self.dir.path();
+        let cert = self.ca.issue_hub(id, &["localhost", "127.0.0.1"]).unwrap();
+        let crt = write(d, &format!("hub-{id}.crt"), &cert.cert);
+        let key = write(d, &format!("hub-{id}.key"), &cert.key);
+        let listener = |client_ca: Option<PathBuf>| Listener {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: Some(crt.clone()),
+            key: Some(key.clone()),
+            client_ca,
+        };
+        let cfg = HubConfig {
+            id: id.into(),
+            cores: 2,
+            clusters: Vec::new(),
+            access: Some(AccessFile {
+                file: d.join("access.json"),
+            }),
+            meta: None,
+            impersonate: false,
+            user_listener: listener(None),
+            agent_listener: listener(Some(d.join("ca.crt"))),
+            admin: Some(kubehub_hub::config::Admin {
+                listen: "127.0.0.1:0".parse().unwrap(),
+            }),
+            limits,
+            cache: CacheConfig::default(),
+        };
+        let hub = server::start(cfg).unwrap();
+        let mut dir = kubehub_hub::peers::Directory::default();
+        dir.holders
+            .insert(CLUSTER.into(), vec![self.hub_id().to_owned()]);
+        dir.endpoints
+            .insert(self.hub_id().to_owned(), self.hub.agent_addr.to_string());
+        hub.peers.set_directory(dir);
+        let kc = Kubeconfig {
+            name: CLUSTER.into(),
+            server: format!(
+                "https://127.0.0.1:{}/clusters/{CLUSTER}",
+                hub.user_addr.port()
+            ),
+            ca_pem: Some(self.ca.cert_pem()),
+            token: Some(TOKEN.into()),
+            ..Kubeconfig::default()
+        };
+        let kubeconfig = write(d, &format!("kubeconfig-{id}"), &kc.to_yaml());
+        (hub, kubeconfig)
+    }
+
+    /// The stack's hub's id.
+    pub fn hub_id(&self) -> &str {
+        "hub-test"
+    }
+
     pub fn wait_connected(&self, want: bool, within: Duration) {
         let deadline = Instant::now() + within;
         while (self.hub.registry.connected() == 1) != want {

@@ -185,6 +185,9 @@ impl Capabilities {
     pub const CACHE_SYNC: Capabilities = Capabilities(1 << 0);
     /// The agent can carry connection upgrades (exec, attach, port-forward) as raw DATA.
     pub const UPGRADE: Capabilities = Capabilities(1 << 1);
+    /// The dialer is another hub (a peer link, PROTOCOL.md §12): it opens request streams that
+    /// each carry one HTTP/1.1 exchange for a cluster the accepting hub holds.
+    pub const PEER: Capabilities = Capabilities(1 << 2);
 
     /// Whether every bit of `other` is set in `self`.
     pub fn contains(self, other: Capabilities) -> bool {

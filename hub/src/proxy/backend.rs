@@ -124,6 +124,11 @@ impl Exchange {
 }
 
 impl Uplink {
+    /// The sending half of stream `stream` of the tunnel (or link) behind `tunnel`.
+    pub fn new(stream: StreamId, tunnel: mpsc::Sender<TunnelCmd>) -> Uplink {
+        Uplink { stream, tunnel }
+    }
+
     /// Sends request body bytes, one chunk in flight: returns once the tunnel took them.
     /// `false`: the stream is over (the agent answered early or reset it; the answer or the
     /// reason waits in [`Downlink::next`]).

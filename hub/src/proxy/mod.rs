@@ -30,6 +30,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod backend;
 pub mod error;
+pub mod peer;
 pub mod resolve;
 pub mod respond;
 pub mod review;
@@ -78,6 +79,47 @@ pub struct ProxyCtx {
     pub tls: Arc<rustls::ServerConfig>,
     /// Cached clusters.
     pub caches: Arc<crate::cache::Caches>,
+    /// The other hubs (for clusters whose tunnels are held elsewhere).
+    pub peers: Arc<crate::peers::Peers>,
+    /// The core's tunnel context (peer links are dialled on the requesting core).
+    pub tunnels: Rc<crate::tunnel::TunnelCtx>,
+}
+
+/// Where a connection's answers go: a user's TLS connection, or a stream of a peer link
+/// (another hub forwarded the request: [`peer`]).
+#[derive(Debug)]
+pub enum Writer {
+    /// A user's connection.
+    Tls(TlsWriter),
+    /// A peer link's stream.
+    Stream(peer::StreamWriter),
+}
+
+impl Writer {
+    /// Writes `chunks` in order (one vectored TLS write of whole records on a user
+    /// connection).
+    pub async fn write_all(&mut self, chunks: &[&[u8]]) -> std::io::Result<()> {
+        match self {
+            Writer::Tls(w) => w.write_all(chunks).await,
+            Writer::Stream(w) => w.write_all(chunks).await,
+        }
+    }
+
+    /// Ends the connection cleanly (TLS close_notify; a peer stream's END).
+    pub async fn close(&mut self) -> std::io::Result<()> {
+        match self {
+            Writer::Tls(w) => w.close().await,
+            Writer::Stream(w) => w.close().await,
+        }
+    }
+
+    /// Cuts the connection (no close_notify; a peer stream's RESET).
+    pub async fn abort(&mut self) {
+        match self {
+            Writer::Tls(w) => w.abort().await,
+            Writer::Stream(w) => w.abort().await,
+        }
+    }
 }
 
 /// One user connection's state between requests: bytes read but not used yet (the next
@@ -90,8 +132,11 @@ pub struct Conn {
     /// to it) ends the connection.
     max_buffered: usize,
     inbound: mpsc::Receiver<BytesMut>,
-    /// The writing half of the TLS connection.
-    pub wr: TlsWriter,
+    /// The writing half.
+    pub wr: Writer,
+    /// The request came over a peer link from this hub: it is served here or not at all
+    /// (never forwarded to a third hub).
+    pub via_peer: Option<String>,
 }
 
 impl Conn {
@@ -156,7 +201,8 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
         // A whole head (read_head answers 431 beyond it) or a body chunk, twice over.
         max_buffered: 2 * ctx.limits.max_header_bytes.max(ctx.limits.data_chunk),
         inbound,
-        wr,
+        wr: Writer::Tls(wr),
+        via_peer: None,
     };
     loop {
         let head = match read_head(&ctx, &mut conn).await {
@@ -317,6 +363,12 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         Ok(p) => p,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
+    // A cluster whose tunnel another hub holds: the request goes there whole.
+    if conn.via_peer.is_none() {
+        if let Some(holders) = route::peer(&ctx.registry, &ctx.peers, &target.cluster) {
+            return peer::relay(ctx, &head, conn, out, &target.cluster, holders).await;
+        }
+    }
     let mut fields = forward_fields(&head, &identity, ctx.impersonate);
     if let Some(protocol) = http::upgrade_of(&head) {
         return upgraded(

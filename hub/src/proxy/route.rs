@@ -16,6 +16,20 @@ use crate::cache::{Caches, ClusterCache, TypeSlot};
 use crate::http::RequestHead;
 use crate::registry::{Lookup, Registry};
 
+/// The other hubs to forward a request for `cluster` to: `Some` only when no tunnel of it is
+/// here and the directory names hubs that hold one.
+pub fn peer(
+    registry: &Registry,
+    peers: &crate::peers::Peers,
+    cluster: &str,
+) -> Option<Vec<crate::peers::Holder>> {
+    if matches!(registry.lookup(cluster), Lookup::Online(_)) {
+        return None;
+    }
+    let holders = peers.holders(cluster);
+    (!holders.is_empty()).then_some(holders)
+}
+
 /// What the cache has to do with a request.
 #[derive(Debug)]
 pub enum Cached {

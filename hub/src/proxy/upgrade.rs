@@ -245,7 +245,6 @@ pub async fn splice(
     metrics: &Metrics,
     idle: Duration,
 ) -> End {
-    let (mut up, mut down) = ex.split();
     let chosen = fields
         .iter()
         .find(|(n, _)| {
@@ -260,11 +259,40 @@ pub async fn splice(
         .await
         .is_err()
     {
-        up.cancel().await;
+        ex.cancel().await;
         return End::ClientGone;
     }
     session.log_start(&chosen);
     metrics.sessions_open.inc();
+    let (end, stats, exit) = exchange(conn, ex, idle, session.started).await;
+    metrics.sessions_open.dec();
+    metrics
+        .sessions
+        .get_or_create(&SessionLabel {
+            kind: session.kind,
+            end: end.as_str(),
+        })
+        .inc();
+    session.log_end(end, &stats, exit.as_deref());
+    end
+}
+
+/// Moves bytes both ways on `ex` until the session ends, as [`splice`] does after its 101,
+/// for a session whose 101 is among the bytes (a request carried to another hub, which
+/// writes it). The connection is done afterwards.
+pub async fn pump(conn: &mut Conn, ex: Exchange, idle: Duration, started: Instant) -> End {
+    exchange(conn, ex, idle, started).await.0
+}
+
+/// Both directions until the session ends: how, the byte counts, the exit status the agent
+/// reported. Ends the client's connection (cleanly, or cut when the session broke).
+async fn exchange(
+    conn: &mut Conn,
+    ex: Exchange,
+    idle: Duration,
+    started: Instant,
+) -> (End, Stats, Option<String>) {
+    let (mut up, mut down) = ex.split();
     let stats = Stats::default();
     stats.touch();
     let exit: Cell<Option<String>> = Cell::new(None);
@@ -302,7 +330,7 @@ pub async fn splice(
             } else {
                 idle
             };
-            let since = stats.active.get().unwrap_or(session.started);
+            let since = stats.active.get().unwrap_or(started);
             let due = since + limit;
             if Instant::now() >= due {
                 return Poll::Ready(if upward.is_none() && downward.is_none() {
@@ -333,17 +361,8 @@ pub async fn splice(
         up.cancel().await;
         conn.wr.abort().await;
     }
-    metrics.sessions_open.dec();
-    metrics
-        .sessions
-        .get_or_create(&SessionLabel {
-            kind: session.kind,
-            end: end.as_str(),
-        })
-        .inc();
     let exit = exit.take();
-    session.log_end(end, &stats, exit.as_deref());
-    end
+    (end, stats, exit)
 }
 
 /// The client's bytes to the agent, one chunk in flight; at the client's EOF the hub's half
@@ -388,7 +407,7 @@ async fn client_to_agent(
 /// The edge's bytes to the client, in batches of whatever is queued (whole TLS records),
 /// credit returned as they are written; at the agent's END the client's side is closed.
 async fn agent_to_client(
-    wr: &mut crate::tls::TlsWriter,
+    wr: &mut super::Writer,
     down: &mut Downlink,
     stats: &Stats,
     exit: &Cell<Option<String>>,

@@ -1,0 +1,356 @@
+//! `peers`: the other hubs, for clusters whose tunnels this hub does not hold.
+//!
+//! Users reach hubs through any load balancer, so every hub answers for every cluster. A
+//! request for a cluster without a tunnel here goes to a hub that holds one ([`Directory`]:
+//! cluster → the hubs its agent is connected to, and where each hub listens for agents,
+//! kept current from the metaserver's registry), over a **peer link**: a connection to that
+//! hub's agent listener with this hub's certificate, speaking the tunnel protocol
+//! (`PROTOCOL.md` §12). Each forwarded request is one stream on it whose bytes are the
+//! user's HTTP/1.1 exchange ([`crate::proxy::peer`]), so streams, flow control, cancellation
+//! and upgrades (exec, port-forward) work across the hop exactly as on a direct tunnel, and a
+//! stalled stream holds back no other.
+//!
+//! Links are opened on demand (one per hub pair that needs one; concurrent requests share a
+//! dial) and closed after `peer_idle_timeout_ms` without a stream, so their number follows
+//! the traffic, not hubs × hubs. A link that fails or says GOAWAY is forgotten; the next
+//! request dials again or picks another holder.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use kubehub_wire::handshake::{self, Offer};
+use kubehub_wire::{Capabilities, Decoder, EncodeBuf, Frame, Hello};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::registry::TunnelCmd;
+use crate::tunnel::TunnelCtx;
+
+/// Who holds which cluster, and where each hub takes links: this hub's view of the
+/// registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    /// Cluster → the hubs its agent has tunnels to (registry ids), in the registry's order.
+    pub holders: HashMap<String, Vec<String>>,
+    /// Hub id → `host:port` of its agent listener.
+    pub endpoints: HashMap<String, String>,
+}
+
+/// One hub a request may be forwarded to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its registry id.
+    pub hub: String,
+    /// Its agent listener, `host:port`.
+    pub endpoint: String,
+}
+
+/// A link's entry: up, or being dialled (requests that need it meanwhile wait for the dial).
+#[derive(Debug)]
+enum LinkSlot {
+    Up {
+        tx: mpsc::Sender<TunnelCmd>,
+        generation: u64,
+    },
+    Dialing(Vec<oneshot::Sender<Result<mpsc::Sender<TunnelCmd>, String>>>),
+}
+
+/// The peer links of this hub and its directory, shared by every core.
+#[derive(Debug)]
+pub struct Peers {
+    hub_id: String,
+    /// TLS for dialling (this hub's certificate; the CA agents' certificates come from);
+    /// `None`: peering is off (no client CA configured).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    dir: RwLock<Directory>,
+    links: DashMap<String, LinkSlot>,
+    next_generation: AtomicU64,
+    idle: Duration,
+}
+
+/// Why a request could not be given to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// Peering is not configured.
+    #[error("hub-to-hub forwarding is not configured on this hub")]
+    Off,
+    /// The dial or handshake failed.
+    #[error("cannot reach hub {hub}: {why}")]
+    Unreachable {
+        /// The hub.
+        hub: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Peers {
+    /// Peers of hub `hub_id`, dialling with `tls` (`None`: no peering), closing links idle
+    /// for `idle`.
+    pub fn new(hub_id: &str, tls: Option<Arc<rustls::ClientConfig>>, idle: Duration) -> Peers {
+        Peers {
+            hub_id: hub_id.to_owned(),
+            tls,
+            dir: RwLock::new(Directory::default()),
+            links: DashMap::new(),
+            next_generation: AtomicU64::new(0),
+            idle,
+        }
+    }
+
+    /// This hub's id.
+    pub fn hub_id(&self) -> &str {
+        &self.hub_id
+    }
+
+    /// How long a dialled link may stay without a stream.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle
+    }
+
+    /// Replaces the directory.
+    pub fn set_directory(&self, dir: Directory) {
+        *self.dir.write().unwrap_or_else(|e| e.into_inner()) = dir;
+    }
+
+    /// The directory as it is now.
+    pub fn directory(&self) -> Directory {
+        self.dir.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The other hubs holding `cluster`, in the registry's order (this hub excluded; hubs
+    /// without a known endpoint skipped).
+    pub fn holders(&self, cluster: &str) -> Vec<Holder> {
+        if self.tls.is_none() {
+            return Vec::new();
+        }
+        let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
+        dir.holders
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|h| **h != self.hub_id)
+            .filter_map(|h| {
+                dir.endpoints.get(h).map(|e| Holder {
+                    hub: h.clone(),
+                    endpoint: e.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Links up now (hub ids), for the admin listener and tests.
+    pub fn links(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .links
+            .iter()
+            .filter(|e| matches!(e.value(), LinkSlot::Up { .. }))
+            .map(|e| e.key().clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Forgets link `generation` to `hub` (it closed, or was told to go away).
+    pub(crate) fn unregister(&self, hub: &str, generation: u64) {
+        self.links.remove_if(
+            hub,
+            |_, slot| matches!(slot, LinkSlot::Up { generation: g, .. } if *g == generation),
+        );
+    }
+
+    /// The command channel of the link to `holder`, dialling it on this core if there is
+    /// none (one dial at a time per hub: concurrent callers wait for it).
+    pub async fn link(
+        &self,
+        holder: &Holder,
+        ctx: &Rc<TunnelCtx>,
+    ) -> Result<mpsc::Sender<TunnelCmd>, PeerError> {
+        let Some(tls) = &self.tls else {
+            return Err(PeerError::Off);
+        };
+        let wait = match self.links.entry(holder.hub.clone()) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                LinkSlot::Up { tx, .. } if !tx.is_closed() => return Ok(tx.clone()),
+                LinkSlot::Up { .. } => {
+                    e.insert(LinkSlot::Dialing(Vec::new()));
+                    None
+                }
+                LinkSlot::Dialing(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+            },
+            Entry::Vacant(v) => {
+                v.insert(LinkSlot::Dialing(Vec::new()));
+                None
+            }
+        };
+        let unreachable = |why: String| PeerError::Unreachable {
+            hub: holder.hub.clone(),
+            why,
+        };
+        if let Some(rx) = wait {
+            return match rx.await {
+                Ok(r) => r.map_err(unreachable),
+                Err(_) => Err(unreachable("the dial was abandoned".into())),
+            };
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let dialled = dial(&self.hub_id, holder, tls.clone(), generation, ctx).await;
+        let waiters = match self.links.remove(&holder.hub) {
+            Some((_, LinkSlot::Dialing(w))) => w,
+            _ => Vec::new(),
+        };
+        match &dialled {
+            Ok(tx) => {
+                info!(hub = %holder.hub, endpoint = %holder.endpoint, "peer link up");
+                self.links.insert(
+                    holder.hub.clone(),
+                    LinkSlot::Up {
+                        tx: tx.clone(),
+                        generation,
+                    },
+                );
+            }
+            Err(e) => debug!(hub = %holder.hub, "peer link failed: {e}"),
+        }
+        for w in waiters {
+            let _ = w.send(dialled.clone());
+        }
+        dialled.map_err(unreachable)
+    }
+}
+
+/// Dials `holder`'s agent listener: TCP, TLS 1.3 with this hub's certificate, HELLO with the
+/// PEER capability (cluster id = this hub's id, as its certificate says), HELLO_ACK; then the
+/// link runs on this core ([`crate::tunnel::start_dialed`]).
+async fn dial(
+    hub_id: &str,
+    holder: &Holder,
+    tls: Arc<rustls::ClientConfig>,
+    generation: u64,
+    ctx: &Rc<TunnelCtx>,
+) -> Result<mpsc::Sender<TunnelCmd>, String> {
+    let deadline = ctx.limits.handshake_timeout();
+    let host = holder
+        .endpoint
+        .rsplit_once(':')
+        .map_or(holder.endpoint.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("bad endpoint {:?}: {e}", holder.endpoint))?;
+    let tcp = monoio::time::timeout(
+        deadline,
+        monoio::net::TcpStream::connect(holder.endpoint.as_str()),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let conn = rustls::ClientConnection::new(tls, name).map_err(|e| format!("TLS: {e}"))?;
+    let stream = crate::tls::handshake(tcp, conn.into(), deadline)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut rd, mut wr) = stream.into_split();
+    let offer = Offer {
+        capabilities: Capabilities::PEER,
+        settings: ctx.limits.settings(),
+        ..Offer::default()
+    };
+    let hello = Hello {
+        min_version: offer.min_version,
+        max_version: offer.max_version,
+        capabilities: offer.capabilities,
+        settings: offer.settings,
+        agent_id: hub_id.to_owned(),
+        cluster_id: hub_id.to_owned(),
+        software: format!("kubehub-hub {}", env!("CARGO_PKG_VERSION")),
+        labels: Vec::new(),
+    };
+    let mut eb = EncodeBuf::new();
+    eb.push(&Frame::Hello(hello));
+    let parts: Vec<&[u8]> = eb.slices().collect();
+    wr.write_all(&parts)
+        .await
+        .map_err(|e| format!("sending HELLO: {e}"))?;
+    let mut buf = BytesMut::new();
+    let mut decoder = Decoder::default();
+    let first = monoio::time::timeout(deadline, async {
+        loop {
+            if let Some(f) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                return Ok::<_, String>(f);
+            }
+            match rd.read(&mut buf).await {
+                Ok(0) => return Err("closed before HELLO_ACK".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading HELLO_ACK: {e}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no HELLO_ACK in time".to_owned())??;
+    let ack = match first {
+        Frame::HelloAck(a) => a,
+        Frame::GoAway(g) => return Err(format!("refused ({}): {}", g.code, g.message)),
+        f => return Err(format!("expected HELLO_ACK, got {}", f.frame_type().name())),
+    };
+    if !ack.capabilities.contains(Capabilities::PEER) {
+        return Err("the hub does not accept peer links".into());
+    }
+    let agreed = handshake::confirm(&offer, &ack).map_err(str::to_owned)?;
+    Ok(crate::tunnel::start_dialed(
+        rd,
+        wr,
+        buf,
+        &agreed,
+        &holder.hub,
+        generation,
+        ctx,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_skip_this_hub_and_hubs_without_an_endpoint() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        let p = Peers::new("hub-a", Some(tls), Duration::from_secs(60));
+        let mut d = Directory::default();
+        d.holders.insert(
+            "edge-1".into(),
+            vec!["hub-a".into(), "hub-b".into(), "hub-c".into()],
+        );
+        d.endpoints.insert("hub-a".into(), "10.0.0.1:7443".into());
+        d.endpoints.insert("hub-b".into(), "10.0.0.2:7443".into());
+        p.set_directory(d);
+        assert_eq!(
+            p.holders("edge-1"),
+            vec![Holder {
+                hub: "hub-b".into(),
+                endpoint: "10.0.0.2:7443".into()
+            }]
+        );
+        assert!(p.holders("edge-2").is_empty());
+        let off = Peers::new("hub-a", None, Duration::from_secs(60));
+        off.set_directory(p.directory());
+        assert!(off.holders("edge-1").is_empty(), "peering off: no holders");
+    }
+}

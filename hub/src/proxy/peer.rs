@@ -1,0 +1,483 @@
+//! `peer`: a request for a cluster whose tunnel another hub holds ([`crate::peers`]).
+//!
+//! One stream on the peer link per request, in both hubs' terms an ordinary duplex stream:
+//! * **this hub** ([`relay`]), after `authenticate → resolve → authorize` found no tunnel
+//!   here, opens a stream (method [`METHOD`]) on a holder's link and writes the user's
+//!   request onto it as HTTP/1.1 bytes — the head as received (credentials included: the
+//!   holder authenticates and authorizes again with the same access data, so no hub has to
+//!   trust another's decision), then the body with its own framing — and copies the bytes
+//!   that come back to the user unchanged. After an ordinary answer it ends its half; after
+//!   a `101` both directions carry the session until each side ends (as in `upgrade`).
+//! * **the holder** ([`serve_stream`]) answers the stream `200`, then serves the bytes as a
+//!   user connection carrying one request, through the same phases (cache, tunnel, upgrade),
+//!   except that it never forwards to a third hub.
+//!
+//! Before the holder accepted a stream nothing was processed: a refused stream (the link is
+//! draining) or a failed dial moves on to the next holder. After that the usual rule holds
+//! (`error`: no 503 once the request may have reached an agent).
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kubehub_wire::{ErrorCode, StreamId};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::backend::{Backend, Exchange, Uplink};
+use super::error::{ProxyError, Reached};
+use super::respond::Responder;
+use super::{Conn, ProxyCtx, Writer};
+use crate::http::{self, BodyDecoder, BodyKind, BodyPart, RequestHead};
+use crate::metrics::CodeLabel;
+use crate::peers::Holder;
+use crate::registry::{self, AgentHandle, StreamEvent, TunnelCmd};
+
+/// The method of a peer stream's REQUEST (`PROTOCOL.md` §12).
+pub const METHOD: &str = "KUBEHUB-PEER";
+
+/// The field naming the hub a peer stream comes from.
+pub const VIA: &str = "KubeHub-Via";
+
+/// Response bytes written before their credit goes back (as in `respond`).
+const RELEASE_BATCH: u32 = 32 * 1024;
+
+/// A stream another hub opened on its peer link, as the tunnel hands it over.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The stream.
+    pub stream: StreamId,
+    /// The link's command channel (to answer on).
+    pub tunnel: mpsc::Sender<TunnelCmd>,
+    /// What arrives on the stream.
+    pub events: mpsc::UnboundedReceiver<StreamEvent>,
+    /// The hub that opened it.
+    pub origin: String,
+}
+
+/// The writing half of a peer stream, for the holder's proxy: what it writes becomes DATA, one
+/// chunk in flight (the stream's window holds back a reader that stalls, and no other stream).
+#[derive(Debug)]
+pub struct StreamWriter {
+    up: Uplink,
+    chunk: usize,
+    ended: bool,
+}
+
+impl StreamWriter {
+    async fn send(&mut self, data: Bytes, end: bool) -> io::Result<()> {
+        if self.up.send_body(data, end).await {
+            self.ended |= end;
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer stream is gone",
+            ))
+        }
+    }
+
+    /// Writes `chunks` in order, in DATA of at most the link's chunk size.
+    pub async fn write_all(&mut self, chunks: &[&[u8]]) -> io::Result<()> {
+        let mut cur = BytesMut::new();
+        for c in chunks {
+            let mut c: &[u8] = c;
+            while !c.is_empty() {
+                let n = (self.chunk - cur.len()).min(c.len());
+                cur.extend_from_slice(&c[..n]);
+                c = &c[n..];
+                if cur.len() == self.chunk {
+                    self.send(cur.split().freeze(), false).await?;
+                }
+            }
+        }
+        if !cur.is_empty() {
+            self.send(cur.freeze(), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends this side's half of the stream.
+    pub async fn close(&mut self) -> io::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.send(Bytes::new(), true).await
+    }
+
+    /// Resets the stream (the exchange broke).
+    pub async fn abort(&mut self) {
+        self.up.cancel().await;
+        self.ended = true;
+    }
+}
+
+/// Serves one stream another hub opened: its bytes are one HTTP/1.1 request, answered as a
+/// user connection's would be (never forwarded to a third hub), then this side's half ends.
+pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
+    let Accepted {
+        stream,
+        tunnel,
+        mut events,
+        origin,
+    } = s;
+    // The stream's bytes into the connection's inbound channel, credit returned as they are
+    // taken: a holder that stops reading stops the other hub after one window.
+    let (in_tx, inbound) = mpsc::channel::<BytesMut>(4);
+    let pump_tunnel = tunnel.clone();
+    monoio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                StreamEvent::Data(d) => {
+                    let n = d.len() as u32;
+                    // A consumer that is done takes nothing more; the credit still goes back.
+                    let _ = in_tx.send(BytesMut::from(&d[..])).await;
+                    let _ = pump_tunnel.send(TunnelCmd::Release { stream, n }).await;
+                }
+                StreamEvent::End | StreamEvent::Reset(_) => break,
+                StreamEvent::Head { .. } | StreamEvent::Trailers(_) => {}
+            }
+        }
+    });
+    let mut conn = Conn {
+        buf: BytesMut::new(),
+        max_buffered: 2 * ctx.limits.max_header_bytes.max(ctx.limits.data_chunk),
+        inbound,
+        wr: Writer::Stream(StreamWriter {
+            up: Uplink::new(stream, tunnel),
+            chunk: ctx.limits.data_chunk,
+            ended: false,
+        }),
+        via_peer: Some(origin),
+    };
+    match super::read_head(&ctx, &mut conn).await {
+        Ok(Some(head)) => {
+            let span = tracing::debug_span!(
+                "request",
+                method = %String::from_utf8_lossy(&head.method),
+                cluster = tracing::field::Empty,
+                user = tracing::field::Empty,
+                stream = tracing::field::Empty,
+            );
+            let _ =
+                tracing::Instrument::instrument(super::handle(&ctx, head, &mut conn), span).await;
+        }
+        Ok(None) => {}
+        Err(status) => {
+            let _ = conn
+                .wr
+                .write_all(&[&http::status_response(&status, true, false)])
+                .await;
+        }
+    }
+    let _ = conn.wr.close().await;
+}
+
+/// The request head as it came, for the holder to read again: request line, every field
+/// (credentials too: the holder authenticates on its own) and the blank line.
+fn head_bytes(head: &RequestHead) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(&head.method);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(&head.target);
+    out.extend_from_slice(if head.http11 {
+        b" HTTP/1.1\r\n"
+    } else {
+        b" HTTP/1.0\r\n"
+    });
+    for (n, v) in &head.fields {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// Forwards the request on `conn` to the first of `holders` that takes it, and relays the
+/// answer. Returns whether the user's connection may carry another request.
+pub async fn relay(
+    ctx: &ProxyCtx,
+    head: &RequestHead,
+    conn: &mut Conn,
+    mut out: Responder<'_>,
+    cluster: &str,
+    holders: Vec<Holder>,
+) -> bool {
+    let started = Instant::now();
+    let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
+    let request = head_bytes(head);
+    let mut ex = None;
+    for h in &holders {
+        match open(ctx, h, cluster, request.clone(), deadline).await {
+            Ok(e) => {
+                ex = Some(e);
+                break;
+            }
+            Err(why) => debug!(hub = %h.hub, "not forwarded there: {why}"),
+        }
+    }
+    let Some(mut ex) = ex else {
+        let e = ProxyError::Offline {
+            cluster: cluster.to_owned(),
+            why: "no hub holding its tunnel could be reached",
+        };
+        return out.error(conn, &e, Reached::Hub).await;
+    };
+    tracing::Span::current().record("stream", ex.stream_id());
+    if http::upgrade_of(head).is_some() {
+        // The holder writes the 101 (or its refusal) itself; from here on both ways are bytes.
+        let idle = Duration::from_millis(ctx.limits.upgrade_idle_timeout_ms);
+        let end = super::upgrade::pump(conn, ex, idle, started).await;
+        debug!(end = ?end, "peer session ended");
+        return false;
+    }
+    // The body, framed as the head says (the holder decodes it again).
+    let body_done = match upload(ctx, head, conn, &mut ex).await {
+        Ok(done) => done,
+        Err(e) => {
+            ex.cancel().await;
+            return out.error(conn, &e, Reached::MaybeAgent).await;
+        }
+    };
+    let (status, close) = match download(conn, &mut ex, cluster).await {
+        Ok(x) => x,
+        Err(e) => {
+            ex.cancel().await;
+            if let Some(e) = e {
+                return out.error(conn, &e, Reached::MaybeAgent).await;
+            }
+            return false;
+        }
+    };
+    // The answer is complete: end this side's half too.
+    let _ = ex.send_body(Bytes::new(), true).await;
+    ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .requests
+        .get_or_create(&CodeLabel { code: status })
+        .inc();
+    body_done && !close && head.keep_alive
+}
+
+/// Opens a stream on `holder`'s link and sends the request head; `Ok` once the holder
+/// accepted it (`200`). Every failure here happened before the holder processed anything.
+async fn open(
+    ctx: &ProxyCtx,
+    holder: &Holder,
+    cluster: &str,
+    request: Bytes,
+    deadline: Duration,
+) -> Result<Exchange, String> {
+    let tx = ctx
+        .peers
+        .link(holder, &ctx.tunnels)
+        .await
+        .map_err(|e| e.to_string())?;
+    let backend = Backend::Tunnel(AgentHandle {
+        tx,
+        generation: 0,
+        agent_id: holder.hub.clone(),
+    });
+    let open_head = registry::RequestHead {
+        method: Bytes::from_static(METHOD.as_bytes()),
+        path: Bytes::from(format!("/clusters/{cluster}")),
+        fields: vec![(
+            Bytes::from_static(VIA.as_bytes()),
+            Bytes::from(ctx.peers.hub_id().to_owned()),
+        )],
+    };
+    let mut ex = backend
+        .open(cluster, open_head, false, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !ex.send_body(request, false).await {
+        // The answer (a refusal) is waiting in the events.
+    }
+    let first = monoio::select! {
+        ev = ex.next() => ev,
+        _ = monoio::time::sleep(deadline) => {
+            ex.cancel().await;
+            return Err("the hub did not accept the stream in time".into());
+        }
+    };
+    match first {
+        Some(StreamEvent::Head { status: 200, .. }) => Ok(ex),
+        Some(StreamEvent::Head { status, .. }) => {
+            ex.cancel().await;
+            Err(format!("refused with {status}"))
+        }
+        Some(StreamEvent::Reset(code)) if code == ErrorCode::REFUSED_STREAM => {
+            Err("refused (the link is draining)".into())
+        }
+        Some(other) => Err(format!("unexpected {other:?}")),
+        None => Err("the link closed".into()),
+    }
+}
+
+/// Sends the request body as it arrives, in the framing the head announced (one chunk in
+/// flight). `Ok(true)`: all of it went, the connection can carry another request.
+async fn upload(
+    ctx: &ProxyCtx,
+    head: &RequestHead,
+    conn: &mut Conn,
+    ex: &mut Exchange,
+) -> Result<bool, ProxyError> {
+    if head.body == BodyKind::None {
+        return Ok(true);
+    }
+    let chunked = head.body == BodyKind::Chunked;
+    let mut dec = BodyDecoder::new(head.body);
+    loop {
+        let part = dec.decode(&mut conn.buf, ctx.limits.data_chunk);
+        let data = match part {
+            Ok(BodyPart::Data(data)) if chunked => {
+                let mut framed = BytesMut::with_capacity(data.len() + 16);
+                framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(b"\r\n");
+                framed.freeze()
+            }
+            Ok(BodyPart::Data(data)) => data,
+            Ok(BodyPart::End) if chunked => Bytes::from_static(b"0\r\n\r\n"),
+            Ok(BodyPart::End) => return Ok(true),
+            Ok(BodyPart::More) => {
+                let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+                match monoio::time::timeout(idle, conn.read_more()).await {
+                    Ok(true) => continue,
+                    Ok(false) => return Err(ProxyError::ClientGone),
+                    Err(_) => return Err(ProxyError::BodyTimeout(idle)),
+                }
+            }
+            Err(e) => return Err(ProxyError::BadBody(e.to_string())),
+        };
+        let last = data.as_ref() == b"0\r\n\r\n" && chunked;
+        if !ex.send_body(data, false).await {
+            // The holder answered early (or the stream broke): the rest of the body stays
+            // on the user's connection, which cannot carry another request.
+            return Ok(false);
+        }
+        if last {
+            return Ok(true);
+        }
+    }
+}
+
+/// Copies the holder's answer to the user until the holder ends its half: `(status, close)`
+/// of its head. `Err(None)`: the user went away (nothing more to say); `Err(Some)`: the
+/// stream broke before the answer began.
+async fn download(
+    conn: &mut Conn,
+    ex: &mut Exchange,
+    cluster: &str,
+) -> Result<(u16, bool), Option<ProxyError>> {
+    let mut head = Vec::new();
+    let mut parsed: Option<(u16, bool)> = None;
+    let mut unreleased: u32 = 0;
+    loop {
+        let ev = monoio::select! {
+            ev = ex.next() => ev,
+            more = conn.read_more() => {
+                if !more {
+                    return Err(None);
+                }
+                continue;
+            },
+        };
+        match ev {
+            Some(StreamEvent::Data(d)) => {
+                if parsed.is_none() {
+                    head.extend_from_slice(&d);
+                    parsed = response_head(&head);
+                }
+                if conn.wr.write_all(&[&d]).await.is_err() {
+                    return Err(None);
+                }
+                unreleased += d.len() as u32;
+                if unreleased >= RELEASE_BATCH || !ex.has_queued() {
+                    ex.release(std::mem::take(&mut unreleased)).await;
+                }
+            }
+            Some(StreamEvent::End) => {
+                return match parsed {
+                    Some(p) => Ok(p),
+                    None if head.is_empty() => Err(Some(ProxyError::Offline {
+                        cluster: cluster.to_owned(),
+                        why: "the hub holding its tunnel answered nothing",
+                    })),
+                    // Bytes went to the user already: all that is left is to close.
+                    None => Ok((502, true)),
+                };
+            }
+            Some(StreamEvent::Head { .. }) | Some(StreamEvent::Trailers(_)) => {}
+            Some(StreamEvent::Reset(_)) | None => {
+                return if head.is_empty() {
+                    Err(Some(ProxyError::Offline {
+                        cluster: cluster.to_owned(),
+                        why: "the link to the hub holding its tunnel broke",
+                    }))
+                } else {
+                    Err(None)
+                };
+            }
+        }
+    }
+}
+
+/// The status of a complete response head at the start of `buf`, and whether it closes the
+/// connection; `None` until the head is complete.
+fn response_head(buf: &[u8]) -> Option<(u16, bool)> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut fields);
+    match r.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {
+            let close = r.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && h.value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            });
+            Some((r.code.unwrap_or(0), close))
+        }
+        Ok(httparse::Status::Partial) => None,
+        // Not HTTP: relayed as it is; the connection cannot be trusted after it.
+        Err(_) => Some((502, true)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_is_sent_as_it_came() {
+        let mut buf = BytesMut::from(
+            &b"POST /clusters/a/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        );
+        let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
+        let bytes = head_bytes(&head);
+        let mut again = BytesMut::from(&bytes[..]);
+        let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
+        assert_eq!(reparsed.method, head.method);
+        assert_eq!(reparsed.target, head.target);
+        assert_eq!(reparsed.fields, head.fields);
+        assert_eq!(reparsed.body, BodyKind::Chunked);
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn response_heads_are_read_once_complete() {
+        assert_eq!(response_head(b"HTTP/1.1 200 OK\r\nContent-Le"), None);
+        assert_eq!(
+            response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            Some((200, false))
+        );
+        assert_eq!(
+            response_head(b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive, close\r\n\r\n"),
+            Some((400, true))
+        );
+        assert_eq!(response_head(b"\x00\x01garbage\r\n\r\n"), Some((502, true)));
+    }
+}

@@ -1,0 +1,254 @@
+//! Hub-to-hub forwarding: a hub that holds no tunnel to a cluster serves its users through a
+//! peer link to the hub that does (`hub/src/peers.rs`, `hub/src/proxy/peer.rs`). What a user
+//! of the second hub sees must be what a user of the first sees: cached reads, writes, watches,
+//! logs, exec and port-forward; one stalled stream on the link holds back no other; a user who
+//! goes away ends the request at the holder too.
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
+use kubehub_testkit::stack as common;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kubehub_hub::config::Limits;
+use kubehub_sim::ClusterConfig;
+use kubehub_testkit::kubectl::Transport;
+use kubehub_testkit::Kubectl;
+use serde_json::Value;
+
+fn stack() -> common::Stack {
+    common::start(
+        ClusterConfig {
+            log_interval: Duration::from_millis(100),
+            ..ClusterConfig::default()
+        },
+        Limits::default(),
+    )
+}
+
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads, writes and discovery through a hub without the tunnel give what the holder gives.
+#[test]
+fn a_hub_without_the_tunnel_serves_the_cluster_through_a_peer() {
+    let s = stack();
+    let (other, kubeconfig) = s.peer_hub("hub-c", Limits::default());
+    let k = Kubectl::new(&kubeconfig, s.path());
+    let direct = s.ok(&["get", "pods", "-A", "-o", "name"]);
+    let via = k.ok(&["get", "pods", "-A", "-o", "name"]);
+    assert!(!direct.trim().is_empty());
+    assert_eq!(via, direct, "the same pods through either hub");
+    // The holder answered from its cache: no second list reached the edge for it.
+    assert_eq!(other.peers.links(), ["hub-test"], "one link, to the holder");
+    // A write through the other hub lands at the edge and is read back through both.
+    assert_eq!(
+        k.ok(&["create", "configmap", "via-peer", "--from-literal=a=b"])
+            .trim(),
+        "configmap/via-peer created"
+    );
+    let ty = s.cluster.type_index("", "v1", "configmaps").unwrap();
+    let cm: Value =
+        serde_json::from_slice(&s.cluster.get(ty, Some("default"), "via-peer").unwrap()).unwrap();
+    assert_eq!(cm["data"]["a"], "b");
+    eventually("the holder's cache to see it", || {
+        s.ok(&["get", "configmap", "via-peer", "-o", "jsonpath={.data.a}"]) == "b"
+    });
+    assert_eq!(
+        k.ok(&["get", "configmap", "via-peer", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+    // Errors come back as the holder words them, with their codes.
+    let o = k.output(&["get", "configmap", "nope"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("configmaps \"nope\" not found"),
+        "{o:?}"
+    );
+    // Several objects in one command, each its own request and stream.
+    let out = k.ok(&["get", "ns", "default", "kube-system", "-o", "name"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // Without a holder in its directory the hub has nowhere to send it: kube-apiserver's
+    // 503, which clients retry.
+    other
+        .peers
+        .set_directory(kubehub_hub::peers::Directory::default());
+    let o = k.output(&["get", "pods", "-A"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is offline"),
+        "{o:?}"
+    );
+}
+
+/// A watch and `logs -f` stream through the link; a user who goes away ends them at the
+/// holder too (no stream is left open there).
+#[test]
+fn watches_and_logs_stream_across_the_hop_and_end_with_the_user() {
+    let s = stack();
+    let (other, kubeconfig) = s.peer_hub("hub-c", Limits::default());
+    let k = Kubectl::new(&kubeconfig, s.path());
+    let mut w = k
+        .cmd(&["get", "configmaps", "-n", "default", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.ok(&["create", "configmap", "watched", "--from-literal=a=b"]);
+    let mut out = w.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("configmap/watched") {
+                let _ = tx.send(seen.clone());
+            }
+        }
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the watch saw the create");
+    assert!(seen.contains("configmap/watched"), "{seen}");
+    let streams = |h: &kubehub_hub::server::Hub| h.metrics.streams.get();
+    assert!(streams(&s.hub) >= 1, "the watch is a stream at the holder");
+    let _ = w.kill();
+    let _ = w.wait();
+    eventually("the holder's stream to end with the user", || {
+        streams(&s.hub) == 0
+    });
+    assert_eq!(streams(&other), 0);
+
+    // logs -f: lines keep coming through the hop.
+    let ty = s.cluster.type_index("", "v1", "pods").unwrap();
+    let (ns, pod) = s.cluster.keys(ty)[0].clone();
+    let mut l = k
+        .cmd(&["logs", "-f", &pod, "-n", &ns, "--tail=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = l.stdout.take().unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut lines = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while lines < 3 && Instant::now() < until {
+        let n = out.read(&mut buf).unwrap();
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    assert!(lines >= 3, "log lines streamed through the peer link");
+    let _ = l.kill();
+    let _ = l.wait();
+    eventually("the log stream to end at the holder", || {
+        streams(&s.hub) == 0
+    });
+}
+
+/// A running pod with a declared port: (namespace, name, container, port).
+fn pod(s: &common::Stack) -> (String, String, String, u16) {
+    let out = s.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name} {.status.phase} {.spec.containers[0].name} {.spec.containers[0].ports[0].containerPort}{\"\\n\"}{end}",
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("Running") && l.split(' ').count() == 5)
+        .unwrap_or_else(|| panic!("a running pod with a port: {out}"));
+    let f: Vec<&str> = line.split(' ').collect();
+    (f[0].into(), f[1].into(), f[3].into(), f[4].parse().unwrap())
+}
+
+/// exec and port-forward cross the hop (the holder writes the 101; both directions are
+/// bytes), and a stalled exec reader on the link does not hold back other requests on it.
+#[test]
+fn exec_and_port_forward_through_a_peer_and_a_stalled_stream_holds_back_no_other() {
+    let s = stack();
+    let (_other, kubeconfig) = s.peer_hub("hub-c", Limits::default());
+    let k = Kubectl::new(&kubeconfig, s.path());
+    let (ns, pod, container, port) = pod(&s);
+    let exec = |argv: &[&str]| {
+        let mut a = vec!["exec", "-n", &ns, &pod, "-c", &container, "--"];
+        a.extend_from_slice(argv);
+        k.output(&a)
+    };
+    for t in Transport::BOTH {
+        let mut a = vec![
+            "exec", "-n", &ns, &pod, "-c", &container, "--", "echo", "hi",
+        ];
+        let o = k.output_over(t, &a);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n", "{t:?}: {o:?}");
+        a.truncate(7);
+        a.extend(["sh", "-c", "exit 3"]);
+        let o = k.output_over(t, &a);
+        assert!(!o.status.success(), "{t:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("exit code 3"),
+            "{t:?}: {o:?}"
+        );
+    }
+    // A big exec output nobody reads: its stream fills its window on the link and waits.
+    let mut big = k
+        .cmd(&[
+            "exec",
+            "-n",
+            &ns,
+            &pod,
+            "-c",
+            &container,
+            "--",
+            "head",
+            "-c",
+            "104857600",
+            "/dev/zero",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile other requests on the same link are served.
+    for i in 0..10 {
+        let out = k.ok(&["get", "ns", "default", "-o", "name"]);
+        assert_eq!(out.trim(), "namespace/default", "request {i}");
+    }
+    let o = exec(&["echo", "still"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "still\n");
+    // Then the stalled reader drains everything, in order.
+    let mut reader = big.stdout.take().unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0));
+        total += n as u64;
+    }
+    assert!(big.wait().unwrap().success());
+    assert_eq!(total, 104_857_600);
+    // port-forward: HTTP to the pod's port through both hubs.
+    let target = format!("pod/{pod}");
+    let forward = k.port_forward(Transport::WebSocket, &["-n", &ns, &target], &[port]);
+    let local = forward.local(port);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /via-peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("/via-peer"), "{answer}");
+}
