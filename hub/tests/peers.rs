@@ -252,3 +252,37 @@ fn exec_and_port_forward_through_a_peer_and_a_stalled_stream_holds_back_no_other
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("/via-peer"), "{answer}");
 }
+
+/// A holder that cannot be reached is passed over for the next one; an idle link closes and
+/// the next request dials again.
+#[test]
+fn unreachable_holders_are_passed_over_and_idle_links_close() {
+    let s = stack();
+    let limits = Limits {
+        peer_idle_timeout_ms: 2000,
+        ..Limits::default()
+    };
+    let (other, kubeconfig) = s.peer_hub("hub-c", limits);
+    let k = Kubectl::new(&kubeconfig, s.path());
+    // A dead hub first in the directory (nothing listens on its port), the holder second.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let mut dir = other.peers.directory();
+    dir.holders.insert(
+        common::CLUSTER.into(),
+        vec!["hub-dead".into(), s.hub_id().into()],
+    );
+    dir.endpoints.insert("hub-dead".into(), dead_addr);
+    other.peers.set_directory(dir);
+    assert!(k
+        .ok(&["get", "ns", "-o", "name"])
+        .contains("namespace/default"));
+    assert_eq!(other.peers.links(), ["hub-test"]);
+    eventually("the idle link to close", || other.peers.links().is_empty());
+    // The next request dials again.
+    assert!(k
+        .ok(&["get", "ns", "-o", "name"])
+        .contains("namespace/default"));
+    assert_eq!(other.peers.links(), ["hub-test"]);
+}
