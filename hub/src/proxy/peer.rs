@@ -40,6 +40,10 @@ pub const METHOD: &str = "KUBEHUB-PEER";
 /// The field naming the hub a peer stream comes from.
 pub const VIA: &str = "KubeHub-Via";
 
+/// A holder's response head longer than this is not looked into (the bytes still go to the
+/// user, and the connection closes after them).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// Response bytes written before their credit goes back (as in `respond`).
 const RELEASE_BATCH: u32 = 32 * 1024;
 
@@ -293,9 +297,9 @@ async fn open(
         .open(cluster, open_head, false, true)
         .await
         .map_err(|e| e.to_string())?;
-    if !ex.send_body(request, false).await {
-        // The answer (a refusal) is waiting in the events.
-    }
+    // The head goes with the open, before the holder accepted: a GET costs no extra round
+    // trip. If the stream is refused instead, the refusal is the first event below.
+    let _ = ex.send_body(request, false).await;
     let first = monoio::select! {
         ev = ex.next() => ev,
         _ = monoio::time::sleep(deadline) => {
@@ -391,6 +395,10 @@ async fn download(
                 if parsed.is_none() {
                     head.extend_from_slice(&d);
                     parsed = response_head(&head);
+                    if parsed.is_none() && head.len() > MAX_RESPONSE_HEAD {
+                        // Relayed as it is; the connection cannot be trusted after it.
+                        parsed = Some((502, true));
+                    }
                 }
                 if conn.wr.write_all(&[&d]).await.is_err() {
                     return Err(None);
