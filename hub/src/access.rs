@@ -81,6 +81,8 @@ pub struct Access {
     last_contact_ms: AtomicU64,
     /// Unix milliseconds since which meta is not connected.
     disconnected_since_ms: AtomicU64,
+    /// Cut from meta longer than this: not current ([`Access::is_current`]).
+    unready_after: Option<Duration>,
 }
 
 /// Now, in Unix milliseconds.
@@ -106,12 +108,17 @@ impl Access {
             connected: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(0),
             disconnected_since_ms: AtomicU64::new(unix_ms()),
+            unready_after: None,
         }
     }
 
-    /// An index to be fed by meta's sync feed at `url` (not ready until its first snapshot).
-    pub fn for_meta(url: &str) -> Access {
-        Access::new(Source::Meta(url.to_owned()))
+    /// An index to be fed by meta's sync feed at `url` (not ready until its first snapshot;
+    /// not ready again once cut from meta for longer than `unready_after`, if given).
+    pub fn for_meta(url: &str, unready_after: Option<Duration>) -> Access {
+        Access {
+            unready_after,
+            ..Access::new(Source::Meta(url.to_owned()))
+        }
     }
 
     /// An index holding `lines` (a static source, as [`Access::from_file`] reads one; for
@@ -167,6 +174,16 @@ impl Access {
     /// Whether requests can be decided (a snapshot was applied).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the hub should take new users: requests can be decided, and it is not cut from
+    /// meta for longer than `[meta] unready_after_ms` (a partitioned hub keeps serving what
+    /// it has, but its access data and directory age: users are better served elsewhere).
+    pub fn is_current(&self) -> bool {
+        self.is_ready()
+            && self
+                .unready_after
+                .is_none_or(|limit| self.disconnected_for() <= limit)
     }
 
     /// Whether meta's feed is open now (a file source: always `true`).
@@ -347,17 +364,29 @@ mod tests {
 
     #[test]
     fn meta_readiness_says_how_current_the_data_is() {
-        let a = Access::for_meta("https://meta:7443");
-        assert!(!a.is_ready());
+        let a = Access::for_meta("https://meta:7443", Some(Duration::from_millis(200)));
+        assert!(!a.is_ready() && !a.is_current());
         assert!(a.readiness().contains("not connected"), "{}", a.readiness());
         a.set_connected(true);
         a.apply(&snapshot(3));
-        assert!(a.is_ready());
+        assert!(a.is_ready() && a.is_current());
         assert_eq!(a.readiness(), "meta: connected (revision 3)");
         a.set_connected(false);
         assert_eq!(
             a.readiness(),
             "meta: disconnected for 0s, serving with revision 3"
         );
+        // Cut off briefly: still current; beyond the limit: serving, but not current.
+        assert!(a.is_current());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(a.is_ready() && !a.is_current());
+        a.set_connected(true);
+        assert!(a.is_current(), "current again once meta is back");
+        // Without a limit a hub cut from meta stays current.
+        let b = Access::for_meta("https://meta:7443", None);
+        b.apply(&snapshot(1));
+        b.set_connected(false);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(b.is_current());
     }
 }

@@ -49,6 +49,11 @@
 //! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
 //! environment = ""                   # free-form label sent with the registration (e.g. "prod-eu")
 //! max_line_bytes = 268435456         # largest sync line accepted (a snapshot is one line)
+//! unready_after_ms = 30000           # cut from meta this long: /readyz answers 503 (the hub keeps
+//!                                    # serving with what it has; a load balancer sends new users
+//!                                    # to hubs whose access data and directory are current). 0:
+//!                                    # stay ready (choose 0 where a meta outage must not take
+//!                                    # every hub out of a load balancer that does not fail open)
 //!
 //! [user_listener]                    # HTTPS for kubectl and other clients
 //! listen = "0.0.0.0:8443"
@@ -375,6 +380,9 @@ pub struct MetaConfig {
     /// Largest sync line accepted.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// Cut from meta this long, the hub reports not ready (0: never).
+    #[serde(default = "default_unready_after_ms")]
+    pub unready_after_ms: u64,
 }
 
 fn default_heartbeat_timeout_ms() -> u64 {
@@ -388,6 +396,9 @@ fn default_backoff_max_ms() -> u64 {
 }
 fn default_register_interval_ms() -> u64 {
     5_000
+}
+fn default_unready_after_ms() -> u64 {
+    30_000
 }
 fn default_max_line_bytes() -> usize {
     256 * 1024 * 1024
@@ -412,6 +423,7 @@ impl MetaConfig {
             agent_endpoint: String::new(),
             environment: String::new(),
             max_line_bytes: default_max_line_bytes(),
+            unready_after_ms: default_unready_after_ms(),
         }
     }
 

@@ -253,7 +253,10 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
     let (agent_tls, agent_cert) = agent_tls(&cfg.agent_listener)?;
     let access = Arc::new(match (&cfg.access, &cfg.meta) {
         (Some(file), _) => Access::from_file(&file.file)?,
-        (None, Some(meta)) => Access::for_meta(&meta.url),
+        (None, Some(meta)) => Access::for_meta(
+            &meta.url,
+            (meta.unready_after_ms > 0).then(|| Duration::from_millis(meta.unready_after_ms)),
+        ),
         (None, None) => {
             return Err(crate::config::ConfigError::Invalid("no access source".into()).into())
         }
@@ -348,6 +351,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             metrics.clone(),
             caches.clone(),
             access.clone(),
+            drain_rx.clone(),
         );
         let max_conns = cfg.limits.max_connections;
         let t = std::thread::Builder::new()
@@ -528,7 +532,13 @@ fn clusters_json(registry: &Registry, caches: &Caches) -> String {
 }
 
 /// What the admin listener reports on.
-type AdminCtx = (Arc<Registry>, Arc<Metrics>, Arc<Caches>, Arc<Access>);
+type AdminCtx = (
+    Arc<Registry>,
+    Arc<Metrics>,
+    Arc<Caches>,
+    Arc<Access>,
+    tokio::sync::watch::Receiver<bool>,
+);
 
 async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
     loop {
@@ -536,7 +546,7 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (registry, metrics, caches, access) = ctx.clone();
+        let (registry, metrics, caches, access, drain) = ctx.clone();
         monoio::spawn(async move {
             let buf = vec![0u8; 4096];
             let (res, buf) = tcp.read(buf).await;
@@ -550,16 +560,24 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
             let route = path.split('?').next().unwrap_or_default();
             let (code, ctype, body) = match route {
                 "/healthz" | "/livez" => (200, "text/plain", "ok\n".to_owned()),
-                // Ready once requests can be decided: a first access snapshot applied. A hub
-                // that lost meta stays ready, serving with what it has (the body says so).
+                // Ready once requests can be decided (a first access snapshot applied), while
+                // not draining and not cut from meta beyond `[meta] unready_after_ms` (a
+                // partitioned hub keeps serving with what it has; the body says so).
                 "/readyz" => {
-                    let ready = access.is_ready();
+                    let draining = *drain.borrow();
+                    let ready = access.is_current() && !draining;
                     (
                         if ready { 200 } else { 503 },
                         "text/plain",
                         format!(
                             "{}: {} agents connected\n{}\n",
-                            if ready { "ok" } else { "not ready" },
+                            if draining {
+                                "not ready: draining"
+                            } else if ready {
+                                "ok"
+                            } else {
+                                "not ready"
+                            },
                             registry.connected(),
                             access.readiness()
                         ),

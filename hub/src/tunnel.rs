@@ -969,7 +969,9 @@ async fn read_loop(rd: &mut TlsReader, buf: &mut BytesMut, tunnel: &Rc<Tunnel>) 
 async fn writer(mut wr: TlsWriter, tunnel: Rc<Tunnel>) {
     let mut eb = EncodeBuf::new();
     let mut drain = tunnel.ctx.drain.clone();
-    let mut drain_watch = true;
+    // A link this hub dialled serves its own users' requests, which a draining hub still
+    // forwards (to hubs that stay): it does not drain with the hub.
+    let mut drain_watch = !matches!(tunnel.remote, Remote::PeerOut { .. });
     loop {
         // Everything the engine has, written out.
         loop {

@@ -286,3 +286,59 @@ fn unreachable_holders_are_passed_over_and_idle_links_close() {
         .contains("namespace/default"));
     assert_eq!(other.peers.links(), ["hub-test"]);
 }
+
+/// A hub draining for a restart: it reports not ready, its agents' tunnels go, and requests
+/// its users start after the drain began still succeed — forwarded to another hub that holds
+/// the cluster — each answer closing its connection so that clients reconnect elsewhere.
+#[test]
+fn a_draining_hub_forwards_new_requests_to_another_holder() {
+    let s = stack();
+    let (b, _) = s.peer_hub("hub-b", Limits::default());
+    // A second tunnel for the cluster, to hub-b (as an agent keeping tunnels to two hubs).
+    let mut cfg = s.agent_cfg.clone();
+    cfg.hubs = vec![b.agent_addr.to_string()];
+    cfg.agent_id = Some("agent-b".into());
+    let _agent_b = {
+        let _g = s.rt.enter();
+        kubehub_agent::Agent::start(cfg).unwrap()
+    };
+    eventually("the tunnel to hub-b", || b.registry.connected() == 1);
+    let mut dir = kubehub_hub::peers::Directory::default();
+    dir.holders.insert(
+        common::CLUSTER.into(),
+        vec![s.hub_id().into(), "hub-b".into()],
+    );
+    dir.endpoints
+        .insert(s.hub_id().into(), s.hub.agent_addr.to_string());
+    dir.endpoints
+        .insert("hub-b".into(), b.agent_addr.to_string());
+    s.hub.peers.set_directory(dir);
+    assert!(s.curl_admin("/readyz").starts_with("HTTP/1.1 200"));
+    // Before the drain: served here, the connection kept.
+    let r = s.hub_get("/api/v1/namespaces/default", &[]);
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("connection"), Some("close"));
+    assert!(s.hub.peers.links().is_empty(), "nothing forwarded yet");
+
+    assert!(
+        s.hub.shutdown(Duration::from_secs(10)),
+        "the tunnel drained"
+    );
+    let ready = s.curl_admin("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("draining"),
+        "{ready}"
+    );
+    // After: the same requests succeed through hub-b, and say the connection closes.
+    let r = s.hub_get("/api/v1/namespaces/default", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["metadata"]["name"], "default");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(s.hub.peers.links(), ["hub-b"]);
+    assert!(s.ok(&["get", "pods", "-A", "-o", "name"]).contains("pod/"));
+    assert_eq!(
+        s.ok(&["create", "configmap", "during-drain", "--from-literal=a=b"])
+            .trim(),
+        "configmap/during-drain created"
+    );
+}

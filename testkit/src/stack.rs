@@ -217,8 +217,11 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     };
     let ca = kubehub_pki::write_dev_set(d, &set).unwrap();
     let ca_path = d.join("ca.crt");
-    let hub_crt = d.join("hub.crt");
-    let hub_key = d.join("hub.key");
+    // The hub's certificate as enrollment issues it (O=kubehub:hubs, server and client
+    // authentication), so that it can also open peer links to other hubs.
+    let hub_cert = ca.issue_hub("hub-test", &["localhost", "127.0.0.1"]).unwrap();
+    let hub_crt = write(d, "hub.crt", &hub_cert.cert);
+    let hub_key = write(d, "hub.key", &hub_cert.key);
     let agent_crt = d.join(format!("agent-{CLUSTER}.crt"));
     let agent_key = d.join(format!("agent-{CLUSTER}.key"));
     let snapshot = Line::Snapshot {

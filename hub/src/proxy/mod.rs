@@ -85,6 +85,14 @@ pub struct ProxyCtx {
     pub tunnels: Rc<crate::tunnel::TunnelCtx>,
 }
 
+impl ProxyCtx {
+    /// The hub is draining for shutdown: answers end their connections (`Connection:
+    /// close`), so clients reconnect, through their load balancer, to a hub that stays.
+    pub fn draining(&self) -> bool {
+        *self.tunnels.drain.borrow()
+    }
+}
+
 /// Where a connection's answers go: a user's TLS connection, or a stream of a peer link
 /// (another hub forwarded the request: [`peer`]).
 #[derive(Debug)]
@@ -343,7 +351,8 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     let has_body = head.body != http::BodyKind::None;
     // Until the body is read to its end, bytes of it are still on the connection: it cannot
     // carry another request.
-    let mut out = Responder::new(&ctx.metrics, &head, !has_body);
+    let draining = ctx.draining();
+    let mut out = Responder::new(&ctx.metrics, &head, !has_body && !draining);
     // authenticate → resolve → authorize → route: nothing has left the hub yet.
     let prepared = (|| {
         let span = tracing::Span::current();
@@ -405,7 +414,7 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
             Err(e) => return out.error(conn, &e, Reached::Hub).await,
             Ok(v) => {
                 // The body was read whole: the connection can carry the next request.
-                out = Responder::new(&ctx.metrics, &head, true);
+                out = Responder::new(&ctx.metrics, &head, !draining);
                 match v {
                     review::Verdict::Answer(json) => {
                         let fields: Fields = vec![
@@ -471,7 +480,7 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         Upload::Buffered(bytes) => Ok(upload_buffered(ctx, &mut ex, bytes).await),
     };
     match uploaded {
-        Ok(true) if has_body => out = Responder::new(&ctx.metrics, &head, true),
+        Ok(true) if has_body => out = Responder::new(&ctx.metrics, &head, !draining),
         Ok(_) => {}
         Err(e) => {
             ex.cancel().await;

@@ -179,8 +179,10 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
 }
 
 /// The request head as it came, for the holder to read again: request line, every field
-/// (credentials too: the holder authenticates on its own) and the blank line.
-fn head_bytes(head: &RequestHead) -> Bytes {
+/// (credentials too: the holder authenticates on its own) and the blank line. With `close`
+/// (this hub is draining) it asks for `Connection: close`, so that the answer the user gets
+/// says the connection ends.
+fn head_bytes(head: &RequestHead, close: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(&head.method);
     out.extend_from_slice(b" ");
@@ -191,10 +193,16 @@ fn head_bytes(head: &RequestHead) -> Bytes {
         b" HTTP/1.0\r\n"
     });
     for (n, v) in &head.fields {
+        if close && n.eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()
@@ -212,7 +220,8 @@ pub async fn relay(
 ) -> bool {
     let started = Instant::now();
     let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
-    let request = head_bytes(head);
+    let upgrade = http::upgrade_of(head).is_some();
+    let request = head_bytes(head, ctx.draining() && !upgrade);
     let mut ex = None;
     for h in &holders {
         match open(ctx, h, cluster, request.clone(), deadline).await {
@@ -231,7 +240,7 @@ pub async fn relay(
         return out.error(conn, &e, Reached::Hub).await;
     };
     tracing::Span::current().record("stream", ex.stream_id());
-    if http::upgrade_of(head).is_some() {
+    if upgrade {
         // The holder writes the 101 (or its refusal) itself; from here on both ways are bytes.
         let idle = Duration::from_millis(ctx.limits.upgrade_idle_timeout_ms);
         let end = super::upgrade::pump(conn, ex, idle, started).await;
@@ -263,7 +272,7 @@ pub async fn relay(
         .requests
         .get_or_create(&CodeLabel { code: status })
         .inc();
-    body_done && !close && head.keep_alive
+    body_done && !close && head.keep_alive && !ctx.draining()
 }
 
 /// Opens a stream on `holder`'s link and sends the request head; `Ok` once the holder
@@ -465,14 +474,20 @@ mod tests {
             &b"POST /clusters/a/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let bytes = head_bytes(&head);
+        let bytes = head_bytes(&head, false);
         let mut again = BytesMut::from(&bytes[..]);
         let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
         assert_eq!(reparsed.method, head.method);
         assert_eq!(reparsed.target, head.target);
         assert_eq!(reparsed.fields, head.fields);
         assert_eq!(reparsed.body, BodyKind::Chunked);
+        assert!(reparsed.keep_alive);
         assert!(again.is_empty());
+        // Draining: the holder is asked to close (its answer will say so).
+        let mut again = BytesMut::from(&head_bytes(&head, true)[..]);
+        let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
+        assert!(!reparsed.keep_alive);
+        assert_eq!(reparsed.header("connection"), Some(&b"close"[..]));
     }
 
     #[test]
