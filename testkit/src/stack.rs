@@ -219,7 +219,9 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     let ca_path = d.join("ca.crt");
     // The hub's certificate as enrollment issues it (O=kubehub:hubs, server and client
     // authentication), so that it can also open peer links to other hubs.
-    let hub_cert = ca.issue_hub("hub-test", &["localhost", "127.0.0.1"]).unwrap();
+    let hub_cert = ca
+        .issue_hub("hub-test", &["localhost", "127.0.0.1"])
+        .unwrap();
     let hub_crt = write(d, "hub.crt", &hub_cert.cert);
     let hub_key = write(d, "hub.key", &hub_cert.key);
     let agent_crt = d.join(format!("agent-{CLUSTER}.crt"));
