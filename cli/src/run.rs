@@ -172,6 +172,7 @@ pub fn hub(args: HubArgs) -> i32 {
             return 2;
         }
     };
+    let drain = std::time::Duration::from_millis(cfg.limits.drain_timeout_ms);
     let hub = match kubehub_hub::server::join_and_start(cfg, args.join.as_deref()) {
         Ok(h) => h,
         Err(e) => {
@@ -184,10 +185,16 @@ pub fn hub(args: HubArgs) -> i32 {
         hub.user_addr, hub.agent_addr
     );
     block_until_signal();
-    tracing::info!("draining: agents get GOAWAY, requests in flight may finish (10 s at most)");
-    if !hub.shutdown(std::time::Duration::from_secs(10)) {
-        tracing::warn!("tunnels still open after 10 s; exiting anyway");
+    // Draining: /readyz answers 503, agents get GOAWAY (and move to their other hubs), users'
+    // new requests go to other hubs that hold their clusters, answers say Connection: close.
+    // The hub keeps serving users for the whole drain time, so that requests started during
+    // it finish, then exits.
+    let began = std::time::Instant::now();
+    tracing::info!(?drain, "draining: agents get GOAWAY, users are served through other hubs");
+    if !hub.shutdown(drain + std::time::Duration::from_secs(5)) {
+        tracing::warn!("tunnels still open after the drain; exiting anyway");
     }
+    std::thread::sleep(drain.saturating_sub(began.elapsed()));
     0
 }
 

@@ -84,7 +84,10 @@
 //! request_head_timeout_ms = 30000    # a request head must arrive whole within this of its first byte (else 408, close)
 //! response_timeout_ms = 60000        # time to a response head from the agent
 //! keepalive_ms = 15000               # PING interval on idle tunnels (3 missed: dead)
-//! drain_timeout_ms = 5000            # on shutdown, streams still open after this are ended
+//! drain_timeout_ms = 5000            # on shutdown (SIGTERM): /readyz answers 503, agents get
+//!                                    # GOAWAY, users' new requests go to other hubs holding their
+//!                                    # clusters (answers say Connection: close) for this long;
+//!                                    # tunnel streams still open then are ended, and the hub exits
 //! # An upgraded connection (exec, attach, cp, port-forward) with no bytes either way for this
 //! # long is closed. kubectl pings every 5 s over WebSocket (and gives up after 61 s without an
 //! # answer), but not over SPDY: an idle shell or port-forward must outlive a coffee break, so
