@@ -328,6 +328,7 @@ path = "meta/meta.redb"
 id = "hub-demo"
 cores = 0
 impersonate = false    # the simulator does not implement impersonation
+environment = "demo"   # the demo cluster's environment: hubs serve only their own
 
 [meta]                 # access data (tenants, users, grants, tokens), the registry, and the
 url = "{meta_url}"     # hub's certificate:

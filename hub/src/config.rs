@@ -9,6 +9,11 @@
 //!                                    # valid certificate); users reach the clusters their grants name
 //! impersonate = true                 # add Impersonate-User/-Group (the authenticated user and
 //!                                    # groups) to forwarded requests
+//! environment = ""                   # this hub's environment ("prod", "staging", ...; sent with its
+//!                                    # registration). Traffic never crosses environments: agents of
+//!                                    # clusters of another environment (their cluster record's) are
+//!                                    # refused, so are users' requests for such clusters (403), and
+//!                                    # peer links to and from hubs the registry puts elsewhere
 //!
 //! # Who may reach which cluster: tenants, users, clusters, grants and tokens. Exactly one source,
 //! # either [access] file (a static snapshot, for development and tests; read once at start)
@@ -47,7 +52,6 @@
 //! register_interval_ms = 5000        # PUT /v1/registry/hubs/{id} this often
 //! public_url = ""                    # user-facing URL sent to meta; "": https://<host>:<user port>
 //! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
-//! environment = ""                   # free-form label sent with the registration (e.g. "prod-eu")
 //! max_line_bytes = 268435456         # largest sync line accepted (a snapshot is one line)
 //! unready_after_ms = 30000           # cut from meta this long: /readyz answers 503 (the hub keeps
 //!                                    # serving with what it has; a load balancer sends new users
@@ -310,6 +314,9 @@ pub struct HubConfig {
     /// Add impersonation headers to forwarded requests.
     #[serde(default = "default_true")]
     pub impersonate: bool,
+    /// This hub's environment: it serves only clusters of it and links only to hubs of it.
+    #[serde(default)]
+    pub environment: String,
     /// HTTPS for users.
     pub user_listener: Listener,
     /// Mutual TLS for agents.
@@ -377,9 +384,6 @@ pub struct MetaConfig {
     /// `host:port` agents dial ("": derived from the agent listener).
     #[serde(default)]
     pub agent_endpoint: String,
-    /// Free-form environment label for the registry.
-    #[serde(default)]
-    pub environment: String,
     /// Largest sync line accepted.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
@@ -424,7 +428,6 @@ impl MetaConfig {
             register_interval_ms: default_register_interval_ms(),
             public_url: String::new(),
             agent_endpoint: String::new(),
-            environment: String::new(),
             max_line_bytes: default_max_line_bytes(),
             unready_after_ms: default_unready_after_ms(),
         }
@@ -813,7 +816,6 @@ mod tests {
                 m.register_interval_ms,
                 &m.public_url,
                 &m.agent_endpoint,
-                &m.environment,
                 m.max_line_bytes,
                 m.renew
             ),
@@ -824,7 +826,6 @@ mod tests {
                 d.register_interval_ms,
                 &d.public_url,
                 &d.agent_endpoint,
-                &d.environment,
                 d.max_line_bytes,
                 d.renew
             )

@@ -40,6 +40,8 @@ pub struct Directory {
     pub holders: HashMap<String, Vec<String>>,
     /// Hub id → `host:port` of its agent listener.
     pub endpoints: HashMap<String, String>,
+    /// Hub id → its environment, as it registered (links never cross environments).
+    pub environments: HashMap<String, String>,
 }
 
 /// One hub a request may be forwarded to.
@@ -65,6 +67,7 @@ enum LinkSlot {
 #[derive(Debug)]
 pub struct Peers {
     hub_id: String,
+    environment: String,
     /// TLS for dialling (this hub's certificate; the CA agents' certificates come from);
     /// `None`: peering is off (no client CA configured).
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -93,9 +96,15 @@ pub enum PeerError {
 impl Peers {
     /// Peers of hub `hub_id`, dialling with `tls` (`None`: no peering), closing links idle
     /// for `idle`.
-    pub fn new(hub_id: &str, tls: Option<Arc<rustls::ClientConfig>>, idle: Duration) -> Peers {
+    pub fn new(
+        hub_id: &str,
+        environment: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        idle: Duration,
+    ) -> Peers {
         Peers {
             hub_id: hub_id.to_owned(),
+            environment: environment.to_owned(),
             tls,
             dir: RwLock::new(Directory::default()),
             links: DashMap::new(),
@@ -124,8 +133,14 @@ impl Peers {
         self.dir.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The environment the directory gives `hub`, if it knows the hub.
+    pub fn environment_of(&self, hub: &str) -> Option<String> {
+        let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
+        dir.environments.get(hub).cloned()
+    }
+
     /// The other hubs holding `cluster`, in the registry's order (this hub excluded; hubs
-    /// without a known endpoint skipped).
+    /// without a known endpoint, or of another environment, skipped).
     pub fn holders(&self, cluster: &str) -> Vec<Holder> {
         if self.tls.is_none() {
             return Vec::new();
@@ -136,6 +151,11 @@ impl Peers {
             .into_iter()
             .flatten()
             .filter(|h| **h != self.hub_id)
+            .filter(|h| {
+                dir.environments
+                    .get(*h)
+                    .is_none_or(|e| *e == self.environment)
+            })
             .filter_map(|h| {
                 dir.endpoints.get(h).map(|e| Holder {
                     hub: h.clone(),
@@ -323,7 +343,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn holders_skip_this_hub_and_hubs_without_an_endpoint() {
+    fn holders_skip_this_hub_hubs_without_an_endpoint_and_other_environments() {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = Arc::new(
             rustls::ClientConfig::builder_with_provider(provider)
@@ -332,7 +352,7 @@ mod tests {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth(),
         );
-        let p = Peers::new("hub-a", Some(tls), Duration::from_secs(60));
+        let p = Peers::new("hub-a", "prod", Some(tls), Duration::from_secs(60));
         let mut d = Directory::default();
         d.holders.insert(
             "edge-1".into(),
@@ -340,6 +360,9 @@ mod tests {
         );
         d.endpoints.insert("hub-a".into(), "10.0.0.1:7443".into());
         d.endpoints.insert("hub-b".into(), "10.0.0.2:7443".into());
+        d.endpoints.insert("hub-c".into(), "10.0.0.3:7443".into());
+        d.environments.insert("hub-b".into(), "prod".into());
+        d.environments.insert("hub-c".into(), "staging".into());
         p.set_directory(d);
         assert_eq!(
             p.holders("edge-1"),
@@ -349,7 +372,8 @@ mod tests {
             }]
         );
         assert!(p.holders("edge-2").is_empty());
-        let off = Peers::new("hub-a", None, Duration::from_secs(60));
+        assert_eq!(p.environment_of("hub-c").as_deref(), Some("staging"));
+        let off = Peers::new("hub-a", "prod", None, Duration::from_secs(60));
         off.set_directory(p.directory());
         assert!(off.holders("edge-1").is_empty(), "peering off: no holders");
     }

@@ -286,6 +286,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
     };
     let peers = Arc::new(crate::peers::Peers::new(
         &cfg.id,
+        &cfg.environment,
         peer_tls,
         Duration::from_millis(cfg.limits.peer_idle_timeout_ms),
     ));
@@ -324,7 +325,13 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                 None => Vec::new(),
             };
             Some(access::sync::MetaParts {
-                registration: access::sync::Registration::new(&cfg.id, m, user_addr, agent_addr),
+                registration: access::sync::Registration::new(
+                    &cfg.id,
+                    &cfg.environment,
+                    m,
+                    user_addr,
+                    agent_addr,
+                ),
                 client_cert,
                 side_tasks,
             })
@@ -344,7 +351,12 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             caches.clone(),
             peers.clone(),
         );
-        let tunnel_parts = (cfg.id.clone(), agent_tls.clone(), drain_rx.clone());
+        let tunnel_parts = (
+            cfg.id.clone(),
+            agent_tls.clone(),
+            drain_rx.clone(),
+            cfg.environment.clone(),
+        );
         let admin_l = if core == 0 { admin.take() } else { None };
         let admin_ctx = (
             registry.clone(),
@@ -371,10 +383,12 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                     let conns = Rc::new(std::cell::Cell::new(0usize));
                     let (registry, access, metrics, limits, impersonate, tls, caches, peers) =
                         proxy_parts;
-                    let (hub_id, agent_tls, drain) = tunnel_parts;
+                    let (hub_id, agent_tls, drain, environment) = tunnel_parts;
                     let tunnel = Rc::new(TunnelCtx {
                         proxy: std::cell::OnceCell::new(),
                         peers: peers.clone(),
+                        access: access.clone(),
+                        environment: environment.clone(),
                         registry: registry.clone(),
                         metrics: metrics.clone(),
                         limits: limits.clone(),
@@ -393,6 +407,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         caches,
                         peers,
                         tunnels: tunnel.clone(),
+                        environment,
                     });
                     let _ = tunnel.proxy.set(Rc::downgrade(&proxy));
                     if let Some(l) = admin_l {

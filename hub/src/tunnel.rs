@@ -48,6 +48,10 @@ pub struct TunnelCtx {
     pub proxy: std::cell::OnceCell<std::rc::Weak<crate::proxy::ProxyCtx>>,
     /// Links to other hubs.
     pub peers: Arc<crate::peers::Peers>,
+    /// The access data (an agent's cluster must be of this hub's environment).
+    pub access: Arc<crate::access::Access>,
+    /// This hub's environment (hub.toml `environment`).
+    pub environment: String,
     /// Clusters to tunnels.
     pub registry: Arc<Registry>,
     /// Metrics.
@@ -266,6 +270,9 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         let g = refuse(ErrorCode::NO_ERROR, "hub is shutting down".into());
         return reject(ctx, peer, &mut wr, g).await;
     }
+    if let Some(why) = other_environment(ctx, &hello.cluster_id, cert_hub) {
+        return reject(ctx, peer, &mut wr, refuse(ErrorCode::UNAUTHORIZED, why)).await;
+    }
     if !cert_hub && !ctx.registry.serves(&hello.cluster_id) {
         let g = refuse(
             ErrorCode::UNAUTHORIZED,
@@ -306,6 +313,24 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         hello,
         agreed,
         peer: cert_hub,
+    })
+}
+
+/// Why an agent's cluster (or a peer hub) is of another environment than this hub, if it is:
+/// the cluster's record says where it belongs; a hub's environment is what the registry says
+/// (a hub the directory does not know yet is let in: its certificate is from this CA).
+fn other_environment(ctx: &TunnelCtx, id: &str, hub: bool) -> Option<String> {
+    let theirs = if hub {
+        ctx.peers.environment_of(id)?
+    } else {
+        ctx.access.index.cluster(id)?.environment.clone()
+    };
+    (theirs != ctx.environment).then(|| {
+        format!(
+            "{} {id:?} is in environment {theirs:?}; this hub serves environment {:?}",
+            if hub { "hub" } else { "cluster" },
+            ctx.environment
+        )
     })
 }
 

@@ -214,6 +214,17 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// A cluster record in `environment`.
+fn in_environment(r: kubehub_access::Record, environment: &str) -> kubehub_access::Record {
+    match r {
+        kubehub_access::Record::Cluster(mut c) => {
+            c.environment = environment.into();
+            kubehub_access::Record::Cluster(c)
+        }
+        other => other,
+    }
+}
+
 #[test]
 fn the_hub_follows_meta_and_serves_on_without_it() {
     let _ = tracing_subscriber::fmt()
@@ -247,6 +258,7 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     };
     let cfg = HubConfig {
         id: "hub-meta-test".into(),
+        environment: "test".into(),
         cores: 1,
         clusters: vec![],
         access: None,
@@ -256,7 +268,6 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
             backoff_initial_ms: 20,
             backoff_max_ms: 100,
             register_interval_ms: 100,
-            environment: "test".into(),
             ..MetaConfig::new(format!("http://{}", meta.addr))
         }),
         impersonate: false,
@@ -275,15 +286,16 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     let ca = d.join("ca.crt");
     let user_port = hub.user_addr.port();
     // 401 (who?) or 503 (authorized; the cluster has no agent here): what the index decided.
-    let call = |token: &str| {
+    let call_cluster = |token: &str, cluster: &str| {
         curl(&[
             "--cacert",
             ca.to_str().unwrap(),
             "-H",
             &format!("Authorization: Bearer {token}"),
-            &format!("https://127.0.0.1:{user_port}/clusters/edge-m/version"),
+            &format!("https://127.0.0.1:{user_port}/clusters/{cluster}/version"),
         ])
     };
+    let call = |token: &str| call_cluster(token, "edge-m");
 
     // Meta refuses: not ready, nobody authenticated; the hub registers all the same.
     let (code, body) = readyz();
@@ -301,7 +313,7 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     assert_eq!(reg["endpoint"], format!("https://127.0.0.1:{user_port}"));
     assert_eq!(reg["agentEndpoint"], hub.agent_addr.to_string());
     assert_eq!(reg["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(reg["environment"], "test");
+    assert_eq!(reg["environment"], "test", "the hub's environment");
     assert_eq!(reg["agents"], 0);
     let (sync_target, sync_auth) = meta.with(|s| s.syncs[0].clone());
     assert_eq!(
@@ -310,7 +322,7 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     );
 
     // Meta answers: a snapshot at revision 5, then heartbeats.
-    let (ann, ann_token) = mint("ann", "acme", &["edge-m"], 0);
+    let (ann, ann_token) = mint("ann", "acme", &["edge-m", "edge-p"], 0);
     let (ben, ben_token) = mint("ben", "acme", &["edge-m"], 0);
     meta.with(|s| {
         s.revision = 5;
@@ -318,8 +330,9 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
             tenant("acme"),
             user("ann", "acme", &[]),
             user("ben", "acme", &[]),
-            cluster("edge-m", "acme"),
-            grant("all", "acme", "ann", &["edge-m"], everything()),
+            in_environment(cluster("edge-m", "acme"), "test"),
+            in_environment(cluster("edge-p", "acme"), "prod"),
+            grant("all", "acme", "ann", &["edge-m", "edge-p"], everything()),
             grant("ben", "acme", "ben", &["edge-m"], everything()),
             ann_token.clone(),
         ];
@@ -334,6 +347,15 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
         "ann is authorized; edge-m has no agent here"
     );
     assert_eq!(call(&ben).0, 401, "ben's token is not issued yet");
+    // A cluster of another environment is not served here, whoever asks.
+    let (code, body) = call_cluster(&ann, "edge-p");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(
+            r#"cluster \"edge-p\" is in environment \"prod\"; this hub serves environment \"test\""#
+        ),
+        "{body}"
+    );
 
     // Puts and deletes apply as they come.
     meta.push(Line::Put {

@@ -342,3 +342,62 @@ fn a_draining_hub_forwards_new_requests_to_another_holder() {
         "configmap/during-drain created"
     );
 }
+
+/// Environments never mix: a staging hub refuses a prod cluster's agent and a user's request
+/// for a prod cluster, and does not forward it to the prod hub that holds it.
+#[test]
+fn a_staging_hub_refuses_a_prod_agent_and_a_prod_user() {
+    let mut access = common::default_access();
+    for r in &mut access {
+        if let kubehub_access::Record::Cluster(c) = r {
+            c.environment = "prod".into();
+        }
+    }
+    let s = common::start_opts(common::StackOptions {
+        access: Some(access),
+        environment: "prod".into(),
+        ..common::StackOptions::default()
+    });
+    // The prod hub serves its prod cluster.
+    assert!(s
+        .ok(&["get", "ns", "-o", "name"])
+        .contains("namespace/default"));
+    let (staging, kubeconfig) = s.peer_hub_in("hub-s", Limits::default(), "staging");
+    let k = Kubectl::new(&kubeconfig, s.path());
+    let o = k.output(&["get", "ns"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Error from server (Forbidden)"),
+        "{o:?}"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(s.path().join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", common::TOKEN)])
+        .arg(format!(
+            "https://127.0.0.1:{}/clusters/edge-1/api/v1/namespaces",
+            staging.user_addr.port()
+        ))
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["code"], 403, "{status}");
+    assert_eq!(
+        status["message"],
+        r#"cluster "edge-1" is in environment "prod"; this hub serves environment "staging""#
+    );
+    assert!(staging.peers.links().is_empty(), "nothing crossed over");
+    // The prod cluster's agent, pointed at the staging hub, is turned away.
+    let mut cfg = s.agent_cfg.clone();
+    cfg.hubs = vec![staging.agent_addr.to_string()];
+    cfg.agent_id = Some("agent-to-staging".into());
+    let _agent = {
+        let _g = s.rt.enter();
+        kubehub_agent::Agent::start(cfg).unwrap()
+    };
+    eventually("the agent refused", || {
+        staging.metrics.tunnel_rejects.get() > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(staging.registry.connected(), 0);
+}

@@ -87,6 +87,8 @@ pub struct Stack {
     pub agent: Option<Agent>,
     pub agent_cfg: AgentConfig,
     pub kubeconfig: PathBuf,
+    /// The hub's environment.
+    pub environment: String,
 }
 
 /// An HTTP answer: status, head fields (lower-cased names), body.
@@ -188,6 +190,8 @@ pub struct StackOptions {
     /// The hub's access data (`None`: [`default_access`]); written as the hub's access file,
     /// one snapshot.
     pub access: Option<Vec<Record>>,
+    /// The hub's environment (hub.toml `environment`; the clusters' records must say the same).
+    pub environment: String,
 }
 
 /// A stack built from `opts`.
@@ -197,6 +201,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         limits,
         cache,
         access,
+        environment,
     } = opts;
     // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
     let _ = tracing_subscriber::fmt()
@@ -253,6 +258,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     };
     let hub_cfg = HubConfig {
         id: "hub-test".into(),
+        environment: environment.clone(),
         cores: 2,
         clusters: vec![CLUSTER.into(), "edge-silent".into()],
         access: Some(AccessFile { file: access_file }),
@@ -324,6 +330,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         agent: Some(agent),
         agent_cfg,
         kubeconfig,
+        environment,
     };
     s.wait_connected(true, Duration::from_secs(10));
     s
@@ -335,6 +342,12 @@ impl Stack {
     /// every request to it crosses a peer link. Its certificate is a hub's, as enrollment
     /// issues them. Returns the hub and a kubeconfig pointing at it.
     pub fn peer_hub(&self, id: &str, limits: Limits) -> (Hub, PathBuf) {
+        self.peer_hub_in(id, limits, &self.environment.clone())
+    }
+
+    /// [`Stack::peer_hub`] in `environment` (the directory says the stack's hub is in the
+    /// stack's).
+    pub fn peer_hub_in(&self, id: &str, limits: Limits, environment: &str) -> (Hub, PathBuf) {
         let d = self.dir.path();
         let cert = self.ca.issue_hub(id, &["localhost", "127.0.0.1"]).unwrap();
         let crt = write(d, &format!("hub-{id}.crt"), &cert.cert);
@@ -347,6 +360,7 @@ impl Stack {
         };
         let cfg = HubConfig {
             id: id.into(),
+            environment: environment.into(),
             cores: 2,
             clusters: Vec::new(),
             access: Some(AccessFile {
@@ -368,6 +382,8 @@ impl Stack {
             .insert(CLUSTER.into(), vec![self.hub_id().to_owned()]);
         dir.endpoints
             .insert(self.hub_id().to_owned(), self.hub.agent_addr.to_string());
+        dir.environments
+            .insert(self.hub_id().to_owned(), self.environment.clone());
         hub.peers.set_directory(dir);
         let kc = Kubeconfig {
             name: CLUSTER.into(),

@@ -98,7 +98,7 @@ pub struct Registration {
     pub endpoint: String,
     /// `host:port` agents dial.
     pub agent_endpoint: String,
-    /// Free-form environment label.
+    /// The hub's environment (hub.toml `environment`).
     pub environment: String,
 }
 
@@ -125,6 +125,7 @@ impl Registration {
     /// from `[meta] public_url` / `agent_endpoint`, else derived from the addresses.
     pub fn new(
         hub_id: &str,
+        environment: &str,
         cfg: &MetaConfig,
         user_addr: SocketAddr,
         agent_addr: SocketAddr,
@@ -143,7 +144,7 @@ impl Registration {
             hub_id: hub_id.to_owned(),
             endpoint,
             agent_endpoint,
-            environment: cfg.environment.clone(),
+            environment: environment.to_owned(),
         }
     }
 
@@ -605,15 +606,14 @@ mod tests {
         let mut cfg = MetaConfig::new("https://meta:7443");
         let user: SocketAddr = "10.0.0.5:8443".parse().unwrap();
         let agent: SocketAddr = "[::1]:8444".parse().unwrap();
-        let r = Registration::new("hub 0", &cfg, user, agent);
+        let r = Registration::new("hub 0", "", &cfg, user, agent);
         assert_eq!(r.endpoint, "https://10.0.0.5:8443");
         assert_eq!(r.agent_endpoint, "[::1]:8444");
-        let wild = Registration::new("h", &cfg, "0.0.0.0:8443".parse().unwrap(), agent);
+        let wild = Registration::new("h", "", &cfg, "0.0.0.0:8443".parse().unwrap(), agent);
         assert_eq!(wild.endpoint, format!("https://{}:8443", hostname()));
         cfg.public_url = "https://hub.example.com/".into();
         cfg.agent_endpoint = "tunnel.example.com:443".into();
-        cfg.environment = "prod-eu".into();
-        let r = Registration::new("hub-0", &cfg, user, agent);
+        let r = Registration::new("hub-0", "prod-eu", &cfg, user, agent);
         let body = r.body(3);
         assert_eq!(body["endpoint"], "https://hub.example.com");
         assert_eq!(body["agentEndpoint"], "tunnel.example.com:443");

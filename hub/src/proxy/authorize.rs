@@ -45,6 +45,25 @@ const ANY_GRANT: Attributes<'static> = Attributes {
     is_resource_request: false,
 };
 
+/// Environments never mix: a request for a cluster whose record puts it in another
+/// environment than this hub's is refused (403 naming both), whoever asks, after the grants
+/// were checked (so a cluster that is not the user's stays a 404).
+pub fn environment(index: &Index, hub_env: &str, cluster: &str) -> Result<(), ProxyError> {
+    match index.cluster(cluster) {
+        Some(c) if c.environment != hub_env => {
+            Err(ProxyError::Forbidden(Box::new(Status::new(
+                403,
+                "Forbidden",
+                format!(
+                    "cluster {cluster:?} is in environment {:?}; this hub serves environment {hub_env:?}",
+                    c.environment
+                ),
+            ))))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The authorize phase.
 pub fn authorize(
     index: &Index,

@@ -83,6 +83,8 @@ pub struct ProxyCtx {
     pub peers: Arc<crate::peers::Peers>,
     /// The core's tunnel context (peer links are dialled on the requesting core).
     pub tunnels: Rc<crate::tunnel::TunnelCtx>,
+    /// This hub's environment (hub.toml `environment`).
+    pub environment: String,
 }
 
 impl ProxyCtx {
@@ -363,6 +365,7 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
         span.record("cluster", target.cluster.as_str());
         let info = target.info()?;
         authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
+        authorize::environment(index, &ctx.environment, &target.cluster)?;
         let review = review::Review::of(&info);
         let cached = route::cached(&ctx.caches, &target, &info, &head);
         let backend = route::route(&ctx.registry, &target.cluster, &info);
