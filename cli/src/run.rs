@@ -190,7 +190,10 @@ pub fn hub(args: HubArgs) -> i32 {
     // The hub keeps serving users for the whole drain time, so that requests started during
     // it finish, then exits.
     let began = std::time::Instant::now();
-    tracing::info!(?drain, "draining: agents get GOAWAY, users are served through other hubs");
+    tracing::info!(
+        ?drain,
+        "draining: agents get GOAWAY, users are served through other hubs"
+    );
     if !hub.shutdown(drain + std::time::Duration::from_secs(5)) {
         tracing::warn!("tunnels still open after the drain; exiting anyway");
     }
