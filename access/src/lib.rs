@@ -8,6 +8,9 @@
 //! * [`token`]: bearer tokens `khT.<id>.<secret>`; only their SHA-256 is stored.
 //! * [`sync`]: the change feed from the metaserver to the hubs ([`Line`]: snapshot, put,
 //!   delete, heartbeat; one JSON object a line).
+//! * [`registry`]: the registry of live hubs and agents ([`registry::HubRecord`],
+//!   [`registry::AgentRecord`]), the canary rule and which hubs an agent may use, and the
+//!   registry watch's lines ([`registry::RegistryLine`]) with the view a reader keeps of them.
 //! * [`policy`]: what a request asks ([`Attributes`], from kapi's `RequestInfo`), when a
 //!   [`Rule`] allows it, the discovery rule, the [`Decision`].
 //! * [`index`]: [`Index`], the hub's state fed by the change feed: [`Index::authenticate`]
@@ -51,6 +54,7 @@ pub mod build;
 pub mod index;
 pub mod model;
 pub mod policy;
+pub mod registry;
 pub mod sync;
 pub mod token;
 

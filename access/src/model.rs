@@ -570,23 +570,23 @@ const RESOURCE_NAME: &str = "an object name (not empty, no '/', '%' or control c
 const URL: &str = "a non-resource URL (a path starting with '/', optionally ending in '*' for \
                    a prefix, or * alone)";
 
-type Check = Result<(), Problem>;
+pub(crate) type Check = Result<(), Problem>;
 
-fn at(check: Check, field: impl FnOnce() -> String) -> Result<(), ValidationError> {
+pub(crate) fn at(check: Check, field: impl FnOnce() -> String) -> Result<(), ValidationError> {
     check.map_err(|problem| ValidationError {
         field: field(),
         problem,
     })
 }
 
-fn syntax(value: &str, expected: &'static str) -> Problem {
+pub(crate) fn syntax(value: &str, expected: &'static str) -> Problem {
     Problem::Syntax {
         value: value.to_owned(),
         expected,
     }
 }
 
-fn required_within(v: &str, max: usize) -> Check {
+pub(crate) fn required_within(v: &str, max: usize) -> Check {
     if v.is_empty() {
         Err(Problem::Required)
     } else if v.len() > max {
@@ -713,7 +713,10 @@ fn check_label_value(v: &str) -> Check {
     }
 }
 
-fn check_labels(labels: &BTreeMap<String, String>, field: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_labels(
+    labels: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), ValidationError> {
     for (k, v) in labels {
         at(check_label_key(k), || format!("{field}[{k:?}] (key)"))?;
         at(check_label_value(v), || format!("{field}[{k:?}]"))?;
@@ -737,7 +740,7 @@ pub(crate) fn is_token_id(v: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
-fn check_each<T>(
+pub(crate) fn check_each<T>(
     items: &[T],
     field: &str,
     mut check: impl FnMut(&T) -> Check,

@@ -38,16 +38,26 @@
 //!                                    # the hubs it named at enrollment; while it cannot be read,
 //!                                    # the last list it gave):
 //! hub_refresh_ms = 10000             # read the registry (GET /v1/registry/hubs) this often
-//! hubs_per_agent = 1                 # keep tunnels to this many hubs (0: every live hub), chosen
+//! hubs_per_agent = 2                 # keep tunnels to this many hubs (0: every live hub), chosen
 //!                                    # by rendezvous hashing of (cluster_id, hub address): agents
 //!                                    # spread evenly over the hubs, and a hub added or removed
-//!                                    # moves only its share. A healthy tunnel is never moved
-//!                                    # (not even back to a hub that returns)
+//!                                    # moves only its share. Never two in one zone (the hubs'
+//!                                    # failure domain) while another zone has a hub. A healthy
+//!                                    # tunnel is not moved (not even back to a hub that returns)
+//!                                    # unless the registry says the agent may not use its hub
+//!                                    # (draining, another environment, the canary rule)
 //! failover_after_ms = 10000          # a chosen hub failing this long (dial errors, refusals, lost
 //!                                    # connections; retried with [reconnect]'s backoff), or
 //!                                    # failing and gone from the registry, is replaced by the next
 //!                                    # in rendezvous order; a hub given up on is skipped for six
-//!                                    # times this long unless nothing else is left
+//!                                    # times this long unless nothing else is left. A hub that
+//!                                    # sends GOAWAY NO_ERROR (draining for a restart) is replaced
+//!                                    # at once (its streams in flight finish)
+//! max_moves_per_minute = 6           # healthy tunnels moved away from hubs the registry says the
+//!                                    # agent may not use (each after a random delay of up to
+//!                                    # [reconnect] initial_ms; the new tunnel is up before the
+//!                                    # old one closes), or to rebalance load: at most this many a
+//!                                    # minute (0: never)
 //! register_interval_ms = 5000        # heartbeat to the registry (PUT /v1/registry/agents/{cluster}):
 //!                                    # the hubs the agent has a tunnel up to (also with `hubs`)
 //!
@@ -214,6 +224,10 @@ pub struct Meta {
     /// it also left the registry).
     #[serde(default = "default_failover_after")]
     pub failover_after_ms: u64,
+    /// Voluntary moves of healthy tunnels (away from hubs the registry says the agent may not
+    /// use, or to rebalance load) at most this many a minute; 0: never.
+    #[serde(default = "default_max_moves")]
+    pub max_moves_per_minute: u32,
     /// How often the agent registers itself (`PUT /v1/registry/agents/{cluster}`) with the
     /// hubs it has a tunnel up to.
     #[serde(default = "default_register_interval")]
@@ -241,7 +255,10 @@ fn default_hub_refresh() -> u64 {
     10_000
 }
 fn default_hubs_per_agent() -> u32 {
-    1
+    2
+}
+fn default_max_moves() -> u32 {
+    6
 }
 fn default_failover_after() -> u64 {
     10_000
@@ -263,6 +280,7 @@ impl Meta {
             hub_refresh_ms: default_hub_refresh(),
             hubs_per_agent: default_hubs_per_agent(),
             failover_after_ms: default_failover_after(),
+            max_moves_per_minute: default_max_moves(),
             register_interval_ms: default_register_interval(),
             hubs_from_registry: false,
         }
@@ -292,6 +310,9 @@ impl Meta {
         if self.failover_after_ms > 3_600_000 {
             return bad("failover_after_ms must be at most 3600000");
         }
+        if self.max_moves_per_minute > 600 {
+            return bad("max_moves_per_minute must be at most 600");
+        }
         Ok(())
     }
 }
@@ -317,6 +338,20 @@ pub struct Upstream {
     /// Client key.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// The API server at `url`, without credentials or a CA of its own.
+    pub fn at(url: impl Into<String>) -> Upstream {
+        Upstream {
+            url: url.into(),
+            ca: None,
+            token: None,
+            token_file: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
 }
 
 /// Admin endpoints.
@@ -905,6 +940,7 @@ mod tests {
             "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nhub_refresh_ms = 10\n",
             "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nregister_interval_ms = 0\n",
             "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nfailover_after_ms = 86400000\n",
+            "[meta]\nurl = \"https://meta\"\nstate_dir = \"s\"\nmax_moves_per_minute = 1000\n",
         ] {
             assert!(minimal(bad).is_err(), "{bad}");
         }
@@ -917,6 +953,9 @@ mod tests {
         let meta = cfg.meta.unwrap();
         assert_eq!((meta.hubs_per_agent, meta.failover_after_ms), (0, 0));
         assert_eq!(meta.hub_refresh_ms, 10_000);
+        assert_eq!(meta.max_moves_per_minute, 6);
+        let defaults = minimal("[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\n").unwrap();
+        assert_eq!(defaults.meta.unwrap().hubs_per_agent, 2);
         assert!(!meta.hubs_from_registry);
         assert!(minimal(
             "[meta]\nurl = \"https://m\"\nstate_dir = \"s\"\nhubs_from_registry = true\n"

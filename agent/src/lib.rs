@@ -51,11 +51,15 @@ pub struct Metrics {
     pub sync: SyncMetrics,
     /// The agent's certificate: expiry, renewals, failed attempts.
     pub cert: kubehub_enroll::CertMetrics,
-    /// Live hubs in the metaserver registry's last answer (`hubs_known`).
+    /// Hubs the metaserver registry's last answer offers this agent (`hubs_known`).
     pub hubs_known: Gauge,
-    /// Chosen hubs given up on (failing too long, or failing and gone from the registry), each
-    /// replaced by the next in rendezvous order when there is one (`hub_switches_total`).
+    /// Chosen hubs given up on (failing too long, failing and gone from the registry,
+    /// draining) or left (voluntary moves), each replaced by the next in rendezvous order when
+    /// there is one (`hub_switches_total`).
     pub hub_switches: Counter,
+    /// Voluntary moves started: away from hubs the registry says the agent may not use, or
+    /// to rebalance load (`hub_moves_total`).
+    pub hub_moves: Counter,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -193,15 +197,22 @@ impl Default for Metrics {
         cert.register(&mut registry, "the agent's");
         let hubs_known = Gauge::default();
         let hub_switches = Counter::default();
+        let hub_moves = Counter::default();
         registry.register(
             "hubs_known",
-            "Live hubs in the metaserver registry's last answer",
+            "Hubs the metaserver registry's last answer offers this agent",
             hubs_known.clone(),
         );
         registry.register(
             "hub_switches",
-            "Chosen hubs given up on (failing too long, or failing and gone from the registry)",
+            "Chosen hubs given up on (failing too long, failing and gone from the registry, \
+             draining) or left (voluntary moves)",
             hub_switches.clone(),
+        );
+        registry.register(
+            "hub_moves",
+            "Voluntary moves started (away from hubs the agent may not use, or rebalancing)",
+            hub_moves.clone(),
         );
         Metrics {
             connected,
@@ -210,6 +221,7 @@ impl Default for Metrics {
             cert,
             hubs_known,
             hub_switches,
+            hub_moves,
             registry,
         }
     }
@@ -400,8 +412,7 @@ impl Agent {
                 .instrument(span),
             ));
             if from_registry {
-                let initial: hubs::LiveHubs =
-                    cfg.hubs.iter().map(|h| (h.clone(), h.clone())).collect();
+                let initial = hubs::Directory::from_endpoints(&cfg.hubs);
                 let (live_tx, live_rx) = watch::channel(initial);
                 let span =
                     tracing::info_span!("hub_registry", cluster = %cluster, meta = %meta.url);
@@ -419,6 +430,10 @@ impl Agent {
                     &cluster,
                     meta.hubs_per_agent,
                     Duration::from_millis(meta.failover_after_ms),
+                )
+                .with_moves(
+                    meta.max_moves_per_minute,
+                    Duration::from_millis(cfg.reconnect.initial_ms),
                 );
                 let span = tracing::info_span!("hubs", cluster = %cluster);
                 tasks.push(tokio::spawn(
@@ -443,6 +458,7 @@ impl Agent {
                     dialer.clone(),
                     book.clone(),
                     stop.subscribe(),
+                    None,
                     Duration::ZERO,
                 )
                 .instrument(span),

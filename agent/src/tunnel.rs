@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     sync_env: SyncEnv,
     /// What answers forwarded requests besides the edge API server (`/plugins/<name>/…`).
     plugins: crate::plugin::Plugins,
+    /// Told the code of a GOAWAY from the hub (`NO_ERROR`: it drains, for a restart).
+    on_goaway: Box<dyn Fn(ErrorCode) + Send + Sync>,
 }
 
 impl Shared {
@@ -223,7 +225,9 @@ async fn connect_from(local: std::net::IpAddr, hub: &str) -> std::io::Result<Tcp
 }
 
 /// Connects to `hub`, handshakes, and serves until the connection ends. `on_up` runs once the
-/// handshake succeeded (to reset the backoff).
+/// handshake succeeded (to reset the backoff); `on_goaway` when the hub sends GOAWAY on the
+/// established tunnel, with its code (streams in flight then finish before it closes).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_once(
     hub: &str,
     cfg: &AgentConfig,
@@ -232,6 +236,7 @@ pub async fn run_once(
     plugins: crate::plugin::Plugins,
     metrics: Arc<Metrics>,
     on_up: impl FnOnce(),
+    on_goaway: impl Fn(ErrorCode) + Send + Sync + 'static,
 ) -> Result<(), TunnelError> {
     let deadline = Duration::from_millis(cfg.limits.connect_timeout_ms);
     let connect = async {
@@ -350,6 +355,7 @@ pub async fn run_once(
             metrics: metrics.clone(),
         },
         plugins,
+        on_goaway: Box::new(on_goaway),
     });
     let writer = tokio::spawn(writer(
         wr,
@@ -609,7 +615,10 @@ fn dispatch(
             }
             Event::ProgressRequest { id, seq } => st.syncs.progress_request(id, seq),
             Event::Writable { .. } => shared.writable.notify_waiters(),
-            Event::GoAway { code, message } => info!(%code, "hub is going away: {message}"),
+            Event::GoAway { code, message } => {
+                info!(%code, "hub is going away: {message}");
+                (shared.on_goaway)(code);
+            }
             Event::Response { .. } | Event::Discovery(_) | Event::Sync { .. } => {}
             Event::Closed(reason) => {
                 st.syncs.stop_all();

@@ -1,7 +1,7 @@
 //! The HTTP client for the metaserver's JSON API as a joiner and renewer calls it (and the
 //! agent, for the registry): one JSON request per connection, over TLS with the configuration
 //! the caller passes (which CA to trust, which client certificate), with a deadline and a bound
-//! on the answer's size.
+//! on the answer's size; and streamed NDJSON answers (the feeds) line by line ([`Lines`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -157,15 +158,7 @@ impl MetaClient {
             .await
             .map_err(|_| self.transport(path, format!("no answer within {:?}", self.timeout)))??;
         if !status.is_success() {
-            let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => b.error,
-                Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-            };
-            return Err(EnrollError::Refused {
-                url: format!("{}{path}", self.url),
-                status: status.as_u16(),
-                message,
-            });
+            return Err(self.refused(path, status, &bytes));
         }
         // An empty answer (204) reads as JSON `null`.
         let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
@@ -175,6 +168,56 @@ impl MetaClient {
         })
     }
 
+    /// `GET path` answered with newline-delimited JSON (`/v1/sync`, `/v1/registry/watch`):
+    /// the answer's head within the call's deadline, then its lines one by one as they
+    /// arrive ([`Lines::next`]), each at most `max_line` bytes. The stream has no deadline
+    /// of its own: the caller decides how long it waits for a line (heartbeats).
+    pub async fn lines<T: DeserializeOwned>(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        path: &str,
+        max_line: usize,
+    ) -> Result<Lines<T>, EnrollError> {
+        let open = self.open(tls, Method::GET, path, None, "application/x-ndjson");
+        let (resp, driver) = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| self.transport(path, format!("no answer within {:?}", self.timeout)))??;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(
+                self.timeout,
+                Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+            driver.abort();
+            return Err(self.refused(path, status, &bytes));
+        }
+        Ok(Lines {
+            body: resp.into_body(),
+            buf: bytes::BytesMut::new(),
+            max_line,
+            url: format!("{}{path}", self.url),
+            driver,
+            _line: std::marker::PhantomData,
+        })
+    }
+
+    fn refused(&self, path: &str, status: StatusCode, bytes: &[u8]) -> EnrollError {
+        let message = match serde_json::from_slice::<ErrorBody>(bytes) {
+            Ok(b) => b.error,
+            Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+        };
+        EnrollError::Refused {
+            url: format!("{}{path}", self.url),
+            status: status.as_u16(),
+            message,
+        }
+    }
+
     async fn exchange(
         &self,
         tls: Arc<rustls::ClientConfig>,
@@ -182,6 +225,29 @@ impl MetaClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), EnrollError> {
+        let (resp, driver) = self
+            .open(tls, method, path, body, "application/json")
+            .await?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| self.transport(path, format!("reading the answer: {e}")));
+        driver.abort();
+        Ok((status, bytes?))
+    }
+
+    /// Connects, sends the request and reads the answer's head; the connection lives as long
+    /// as the returned task (abort it when done with the body).
+    async fn open(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: &'static str,
+    ) -> Result<(http::Response<Incoming>, tokio::task::JoinHandle<()>), EnrollError> {
         let err = |e: &dyn std::fmt::Display| self.transport(path, e);
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -203,7 +269,7 @@ impl MetaClient {
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header(header::HOST, &self.authority)
-            .header(header::ACCEPT, "application/json")
+            .header(header::ACCEPT, accept)
             .header(header::USER_AGENT, self.user_agent);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -211,22 +277,78 @@ impl MetaClient {
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| err(&e))?;
-        let result = async {
-            let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| err(&format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, bytes))
+        let sent = match req.body(Full::new(Bytes::from(body.unwrap_or_default()))) {
+            Ok(req) => sender.send_request(req).await.map_err(|e| err(&e)),
+            Err(e) => Err(err(&e)),
+        };
+        match sent {
+            Ok(resp) => Ok((resp, driver)),
+            Err(e) => {
+                driver.abort();
+                Err(e)
+            }
         }
-        .await;
-        driver.abort();
-        result
+    }
+}
+
+/// A streamed NDJSON answer ([`MetaClient::lines`]): one `T` a line. Dropping it closes the
+/// connection.
+#[derive(Debug)]
+pub struct Lines<T> {
+    body: Incoming,
+    buf: bytes::BytesMut,
+    max_line: usize,
+    url: String,
+    driver: tokio::task::JoinHandle<()>,
+    _line: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Lines<T> {
+    /// The next line; `None` once the server ended the answer. Cancel-safe: bytes read are
+    /// kept for the next call.
+    pub async fn next(&mut self) -> Result<Option<T>, EnrollError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(i + 1);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| self.bad(format!("a line that does not read: {e}")));
+            }
+            if self.buf.len() > self.max_line {
+                return Err(self.bad(format!("a line longer than {} bytes", self.max_line)));
+            }
+            match self.body.frame().await {
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                None => return Err(self.bad("the answer ended in the middle of a line".into())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(EnrollError::Meta {
+                        url: self.url.clone(),
+                        why: format!("reading the answer: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    fn bad(&self, why: String) -> EnrollError {
+        EnrollError::BadAnswer {
+            url: self.url.clone(),
+            why,
+        }
+    }
+}
+
+impl<T> Drop for Lines<T> {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 

@@ -44,7 +44,7 @@ use kubehub_pki::{CertInfo, ReloadingClientCert};
 use serde::{Deserialize, Serialize};
 use tracing::{info, Instrument};
 
-pub use client::{AnyServerCert, MetaClient};
+pub use client::{AnyServerCert, Lines, MetaClient};
 pub use error::EnrollError;
 pub use renew::{CertMetrics, Renewal, RenewalEvents, Renewed};
 pub use state::{read, rfc3339, unix_secs, write_atomic, StateFiles, CA_FILE};

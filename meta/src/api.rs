@@ -17,8 +17,11 @@
 //! | `POST /v1/kubeconfig` | admin, tenant admin, the user | a token and its kubeconfig |
 //! | `POST /v1/hubs/join-token` | admin | `{id, names}` → a hub's join token |
 //! | `GET /v1/sync?revision=N` | admin, hubs | the change feed ([`crate::feed`]) |
-//! | `PUT /v1/registry/hubs/{id}`, `GET /v1/registry/hubs` | hubs (admin) / any caller | hub heartbeats, live hubs |
+//! | `PUT /v1/registry/hubs/{id}` | that hub (admin) | hub heartbeat: a [`HubRecord`]; `{"ttl": s}` |
+//! | `GET /v1/registry/hubs` | any caller | live hubs `{"items": [HubRecord]}`; an agent gets those it may use, `{"items": [...], "ineligible": ["hub-id", ...]}` ([`kubehub_access::registry::eligibility`]) |
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
+//! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
+//! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
 
 use std::collections::HashMap;
 
@@ -35,7 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::MetaError;
-use crate::service::{AgentRecord, Caller, HubRecord, KubeconfigRequest, Meta};
+use crate::service::{AgentRecord, Caller, CanaryRule, HubRecord, KubeconfigRequest, Meta};
 
 /// Who the TLS layer says is on the other end: the verified client certificate's CN and
 /// organizations, if one was presented.
@@ -179,6 +182,11 @@ pub fn router(meta: Meta) -> Router {
         .route("/v1/registry/hubs/{id}", put(register_hub))
         .route("/v1/registry/agents", get(agents))
         .route("/v1/registry/agents/{cluster}", put(register_agent))
+        .route("/v1/registry/watch", get(registry_watch))
+        .route(
+            "/v1/canary",
+            get(get_canary).put(set_canary).delete(clear_canary),
+        )
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
@@ -417,17 +425,18 @@ async fn kubeconfig(
     Ok(Json(json!(meta.kubeconfig(&who, req).await?)))
 }
 
-async fn sync(
-    State(meta): State<Meta>,
-    Who(who): Who,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, MetaError> {
-    let hub = match who {
+/// The start of a feed for a hub or an admin: who reads it and from which revision.
+fn feed_reader(
+    who: Caller,
+    q: &HashMap<String, String>,
+    what: &str,
+) -> Result<(String, i64), MetaError> {
+    let reader = match who {
         Caller::Admin => "admin".to_owned(),
         Caller::Hub(h) => h,
         other => {
             return Err(MetaError::Forbidden(format!(
-                "{other:?} may not read the change feed: hubs only"
+                "{other:?} may not read {what}: hubs only"
             )))
         }
     };
@@ -437,17 +446,94 @@ async fn sync(
             .parse::<i64>()
             .map_err(|_| MetaError::BadRequest(format!("revision: {r:?} is not a number")))?,
     };
-    let rx = crate::feed::start(meta, revision.max(0), hub);
+    Ok((reader, revision.max(0)))
+}
+
+/// A feed's lines as a streamed NDJSON answer.
+fn ndjson(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let body = Body::from_stream(tokio_stream::StreamExt::map(
         stream,
         Ok::<_, std::convert::Infallible>,
     ));
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
-async fn hubs(State(meta): State<Meta>, Who(_): Who) -> Result<Json<serde_json::Value>, MetaError> {
-    Ok(Json(json!({ "items": meta.hubs().await? })))
+async fn sync(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, MetaError> {
+    let (hub, revision) = feed_reader(who, &q, "the change feed")?;
+    Ok(ndjson(crate::feed::start(meta, revision, hub)))
+}
+
+async fn registry_watch(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, MetaError> {
+    let (reader, revision) = feed_reader(who, &q, "the registry watch")?;
+    Ok(ndjson(crate::feed::start_registry(meta, revision, reader)))
+}
+
+async fn hubs(
+    State(meta): State<Meta>,
+    Who(who): Who,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!(meta.hubs_for(&who).await?)))
+}
+
+/// `PUT /v1/canary`: exactly these fields (a typo is refused, not a rule that selects other
+/// clusters than meant).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CanaryBody {
+    version: String,
+    #[serde(default)]
+    cluster_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    percent: i64,
+}
+
+async fn set_canary(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(b): JsonBody<CanaryBody>,
+) -> Result<Json<CanaryRule>, MetaError> {
+    let percent = u32::try_from(b.percent)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| {
+            MetaError::Invalid(format!(
+                "percent: {} is not 0 to 100 (a percentage of the clusters)",
+                b.percent
+            ))
+        })?;
+    let rule = CanaryRule {
+        version: b.version,
+        cluster_labels: b.cluster_labels,
+        tenants: b.tenants,
+        percent,
+    };
+    Ok(Json(meta.set_canary(&who, rule).await?))
+}
+
+async fn get_canary(
+    State(meta): State<Meta>,
+    Who(who): Who,
+) -> Result<Json<CanaryRule>, MetaError> {
+    meta.canary(&who)
+        .await?
+        .map(Json)
+        .ok_or_else(|| MetaError::NotFound("no canary rule is set".into()))
+}
+
+async fn clear_canary(State(meta): State<Meta>, Who(who): Who) -> Result<StatusCode, MetaError> {
+    meta.clear_canary(&who).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn agents(

@@ -1,11 +1,12 @@
 //! A client of meta's API, for `kubehub ctl` and tests: JSON in and out, bearer token or client
-//! certificate, errors with meta's message. It is the enrollment client hubs and agents use
+//! certificate, errors with meta's message; the canary rule's calls and the registry watch. It is the enrollment client hubs and agents use
 //! ([`kubehub_enroll::MetaClient`]: one HTTPS request per call) with this crate's error type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubehub_enroll::{EnrollError, MetaClient};
+use kubehub_access::registry::{CanaryRule, RegistryLine};
+use kubehub_enroll::{EnrollError, Lines, MetaClient};
 use serde_json::Value;
 
 /// Why a call failed.
@@ -103,6 +104,41 @@ impl Client {
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.call("DELETE", path, None).await
+    }
+
+    /// `PUT /v1/canary`: sets the canary rule (admin); the rule as stored.
+    pub async fn canary_set(&self, rule: &CanaryRule) -> Result<CanaryRule, ClientError> {
+        let body = serde_json::to_value(rule).map_err(|e| ClientError::Body(e.to_string()))?;
+        let v = self.put("/v1/canary", &body).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// `GET /v1/canary`: the canary rule (admin); `None` when none is set.
+    pub async fn canary_show(&self) -> Result<Option<CanaryRule>, ClientError> {
+        match self.get("/v1/canary").await {
+            Ok(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| ClientError::Body(e.to_string())),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /v1/canary`: clears the canary rule (admin; nothing happens when none is set).
+    pub async fn canary_clear(&self) -> Result<(), ClientError> {
+        self.delete("/v1/canary").await.map(|_| ())
+    }
+
+    /// `GET /v1/registry/watch?revision=N` (admin or a hub's certificate): the registry's
+    /// lines as they come (a snapshot first unless `revision` can be resumed from). Lines may
+    /// be up to `max_line` bytes (a snapshot carries every live agent: about 150 bytes each).
+    pub async fn watch_registry(
+        &self,
+        revision: i64,
+        max_line: usize,
+    ) -> Result<Lines<RegistryLine>, ClientError> {
+        let path = format!("/v1/registry/watch?revision={revision}");
+        Ok(self.inner.lines(self.tls.clone(), &path, max_line).await?)
     }
 
     /// One call; the JSON answer (`null` for 204), or meta's error.

@@ -24,6 +24,10 @@
 //!
 //! [registry]
 //! ttl_s = 15                         # a hub or agent that stops heartbeating disappears after this
+//! refresh_s = 60                     # a heartbeat that changes nothing only keeps the lease alive
+//!                                    # (no store write) unless the record was written this long
+//!                                    # ago: `updated` is when it last changed or was refreshed.
+//!                                    # 0: write every heartbeat
 //!
 //! [sync]
 //! heartbeat_ms = 5000                # the hubs' change feed carries a heartbeat at least this often
@@ -113,11 +117,17 @@ impl Default for Certs {
 pub struct RegistryConfig {
     /// Lease time to live, seconds.
     pub ttl_s: i64,
+    /// A heartbeat that changes nothing rewrites the record only when it was written this
+    /// long ago, seconds (otherwise it only keeps the lease alive); 0: every heartbeat writes.
+    pub refresh_s: u64,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { ttl_s: 15 }
+        RegistryConfig {
+            ttl_s: 15,
+            refresh_s: 60,
+        }
     }
 }
 
@@ -232,6 +242,9 @@ impl MetaConfig {
         if self.registry.ttl_s < 2 {
             return bad("registry.ttl_s must be at least 2");
         }
+        if self.registry.refresh_s > 86_400 {
+            return bad("registry.refresh_s must be at most 86400");
+        }
         if self.sync.heartbeat_ms < 100 {
             return bad("sync.heartbeat_ms must be at least 100");
         }
@@ -265,6 +278,7 @@ mod tests {
             (d.agent_lifetime_s, d.hub_lifetime_s, d.join_token_ttl_s)
         );
         assert_eq!(cfg.registry.ttl_s, RegistryConfig::default().ttl_s);
+        assert_eq!(cfg.registry.refresh_s, RegistryConfig::default().refresh_s);
         assert_eq!(cfg.sync.heartbeat_ms, SyncConfig::default().heartbeat_ms);
         assert_eq!(cfg.store, StoreConfig::default());
         assert_eq!(cfg.max_body_bytes, default_body());
@@ -284,6 +298,7 @@ mod tests {
                 "tokens.default_lifetime_s",
             ),
             ("[registry]\nttl_s = 1", "registry.ttl_s"),
+            ("[registry]\nrefresh_s = 100000", "registry.refresh_s"),
             ("hub_url = \"http://x\"", "hub_url"),
             ("colour = 1", "unknown field"),
         ] {

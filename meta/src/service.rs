@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubehub_access::model::{Cluster, Grant, Record, Subject, Tenant, TokenRecord, User};
+use kubehub_access::registry::eligibility;
+pub use kubehub_access::registry::{AgentRecord, CanaryRule, HubRecord};
 use kubehub_access::{Index, Line, Token};
 use kubehub_pki::Ca;
 use serde::{Deserialize, Serialize};
@@ -45,10 +47,15 @@ struct Tombstone {
     until: u64,
 }
 const CA_KEY: &str = "ca/key";
+/// Everything the registry watch follows: the hubs, the agents and the canary rule (one store
+/// watch on this prefix sees their changes in revision order).
+pub const REGISTRY: &str = "registry/";
 /// Registered hubs (leased).
 pub const HUBS: &str = "registry/hubs/";
 /// Registered agents (leased).
 pub const AGENTS: &str = "registry/agents/";
+/// The canary rule (one, not leased).
+pub const CANARY: &str = "registry/canary";
 
 /// Who is calling, as established by the HTTP layer from a bearer token or a client
 /// certificate.
@@ -188,50 +195,31 @@ pub struct Issued {
     pub revoked: usize,
 }
 
-/// A registered hub (leased: gone `registry.ttl_s` after its last heartbeat).
+/// The live hubs as one caller may use them (`GET /v1/registry/hubs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HubRecord {
-    /// Hub id.
-    #[serde(default)]
-    pub id: String,
-    /// User-facing URL (`https://host:port`).
-    pub endpoint: String,
-    /// Where agents dial (`host:port`).
-    pub agent_endpoint: String,
-    /// Version.
-    #[serde(default)]
-    pub version: String,
-    /// Environment tag.
-    #[serde(default)]
-    pub environment: String,
-    /// Connected agents.
-    #[serde(default)]
-    pub agents: u64,
-    /// Last heartbeat, unix seconds (set by meta).
-    #[serde(default)]
-    pub updated: u64,
+pub struct HubChoice {
+    /// The hubs (for an agent: those it may hold tunnels to).
+    pub items: Vec<HubRecord>,
+    /// For an agent: the ids of the other live hubs (it moves away from one it holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ineligible: Option<Vec<String>>,
 }
 
-/// A registered agent (leased).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AgentRecord {
-    /// Cluster id (set by meta from the agent's certificate).
-    #[serde(default)]
-    pub cluster: String,
-    /// Agent id.
-    #[serde(default)]
-    pub agent_id: String,
-    /// The hubs it is connected to.
-    #[serde(default)]
-    pub hubs: Vec<String>,
-    /// Version.
-    #[serde(default)]
-    pub version: String,
-    /// Last heartbeat, unix seconds (set by meta).
-    #[serde(default)]
-    pub updated: u64,
+/// A registry record whose `updated` meta sets: what [`Meta::heartbeat`] compares.
+trait Heartbeat: Serialize + serde::de::DeserializeOwned + PartialEq {
+    fn updated(&mut self) -> &mut u64;
+}
+
+impl Heartbeat for HubRecord {
+    fn updated(&mut self) -> &mut u64 {
+        &mut self.updated
+    }
+}
+
+impl Heartbeat for AgentRecord {
+    fn updated(&mut self) -> &mut u64 {
+        &mut self.updated
+    }
 }
 
 /// A certificate issued at enrollment or renewal.
@@ -1008,18 +996,34 @@ impl Meta {
 
     /// Records a heartbeat under a lease: the same lease is kept alive while it lives, a new
     /// one is granted when it expired. Any replica can do this (the lease id is in the key).
-    async fn heartbeat(&self, k: String, value: Vec<u8>) -> Result<()> {
+    ///
+    /// A heartbeat that changes nothing writes nothing: when the stored record equals `record`
+    /// but for `updated`, and was written less than `registry.refresh_s` ago, only its lease
+    /// is kept alive (no store write, no watch event). So `updated` is when the record last
+    /// changed or was refreshed, and the store sees about `registrations / refresh_s` writes
+    /// a second plus the changes, instead of one per heartbeat.
+    async fn heartbeat<T: Heartbeat>(&self, k: String, mut record: T) -> Result<()> {
+        let t_now = now();
+        *record.updated() = t_now;
         let mut lease = 0;
         if let Some(kv) = self.store.get(&k).await? {
             if kv.lease != 0 && self.store.lease_keep_alive(kv.lease).await.is_ok() {
                 lease = kv.lease;
+                if let Ok(mut stored) = serde_json::from_slice::<T>(&kv.value) {
+                    let written = *stored.updated();
+                    *stored.updated() = t_now;
+                    let fresh = t_now.saturating_sub(written) < self.cfg.registry.refresh_s;
+                    if fresh && stored == record {
+                        return Ok(());
+                    }
+                }
             }
         }
         if lease == 0 {
             lease = self.store.lease_grant(self.cfg.registry.ttl_s).await?;
         }
         self.store
-            .txn(Txn::new().then(Op::put_with_lease(k, value, lease)))
+            .txn(Txn::new().then(Op::put_with_lease(k, json(&record)?, lease)))
             .await?;
         Ok(())
     }
@@ -1042,8 +1046,7 @@ impl Meta {
             ));
         }
         h.id = id.to_owned();
-        h.updated = now();
-        self.heartbeat(format!("{HUBS}{id}"), json(&h)?).await
+        self.heartbeat(format!("{HUBS}{id}"), h).await
     }
 
     /// An agent's heartbeat (the agent of that cluster, or an admin).
@@ -1064,9 +1067,7 @@ impl Meta {
             }
         }
         a.cluster = cluster.to_owned();
-        a.updated = now();
-        self.heartbeat(format!("{AGENTS}{cluster}"), json(&a)?)
-            .await
+        self.heartbeat(format!("{AGENTS}{cluster}"), a).await
     }
 
     /// Live hubs, by id.
@@ -1078,6 +1079,36 @@ impl Meta {
             .collect())
     }
 
+    /// The live hubs as `caller` may use them: for the agent of a cluster, the hubs it may
+    /// hold tunnels to ([`eligibility`]: not draining, of the cluster's environment, by the
+    /// canary rule) and the ids of the other live hubs; for anyone else every live hub.
+    pub async fn hubs_for(&self, caller: &Caller) -> Result<HubChoice> {
+        let hubs = self.hubs().await?;
+        let Caller::Agent(cluster) = caller else {
+            return Ok(HubChoice {
+                items: hubs,
+                ineligible: None,
+            });
+        };
+        let cluster = self.agent_cluster(cluster).await?;
+        let canary = self.canary_rule().await?;
+        let e = eligibility(&hubs, &cluster, canary.as_ref());
+        Ok(HubChoice {
+            items: e.eligible.into_iter().cloned().collect(),
+            ineligible: Some(e.ineligible.into_iter().map(|h| h.id.clone()).collect()),
+        })
+    }
+
+    /// The cluster record of an agent's cluster (refused once the cluster is deleted).
+    async fn agent_cluster(&self, id: &str) -> Result<Cluster> {
+        match self.get_record(&format!("clusters/{id}")).await? {
+            Some((Record::Cluster(c), _)) => Ok(c),
+            _ => Err(MetaError::Forbidden(format!(
+                "cluster {id:?} no longer exists: its agent has no hubs to use"
+            ))),
+        }
+    }
+
     /// Live agents, by cluster.
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
         let (kvs, _) = self.store.list(AGENTS).await?;
@@ -1085,6 +1116,47 @@ impl Meta {
             .iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
             .collect())
+    }
+
+    // ---- canary ----------------------------------------------------------------------------
+
+    /// The canary rule in the store (one that no longer reads is reported and ignored).
+    async fn canary_rule(&self) -> Result<Option<CanaryRule>> {
+        let Some(kv) = self.store.get(CANARY).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&kv.value) {
+            Ok(rule) => Ok(Some(rule)),
+            Err(e) => {
+                tracing::warn!("the stored canary rule does not read ({e}): ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets the canary rule (admin), replacing any.
+    pub async fn set_canary(&self, caller: &Caller, rule: CanaryRule) -> Result<CanaryRule> {
+        caller.must_be_admin()?;
+        rule.validate().map_err(invalid)?;
+        self.store.put(CANARY, json(&rule)?).await?;
+        info!(version = %rule.version, percent = rule.percent, "canary rule set");
+        Ok(rule)
+    }
+
+    /// The canary rule (admin), if one is set.
+    pub async fn canary(&self, caller: &Caller) -> Result<Option<CanaryRule>> {
+        caller.must_be_admin()?;
+        self.canary_rule().await
+    }
+
+    /// Clears the canary rule (admin); nothing happens when none is set.
+    pub async fn clear_canary(&self, caller: &Caller) -> Result<()> {
+        caller.must_be_admin()?;
+        if self.store.get(CANARY).await?.is_some() {
+            self.store.delete(CANARY).await?;
+            info!("canary rule cleared");
+        }
+        Ok(())
     }
 
     // ---- enrollment ------------------------------------------------------------------------
@@ -1125,7 +1197,7 @@ impl Meta {
             )));
         }
         info!(identity = %record.purpose.identity(), "enrolled");
-        self.enrolled(cert, record.purpose.identity()).await
+        self.enrolled(cert, &record.purpose).await
     }
 
     /// A new certificate for a caller holding a valid one (renewal before expiry).
@@ -1152,7 +1224,7 @@ impl Meta {
         };
         let cert = self.sign(csr, &purpose)?;
         info!(identity = %purpose.identity(), "certificate renewed");
-        self.enrolled(cert, purpose.identity()).await
+        self.enrolled(cert, &purpose).await
     }
 
     fn sign(&self, csr: &str, purpose: &Purpose) -> Result<String> {
@@ -1165,14 +1237,21 @@ impl Meta {
             .map_err(|e| MetaError::Invalid(format!("csr: {e}")))
     }
 
-    async fn enrolled(&self, certificate: String, identity: &str) -> Result<Enrolled> {
+    /// The answer to an enrollment or renewal: with the hubs an agent may use (as
+    /// [`Meta::hubs_for`] says), or every live hub for a hub.
+    async fn enrolled(&self, certificate: String, purpose: &Purpose) -> Result<Enrolled> {
+        let caller = match purpose {
+            Purpose::Agent { cluster } => Caller::Agent(cluster.clone()),
+            Purpose::Hub { id, .. } => Caller::Hub(id.clone()),
+        };
         Ok(Enrolled {
             certificate,
             ca: self.ca_pem.to_string(),
-            identity: identity.to_owned(),
+            identity: purpose.identity().to_owned(),
             hubs: self
-                .hubs()
+                .hubs_for(&caller)
                 .await?
+                .items
                 .into_iter()
                 .map(|h| h.agent_endpoint)
                 .collect(),
