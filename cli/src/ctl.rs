@@ -73,6 +73,13 @@ pub enum CtlCommand {
     },
     /// Live hubs.
     Hubs,
+    /// The canary rule: `set --version V [--label k=v]... [--tenant T]... [--percent N]`,
+    /// `show`, `clear` (admin). Agents of the chosen clusters move to hubs of that version, the
+    /// others away from them; changing or clearing the rule moves them back.
+    Canary {
+        #[command(subcommand)]
+        op: CanaryOp,
+    },
     /// Live agents.
     Agents,
     /// Who meta thinks you are.
@@ -270,6 +277,31 @@ pub struct KubeconfigArgs {
     /// Revoke the user's other tokens.
     #[arg(long)]
     pub replace: bool,
+}
+
+/// Canary rule operations.
+#[derive(Debug, Subcommand)]
+pub enum CanaryOp {
+    /// Set (replace) the rule: clusters with all these labels, of these tenants, or this
+    /// percentage of all clusters use hubs of VERSION; the others hubs of other versions.
+    Set {
+        /// The hub version under test.
+        #[arg(long)]
+        version: String,
+        /// A label the clusters must have (`k=v`; repeat: all of them).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A tenant whose clusters are all in (repeat).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// This percentage of all clusters (0-100), by hash of their id.
+        #[arg(long, default_value_t = 0)]
+        percent: u32,
+    },
+    /// Show the rule (exit 1, "no canary rule is set", when there is none).
+    Show,
+    /// Clear the rule.
+    Clear,
 }
 
 fn labels(list: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -693,12 +725,44 @@ async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
                     ("ENDPOINT", "endpoint"),
                     ("AGENT ENDPOINT", "agentEndpoint"),
                     ("AGENTS", "agents"),
+                    ("STREAMS", "streams"),
+                    ("CPU‰", "cpu"),
                     ("VERSION", "version"),
                     ("ENVIRONMENT", "environment"),
-                    ("SEEN", "updated"),
+                    ("ZONE", "zone"),
+                    ("DRAINING", "draining"),
+                    ("UPDATED", "updated"),
                 ],
             );
         }
+        CtlCommand::Canary { op } => match op {
+            CanaryOp::Set {
+                version,
+                labels: l,
+                tenants,
+                percent,
+            } => {
+                let rule = kubehub_access::registry::CanaryRule {
+                    version,
+                    cluster_labels: labels(&l).map_err(usage)?,
+                    tenants,
+                    percent,
+                };
+                let stored = c.canary_set(&rule).await.map_err(fail)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stored).unwrap_or_default()
+                );
+            }
+            CanaryOp::Show => match c.canary_show().await.map_err(fail)? {
+                Some(rule) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rule).unwrap_or_default()
+                ),
+                None => return Err((1, "no canary rule is set".into())),
+            },
+            CanaryOp::Clear => c.canary_clear().await.map_err(fail)?,
+        },
         CtlCommand::Agents => {
             let v = c.get("/v1/registry/agents").await.map_err(fail)?;
             show(

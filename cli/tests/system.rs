@@ -120,6 +120,11 @@ impl System {
     /// A hub enrolled with meta the way `kubehub hub --join` does it (a hub join token; its key
     /// and meta's certificate in its state directory) and following its feed.
     fn hub(&self, id: &str) -> Hub {
+        self.hub_with(id, "")
+    }
+
+    /// [`System::hub`] with `meta_extra` in its `[meta]` section.
+    fn hub_with(&self, id: &str, meta_extra: &str) -> Hub {
         let d = self.dir.path().join(id);
         let join = self.call(|c| {
             let id = id.to_owned();
@@ -138,6 +143,7 @@ impersonate = false
 url = "{meta}"
 state_dir = "state"
 register_interval_ms = 500
+{meta_extra}
 [user_listener]
 listen = "127.0.0.1:0"
 [agent_listener]
@@ -394,5 +400,136 @@ fn an_agent_whose_hub_dies_moves_to_another() {
             let v = s.call(|c| async move { c.get("/v1/registry/agents").await });
             v["items"][0]["hubs"].to_string().contains(alive_id)
         },
+    );
+}
+
+/// Users reach any hub: a hub without the cluster's tunnel finds the hub that holds it in
+/// meta's registry (its registry watch) and forwards over a peer link. When the agent moves
+/// to another hub (its hub went away), the directories follow and requests work through every
+/// remaining hub.
+#[test]
+fn any_hub_serves_any_cluster_through_the_registry() {
+    let s = System::start("[registry]\nttl_s = 2\n");
+    let hubs = [s.hub("hub-a"), s.hub("hub-b"), s.hub("hub-c")];
+    let _agent = s.agent("hubs_per_agent = 1\nhub_refresh_ms = 300\nfailover_after_ms = 1000");
+    wait(Duration::from_secs(15), "the agent on one hub", || {
+        hubs.iter().map(|h| h.registry.connected()).sum::<usize>() == 1
+    });
+    let token = s.alice_token();
+    for (i, hub) in hubs.iter().enumerate() {
+        wait(
+            Duration::from_secs(10),
+            &format!("hub {i} serves edge-1"),
+            || s.status(hub, &token, CONFIGMAPS) == 200,
+        );
+    }
+    let holder = hubs
+        .iter()
+        .position(|h| h.registry.connected() == 1)
+        .unwrap();
+    for (i, hub) in hubs.iter().enumerate() {
+        let links = hub.peers.links();
+        if i == holder {
+            assert!(links.is_empty(), "the holder forwards nothing: {links:?}");
+        } else {
+            assert_eq!(links.len(), 1, "one link, to the holder: {links:?}");
+        }
+    }
+    // A user's grant is checked by the hub that serves the request, wherever it arrives.
+    for hub in &hubs {
+        assert_eq!(s.status(hub, &token, PODS), 403);
+    }
+    // The holder goes away: the agent moves to another hub, the registry says so, and both
+    // remaining hubs serve edge-1 again.
+    let [a, b, c] = hubs;
+    let mut rest: Vec<Hub> = Vec::new();
+    for (i, h) in [a, b, c].into_iter().enumerate() {
+        if i == holder {
+            h.shutdown(Duration::from_secs(1));
+            drop(h);
+        } else {
+            rest.push(h);
+        }
+    }
+    let gone = Instant::now();
+    wait(Duration::from_secs(20), "the agent on another hub", || {
+        rest.iter().map(|h| h.registry.connected()).sum::<usize>() == 1
+    });
+    for hub in &rest {
+        wait(Duration::from_secs(10), "edge-1 served again", || {
+            s.status(hub, &token, CONFIGMAPS) == 200
+        });
+    }
+    eprintln!(
+        "edge-1 answered through both remaining hubs {:?} after its hub went away",
+        gone.elapsed()
+    );
+}
+
+/// A canary: a rule in meta sends the chosen clusters' agents to hubs of the new version (and
+/// the others away from them), users follow through any hub, and changing the rule moves the
+/// agents back, without restarting anything.
+#[test]
+fn a_canary_rule_moves_the_chosen_agents_and_moves_them_back() {
+    let s = System::start("[registry]\nttl_s = 2\n");
+    let stable = s.hub("hub-stable");
+    let canary = s.hub_with("hub-canary", "version = \"9.9.9-rc1\"");
+    let _agent = s.agent("hubs_per_agent = 1\nhub_refresh_ms = 300\nfailover_after_ms = 1000");
+    let on = |h: &Hub| h.registry.connected() == 1;
+    wait(Duration::from_secs(15), "the agent on a hub", || {
+        on(&stable) || on(&canary)
+    });
+    let token = s.alice_token();
+    // Tenant t's clusters go to the canary.
+    s.call(|c| async move {
+        c.put(
+            "/v1/canary",
+            &json!({"version": "9.9.9-rc1", "tenants": ["t"]}),
+        )
+        .await
+    });
+    wait(
+        Duration::from_secs(20),
+        "the agent on the canary hub",
+        || on(&canary) && !on(&stable),
+    );
+    // Users reach it through either hub.
+    for hub in [&stable, &canary] {
+        wait(Duration::from_secs(10), "edge-1 served", || {
+            s.status(hub, &token, CONFIGMAPS) == 200
+        });
+    }
+    // Rolled back: the rule now chooses no cluster, so the canary's version is for none.
+    s.call(|c| async move {
+        c.put("/v1/canary", &json!({"version": "9.9.9-rc1", "percent": 0}))
+            .await
+    });
+    wait(
+        Duration::from_secs(20),
+        "the agent back on the stable hub",
+        || on(&stable) && !on(&canary),
+    );
+    wait(
+        Duration::from_secs(10),
+        "edge-1 served through the canary hub",
+        || s.status(&canary, &token, CONFIGMAPS) == 200,
+    );
+    // Hubs report their version in the registry.
+    let v = s.call(|c| async move { c.get("/v1/registry/hubs").await });
+    let versions: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{}={}",
+                h["id"].as_str().unwrap(),
+                h["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        versions.contains(&"hub-canary=9.9.9-rc1".to_owned()),
+        "{versions:?}"
     );
 }

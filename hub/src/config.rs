@@ -14,12 +14,19 @@
 //!                                    # clusters of another environment (their cluster record's) are
 //!                                    # refused, so are users' requests for such clusters (403), and
 //!                                    # peer links to and from hubs the registry puts elsewhere
+//! zone = ""                          # this hub's failure domain (a zone, a rack), sent with its
+//!                                    # registration: agents keep their tunnels in different zones
 //!
 //! # Who may reach which cluster: tenants, users, clusters, grants and tokens. Exactly one source,
 //! # either [access] file (a static snapshot, for development and tests; read once at start)
 //! # or [meta] (the metaserver's sync feed, the source of truth in production).
 //! # [access]
 //! # file = "access.json"             # one JSON snapshot line ({"type":"snapshot",...}) or NDJSON lines
+//! # Which hub holds which cluster (for forwarding over peer links): with [meta], its registry
+//! # watch; without it, optionally a static file, for development and tests (read once at start).
+//! # [registry]
+//! # file = "registry.ndjson"         # registry watch lines ({"kind":"snapshot",...}, {"kind":"hub",...},
+//!                                    # {"kind":"agent",...}: kubehub_access::registry), applied in order
 //!
 //! [meta]                             # the metaserver: access sync feed, the hub registry, and
 //!                                    # the hub's certificate
@@ -53,6 +60,9 @@
 //! public_url = ""                    # user-facing URL sent to meta; "": https://<host>:<user port>
 //! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
 //! max_line_bytes = 268435456         # largest sync line accepted (a snapshot is one line)
+//! version = ""                       # the version this hub registers as (and shows in
+//!                                    # kubehub_hub_info); "": this build's. Canary rules
+//!                                    # (`kubehub ctl canary`) pick hubs by it
 //! unready_after_ms = 30000           # cut from meta this long: /readyz answers 503 (the hub keeps
 //!                                    # serving with what it has; a load balancer sends new users
 //!                                    # to hubs whose access data and directory are current). 0:
@@ -311,12 +321,18 @@ pub struct HubConfig {
     /// The metaserver (`[meta]`).
     #[serde(default)]
     pub meta: Option<MetaConfig>,
+    /// A static registry (`[registry] file`), without meta.
+    #[serde(default)]
+    pub registry: Option<RegistryFile>,
     /// Add impersonation headers to forwarded requests.
     #[serde(default = "default_true")]
     pub impersonate: bool,
     /// This hub's environment: it serves only clusters of it and links only to hubs of it.
     #[serde(default)]
     pub environment: String,
+    /// This hub's failure domain (agents spread their tunnels over zones).
+    #[serde(default)]
+    pub zone: String,
     /// HTTPS for users.
     pub user_listener: Listener,
     /// Mutual TLS for agents.
@@ -337,6 +353,14 @@ pub struct HubConfig {
 #[serde(deny_unknown_fields)]
 pub struct AccessFile {
     /// One JSON `snapshot` line, or NDJSON sync lines applied in order.
+    pub file: PathBuf,
+}
+
+/// `[registry]`: which hub holds which cluster, from a file (without meta).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// NDJSON registry watch lines, applied in order.
     pub file: PathBuf,
 }
 
@@ -387,6 +411,9 @@ pub struct MetaConfig {
     /// Largest sync line accepted.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// The version registered (empty: this build's).
+    #[serde(default)]
+    pub version: String,
     /// Cut from meta this long, the hub reports not ready (0: never).
     #[serde(default = "default_unready_after_ms")]
     pub unready_after_ms: u64,
@@ -430,6 +457,7 @@ impl MetaConfig {
             agent_endpoint: String::new(),
             max_line_bytes: default_max_line_bytes(),
             unready_after_ms: default_unready_after_ms(),
+            version: String::new(),
         }
     }
 
@@ -715,6 +743,12 @@ impl HubConfig {
             }
             (None, Some(m)) => m.validate()?,
             (Some(_), None) => {}
+        }
+        if self.registry.is_some() && self.meta.is_some() {
+            return Err(ConfigError::Invalid(
+                "[registry] file and [meta] are exclusive: with meta, the hub follows its registry"
+                    .into(),
+            ));
         }
         let enrolled = self.state_dir().is_some();
         self.user_listener.validate("user_listener", enrolled)?;

@@ -51,6 +51,20 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Who this hub is: `kubehub_hub_info` (value 1), so dashboards and alerts can tell hubs,
+/// versions (a canary), environments and zones apart.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabel {
+    /// Hub id.
+    pub id: String,
+    /// Its version.
+    pub version: String,
+    /// Its environment.
+    pub environment: String,
+    /// Its zone.
+    pub zone: String,
+}
+
 /// Labels of upgraded sessions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabel {
@@ -130,6 +144,13 @@ pub struct Metrics {
     pub sessions_open: Gauge,
     /// Upgraded connections that ended, by kind and how.
     pub sessions: Family<SessionLabel, Counter>,
+    /// This hub (one series, value 1).
+    pub info: Family<InfoLabel, Gauge>,
+    /// Peer links this hub dialled, up now (set at scrape time).
+    pub peer_links: Gauge,
+    /// Requests forwarded to another hub over a peer link, by outcome (`ok`: a holder
+    /// answered; `unreachable`: none could be reached).
+    pub peer_requests: Family<OutcomeLabel, Counter>,
     registry: Registry,
 }
 
@@ -305,9 +326,30 @@ impl Metrics {
             "Upgraded connections that ended, by kind and how they ended",
             sessions.clone(),
         );
+        let info = Family::<InfoLabel, Gauge>::default();
+        registry.register(
+            "info",
+            "This hub: id, version, environment and zone (value 1)",
+            info.clone(),
+        );
+        let peer_links = Gauge::default();
+        registry.register(
+            "peer_links",
+            "Peer links to other hubs this hub dialled, up now",
+            peer_links.clone(),
+        );
+        let peer_requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "peer_requests",
+            "Requests forwarded to another hub holding the cluster, by outcome",
+            peer_requests.clone(),
+        );
         let cert = kubehub_enroll::CertMetrics::default();
         cert.register(&mut registry, "the hub's (user listener's)");
         Metrics {
+            info,
+            peer_links,
+            peer_requests,
             sessions_open,
             sessions,
             cert,

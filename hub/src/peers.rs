@@ -1,9 +1,10 @@
 //! `peers`: the other hubs, for clusters whose tunnels this hub does not hold.
 //!
 //! Users reach hubs through any load balancer, so every hub answers for every cluster. A
-//! request for a cluster without a tunnel here goes to a hub that holds one ([`Directory`]:
-//! cluster → the hubs its agent is connected to, and where each hub listens for agents,
-//! kept current from the metaserver's registry), over a **peer link**: a connection to that
+//! request for a cluster without a tunnel here goes to a hub that holds one (the directory:
+//! meta's registry as a [`RegistryView`] — cluster → the hubs its agent is connected to, each
+//! hub's agent listener, environment and state — kept current by the registry watch in
+//! `crate::access::sync`), over a **peer link**: a connection to that
 //! hub's agent listener with this hub's certificate, speaking the tunnel protocol
 //! (`PROTOCOL.md` §12). Each forwarded request is one stream on it whose bytes are the
 //! user's HTTP/1.1 exchange ([`crate::proxy::peer`]), so streams, flow control, cancellation
@@ -15,7 +16,6 @@
 //! the traffic, not hubs × hubs. A link that fails or says GOAWAY is forgotten; the next
 //! request dials again or picks another holder.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use kubehub_access::registry::{RegistryLine, RegistryView};
 use kubehub_wire::handshake::{self, Offer};
 use kubehub_wire::{Capabilities, Decoder, EncodeBuf, Frame, Hello};
 use tokio::sync::{mpsc, oneshot};
@@ -31,18 +32,6 @@ use tracing::{debug, info};
 
 use crate::registry::TunnelCmd;
 use crate::tunnel::TunnelCtx;
-
-/// Who holds which cluster, and where each hub takes links: this hub's view of the
-/// registry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Directory {
-    /// Cluster → the hubs its agent has tunnels to (registry ids), in the registry's order.
-    pub holders: HashMap<String, Vec<String>>,
-    /// Hub id → `host:port` of its agent listener.
-    pub endpoints: HashMap<String, String>,
-    /// Hub id → its environment, as it registered (links never cross environments).
-    pub environments: HashMap<String, String>,
-}
 
 /// One hub a request may be forwarded to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +60,7 @@ pub struct Peers {
     /// TLS for dialling (this hub's certificate; the CA agents' certificates come from);
     /// `None`: peering is off (no client CA configured).
     tls: Option<Arc<rustls::ClientConfig>>,
-    dir: RwLock<Directory>,
+    dir: RwLock<RegistryView>,
     links: DashMap<String, LinkSlot>,
     next_generation: AtomicU64,
     idle: Duration,
@@ -106,7 +95,7 @@ impl Peers {
             hub_id: hub_id.to_owned(),
             environment: environment.to_owned(),
             tls,
-            dir: RwLock::new(Directory::default()),
+            dir: RwLock::new(RegistryView::new()),
             links: DashMap::new(),
             next_generation: AtomicU64::new(0),
             idle,
@@ -123,46 +112,54 @@ impl Peers {
         self.idle
     }
 
-    /// Replaces the directory.
-    pub fn set_directory(&self, dir: Directory) {
-        *self.dir.write().unwrap_or_else(|e| e.into_inner()) = dir;
+    /// Applies a line of meta's registry watch to the directory.
+    pub fn apply(&self, line: &RegistryLine) {
+        self.dir
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(line);
     }
 
-    /// The directory as it is now.
-    pub fn directory(&self) -> Directory {
-        self.dir.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The registry revision the directory has reached (where a watch resumes).
+    pub fn revision(&self) -> i64 {
+        self.dir
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .revision()
     }
 
-    /// The environment the directory gives `hub`, if it knows the hub.
+    /// The environment the registry gives `hub`, if it knows the hub.
     pub fn environment_of(&self, hub: &str) -> Option<String> {
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
-        dir.environments.get(hub).cloned()
+        dir.hub(hub).map(|h| h.environment.clone())
     }
 
-    /// The other hubs holding `cluster`, in the registry's order (this hub excluded; hubs
-    /// without a known endpoint, or of another environment, skipped).
+    /// The other live hubs holding `cluster`, in the order its agent registered them, hubs
+    /// that are draining last (this hub, hubs of another environment and hubs without an
+    /// agent endpoint left out).
     pub fn holders(&self, cluster: &str) -> Vec<Holder> {
         if self.tls.is_none() {
             return Vec::new();
         }
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
-        dir.holders
-            .get(cluster)
-            .into_iter()
-            .flatten()
+        let mut out: Vec<(bool, Holder)> = dir
+            .holders(cluster)
+            .iter()
             .filter(|h| **h != self.hub_id)
-            .filter(|h| {
-                dir.environments
-                    .get(*h)
-                    .is_none_or(|e| *e == self.environment)
+            .filter_map(|h| dir.hub(h))
+            .filter(|h| h.environment == self.environment && !h.agent_endpoint.is_empty())
+            .map(|h| {
+                (
+                    h.draining,
+                    Holder {
+                        hub: h.id.clone(),
+                        endpoint: h.agent_endpoint.clone(),
+                    },
+                )
             })
-            .filter_map(|h| {
-                dir.endpoints.get(h).map(|e| Holder {
-                    hub: h.clone(),
-                    endpoint: e.clone(),
-                })
-            })
-            .collect()
+            .collect();
+        out.sort_by_key(|(draining, _)| *draining);
+        out.into_iter().map(|(_, h)| h).collect()
     }
 
     /// Links up now (hub ids), for the admin listener and tests.
@@ -341,6 +338,18 @@ async fn dial(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubehub_access::registry::{AgentRecord, HubRecord};
+
+    fn hub(id: &str, env: &str, draining: bool) -> HubRecord {
+        HubRecord {
+            id: id.into(),
+            endpoint: format!("https://{id}:8443"),
+            agent_endpoint: format!("{id}:8444"),
+            environment: env.into(),
+            draining,
+            ..HubRecord::default()
+        }
+    }
 
     #[test]
     fn holders_skip_this_hub_hubs_without_an_endpoint_and_other_environments() {
@@ -353,28 +362,47 @@ mod tests {
                 .with_no_client_auth(),
         );
         let p = Peers::new("hub-a", "prod", Some(tls), Duration::from_secs(60));
-        let mut d = Directory::default();
-        d.holders.insert(
-            "edge-1".into(),
-            vec!["hub-a".into(), "hub-b".into(), "hub-c".into()],
-        );
-        d.endpoints.insert("hub-a".into(), "10.0.0.1:7443".into());
-        d.endpoints.insert("hub-b".into(), "10.0.0.2:7443".into());
-        d.endpoints.insert("hub-c".into(), "10.0.0.3:7443".into());
-        d.environments.insert("hub-b".into(), "prod".into());
-        d.environments.insert("hub-c".into(), "staging".into());
-        p.set_directory(d);
-        assert_eq!(
-            p.holders("edge-1"),
-            vec![Holder {
-                hub: "hub-b".into(),
-                endpoint: "10.0.0.2:7443".into()
-            }]
-        );
+        let mut no_endpoint = hub("hub-e", "prod", false);
+        no_endpoint.agent_endpoint.clear();
+        p.apply(&RegistryLine::Snapshot {
+            revision: 7,
+            hubs: vec![
+                hub("hub-a", "prod", false),
+                hub("hub-b", "prod", true),
+                hub("hub-c", "staging", false),
+                hub("hub-d", "prod", false),
+                no_endpoint,
+            ],
+            agents: vec![AgentRecord {
+                cluster: "edge-1".into(),
+                hubs: ["hub-a", "hub-b", "hub-c", "hub-d", "hub-e", "hub-gone"]
+                    .map(String::from)
+                    .to_vec(),
+                ..AgentRecord::default()
+            }],
+            canary: None,
+        });
+        let ids: Vec<String> = p.holders("edge-1").into_iter().map(|h| h.hub).collect();
+        assert_eq!(ids, ["hub-d", "hub-b"], "the draining hub last");
+        assert_eq!(p.holders("edge-1")[0].endpoint, "hub-d:8444");
         assert!(p.holders("edge-2").is_empty());
         assert_eq!(p.environment_of("hub-c").as_deref(), Some("staging"));
+        assert_eq!(p.revision(), 7);
+        p.apply(&RegistryLine::HubGone {
+            revision: 8,
+            id: "hub-d".into(),
+        });
+        let ids: Vec<String> = p.holders("edge-1").into_iter().map(|h| h.hub).collect();
+        assert_eq!(ids, ["hub-b"]);
         let off = Peers::new("hub-a", "prod", None, Duration::from_secs(60));
-        off.set_directory(p.directory());
+        off.apply(&RegistryLine::Agent {
+            revision: 1,
+            agent: AgentRecord {
+                cluster: "edge-1".into(),
+                hubs: vec!["hub-b".into()],
+                ..AgentRecord::default()
+            },
+        });
         assert!(off.holders("edge-1").is_empty(), "peering off: no holders");
     }
 }

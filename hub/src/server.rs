@@ -268,6 +268,20 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             metrics.cert.expires(info.not_after);
         }
     }
+    metrics
+        .info
+        .get_or_create(&crate::metrics::InfoLabel {
+            id: cfg.id.clone(),
+            version: cfg
+                .meta
+                .as_ref()
+                .map(|m| m.version.clone())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+            environment: cfg.environment.clone(),
+            zone: cfg.zone.clone(),
+        })
+        .set(1);
     let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
     // Peer links are dialled with the agent listener's certificate (an enrolled hub's) and
     // verify the other hub against the CA agents' certificates come from.
@@ -290,6 +304,29 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         peer_tls,
         Duration::from_millis(cfg.limits.peer_idle_timeout_ms),
     ));
+    if let Some(r) = &cfg.registry {
+        let text = std::fs::read_to_string(&r.file).map_err(|e| {
+            crate::config::ConfigError::Invalid(format!(
+                "[registry] file {}: {e}",
+                r.file.display()
+            ))
+        })?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let line =
+                kubehub_access::registry::RegistryLine::parse(line.as_bytes()).map_err(|e| {
+                    crate::config::ConfigError::Invalid(format!(
+                        "[registry] file {}, line {}: {e}",
+                        r.file.display(),
+                        i + 1
+                    ))
+                })?;
+            peers.apply(&line);
+        }
+    }
     let user = reuseport_listeners(cfg.user_listener.listen, n)?;
     let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
     let user_addr = user[0].local_addr().map_err(|source| HubError::Bind {
@@ -327,7 +364,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             Some(access::sync::MetaParts {
                 registration: access::sync::Registration::new(
                     &cfg.id,
-                    &cfg.environment,
+                    (&cfg.environment, &cfg.zone),
                     m,
                     user_addr,
                     agent_addr,
@@ -364,6 +401,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             caches.clone(),
             access.clone(),
             drain_rx.clone(),
+            peers.clone(),
         );
         let max_conns = cfg.limits.max_connections;
         let t = std::thread::Builder::new()
@@ -461,6 +499,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             access.clone(),
             metrics.clone(),
             registry.clone(),
+            peers.clone(),
             drain_rx.clone(),
         )?),
         _ => None,
@@ -553,6 +592,7 @@ type AdminCtx = (
     Arc<Caches>,
     Arc<Access>,
     tokio::sync::watch::Receiver<bool>,
+    Arc<crate::peers::Peers>,
 );
 
 async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
@@ -561,7 +601,7 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (registry, metrics, caches, access, drain) = ctx.clone();
+        let (registry, metrics, caches, access, drain, peers) = ctx.clone();
         monoio::spawn(async move {
             let buf = vec![0u8; 4096];
             let (res, buf) = tcp.read(buf).await;
@@ -604,6 +644,7 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
                     {
                         caches.update_gauges();
                         access.update_gauges(&metrics);
+                        metrics.peer_links.set(peers.links().len() as i64);
                         metrics.encode()
                     },
                 ),

@@ -259,9 +259,11 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     let cfg = HubConfig {
         id: "hub-meta-test".into(),
         environment: "test".into(),
+        zone: "zone-t".into(),
         cores: 1,
         clusters: vec![],
         access: None,
+        registry: None,
         meta: Some(MetaConfig {
             token_file: Some(d.join("hub-meta.token")),
             heartbeat_timeout_ms: 500,
@@ -314,6 +316,8 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
     assert_eq!(reg["agentEndpoint"], hub.agent_addr.to_string());
     assert_eq!(reg["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(reg["environment"], "test", "the hub's environment");
+    assert_eq!(reg["zone"], "zone-t");
+    assert_eq!(reg["draining"], false);
     assert_eq!(reg["agents"], 0);
     let (sync_target, sync_auth) = meta.with(|s| s.syncs[0].clone());
     assert_eq!(

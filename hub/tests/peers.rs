@@ -72,6 +72,25 @@ fn a_hub_without_the_tunnel_serves_the_cluster_through_a_peer() {
         String::from_utf8_lossy(&o.stderr).contains("configmaps \"nope\" not found"),
         "{o:?}"
     );
+    // The forwarding hub's metrics say so; every hub says who it is.
+    let admin = other.admin_addr.unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout);
+    assert!(m.contains("kubehub_hub_peer_links 1"), "{m}");
+    assert!(
+        m.contains(r#"kubehub_hub_peer_requests_total{outcome="ok"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            r#"kubehub_hub_info{{id="hub-c",version="{}",environment="",zone=""}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{m}"
+    );
     // Several objects in one command, each its own request and stream.
     let out = k.ok(&["get", "ns", "default", "kube-system", "-o", "name"]);
     assert_eq!(out.lines().count(), 2, "{out}");
@@ -79,7 +98,10 @@ fn a_hub_without_the_tunnel_serves_the_cluster_through_a_peer() {
     // 503, which clients retry.
     other
         .peers
-        .set_directory(kubehub_hub::peers::Directory::default());
+        .apply(&kubehub_access::registry::RegistryLine::AgentGone {
+            revision: 2,
+            cluster: common::CLUSTER.into(),
+        });
     let o = k.output(&["get", "pods", "-A"]);
     assert!(!o.status.success());
     assert!(
@@ -268,13 +290,13 @@ fn unreachable_holders_are_passed_over_and_idle_links_close() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    let mut dir = other.peers.directory();
-    dir.holders.insert(
-        common::CLUSTER.into(),
-        vec!["hub-dead".into(), s.hub_id().into()],
-    );
-    dir.endpoints.insert("hub-dead".into(), dead_addr);
-    other.peers.set_directory(dir);
+    other
+        .peers
+        .apply(&common::registry_hub("hub-dead", dead_addr, ""));
+    other.peers.apply(&common::registry_agent(
+        common::CLUSTER,
+        &["hub-dead", s.hub_id()],
+    ));
     assert!(k
         .ok(&["get", "ns", "-o", "name"])
         .contains("namespace/default"));
@@ -303,16 +325,13 @@ fn a_draining_hub_forwards_new_requests_to_another_holder() {
         kubehub_agent::Agent::start(cfg).unwrap()
     };
     eventually("the tunnel to hub-b", || b.registry.connected() == 1);
-    let mut dir = kubehub_hub::peers::Directory::default();
-    dir.holders.insert(
-        common::CLUSTER.into(),
-        vec![s.hub_id().into(), "hub-b".into()],
-    );
-    dir.endpoints
-        .insert(s.hub_id().into(), s.hub.agent_addr.to_string());
-    dir.endpoints
-        .insert("hub-b".into(), b.agent_addr.to_string());
-    s.hub.peers.set_directory(dir);
+    s.hub
+        .peers
+        .apply(&common::registry_hub("hub-b", b.agent_addr, ""));
+    s.hub.peers.apply(&common::registry_agent(
+        common::CLUSTER,
+        &[s.hub_id(), "hub-b"],
+    ));
     assert!(s.curl_admin("/readyz").starts_with("HTTP/1.1 200"));
     // Before the drain: served here, the connection kept.
     let r = s.hub_get("/api/v1/namespaces/default", &[]);

@@ -178,6 +178,37 @@ pub fn start(cluster_cfg: ClusterConfig, limits: Limits) -> Stack {
     })
 }
 
+/// A registry line: hub `id` is live, its agent listener at `agent_endpoint`, in
+/// `environment` (what a hub's directory learns from meta's registry watch).
+pub fn registry_hub(
+    id: &str,
+    agent_endpoint: impl std::fmt::Display,
+    environment: &str,
+) -> kubehub_access::registry::RegistryLine {
+    kubehub_access::registry::RegistryLine::Hub {
+        revision: 1,
+        hub: kubehub_access::registry::HubRecord {
+            id: id.into(),
+            endpoint: format!("https://{id}"),
+            agent_endpoint: agent_endpoint.to_string(),
+            environment: environment.into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A registry line: the agent of `cluster` holds tunnels to `hubs`.
+pub fn registry_agent(cluster: &str, hubs: &[&str]) -> kubehub_access::registry::RegistryLine {
+    kubehub_access::registry::RegistryLine::Agent {
+        revision: 1,
+        agent: kubehub_access::registry::AgentRecord {
+            cluster: cluster.into(),
+            hubs: hubs.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        },
+    }
+}
+
 /// Everything a test may choose about its stack.
 #[derive(Debug, Default)]
 pub struct StackOptions {
@@ -259,10 +290,12 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     let hub_cfg = HubConfig {
         id: "hub-test".into(),
         environment: environment.clone(),
+        zone: String::new(),
         cores: 2,
         clusters: vec![CLUSTER.into(), "edge-silent".into()],
         access: Some(AccessFile { file: access_file }),
         meta: None,
+        registry: None,
         impersonate: false,
         user_listener: listener(None),
         agent_listener: listener(Some(ca_path.clone())),
@@ -358,15 +391,28 @@ impl Stack {
             key: Some(key.clone()),
             client_ca,
         };
+        // Its directory, as a static registry file (a hub without meta).
+        let registry = write(
+            d,
+            &format!("registry-{id}.ndjson"),
+            &[
+                registry_hub(self.hub_id(), self.hub.agent_addr, &self.environment),
+                registry_agent(CLUSTER, &[self.hub_id()]),
+            ]
+            .map(|l| l.to_line())
+            .concat(),
+        );
         let cfg = HubConfig {
             id: id.into(),
             environment: environment.into(),
+            zone: String::new(),
             cores: 2,
             clusters: Vec::new(),
             access: Some(AccessFile {
                 file: d.join("access.json"),
             }),
             meta: None,
+            registry: Some(kubehub_hub::config::RegistryFile { file: registry }),
             impersonate: false,
             user_listener: listener(None),
             agent_listener: listener(Some(d.join("ca.crt"))),
@@ -377,14 +423,6 @@ impl Stack {
             cache: CacheConfig::default(),
         };
         let hub = server::start(cfg).unwrap();
-        let mut dir = kubehub_hub::peers::Directory::default();
-        dir.holders
-            .insert(CLUSTER.into(), vec![self.hub_id().to_owned()]);
-        dir.endpoints
-            .insert(self.hub_id().to_owned(), self.hub.agent_addr.to_string());
-        dir.environments
-            .insert(self.hub_id().to_owned(), self.environment.clone());
-        hub.peers.set_directory(dir);
         let kc = Kubeconfig {
             name: CLUSTER.into(),
             server: format!(

@@ -9,9 +9,13 @@
 //!   backoff (a uniform draw between zero and a ceiling doubling from `backoff_initial_ms` to
 //!   `backoff_max_ms`, reset once a connection delivers a line). Meanwhile the hub keeps
 //!   deciding with what it has.
+//! * **Registry watch**: `GET {url}/v1/registry/watch?revision=N`, the same way (NDJSON
+//!   [`RegistryLine`]s, resumed, backed off): the directory [`Peers`] forwards with (which hub
+//!   holds which cluster, where hubs take peer links, their environments and states).
 //! * **Registration**: `PUT {url}/v1/registry/hubs/{id}` every `register_interval_ms` with the
-//!   hub's endpoints, version, environment and connected agent count. Stops when the hub
-//!   drains.
+//!   hub's endpoints, version, environment, zone and load (agents, open streams, CPU in
+//!   permille of one core since the last registration), and at once when the hub starts
+//!   draining (`draining: true`, so agents and other hubs move off it first).
 //!
 //! Failures of either are logged at `warn` once per outage (then at `debug`), and once more at
 //! `info` when meta answers again.
@@ -34,6 +38,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use kubehub_access::registry::RegistryLine;
 use kubehub_access::Line;
 use kubehub_pki::ReloadingCert;
 use tokio::sync::watch;
@@ -42,6 +47,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::Access;
 use crate::config::MetaConfig;
 use crate::metrics::{Metrics, OutcomeLabel};
+use crate::peers::Peers;
 use crate::registry::Registry;
 
 const UA: &str = concat!("kubehub-hub/", env!("CARGO_PKG_VERSION"));
@@ -82,7 +88,7 @@ enum SyncError {
     Body(String),
     #[error("a sync line is longer than {0} bytes (max_line_bytes)")]
     LineTooLong(usize),
-    #[error("a sync line after revision {after} is not a sync line: {source}")]
+    #[error("a line after revision {after} does not parse: {source}")]
     Decode {
         after: i64,
         source: serde_json::Error,
@@ -100,6 +106,23 @@ pub struct Registration {
     pub agent_endpoint: String,
     /// The hub's environment (hub.toml `environment`).
     pub environment: String,
+    /// The hub's failure domain (hub.toml `zone`).
+    pub zone: String,
+    /// The version it registers as (`[meta] version`, else this build's).
+    pub version: String,
+}
+
+/// What the hub reports of its load and state with each registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Connected agents.
+    pub agents: usize,
+    /// Streams open on its tunnels and links.
+    pub streams: u64,
+    /// CPU used since the last registration, permille of one core.
+    pub cpu: u32,
+    /// Shutting down.
+    pub draining: bool,
 }
 
 /// This machine's host name (for endpoints derived from wildcard listeners).
@@ -125,7 +148,7 @@ impl Registration {
     /// from `[meta] public_url` / `agent_endpoint`, else derived from the addresses.
     pub fn new(
         hub_id: &str,
-        environment: &str,
+        (environment, zone): (&str, &str),
         cfg: &MetaConfig,
         user_addr: SocketAddr,
         agent_addr: SocketAddr,
@@ -145,17 +168,27 @@ impl Registration {
             endpoint,
             agent_endpoint,
             environment: environment.to_owned(),
+            zone: zone.to_owned(),
+            version: if cfg.version.is_empty() {
+                env!("CARGO_PKG_VERSION").to_owned()
+            } else {
+                cfg.version.clone()
+            },
         }
     }
 
     /// The JSON body of the registration PUT.
-    pub fn body(&self, agents: usize) -> serde_json::Value {
+    pub fn body(&self, load: Load) -> serde_json::Value {
         serde_json::json!({
             "endpoint": self.endpoint,
             "agentEndpoint": self.agent_endpoint,
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": self.version,
             "environment": self.environment,
-            "agents": agents,
+            "zone": self.zone,
+            "agents": load.agents,
+            "streams": load.streams,
+            "cpu": load.cpu,
+            "draining": load.draining,
         })
     }
 }
@@ -351,6 +384,7 @@ pub fn start(
     access: Arc<Access>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    peers: Arc<Peers>,
     drain: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, MetaSetupError> {
     let MetaParts {
@@ -381,16 +415,18 @@ pub fn start(
                         tokio::spawn(task);
                     }
                     let sync = sync_loop(&client, &cfg, &access, &metrics);
-                    let draining = until_draining(drain.clone());
-                    let register = async {
-                        tokio::select! {
-                            _ = register_loop(&client, &cfg, &registration, &metrics, &registry) => {}
-                            _ = draining => {}
-                        }
-                        std::future::pending::<()>().await
-                    };
+                    let directory = registry_loop(&client, &cfg, &peers, &metrics);
+                    let register = register_loop(
+                        &client,
+                        &cfg,
+                        &registration,
+                        &metrics,
+                        &registry,
+                        drain.clone(),
+                    );
                     tokio::select! {
                         _ = sync => {}
+                        _ = directory => {}
                         _ = register => {}
                         _ = until_dropped(drain) => {}
                     }
@@ -399,14 +435,6 @@ pub fn start(
             );
         })
         .map_err(MetaSetupError::Thread)
-}
-
-async fn until_draining(mut drain: watch::Receiver<bool>) {
-    while !*drain.borrow_and_update() {
-        if drain.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn until_dropped(mut drain: watch::Receiver<bool>) {
@@ -422,18 +450,37 @@ fn backoff(cfg: &MetaConfig, attempt: u32) -> Duration {
     Duration::from_millis(rand::random_range(0..=ceiling))
 }
 
-async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metrics: &Metrics) {
+/// A feed of meta's followed for the hub's life: connect, hand every line to `on_line`,
+/// reconnect after a failure with a full-jitter backoff (reset once a connection delivered a
+/// line), resuming where `from` says. `connected` hears when a connection opens and closes.
+/// A failure is logged at `warn` once per outage (then at `debug`), and at `info` when the
+/// feed works again.
+async fn follow<F>(
+    client: &MetaClient,
+    cfg: &MetaConfig,
+    what: &'static str,
+    metrics: &Metrics,
+    from: impl Fn() -> String,
+    connected: impl Fn(bool),
+    mut on_line: F,
+) where
+    F: FnMut(&[u8]) -> Result<i64, SyncError>,
+{
     let mut attempt = 0u32;
     let mut outage: Option<Instant> = None;
     loop {
-        // One store revision can carry several lines (a user deleted with its tokens is one
-        // transaction); the index records a revision at its first line, so a connection lost
-        // mid-revision must replay all of it. Resuming one revision back does: applying a
-        // put or a delete again changes nothing.
-        let from = (access.index.revision() - 1).max(0);
+        let path = from();
         let mut progressed = false;
-        let result = sync_once(client, cfg, access, from, &mut progressed, &mut outage).await;
-        access.set_connected(false);
+        let result = follow_once(client, cfg, &path, &connected, |line| {
+            let revision = on_line(line)?;
+            progressed = true;
+            if let Some(since) = outage.take() {
+                info!(revision, "meta {what} restored after {:?}", since.elapsed());
+            }
+            Ok(())
+        })
+        .await;
+        connected(false);
         let outcome = match &result {
             Err(SyncError::Closed) => "closed",
             _ => "failed",
@@ -444,13 +491,10 @@ async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metri
             .inc();
         if let Err(e) = result {
             if outage.is_none() {
-                warn!(
-                    revision = access.index.revision(),
-                    "meta sync: {e}; serving with what the hub has, reconnecting"
-                );
+                warn!("meta {what} ({path}): {e}; serving with what the hub has, reconnecting");
                 outage = Some(Instant::now());
             } else {
-                debug!("meta sync: {e}");
+                debug!("meta {what}: {e}");
             }
         }
         if progressed {
@@ -461,21 +505,63 @@ async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metri
     }
 }
 
-/// One sync connection, until it fails or meta ends it.
-async fn sync_once(
+/// The access feed: sync lines applied to the index.
+async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metrics: &Metrics) {
+    // One store revision can carry several lines (a user deleted with its tokens is one
+    // transaction); the index records a revision at its first line, so a connection lost
+    // mid-revision must replay all of it. Resuming one revision back does: applying a put or
+    // a delete again changes nothing.
+    let from = || format!("/v1/sync?revision={}", (access.index.revision() - 1).max(0));
+    let connected = |up: bool| access.set_connected(up);
+    follow(client, cfg, "sync", metrics, from, connected, |text| {
+        let line = Line::parse(text).map_err(|source| SyncError::Decode {
+            after: access.index.revision(),
+            source,
+        })?;
+        access.apply(&line);
+        Ok(line.revision())
+    })
+    .await
+}
+
+/// The registry watch: the directory of which hub holds which cluster (for peer links).
+async fn registry_loop(client: &MetaClient, cfg: &MetaConfig, peers: &Peers, metrics: &Metrics) {
+    // As for the access feed, resumed one revision back (applying a line again is harmless).
+    let from = || {
+        format!(
+            "/v1/registry/watch?revision={}",
+            (peers.revision() - 1).max(0)
+        )
+    };
+    follow(
+        client,
+        cfg,
+        "registry watch",
+        metrics,
+        from,
+        |_| {},
+        |text| {
+            let line = RegistryLine::parse(text).map_err(|source| SyncError::Decode {
+                after: peers.revision(),
+                source,
+            })?;
+            peers.apply(&line);
+            Ok(line.revision())
+        },
+    )
+    .await
+}
+
+/// One connection to a feed (`path`), until it fails or meta ends it; each line to `on_line`.
+async fn follow_once(
     client: &MetaClient,
     cfg: &MetaConfig,
-    access: &Access,
-    from: i64,
-    progressed: &mut bool,
-    outage: &mut Option<Instant>,
+    path: &str,
+    connected: &impl Fn(bool),
+    mut on_line: impl FnMut(&[u8]) -> Result<(), SyncError>,
 ) -> Result<(), SyncError> {
     let silence = Duration::from_millis(cfg.heartbeat_timeout_ms);
-    let mut req = client.request(
-        Method::GET,
-        &format!("/v1/sync?revision={from}"),
-        Bytes::new(),
-    );
+    let mut req = client.request(Method::GET, path, Bytes::new());
     req.headers_mut()
         .insert(ACCEPT, HeaderValue::from_static("application/x-ndjson"));
     let resp = match tokio::time::timeout(silence, client.client.request(req)).await {
@@ -490,8 +576,8 @@ async fn sync_once(
             body: error_body(resp.into_body()).await,
         });
     }
-    access.set_connected(true);
-    debug!(revision = from, "meta sync connected");
+    connected(true);
+    debug!(path, "meta feed connected");
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
     // Bytes of `buf` already searched for a newline.
@@ -511,21 +597,8 @@ async fn sync_once(
             let line = buf.split_to(scanned + nl + 1);
             scanned = 0;
             let text = line.trim_ascii();
-            if text.is_empty() {
-                continue;
-            }
-            let line = Line::parse(text).map_err(|source| SyncError::Decode {
-                after: access.index.revision(),
-                source,
-            })?;
-            access.apply(&line);
-            *progressed = true;
-            if let Some(since) = outage.take() {
-                info!(
-                    revision = line.revision(),
-                    "meta sync restored after {:?}",
-                    since.elapsed()
-                );
+            if !text.is_empty() {
+                on_line(text)?;
             }
         }
         scanned = buf.len();
@@ -539,21 +612,82 @@ async fn sync_once(
     }
 }
 
+/// The process's CPU use between two readings, in permille of one core (`getrusage`).
+struct CpuMeter {
+    last: Option<(Instant, Duration)>,
+}
+
+impl CpuMeter {
+    fn new() -> CpuMeter {
+        CpuMeter { last: None }
+    }
+
+    fn used() -> Option<Duration> {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+        let d = |t: nix::sys::time::TimeVal| {
+            Duration::new(
+                u64::try_from(t.tv_sec()).unwrap_or(0),
+                u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+            )
+        };
+        Some(d(u.user_time()) + d(u.system_time()))
+    }
+
+    /// CPU time used since the previous call over the wall time since it (0 the first time).
+    fn permille(&mut self) -> u32 {
+        let (now, used) = (Instant::now(), CpuMeter::used().unwrap_or_default());
+        let out = match self.last {
+            Some((then, before)) => {
+                let wall = now.duration_since(then).as_secs_f64();
+                let cpu = used.saturating_sub(before).as_secs_f64();
+                if wall > 0.0 {
+                    (cpu / wall * 1000.0).round() as u32
+                } else {
+                    0
+                }
+            }
+            None => 0,
+        };
+        self.last = Some((now, used));
+        out
+    }
+}
+
 async fn register_loop(
     client: &MetaClient,
     cfg: &MetaConfig,
     registration: &Registration,
     metrics: &Metrics,
     registry: &Registry,
+    mut drain: watch::Receiver<bool>,
 ) {
     let path = format!("/v1/registry/hubs/{}", segment(&registration.hub_id));
     let timeout = Duration::from_millis(cfg.heartbeat_timeout_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.register_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outage: Option<Instant> = None;
+    let mut cpu = CpuMeter::new();
+    let mut watching = true;
     loop {
-        tick.tick().await;
-        let body = registration.body(registry.connected()).to_string();
+        // Every interval, and at once when the drain begins (agents and hubs move off first).
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = drain.changed(), if watching => {
+                if r.is_err() || !*drain.borrow() {
+                    watching = r.is_ok();
+                    continue;
+                }
+                watching = false;
+            }
+        }
+        let load = Load {
+            agents: registry.connected(),
+            streams: u64::try_from(metrics.streams.get()).unwrap_or(0),
+            cpu: cpu.permille(),
+            draining: *drain.borrow(),
+        };
+        let body = registration.body(load).to_string();
         let req = client.request(Method::PUT, &path, Bytes::from(body));
         let result = match tokio::time::timeout(timeout, client.client.request(req)).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
@@ -606,21 +740,44 @@ mod tests {
         let mut cfg = MetaConfig::new("https://meta:7443");
         let user: SocketAddr = "10.0.0.5:8443".parse().unwrap();
         let agent: SocketAddr = "[::1]:8444".parse().unwrap();
-        let r = Registration::new("hub 0", "", &cfg, user, agent);
+        let r = Registration::new("hub 0", ("", ""), &cfg, user, agent);
         assert_eq!(r.endpoint, "https://10.0.0.5:8443");
         assert_eq!(r.agent_endpoint, "[::1]:8444");
-        let wild = Registration::new("h", "", &cfg, "0.0.0.0:8443".parse().unwrap(), agent);
+        let wild = Registration::new("h", ("", ""), &cfg, "0.0.0.0:8443".parse().unwrap(), agent);
         assert_eq!(wild.endpoint, format!("https://{}:8443", hostname()));
         cfg.public_url = "https://hub.example.com/".into();
         cfg.agent_endpoint = "tunnel.example.com:443".into();
-        let r = Registration::new("hub-0", "prod-eu", &cfg, user, agent);
-        let body = r.body(3);
+        let r = Registration::new("hub-0", ("prod-eu", "zone-a"), &cfg, user, agent);
+        let body = r.body(Load {
+            agents: 3,
+            streams: 12,
+            cpu: 250,
+            draining: true,
+        });
         assert_eq!(body["endpoint"], "https://hub.example.com");
         assert_eq!(body["agentEndpoint"], "tunnel.example.com:443");
         assert_eq!(body["environment"], "prod-eu");
         assert_eq!(body["agents"], 3);
+        assert_eq!(body["zone"], "zone-a");
+        assert_eq!(body["streams"], 12);
+        assert_eq!(body["cpu"], 250);
+        assert_eq!(body["draining"], true);
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(segment("hub 0/x"), "hub%200%2Fx");
+    }
+
+    #[test]
+    fn the_cpu_meter_sees_work_done_between_readings() {
+        let mut m = CpuMeter::new();
+        assert_eq!(m.permille(), 0, "nothing to compare with yet");
+        let until = Instant::now() + Duration::from_millis(200);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let busy = m.permille();
+        assert!(busy > 0, "a busy thread shows as CPU use ({busy})");
+        assert!(busy <= 1000 * 64, "at most all cores ({busy})");
     }
 
     #[test]

@@ -232,6 +232,11 @@ pub async fn relay(
             Err(why) => debug!(hub = %h.hub, "not forwarded there: {why}"),
         }
     }
+    let outcome = if ex.is_some() { "ok" } else { "unreachable" };
+    ctx.metrics
+        .peer_requests
+        .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+        .inc();
     let Some(mut ex) = ex else {
         let e = ProxyError::Offline {
             cluster: cluster.to_owned(),
