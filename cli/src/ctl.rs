@@ -284,6 +284,7 @@ pub struct KubeconfigArgs {
 pub enum CanaryOp {
     /// Set (replace) the rule: clusters with all these labels, of these tenants, or this
     /// percentage of all clusters use hubs of VERSION; the others hubs of other versions.
+    #[command(disable_version_flag = true)]
     Set {
         /// The hub version under test.
         #[arg(long)]

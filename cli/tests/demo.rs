@@ -127,6 +127,48 @@ fn demo_prints_working_commands_keeps_its_state_and_stops_on_sigterm() {
     let out = ctl.args(["ctl", "agents"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("demo"), "{text}");
+    // The canary rule through ctl: none, set (a rule choosing no cluster: nothing moves), shown,
+    // bad input refused naming the field, cleared.
+    let ctl_run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kubehub"));
+        for kv in env.split_whitespace() {
+            let (k, v) = kv.split_once('=').unwrap();
+            c.env(k, v);
+        }
+        let out = c.arg("ctl").args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = ctl_run(&["canary", "show"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no canary rule is set"), "{err}");
+    let (code, out, err) = ctl_run(&["canary", "set", "--version", "9.9.9-rc1", "--percent", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(r#""version": "9.9.9-rc1""#), "{out}");
+    let (code, out, _) = ctl_run(&["canary", "show"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("9.9.9-rc1"), "{out}");
+    let (code, _, err) = ctl_run(&["canary", "set", "--version", "not a version"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("version"), "{err}");
+    let (code, _, err) = ctl_run(&["canary", "clear"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = ctl_run(&["canary", "show"]);
+    assert_eq!(code, Some(1));
+    let (_, out, _) = ctl_run(&["hubs"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(
+        header.contains(&"ZONE") && header.contains(&"DRAINING"),
+        "{out}"
+    );
     stop(demo);
     // Again in the same directory: meta's records and the agent's certificate are kept.
     let cert = std::fs::read_to_string(dir.path().join("agent/agent.crt")).unwrap();
