@@ -71,7 +71,8 @@ pub enum CtlCommand {
         #[arg(long = "name", required = true)]
         names: Vec<String>,
     },
-    /// Live hubs.
+    /// Live hubs: endpoints, load (agents, streams, CPU in permille of one core), version,
+    /// environment, zone, draining.
     Hubs,
     /// The canary rule: `set --version V [--label k=v]... [--tenant T]... [--percent N]`,
     /// `show`, `clear` (admin). Agents of the chosen clusters move to hubs of that version, the
@@ -727,7 +728,7 @@ async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
                     ("AGENT ENDPOINT", "agentEndpoint"),
                     ("AGENTS", "agents"),
                     ("STREAMS", "streams"),
-                    ("CPU‰", "cpu"),
+                    ("CPU", "cpu"),
                     ("VERSION", "version"),
                     ("ENVIRONMENT", "environment"),
                     ("ZONE", "zone"),

@@ -420,3 +420,53 @@ fn a_staging_hub_refuses_a_prod_agent_and_a_prod_user() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(staging.registry.connected(), 0);
 }
+
+/// A static registry file that does not parse stops the hub at start, naming the file and
+/// the line.
+#[test]
+fn a_bad_registry_file_is_refused_at_start() {
+    let s = stack();
+    let d = s.path();
+    let registry = d.join("bad-registry.ndjson");
+    std::fs::write(
+        &registry,
+        format!(
+            "{}{{\"kind\":\"hub\",\"revision\":1}}\n",
+            common::registry_agent(common::CLUSTER, &["hub-test"]).to_line()
+        ),
+    )
+    .unwrap();
+    let toml = format!(
+        r#"id = "hub-bad"
+[access]
+file = "{access}"
+[registry]
+file = "{registry}"
+[user_listener]
+listen = "127.0.0.1:0"
+cert = "{crt}"
+key = "{key}"
+[agent_listener]
+listen = "127.0.0.1:0"
+cert = "{crt}"
+key = "{key}"
+client_ca = "{ca}"
+"#,
+        access = d.join("access.json").display(),
+        registry = registry.display(),
+        crt = d.join("hub.crt").display(),
+        key = d.join("hub.key").display(),
+        ca = d.join("ca.crt").display(),
+    );
+    let path = d.join("hub-bad.toml");
+    std::fs::write(&path, toml).unwrap();
+    let cfg = kubehub_hub::config::HubConfig::load(&path).unwrap();
+    let err = kubehub_hub::server::start(cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("bad-registry.ndjson, line 2"),
+        "the file and line are named: {err}"
+    );
+}
