@@ -19,8 +19,8 @@ use http_body_util::{BodyExt, StreamBody};
 use kubehub_wire::conn::{ConnConfig, Event, OpenError as WireOpenError};
 use kubehub_wire::handshake::{self, Offer};
 use kubehub_wire::{
-    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, Hello, ResourceKey,
-    Role, StreamId,
+    Capabilities, Connection, Decoder, EncodeBuf, ErrorCode, Fields, Frame, ResourceKey, Role,
+    StreamId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -263,20 +263,15 @@ pub async fn run_once(
         settings: cfg.limits.settings(),
         ..Offer::default()
     };
-    let hello = Hello {
-        min_version: offer.min_version,
-        max_version: offer.max_version,
-        capabilities: offer.capabilities,
-        settings: offer.settings,
-        agent_id: cfg.agent_id(),
-        cluster_id: cfg.cluster_id.clone(),
-        software: format!("kubehub-agent {}", env!("CARGO_PKG_VERSION")),
-        labels: cfg
-            .labels
+    let hello = offer.hello(
+        cfg.agent_id(),
+        cfg.cluster_id.clone(),
+        format!("kubehub-agent {}", env!("CARGO_PKG_VERSION")),
+        cfg.labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-    };
+    );
     let mut eb = EncodeBuf::new();
     eb.push(&Frame::Hello(hello));
     write_all(&mut tls, &mut eb)

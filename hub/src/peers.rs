@@ -26,7 +26,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use kubehub_access::registry::{RegistryLine, RegistryView};
 use kubehub_wire::handshake::{self, Offer};
-use kubehub_wire::{Capabilities, Decoder, EncodeBuf, Frame, Hello};
+use kubehub_wire::{Capabilities, Decoder, EncodeBuf, Frame};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
@@ -283,16 +283,12 @@ async fn dial(
         settings: ctx.limits.settings(),
         ..Offer::default()
     };
-    let hello = Hello {
-        min_version: offer.min_version,
-        max_version: offer.max_version,
-        capabilities: offer.capabilities,
-        settings: offer.settings,
-        agent_id: hub_id.to_owned(),
-        cluster_id: hub_id.to_owned(),
-        software: format!("kubehub-hub {}", env!("CARGO_PKG_VERSION")),
-        labels: Vec::new(),
-    };
+    let hello = offer.hello(
+        hub_id.to_owned(),
+        hub_id.to_owned(),
+        format!("kubehub-hub {}", env!("CARGO_PKG_VERSION")),
+        Vec::new(),
+    );
     let mut eb = EncodeBuf::new();
     eb.push(&Frame::Hello(hello));
     let parts: Vec<&[u8]> = eb.slices().collect();

@@ -13,49 +13,10 @@ use std::time::{Duration, Instant};
 use kubehub_hub::config::Limits;
 use kubehub_sim::ClusterConfig;
 use kubehub_testkit::kubectl::{read_until, wait_with_deadline, Transport};
-use kubehub_testkit::stack::{self as common, Stack};
+use kubehub_testkit::stack::{self as common, pod, Pod, Stack};
 use kubehub_testkit::Kubectl;
 
 /// A running pod of the seeded cluster: namespace, name, first container, its port.
-struct Pod {
-    ns: String,
-    name: String,
-    container: String,
-    port: u16,
-}
-
-fn pod(s: &Stack) -> Pod {
-    let out = s.ok(&[
-        "get",
-        "pods",
-        "-A",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name} {.status.phase} {.spec.containers[0].name} {.spec.containers[0].ports[0].containerPort}{\"\\n\"}{end}",
-    ]);
-    let line = out
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some("Running") && l.split(' ').count() == 5)
-        .unwrap_or_else(|| panic!("a running pod with a port: {out}"));
-    let f: Vec<&str> = line.split(' ').collect();
-    Pod {
-        ns: f[0].into(),
-        name: f[1].into(),
-        container: f[3].into(),
-        port: f[4].parse().unwrap(),
-    }
-}
-
-impl Pod {
-    /// The arguments of `kubectl exec` with `flags` running `argv` in the pod's first container.
-    fn exec_args<'a>(&'a self, flags: &[&'a str], argv: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec!["exec", "-n", &self.ns, &self.name, "-c", &self.container];
-        args.extend_from_slice(flags);
-        args.push("--");
-        args.extend_from_slice(argv);
-        args
-    }
-}
-
 fn stack() -> Stack {
     common::start(ClusterConfig::default(), Limits::default())
 }

@@ -176,23 +176,6 @@ fn watches_and_logs_stream_across_the_hop_and_end_with_the_user() {
     });
 }
 
-/// A running pod with a declared port: (namespace, name, container, port).
-fn pod(s: &common::Stack) -> (String, String, String, u16) {
-    let out = s.ok(&[
-        "get",
-        "pods",
-        "-A",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name} {.status.phase} {.spec.containers[0].name} {.spec.containers[0].ports[0].containerPort}{\"\\n\"}{end}",
-    ]);
-    let line = out
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some("Running") && l.split(' ').count() == 5)
-        .unwrap_or_else(|| panic!("a running pod with a port: {out}"));
-    let f: Vec<&str> = line.split(' ').collect();
-    (f[0].into(), f[1].into(), f[3].into(), f[4].parse().unwrap())
-}
-
 /// exec and port-forward cross the hop (the holder writes the 101; both directions are
 /// bytes), and a stalled exec reader on the link does not hold back other requests on it.
 #[test]
@@ -200,7 +183,12 @@ fn exec_and_port_forward_through_a_peer_and_a_stalled_stream_holds_back_no_other
     let s = stack();
     let (_other, kubeconfig) = s.peer_hub("hub-c", Limits::default());
     let k = Kubectl::new(&kubeconfig, s.path());
-    let (ns, pod, container, port) = pod(&s);
+    let common::Pod {
+        ns,
+        name: pod,
+        container,
+        port,
+    } = common::pod(&s);
     let exec = |argv: &[&str]| {
         let mut a = vec!["exec", "-n", &ns, &pod, "-c", &container, "--"];
         a.extend_from_slice(argv);
@@ -461,10 +449,10 @@ client_ca = "{ca}"
     let path = d.join("hub-bad.toml");
     std::fs::write(&path, toml).unwrap();
     let cfg = kubehub_hub::config::HubConfig::load(&path).unwrap();
-    let err = kubehub_hub::server::start(cfg)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = match kubehub_hub::server::start(cfg) {
+        Ok(_) => panic!("a hub with a bad registry file started"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         err.contains("bad-registry.ndjson, line 2"),
         "the file and line are named: {err}"

@@ -369,6 +369,49 @@ pub fn start_opts(opts: StackOptions) -> Stack {
     s
 }
 
+/// A running pod of the stack's cluster with a declared container port (the simulator answers
+/// HTTP on it), for exec and port-forward tests.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub ns: String,
+    pub name: String,
+    pub container: String,
+    pub port: u16,
+}
+
+/// The first running pod with a declared port, as kubectl lists it through the hub.
+pub fn pod(s: &Stack) -> Pod {
+    let out = s.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name} {.status.phase} {.spec.containers[0].name} {.spec.containers[0].ports[0].containerPort}{\"\\n\"}{end}",
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("Running") && l.split(' ').count() == 5)
+        .unwrap_or_else(|| panic!("a running pod with a port: {out}"));
+    let f: Vec<&str> = line.split(' ').collect();
+    Pod {
+        ns: f[0].into(),
+        name: f[1].into(),
+        container: f[3].into(),
+        port: f[4].parse().unwrap(),
+    }
+}
+
+impl Pod {
+    /// The arguments of `kubectl exec` with `flags` running `argv` in the pod's first container.
+    pub fn exec_args<'a>(&'a self, flags: &[&'a str], argv: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["exec", "-n", &self.ns, &self.name, "-c", &self.container];
+        args.extend_from_slice(flags);
+        args.push("--");
+        args.extend_from_slice(argv);
+        args
+    }
+}
+
 impl Stack {
     /// Another hub beside the stack's, sharing its access data and holding no tunnel: its
     /// directory names the stack's hub (`hub-test`) as the holder of the stack's cluster, so

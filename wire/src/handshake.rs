@@ -94,6 +94,29 @@ pub fn accept(
     Ok((ack, agreed))
 }
 
+impl Offer {
+    /// The dialling side's HELLO for this offer (`agent_id` and `cluster_id` are a peer
+    /// link's dialling hub's id, §12).
+    pub fn hello(
+        &self,
+        agent_id: String,
+        cluster_id: String,
+        software: String,
+        labels: Vec<(String, String)>,
+    ) -> Hello {
+        Hello {
+            min_version: self.min_version,
+            max_version: self.max_version,
+            capabilities: self.capabilities,
+            settings: self.settings,
+            agent_id,
+            cluster_id,
+            software,
+            labels,
+        }
+    }
+}
+
 /// The agent's side: checks the hub's HELLO_ACK against what it offered.
 pub fn confirm(agent: &Offer, ack: &HelloAck) -> Result<Agreed, &'static str> {
     if ack.version < agent.min_version || ack.version > agent.max_version {
