@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod kubectl;
+pub mod procs;
 pub mod stack;
 
 pub use kubectl::{read_until, Kubectl, KUBECTL};
