@@ -97,6 +97,8 @@ pub async fn run(a: ClustersArgs) -> Result<(), String> {
             CacheMode::Types(a.cache_types.clone())
         },
         limits: Vec::new(),
+        agent_cert: None,
+        registry: None,
     };
     write_file(&dir, "hub.toml", &hub.render())?;
     let t = Instant::now();

@@ -34,9 +34,12 @@ use crate::sys::{free_port, rss_kib};
 /// Options of `kubehub-perf fleet` (one fleet process; the scenarios start these).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
-    /// The hub's agent listener, `host:port`.
-    #[arg(long)]
-    pub hub: String,
+    /// A hub's agent listener, `host:port` (repeat for several hubs: see `--hubs-per-agent`).
+    #[arg(long = "hub", required = true)]
+    pub hubs: Vec<String>,
+    /// Tunnels each agent keeps: to this many of the `--hub`s, chosen by [`agent_hubs`].
+    #[arg(long, default_value_t = 1)]
+    pub hubs_per_agent: usize,
     /// The CA certificate (PEM) that verifies the hub and signs the agents' certificates.
     #[arg(long)]
     pub ca_cert: PathBuf,
@@ -147,16 +150,37 @@ pub fn source_address(i: usize) -> IpAddr {
     ))
 }
 
+/// The hubs (indexes into `hubs` of `hubs` hubs) agent `i` keeps tunnels to, in order:
+/// `per_agent` consecutive hubs from `i mod hubs` on, so that the agents are spread evenly
+/// over the sets (3 hubs, 2 each: AB, BC, CA, AB, …); every other cycle lists its set in the
+/// reverse order (BA, CB, AC, …), so that both orders appear where the order matters (the
+/// directory's holders are tried in it).
+pub fn agent_hubs(i: usize, hubs: usize, per_agent: usize) -> Vec<usize> {
+    let hubs = hubs.max(1);
+    let mut v: Vec<usize> = (0..per_agent.clamp(1, hubs))
+        .map(|j| (i + j) % hubs)
+        .collect();
+    if (i / hubs) % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
 fn agent_config(a: &FleetArgs, cluster: &str, i: usize) -> AgentConfig {
+    let hubs: Vec<String> = agent_hubs(i, a.hubs.len(), a.hubs_per_agent)
+        .into_iter()
+        .map(|h| a.hubs[h].clone())
+        .collect();
+    let first = hubs.first().cloned().unwrap_or_default();
     AgentConfig {
         cluster_id: cluster.to_owned(),
         agent_id: None,
-        hubs: vec![a.hub.clone()],
+        hubs,
         labels: Default::default(),
         local_address: a.spread.then(|| source_address(i)),
         tls: kubehub_agent::config::Tls {
             server_name: Some(
-                kubehub_agent::config::host_of(&a.hub)
+                kubehub_agent::config::host_of(&first)
                     .trim_matches(['[', ']'])
                     .to_owned(),
             ),
@@ -239,7 +263,7 @@ fn start_agent(
 /// `kubehub-perf fleet`: builds its own runtime with `--threads` workers.
 pub fn run_fleet(a: FleetArgs) -> Result<(), String> {
     crate::sys::need_files(
-        a.count as u64 + 64,
+        (a.count * a.hubs_per_agent.clamp(1, a.hubs.len().max(1))) as u64 + 64,
         &format!(
             "{} agents in one fleet process (use more processes, fewer agents each)",
             a.count
@@ -512,6 +536,18 @@ pub struct FleetSpec {
 impl Fleet {
     /// Starts the fleet processes (this very binary, `fleet` subcommand) against `hub`.
     pub fn start(hub: &HubUnderTest, s: &FleetSpec) -> Result<Fleet, String> {
+        Fleet::start_with(std::slice::from_ref(&hub.agents_addr), 1, &hub.dir, s)
+    }
+
+    /// Starts the fleet processes against several hubs (agent listeners, `host:port`), each
+    /// agent keeping tunnels to `per_agent` of them ([`agent_hubs`]); `dir` holds the CA
+    /// (`ca.crt`, `ca.key`) and receives the logs (`fleet-N.log`).
+    pub fn start_with(
+        hubs: &[String],
+        per_agent: usize,
+        dir: &std::path::Path,
+        s: &FleetSpec,
+    ) -> Result<Fleet, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let procs = s.agents.div_ceil(s.per_process.max(1)).max(1);
         let mut f = Fleet {
@@ -521,15 +557,19 @@ impl Fleet {
         let mut first = 0;
         for p in 0..procs {
             let count = (s.agents - first).min(s.agents.div_ceil(procs));
-            let log = std::fs::File::create(hub.dir.join(format!("fleet-{p}.log")))
+            let log = std::fs::File::create(dir.join(format!("fleet-{p}.log")))
                 .map_err(|e| e.to_string())?;
-            let child = Command::new(&me)
-                .arg("fleet")
-                .args(["--hub", &hub.agents_addr])
+            let mut cmd = Command::new(&me);
+            cmd.arg("fleet");
+            for h in hubs {
+                cmd.args(["--hub", h]);
+            }
+            let child = cmd
+                .args(["--hubs-per-agent", &per_agent.to_string()])
                 .arg("--ca-cert")
-                .arg(hub.dir.join("ca.crt"))
+                .arg(dir.join("ca.crt"))
                 .arg("--ca-key")
-                .arg(hub.dir.join("ca.key"))
+                .arg(dir.join("ca.key"))
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(["--threads", &s.threads.to_string()])
                 .args([
@@ -566,5 +606,23 @@ impl Fleet {
     /// Resident memory of all fleet processes (KiB).
     pub fn rss_kib(&self) -> u64 {
         self.pids.iter().filter_map(|p| rss_kib(*p).ok()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_hubs;
+
+    #[test]
+    fn agents_spread_over_pairs_in_both_orders() {
+        let sets: Vec<Vec<usize>> = (0..6).map(|i| agent_hubs(i, 3, 2)).collect();
+        assert_eq!(
+            sets,
+            [[0, 1], [1, 2], [2, 0], [1, 0], [2, 1], [0, 2]].map(|s| s.to_vec())
+        );
+        assert_eq!(agent_hubs(7, 3, 2), [1, 2], "the cycle repeats");
+        // One hub: every agent dials it, whatever it asks for.
+        assert_eq!(agent_hubs(5, 1, 1), [0]);
+        assert_eq!(agent_hubs(5, 1, 2), [0]);
     }
 }

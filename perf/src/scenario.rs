@@ -65,13 +65,13 @@ pub struct FleetOpts {
 }
 
 impl FleetOpts {
-    fn out(&self, scenario: &str) -> PathBuf {
+    pub(crate) fn out(&self, scenario: &str) -> PathBuf {
         self.out
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("target/perf/{scenario}")))
     }
 
-    fn agents(&self) -> usize {
+    pub(crate) fn agents(&self) -> usize {
         if self.smoke {
             self.agents.min(20)
         } else {

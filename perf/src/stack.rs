@@ -287,6 +287,13 @@ pub struct HubToml {
     pub cache: CacheMode,
     /// `[limits]` lines (`("max_connections", "100000")`); none: no section.
     pub limits: Vec<(String, String)>,
+    /// The agent listener's certificate and key files; none: `hub.crt` and `hub.key` (a
+    /// server certificate). A hub that dials peer links needs a hub's there
+    /// (`Ca::issue_hub`: O=kubehub:hubs, CN = its id).
+    pub agent_cert: Option<(String, String)>,
+    /// `[registry] file` (a static directory of which hub holds which cluster); none: no
+    /// section.
+    pub registry: Option<String>,
 }
 
 impl HubToml {
@@ -298,8 +305,12 @@ impl HubToml {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let (agent_cert, agent_key) = self
+            .agent_cert
+            .clone()
+            .unwrap_or_else(|| ("hub.crt".into(), "hub.key".into()));
         let mut s = format!(
-            "id = \"{}\"\ncores = {}\nclusters = [{}]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+            "id = \"{}\"\ncores = {}\nclusters = [{}]\nimpersonate = false\n[access]\nfile = \"access.json\"\n[user_listener]\nlisten = \"127.0.0.1:{}\"\ncert = \"hub.crt\"\nkey = \"hub.key\"\n[agent_listener]\nlisten = \"127.0.0.1:{}\"\ncert = \"{agent_cert}\"\nkey = \"{agent_key}\"\nclient_ca = \"ca.crt\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
             self.id,
             self.cores,
             quoted(&self.clusters),
@@ -307,6 +318,9 @@ impl HubToml {
             self.agent_port,
             self.admin_port
         );
+        if let Some(file) = &self.registry {
+            s.push_str(&format!("[registry]\nfile = \"{file}\"\n"));
+        }
         match &self.cache {
             CacheMode::Default => {}
             CacheMode::Disabled => s.push_str("[cache]\nenabled = false\n"),
@@ -574,6 +588,9 @@ pub struct StackOptions {
     pub sim_args: Vec<String>,
     /// The hub's `id`.
     pub hub_id: String,
+    /// The agent listener with a hub's certificate for `hub_id` (`Ca::issue_hub`), as peer
+    /// links need, instead of a plain server certificate.
+    pub hub_cert: bool,
     /// How long to wait for the agent to connect and the cache to sync.
     pub timeout: Duration,
 }
@@ -615,6 +632,7 @@ impl StackOptions {
             agent_extra: String::new(),
             sim_args: Vec::new(),
             hub_id: "hub-perf".into(),
+            hub_cert: false,
             timeout: Duration::from_secs(60),
         }
     }
@@ -640,6 +658,12 @@ pub struct Stack {
     pub key_pem: String,
     /// The simulator's plain-HTTP address (the agent's upstream).
     pub sim_addr: SocketAddr,
+    /// The hub's agent listener, `127.0.0.1:PORT` (where agents and peer hubs dial).
+    pub agent_addr: String,
+    /// The hub's id.
+    pub hub_id: String,
+    /// The CA of every certificate here (it issues more: another hub's, an agent's).
+    pub ca: Ca,
     /// The working directory (absolute).
     pub dir: PathBuf,
     /// `hub`, `agent`, `sim`: killed when the stack is dropped.
@@ -671,6 +695,18 @@ impl Stack {
         let (user, agents, admin, sim) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let mut limits = vec![("max_connections".to_owned(), "1000000".to_owned())];
         limits.extend(o.hub_limits.iter().cloned());
+        let agent_cert = if o.hub_cert {
+            let c = pki
+                .ca
+                .issue_hub(&o.hub_id, &["localhost", "127.0.0.1"])
+                .map_err(|e| format!("hub certificate: {e}"))?;
+            let (crt, key) = (format!("{}.crt", o.hub_id), format!("{}.key", o.hub_id));
+            write_file(&dir, &crt, &c.cert)?;
+            write_file(&dir, &key, &c.key)?;
+            Some((crt, key))
+        } else {
+            None
+        };
         let hub = HubToml {
             id: o.hub_id.clone(),
             cores: o.hub_cores,
@@ -680,6 +716,8 @@ impl Stack {
             admin_port: admin,
             cache: o.cache.clone(),
             limits,
+            agent_cert,
+            registry: None,
         };
         write_file(&dir, "hub.toml", &hub.render())?;
         write_file(
@@ -743,6 +781,9 @@ impl Stack {
             cert_pem: pki.cert_pem,
             key_pem: pki.key_pem,
             sim_addr,
+            agent_addr: format!("127.0.0.1:{agents}"),
+            hub_id: o.hub_id.clone(),
+            ca: pki.ca,
             dir,
             procs,
             cache: o.cache.clone(),
@@ -914,6 +955,8 @@ mod tests {
             admin_port: 3,
             cache: CacheMode::Types(vec!["v1/configmaps".into()]),
             limits: vec![("max_connections".into(), "1000".into())],
+            agent_cert: Some(("h.crt".into(), "h.key".into())),
+            registry: Some("registry.ndjson".into()),
         };
         for cache in [
             CacheMode::Default,
@@ -924,7 +967,15 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("kubehub-stack-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("hub.toml"), h.render()).unwrap();
-            for f in ["access.json", "ca.crt", "hub.crt", "hub.key"] {
+            for f in [
+                "access.json",
+                "ca.crt",
+                "hub.crt",
+                "hub.key",
+                "h.crt",
+                "h.key",
+                "registry.ndjson",
+            ] {
                 std::fs::write(dir.join(f), "").unwrap();
             }
             let r = kubehub_hub::config::HubConfig::load(&dir.join("hub.toml"));

@@ -25,6 +25,27 @@ pub fn cpu_secs(pid: u32, tck: f64) -> f64 {
     (t(11) + t(12)) as f64 / tck
 }
 
+/// Context switches of a process so far: voluntary + involuntary, summed over its live
+/// threads (`/proc/PID/task/TID/status`); 0 if it is gone. On these VMs each one is a sleep
+/// and a wake-up, which cost more than most of a small request's own work.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// The CPU time of a process at one moment, two ways: utime + stime (whole process, dead
 /// threads included, in clock ticks: 10 ms steps) and each live thread's run time from
 /// `/proc/PID/task/TID/schedstat` (nanoseconds).

@@ -194,3 +194,51 @@ fn hol_measures_busy_streams_with_and_without_a_stalled_one() {
         "{t:?}"
     );
 }
+
+#[test]
+fn peer_hop_measures_both_paths_and_their_ratio() {
+    let (r, out) = run("peer-hop", &[]);
+    let t = targets(&r);
+    for want in ["a-rv0", "c-rv0", "a-fwd", "c-fwd"] {
+        assert!(
+            t.iter().any(|(n, ok)| n == want && *ok > 0),
+            "{want} not measured: {t:?}"
+        );
+    }
+    // Every process of both paths is counted; the forwarding hub works on the C path only.
+    let procs: Vec<&str> = r["runs"][1]["procs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["hub-a", "hub-c", "agent", "sim"] {
+        assert!(procs.contains(&p), "{p} missing from {procs:?}");
+    }
+    assert!(figure(&r, "c-fwd", "CPU per request ÷ the A path's, same round") > 0.0);
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("kubehub_hub_peer_links 1"), "{notes}");
+    assert!(pngs(&out).contains(&"latency-get.png".to_owned()));
+}
+
+#[test]
+fn failover_answers_every_cluster_through_the_hub_that_stays() {
+    let (r, out) = run("failover", &["--agents", "12"]);
+    assert_eq!(figure(&r, "set-up", "agents"), 12.0);
+    assert_eq!(figure(&r, "failover", "all: clusters"), 12.0);
+    assert_eq!(
+        figure(&r, "failover", "all: clusters never answered again"),
+        0.0
+    );
+    for g in ["b-holds", "a-first", "c-first"] {
+        assert!(
+            figure(&r, "failover", &format!("{g}: clusters")) > 0.0,
+            "{g}"
+        );
+    }
+    assert!(
+        pngs(&out).contains(&"recovered.png".to_owned()),
+        "{:?}",
+        pngs(&out)
+    );
+}

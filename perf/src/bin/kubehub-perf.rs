@@ -17,7 +17,9 @@
 
 use clap::{Parser, Subcommand};
 use kubehub_perf::compare::{self, Kind};
-use kubehub_perf::{bulk, clusters, edge, fanout, fleet, get, hol, idle, scenario, summary};
+use kubehub_perf::{
+    bulk, clusters, edge, failover, fanout, fleet, get, hol, idle, peer_hop, scenario, summary,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "kubehub-perf", version, about = "KubeHub's load generator")]
@@ -54,6 +56,14 @@ enum Cmd {
     /// Scenario `hol`: one stalled stream among 1,000 busy ones on one tunnel; the busy
     /// requests' latency with and without it.
     Hol(hol::HolArgs),
+    /// Scenario `peer-hop`: the same GETs (cached, forwarded) through the hub holding the
+    /// tunnel and through a second hub that forwards them over a peer link; latencies and
+    /// CPU per request of every process, the ratio of the two paths.
+    PeerHop(peer_hop::PeerHopArgs),
+    /// Scenario `failover`: three hubs, N agents with tunnels to two each, probes of every
+    /// cluster through hub B; hub A killed: per cluster, the time until it answers again, and
+    /// the requests that failed.
+    Failover(failover::FailoverArgs),
     /// One fleet process of simulated agents (started by the scenarios).
     #[command(hide = true)]
     Fleet(fleet::FleetArgs),
@@ -151,6 +161,8 @@ fn main() {
             r.write(&out)?;
             Ok(r)
         })),
+        Cmd::PeerHop(a) => report(rt.block_on(peer_hop::run(a))),
+        Cmd::Failover(a) => report(rt.block_on(failover::run(a))),
         Cmd::Fleet(_) => Ok(()),
         Cmd::Get(a) => rt.block_on(get::run(a)),
         Cmd::IdleAgents(a) => rt.block_on(idle::run(a)),
