@@ -112,6 +112,14 @@
 //! # certificate, which must be a hub's: O=kubehub:hubs, as enrolled hubs' are; verified
 //! # against client_ca). Links open on demand and close after this long without a stream.
 //! peer_idle_timeout_ms = 300000
+//! # The holder of a forwarded request accepts its stream at once, before doing any work; a
+//! # holder that has not within this long (hung, overloaded) is passed over for the next one,
+//! # and is tried after the others for a while (2 s, doubling to 30 s while it keeps failing).
+//! peer_accept_timeout_ms = 5000
+//! # Streams another hub may have open at once on its peer link to this hub (one link carries
+//! # the forwarded requests, watches and sessions for all the clusters this hub holds; beyond
+//! # this the forwarding hub answers 429).
+//! peer_max_concurrent_streams = 16384
 //!
 //! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
 //! enabled = true
@@ -251,6 +259,11 @@ pub struct Limits {
     pub upgrade_idle_timeout_ms: u64,
     /// A peer link this hub dialled closes after this long without a stream.
     pub peer_idle_timeout_ms: u64,
+    /// How long a forwarded request waits for the holder to accept its stream before the
+    /// next holder is tried.
+    pub peer_accept_timeout_ms: u64,
+    /// Streams a peer hub may have open at once on its link to this hub.
+    pub peer_max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -272,6 +285,8 @@ impl Default for Limits {
             drain_timeout_ms: 5_000,
             upgrade_idle_timeout_ms: 4 * 3600 * 1000,
             peer_idle_timeout_ms: 300_000,
+            peer_accept_timeout_ms: 5_000,
+            peer_max_concurrent_streams: 16_384,
         }
     }
 }
@@ -285,6 +300,15 @@ impl Limits {
             initial_stream_window: self.stream_window,
             initial_sync_window: self.sync_window,
             initial_connection_window: self.connection_window,
+        }
+    }
+
+    /// What the hub announces on a peer link (either end): as [`Limits::settings`], but a
+    /// link carries the streams of every cluster its holder serves.
+    pub fn peer_settings(&self) -> kubehub_wire::Settings {
+        kubehub_wire::Settings {
+            max_concurrent_streams: self.peer_max_concurrent_streams,
+            ..self.settings()
         }
     }
 
@@ -702,6 +726,8 @@ impl HubConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
+        kubehub_wire::validate_settings(&l.peer_settings())
+            .map_err(|e| ConfigError::Invalid(format!("limits.peer_*: {e}")))?;
         kubehub_wire::validate_settings(&l.settings())
             .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
         if l.data_chunk == 0 || l.data_chunk > l.max_frame_size as usize {

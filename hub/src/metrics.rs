@@ -341,7 +341,7 @@ impl Metrics {
         let peer_requests = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "peer_requests",
-            "Requests forwarded to another hub holding the cluster, by outcome",
+            "Requests forwarded to another hub holding the cluster, by outcome (ok; busy: every holder's link at its stream limit, answered 429; unreachable: 503)",
             peer_requests.clone(),
         );
         let cert = kubehub_enroll::CertMetrics::default();

@@ -15,11 +15,17 @@
 //! dial) and closed after `peer_idle_timeout_ms` without a stream, so their number follows
 //! the traffic, not hubs × hubs. A link that fails or says GOAWAY is forgotten; the next
 //! request dials again or picks another holder.
+//!
+//! A holder that could not be dialled, or did not accept a stream within
+//! `peer_accept_timeout_ms` (hung, overloaded), is **in back-off**: for 2 s, doubling to 30 s
+//! while it keeps failing, it comes after the other holders (still tried when it is the only
+//! one), so requests stop paying a dial or accept timeout each against a hub that is down but
+//! still in the registry. The first success clears it.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use dashmap::mapref::entry::Entry;
@@ -64,7 +70,14 @@ pub struct Peers {
     links: DashMap<String, LinkSlot>,
     next_generation: AtomicU64,
     idle: Duration,
+    /// Holders in back-off: failures in a row, and until when they are tried last.
+    trouble: DashMap<String, (u32, Instant)>,
 }
+
+/// The first back-off of a holder that failed; doubled per failure in a row.
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+/// The longest back-off.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Why a request could not be given to a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +112,36 @@ impl Peers {
             links: DashMap::new(),
             next_generation: AtomicU64::new(0),
             idle,
+            trouble: DashMap::new(),
         }
+    }
+
+    /// `hub` failed a dial or did not accept a stream in time: it is tried after the other
+    /// holders for a while (doubling while it keeps failing).
+    pub fn failed(&self, hub: &str) {
+        let now = Instant::now();
+        let mut e = self.trouble.entry(hub.to_owned()).or_insert((0, now));
+        let (n, until) = e.value_mut();
+        *n = n.saturating_add(1);
+        let backoff = BACKOFF_FIRST
+            .saturating_mul(1 << (*n - 1).min(16))
+            .min(BACKOFF_MAX);
+        *until = now + backoff;
+    }
+
+    /// `hub` took a stream: its back-off, if any, is over.
+    pub fn succeeded(&self, hub: &str) {
+        // A read first: the common case (no trouble) takes no write lock.
+        if self.trouble.contains_key(hub) {
+            self.trouble.remove(hub);
+        }
+    }
+
+    /// Whether `hub` is in back-off now.
+    pub fn in_backoff(&self, hub: &str) -> bool {
+        self.trouble
+            .get(hub)
+            .is_some_and(|e| Instant::now() < e.value().1)
     }
 
     /// This hub's id.
@@ -135,14 +177,14 @@ impl Peers {
     }
 
     /// The other live hubs holding `cluster`, in the order its agent registered them, hubs
-    /// that are draining last (this hub, hubs of another environment and hubs without an
-    /// agent endpoint left out).
+    /// in back-off after them and hubs that are draining last (this hub, hubs of another
+    /// environment and hubs without an agent endpoint left out).
     pub fn holders(&self, cluster: &str) -> Vec<Holder> {
         if self.tls.is_none() {
             return Vec::new();
         }
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<(bool, Holder)> = dir
+        let mut out: Vec<((bool, bool), Holder)> = dir
             .holders(cluster)
             .iter()
             .filter(|h| **h != self.hub_id)
@@ -150,7 +192,7 @@ impl Peers {
             .filter(|h| h.environment == self.environment && !h.agent_endpoint.is_empty())
             .map(|h| {
                 (
-                    h.draining,
+                    (h.draining, self.in_backoff(&h.id)),
                     Holder {
                         hub: h.id.clone(),
                         endpoint: h.agent_endpoint.clone(),
@@ -158,7 +200,7 @@ impl Peers {
                 )
             })
             .collect();
-        out.sort_by_key(|(draining, _)| *draining);
+        out.sort_by_key(|(order, _)| *order);
         out.into_iter().map(|(_, h)| h).collect()
     }
 
@@ -280,7 +322,7 @@ async fn dial(
     let (mut rd, mut wr) = stream.into_split();
     let offer = Offer {
         capabilities: Capabilities::PEER,
-        settings: ctx.limits.settings(),
+        settings: ctx.limits.peer_settings(),
         ..Offer::default()
     };
     let hello = offer.hello(
@@ -400,5 +442,57 @@ mod tests {
             },
         });
         assert!(off.holders("edge-1").is_empty(), "peering off: no holders");
+    }
+
+    #[test]
+    fn holders_in_backoff_come_after_the_others_until_they_take_a_stream() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        let p = Peers::new("hub-a", "prod", Some(tls), Duration::from_secs(60));
+        p.apply(&RegistryLine::Snapshot {
+            revision: 1,
+            hubs: vec![
+                hub("hub-b", "prod", true),
+                hub("hub-c", "prod", false),
+                hub("hub-d", "prod", false),
+            ],
+            agents: vec![AgentRecord {
+                cluster: "edge-1".into(),
+                hubs: ["hub-b", "hub-c", "hub-d"].map(String::from).to_vec(),
+                ..AgentRecord::default()
+            }],
+            canary: None,
+        });
+        let order = || -> Vec<String> { p.holders("edge-1").into_iter().map(|h| h.hub).collect() };
+        assert_eq!(order(), ["hub-c", "hub-d", "hub-b"]);
+        p.failed("hub-c");
+        assert!(p.in_backoff("hub-c"));
+        assert_eq!(
+            order(),
+            ["hub-d", "hub-c", "hub-b"],
+            "still tried, before draining hubs"
+        );
+        p.failed("hub-c");
+        p.failed("hub-c");
+        let until = p.trouble.get("hub-c").map(|e| e.value().1).unwrap();
+        let left = until - Instant::now();
+        assert!(
+            left > Duration::from_secs(7) && left <= Duration::from_secs(8),
+            "{left:?}"
+        );
+        for _ in 0..40 {
+            p.failed("hub-c");
+        }
+        let until = p.trouble.get("hub-c").map(|e| e.value().1).unwrap();
+        assert!(until - Instant::now() <= BACKOFF_MAX, "capped");
+        p.succeeded("hub-c");
+        assert!(!p.in_backoff("hub-c"));
+        assert_eq!(order(), ["hub-c", "hub-d", "hub-b"]);
     }
 }

@@ -288,7 +288,11 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         } else {
             Capabilities(0)
         },
-        settings: ctx.limits.settings(),
+        settings: if cert_hub {
+            ctx.limits.peer_settings()
+        } else {
+            ctx.limits.settings()
+        },
         ..Offer::default()
     };
     let (ack, agreed) =

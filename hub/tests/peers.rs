@@ -297,6 +297,147 @@ fn unreachable_holders_are_passed_over_and_idle_links_close() {
     assert_eq!(other.peers.links(), ["hub-test"]);
 }
 
+/// A plain GET through `hub`'s user listener with the stack's token: status and body.
+fn curl_via(s: &common::Stack, hub: &kubehub_hub::server::Hub, path: &str) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(s.path().join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", common::TOKEN)])
+        .arg(format!(
+            "https://127.0.0.1:{}/clusters/{}{path}",
+            hub.user_addr.port(),
+            common::CLUSTER
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// A hub that accepts TCP connections and never answers (a hung process): counts them.
+fn hung_hub() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    (addr, n)
+}
+
+/// A holder that hangs (accepts, never completes the handshake) costs the first request its
+/// handshake timeout; then it is tried after the live holder for a while, so the requests
+/// that follow do not dial it at all.
+#[test]
+fn a_hung_holder_is_tried_last_after_it_failed() {
+    use std::sync::atomic::Ordering;
+    let s = stack();
+    let limits = Limits {
+        handshake_timeout_ms: 1000,
+        ..Limits::default()
+    };
+    let (other, _) = s.peer_hub("hub-c", limits);
+    let (addr, dials) = hung_hub();
+    other
+        .peers
+        .apply(&common::registry_hub("hub-hung", addr, ""));
+    other.peers.apply(&common::registry_agent(
+        common::CLUSTER,
+        &["hub-hung", s.hub_id()],
+    ));
+    let (code, _) = curl_via(&s, &other, "/api/v1/namespaces/default");
+    assert_eq!(code, 200, "passed over for the live holder");
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+    let order: Vec<String> = other
+        .peers
+        .holders(common::CLUSTER)
+        .into_iter()
+        .map(|h| h.hub)
+        .collect();
+    assert_eq!(order, [s.hub_id(), "hub-hung"], "the hung hub now last");
+    for _ in 0..3 {
+        let (code, _) = curl_via(&s, &other, "/api/v1/namespaces/default");
+        assert_eq!(code, 200);
+    }
+    assert_eq!(
+        dials.load(Ordering::SeqCst),
+        1,
+        "requests in its back-off do not dial it"
+    );
+}
+
+/// A peer link at its stream limit: the cluster is busy, not offline — 429 (clients slow
+/// down and retry), and served again once a stream ends.
+#[test]
+fn a_peer_link_at_its_stream_limit_answers_429() {
+    let s = common::start(
+        ClusterConfig::default(),
+        Limits {
+            peer_max_concurrent_streams: 1,
+            ..Limits::default()
+        },
+    );
+    let (other, kubeconfig) = s.peer_hub("hub-c", Limits::default());
+    let k = Kubectl::new(&kubeconfig, s.path());
+    // A watch holds the link's one stream.
+    let mut watch = k
+        .cmd(&["get", "ns", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 9];
+    watch
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"namespace");
+    let (code, status) = curl_via(&s, &other, "/api/v1/namespaces/default");
+    assert_eq!(code, 429, "{status}");
+    assert_eq!(status["reason"], "TooManyRequests", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many concurrent requests"),
+        "{status}"
+    );
+    let admin = other.admin_addr.unwrap();
+    let m = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&m.stdout)
+            .contains(r#"kubehub_hub_peer_requests_total{outcome="busy"}"#),
+        "{}",
+        String::from_utf8_lossy(&m.stdout)
+    );
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    eventually("the stream to be free again", || {
+        curl_via(&s, &other, "/api/v1/namespaces/default").0 == 200
+    });
+}
+
 /// A hub draining for a restart: it reports not ready, its agents' tunnels go, and requests
 /// its users start after the drain began still succeed — forwarded to another hub that holds
 /// the cluster — each answer closing its connection so that clients reconnect elsewhere.

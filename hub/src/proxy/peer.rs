@@ -219,28 +219,47 @@ pub async fn relay(
     holders: Vec<Holder>,
 ) -> bool {
     let started = Instant::now();
-    let deadline = Duration::from_millis(ctx.limits.response_timeout_ms);
+    let accept = Duration::from_millis(ctx.limits.peer_accept_timeout_ms);
     let upgrade = http::upgrade_of(head).is_some();
     let request = head_bytes(head, ctx.draining() && !upgrade);
     let mut ex = None;
+    let mut busy = false;
     for h in &holders {
-        match open(ctx, h, cluster, request.clone(), deadline).await {
+        match open(ctx, h, cluster, request.clone(), accept).await {
             Ok(e) => {
+                ctx.peers.succeeded(&h.hub);
                 ex = Some(e);
                 break;
             }
-            Err(why) => debug!(hub = %h.hub, "not forwarded there: {why}"),
+            Err(refusal) => {
+                debug!(hub = %h.hub, "not forwarded there: {refusal}");
+                match refusal {
+                    Refusal::Busy => busy = true,
+                    Refusal::Down(_) => ctx.peers.failed(&h.hub),
+                    Refusal::Declined(_) => {}
+                }
+            }
         }
     }
-    let outcome = if ex.is_some() { "ok" } else { "unreachable" };
+    let outcome = match (&ex, busy) {
+        (Some(_), _) => "ok",
+        (None, true) => "busy",
+        (None, false) => "unreachable",
+    };
     ctx.metrics
         .peer_requests
         .get_or_create(&crate::metrics::OutcomeLabel { outcome })
         .inc();
     let Some(mut ex) = ex else {
-        let e = ProxyError::Offline {
-            cluster: cluster.to_owned(),
-            why: "no hub holding its tunnel could be reached",
+        // Every holder that answered was at its stream limit: the cluster is there, only
+        // busy, and the client should slow down, not think it offline.
+        let e = if busy {
+            ProxyError::Busy(cluster.to_owned())
+        } else {
+            ProxyError::Offline {
+                cluster: cluster.to_owned(),
+                why: "no hub holding its tunnel could be reached",
+            }
         };
         return out.error(conn, &e, Reached::Hub).await;
     };
@@ -280,20 +299,35 @@ pub async fn relay(
     body_done && !close && head.keep_alive && !ctx.draining()
 }
 
+/// Why a holder did not take a forwarded request. Every one happened before the holder
+/// processed anything, so the next holder may be tried.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The link is at its concurrent stream limit.
+    #[error("the link to it is at its stream limit")]
+    Busy,
+    /// The hub could not be reached, or did not accept in time: it goes into back-off.
+    #[error("{0}")]
+    Down(String),
+    /// The hub answered but would not take it (draining, no longer holding the cluster).
+    #[error("{0}")]
+    Declined(String),
+}
+
 /// Opens a stream on `holder`'s link and sends the request head; `Ok` once the holder
-/// accepted it (`200`). Every failure here happened before the holder processed anything.
+/// accepted it (`200`, which it sends before any work), within `accept`.
 async fn open(
     ctx: &ProxyCtx,
     holder: &Holder,
     cluster: &str,
     request: Bytes,
-    deadline: Duration,
-) -> Result<Exchange, String> {
+    accept: Duration,
+) -> Result<Exchange, Refusal> {
     let tx = ctx
         .peers
         .link(holder, &ctx.tunnels)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refusal::Down(e.to_string()))?;
     let backend = Backend::Tunnel(AgentHandle {
         tx,
         generation: 0,
@@ -307,31 +341,32 @@ async fn open(
             Bytes::from(ctx.peers.hub_id().to_owned()),
         )],
     };
-    let mut ex = backend
-        .open(cluster, open_head, false, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut ex = match backend.open(cluster, open_head, false, true).await {
+        Ok(ex) => ex,
+        Err(ProxyError::Busy(_)) => return Err(Refusal::Busy),
+        Err(e) => return Err(Refusal::Down(e.to_string())),
+    };
     // The head goes with the open, before the holder accepted: a GET costs no extra round
     // trip. If the stream is refused instead, the refusal is the first event below.
     let _ = ex.send_body(request, false).await;
     let first = monoio::select! {
         ev = ex.next() => ev,
-        _ = monoio::time::sleep(deadline) => {
+        _ = monoio::time::sleep(accept) => {
             ex.cancel().await;
-            return Err("the hub did not accept the stream in time".into());
+            return Err(Refusal::Down(format!("it did not accept the stream within {accept:?}")));
         }
     };
     match first {
         Some(StreamEvent::Head { status: 200, .. }) => Ok(ex),
         Some(StreamEvent::Head { status, .. }) => {
             ex.cancel().await;
-            Err(format!("refused with {status}"))
+            Err(Refusal::Declined(format!("refused with {status}")))
         }
         Some(StreamEvent::Reset(code)) if code == ErrorCode::REFUSED_STREAM => {
-            Err("refused (the link is draining)".into())
+            Err(Refusal::Declined("refused (the link is draining)".into()))
         }
-        Some(other) => Err(format!("unexpected {other:?}")),
-        None => Err("the link closed".into()),
+        Some(other) => Err(Refusal::Down(format!("unexpected {other:?}"))),
+        None => Err(Refusal::Down("the link closed".into())),
     }
 }
 
