@@ -3,6 +3,8 @@
 //!
 //! * [`HubRecord`], [`AgentRecord`]: what a hub's and an agent's heartbeat registers.
 //! * [`CanaryRule`]: the one canary rule (which clusters get hubs of a new version).
+//! * [`DrainMark`], [`Pin`]: an operator's instructions — drain a hub (it drains as for a
+//!   restart but keeps running until the mark is lifted), move a cluster to chosen hubs.
 //! * [`eligibility`]: which live hubs an agent may hold tunnels to.
 //! * [`RegistryLine`]: the registry watch (`GET /v1/registry/watch?revision=N`), one JSON
 //!   object a line:
@@ -14,8 +16,13 @@
 //! {"kind":"hubGone","revision":44,"id":"hub-2"}
 //! {"kind":"agentGone","revision":45,"cluster":"edge-1"}
 //! {"kind":"canary","revision":46,"rule":{"version":"1.3.0-rc1","percent":10,…}}
-//! {"kind":"heartbeat","revision":46}
+//! {"kind":"drain","revision":47,"hub":"hub-2","mark":{"hub":"hub-2","reason":"kernel update",…}}
+//! {"kind":"heartbeat","revision":47}
 //! ```
+//!
+//! `drain` lines (and a snapshot's `drains`) are sent only to readers that ask for them
+//! (`?drains=true`): a reader of an older version refuses a line of a kind it does not know,
+//! so a new meta must not send one to an old hub during a rolling upgrade.
 //!
 //! * [`RegistryView`]: what a reader keeps of the watch: hubs by id, the hubs each cluster's
 //!   agent says it holds a tunnel to, the canary rule.
@@ -157,6 +164,95 @@ impl CanaryRule {
     }
 }
 
+/// An operator's drain of a hub (`registry/drains/<hub>`, not leased): the hub drains as for
+/// a restart (not ready, GOAWAY to its agents, users' requests forwarded to other holders) but
+/// keeps running until the mark is lifted; agents do not choose it meanwhile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainMark {
+    /// The hub.
+    pub hub: String,
+    /// Why, for people.
+    #[serde(default)]
+    pub reason: String,
+    /// Who asked (set by meta).
+    #[serde(default)]
+    pub by: String,
+    /// Since when, unix seconds (set by meta).
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// An operator's pin of a cluster (`registry/pins/<cluster>`, not leased): its agent holds its
+/// tunnels to these hubs — those of them it may use ([`eligibility`]); when none of them is
+/// usable (gone, draining, another environment) it chooses as if there were no pin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    /// The cluster (set by meta from the path).
+    #[serde(default)]
+    pub cluster: String,
+    /// The hubs, by id (at least one).
+    pub hubs: Vec<String>,
+    /// Why, for people.
+    #[serde(default)]
+    pub reason: String,
+    /// Who asked (set by meta).
+    #[serde(default)]
+    pub by: String,
+    /// Since when, unix seconds (set by meta).
+    #[serde(default)]
+    pub since: u64,
+}
+
+impl DrainMark {
+    /// The hub id is a DNS-1123 label (hub ids are); the reason is text without control
+    /// characters, at most 1024 characters.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        at(check_dns_label(&self.hub), || "hub".into())?;
+        check_reason(&self.reason)
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), ValidationError> {
+    at(
+        if reason.chars().count() > 1024 || reason.chars().any(char::is_control) {
+            Err(crate::model::Problem::Conflict(
+                "must be at most 1024 characters, without control characters",
+            ))
+        } else {
+            Ok(())
+        },
+        || "reason".into(),
+    )
+}
+
+impl Pin {
+    /// At least one hub, each a DNS-1123 label (hub ids are), none twice; the reason as a
+    /// drain's.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        at(
+            if self.hubs.is_empty() {
+                Err(crate::model::Problem::Conflict(
+                    "must name at least one hub",
+                ))
+            } else {
+                Ok(())
+            },
+            || "hubs".into(),
+        )?;
+        check_each(&self.hubs, "hubs", |h| check_dns_label(h))?;
+        for (i, h) in self.hubs.iter().enumerate() {
+            if self.hubs[..i].contains(h) {
+                return at(Err(crate::model::Problem::Conflict("named twice")), || {
+                    format!("hubs[{i}]")
+                });
+            }
+        }
+        check_reason(&self.reason)
+    }
+}
+
 /// A cluster's bucket for [`CanaryRule::percent`]: the 64-bit FNV-1a hash of its id, mod 100.
 /// Stable across versions and platforms, so a percentage rollout only ever adds clusters as
 /// it grows.
@@ -181,11 +277,13 @@ pub struct Eligibility<'a> {
 /// The live `hubs` the agent of `cluster` may use: not draining, of the cluster's
 /// `environment` (an empty one matches only hubs with an empty one), and by the canary rule: a
 /// cluster in it gets the hubs of `rule.version` (all of the others if none is of it), a
-/// cluster not in it the hubs of any other version (all of them if that leaves none).
+/// cluster not in it the hubs of any other version (all of them if that leaves none). A `pin`
+/// narrows that to its hubs (when that leaves none, the pin is not followed).
 pub fn eligibility<'a>(
     hubs: &'a [HubRecord],
     cluster: &Cluster,
     canary: Option<&CanaryRule>,
+    pin: Option<&Pin>,
 ) -> Eligibility<'a> {
     let base: Vec<&HubRecord> = hubs
         .iter()
@@ -204,6 +302,21 @@ pub fn eligibility<'a>(
                 base
             } else {
                 narrowed
+            }
+        }
+    };
+    let eligible = match pin {
+        None => eligible,
+        Some(pin) => {
+            let pinned: Vec<&HubRecord> = eligible
+                .iter()
+                .copied()
+                .filter(|h| pin.hubs.contains(&h.id))
+                .collect();
+            if pinned.is_empty() {
+                eligible
+            } else {
+                pinned
             }
         }
     };
@@ -233,6 +346,9 @@ pub enum RegistryLine {
         agents: Vec<AgentRecord>,
         /// The canary rule, if one is set.
         canary: Option<CanaryRule>,
+        /// Hubs drained by an operator (only for readers that ask: module documentation).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drains: Vec<DrainMark>,
     },
     /// A hub registered or its record changed.
     Hub {
@@ -269,6 +385,16 @@ pub enum RegistryLine {
         /// The rule.
         rule: Option<CanaryRule>,
     },
+    /// An operator drained hub `hub` (`Some`) or lifted the drain (`None`); only for readers
+    /// that ask.
+    Drain {
+        /// The change's revision.
+        revision: i64,
+        /// The hub.
+        hub: String,
+        /// The mark.
+        mark: Option<DrainMark>,
+    },
     /// Nothing changed up to `revision`.
     Heartbeat {
         /// The revision the watch has delivered everything up to.
@@ -286,6 +412,7 @@ impl RegistryLine {
             | RegistryLine::Agent { revision, .. }
             | RegistryLine::AgentGone { revision, .. }
             | RegistryLine::Canary { revision, .. }
+            | RegistryLine::Drain { revision, .. }
             | RegistryLine::Heartbeat { revision } => *revision,
         }
     }
@@ -314,6 +441,7 @@ pub struct RegistryView {
     hubs: BTreeMap<String, HubRecord>,
     holders: HashMap<String, Vec<String>>,
     canary: Option<CanaryRule>,
+    drains: BTreeMap<String, DrainMark>,
 }
 
 impl RegistryView {
@@ -329,8 +457,10 @@ impl RegistryView {
                 hubs,
                 agents,
                 canary,
+                drains,
                 ..
             } => {
+                self.drains = drains.iter().map(|d| (d.hub.clone(), d.clone())).collect();
                 self.hubs = hubs.iter().map(|h| (h.id.clone(), h.clone())).collect();
                 self.holders = agents
                     .iter()
@@ -352,6 +482,14 @@ impl RegistryView {
                 self.holders.remove(cluster);
             }
             RegistryLine::Canary { rule, .. } => self.canary.clone_from(rule),
+            RegistryLine::Drain { hub, mark, .. } => match mark {
+                Some(m) => {
+                    self.drains.insert(hub.clone(), m.clone());
+                }
+                None => {
+                    self.drains.remove(hub);
+                }
+            },
             RegistryLine::Heartbeat { .. } => {}
         }
         self.revision = self.revision.max(line.revision());
@@ -380,6 +518,11 @@ impl RegistryView {
     /// The canary rule.
     pub fn canary(&self) -> Option<&CanaryRule> {
         self.canary.as_ref()
+    }
+
+    /// An operator's drain of `hub`, if there is one.
+    pub fn drain(&self, hub: &str) -> Option<&DrainMark> {
+        self.drains.get(hub)
     }
 }
 
@@ -448,6 +591,7 @@ mod tests {
                         ..AgentRecord::default()
                     }],
                     canary: None,
+                    drains: vec![],
                 },
                 r#"{"kind":"snapshot","revision":41,"hubs":[],"agents":[{"cluster":"edge-1","agentId":"","hubs":["hub-1"],"version":"","updated":0}],"canary":null}"#,
             ),
@@ -499,6 +643,7 @@ mod tests {
             hubs: vec![hub("hub-1", "1"), hub("hub-2", "1")],
             agents: vec![agent("edge-1", &["hub-1"]), agent("edge-2", &["hub-2"])],
             canary: None,
+            drains: vec![],
         });
         assert_eq!(v.revision(), 10);
         assert_eq!(v.holders("edge-1"), ["hub-1"]);
@@ -545,6 +690,7 @@ mod tests {
             hubs: vec![hub("hub-3", "1")],
             agents: vec![],
             canary: None,
+            drains: vec![],
         });
         assert_eq!(
             v.hubs().map(|h| h.id.as_str()).collect::<Vec<_>>(),
@@ -650,13 +796,13 @@ mod tests {
         }
         let plain = cluster("x", "t", &[]);
         assert_eq!(
-            ids(&eligibility(&hubs, &plain, None)),
+            ids(&eligibility(&hubs, &plain, None, None)),
             (vec!["a", "b", "c"], vec!["d", "e"])
         );
         let mut staging = plain.clone();
         staging.environment = "staging".into();
         assert_eq!(
-            ids(&eligibility(&hubs, &staging, None)),
+            ids(&eligibility(&hubs, &staging, None, None)),
             (vec!["e"], vec!["a", "b", "c", "d"])
         );
         let rule = CanaryRule {
@@ -666,11 +812,11 @@ mod tests {
         };
         let inside = cluster("x", "canary", &[]);
         assert_eq!(
-            ids(&eligibility(&hubs, &inside, Some(&rule))),
+            ids(&eligibility(&hubs, &inside, Some(&rule), None)),
             (vec!["c"], vec!["a", "b", "d", "e"])
         );
         assert_eq!(
-            ids(&eligibility(&hubs, &plain, Some(&rule))),
+            ids(&eligibility(&hubs, &plain, Some(&rule), None)),
             (vec!["a", "b"], vec!["c", "d", "e"])
         );
         // No hub of the canary's version (or only it): every eligible hub.
@@ -679,13 +825,102 @@ mod tests {
             ..rule.clone()
         };
         assert_eq!(
-            ids(&eligibility(&hubs, &inside, Some(&none))),
+            ids(&eligibility(&hubs, &inside, Some(&none), None)),
             (vec!["a", "b", "c"], vec!["d", "e"])
         );
         let only_new: Vec<HubRecord> = vec![hub("c", "1.3")];
         assert_eq!(
-            ids(&eligibility(&only_new, &plain, Some(&rule))),
+            ids(&eligibility(&only_new, &plain, Some(&rule), None)),
             (vec!["c"], vec![])
         );
+        // A pin narrows to its hubs among the eligible ones; with none usable it is not
+        // followed (a draining hub, another environment, a hub that is gone).
+        let pin = |hubs: &[&str]| Pin {
+            cluster: "x".into(),
+            hubs: hubs.iter().map(|h| (*h).to_owned()).collect(),
+            ..Pin::default()
+        };
+        assert_eq!(
+            ids(&eligibility(&hubs, &plain, None, Some(&pin(&["b"])))),
+            (vec!["b"], vec!["a", "c", "d", "e"])
+        );
+        assert_eq!(
+            ids(&eligibility(&hubs, &plain, None, Some(&pin(&["c", "a"])))),
+            (vec!["a", "c"], vec!["b", "d", "e"])
+        );
+        assert_eq!(
+            ids(&eligibility(
+                &hubs,
+                &plain,
+                None,
+                Some(&pin(&["d", "e", "gone"]))
+            )),
+            (vec!["a", "b", "c"], vec!["d", "e"])
+        );
+        // With the canary: the pin narrows what the canary leaves.
+        assert_eq!(
+            ids(&eligibility(
+                &hubs,
+                &plain,
+                Some(&rule),
+                Some(&pin(&["c", "b"]))
+            )),
+            (vec!["b"], vec!["a", "c", "d", "e"])
+        );
+        // Validation names the field.
+        assert_eq!(
+            pin(&[])
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("hubs")
+        );
+        let twice = pin(&["a", "a"]).validate().unwrap_err().to_string();
+        assert!(twice.starts_with("hubs[1]"), "{twice}");
+        let bad = pin(&["Not_A_Hub"]).validate().unwrap_err().to_string();
+        assert!(bad.starts_with("hubs[0]"), "{bad}");
+        assert!(pin(&["a", "b"]).validate().is_ok());
+    }
+
+    #[test]
+    fn drains_are_kept_by_the_view() {
+        let mut v = RegistryView::new();
+        let mark = DrainMark {
+            hub: "hub-1".into(),
+            reason: "kernel update".into(),
+            by: "admin".into(),
+            since: 5,
+        };
+        v.apply(&RegistryLine::Snapshot {
+            revision: 3,
+            hubs: vec![],
+            agents: vec![],
+            canary: None,
+            drains: vec![mark.clone()],
+        });
+        assert_eq!(v.drain("hub-1"), Some(&mark));
+        let line = RegistryLine::Drain {
+            revision: 4,
+            hub: "hub-1".into(),
+            mark: None,
+        };
+        assert_eq!(
+            line.to_line(),
+            "{\"kind\":\"drain\",\"revision\":4,\"hub\":\"hub-1\",\"mark\":null}\n"
+        );
+        v.apply(&line);
+        assert!(v.drain("hub-1").is_none());
+        v.apply(&RegistryLine::Drain {
+            revision: 5,
+            hub: "hub-2".into(),
+            mark: Some(DrainMark {
+                hub: "hub-2".into(),
+                ..DrainMark::default()
+            }),
+        });
+        assert!(v.drain("hub-2").is_some());
+        assert_eq!(v.revision(), 5);
     }
 }

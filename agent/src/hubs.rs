@@ -41,8 +41,9 @@
 //! * Rebalancing ([`Chooser::rebalance`], once per registry answer): when a hub the agent
 //!   holds has more than 1.25 × the mean number of agents of the hubs it may use, the agent
 //!   moves with probability `p = min(0.1, (a − m) / (10 a))` (`a`: its hub's agents, `m`: the
-//!   mean) to the first hub in rendezvous order with fewer than `m` agents (and in a zone its
-//!   other tunnels do not use). The agents of one
+//!   mean) to the first hub in rendezvous order with fewer than `m` agents and at least two
+//!   fewer than its hub (so that the move evens things out: one agent alone on one of three
+//!   hubs stays), and in a zone its other tunnels do not use. The agents of one
 //!   hub so move about a tenth of its excess `a − m` per `hub_refresh_ms`: the fleet's moves
 //!   per second are at most (Σ excess) / (10 × hub_refresh_s) ≤ agents / (10 × hub_refresh_s)
 //!   (and each agent's at most `max_moves_per_minute`); hub counts lag (hub heartbeats, then a
@@ -114,6 +115,9 @@ struct HubList {
     /// Ids of live hubs this agent may not use (absent from older metaservers).
     #[serde(default)]
     ineligible: Vec<String>,
+    /// Their agent endpoints (absent from older metaservers).
+    #[serde(default, rename = "ineligibleEndpoints")]
+    ineligible_endpoints: Vec<String>,
 }
 
 /// A hub the agent may use, as it knows it.
@@ -138,6 +142,9 @@ pub struct Directory {
     pub hubs: LiveHubs,
     /// The ids of the live hubs it may not use.
     pub ineligible: BTreeSet<String>,
+    /// Their agent endpoints (a hub dialled by address before an answer named it is known
+    /// by this).
+    pub ineligible_endpoints: BTreeSet<String>,
     /// Answers read so far (rebalancing is considered once per answer).
     pub answers: u64,
 }
@@ -157,6 +164,7 @@ impl Directory {
                 })
                 .collect(),
             ineligible: BTreeSet::new(),
+            ineligible_endpoints: BTreeSet::new(),
             answers: 0,
         }
     }
@@ -564,6 +572,9 @@ impl Chooser {
         let lighter: Vec<&str> = live
             .iter()
             .filter(|c| (c.agents as f64) < mean && !used.contains(c.zone.as_str()))
+            // Only a move that evens things out: afterwards the hub left keeps at least as
+            // many as the hub joined (else a small fleet's agents hop back and forth).
+            .filter(|c| (c.agents as f64) + 2.0 <= a)
             .filter(|c| !held.iter().any(|(h, _)| *h == c.endpoint))
             .map(|c| c.endpoint.as_str())
             .collect();
@@ -786,8 +797,10 @@ async fn released(release: &mut Option<watch::Receiver<bool>>) {
 
 /// One hub's tunnel, first dialled after `first_delay`, reconnecting with full-jitter
 /// exponential backoff after any failure, until `stop` (or the task is aborted), or until
-/// `release`: at once, unless the hub is draining the tunnel (GOAWAY `NO_ERROR`), which is
-/// then left to finish its streams and close. Reports its state in `book` under `generation`.
+/// `release`: a tunnel that is up is left gracefully — the agent says GOAWAY (the hub sends
+/// it no new request), its streams in flight finish (within [`tunnel::LEAVE_GRACE`]), then
+/// it closes; one the hub is draining is left to finish the same way; one that is down ends
+/// at once. Reports its state in `book` under `generation`.
 pub(crate) async fn dial_loop(
     hub: String,
     generation: u64,
@@ -817,6 +830,7 @@ pub(crate) async fn dial_loop(
                 }
             }
         };
+        let (leave, leave_rx) = watch::channel(false);
         let run = tunnel::run_once(
             &hub,
             &d.cfg,
@@ -829,6 +843,7 @@ pub(crate) async fn dial_loop(
                 book.set(&hub, generation, true, Instant::now());
             },
             on_goaway,
+            leave_rx,
         );
         tokio::pin!(run);
         let mut letting_go = false;
@@ -838,7 +853,11 @@ pub(crate) async fn dial_loop(
                 _ = stop.changed() => return,
                 _ = released(&mut release), if !letting_go => {
                     if !drained.load(Ordering::Relaxed) {
-                        return;
+                        if !up.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        // Up: the agent says GOAWAY; its streams finish, then it closes.
+                        let _ = leave.send(true);
                     }
                     // Draining: its streams finish, then it closes (the hub closes it).
                     letting_go = true;
@@ -931,6 +950,8 @@ pub(crate) async fn poll_registry(
                 } else {
                     empty = false;
                     let ineligible: BTreeSet<String> = list.ineligible.into_iter().collect();
+                    let ineligible_endpoints: BTreeSet<String> =
+                        list.ineligible_endpoints.into_iter().collect();
                     live.send_modify(|cur| {
                         if cur.hubs.keys().ne(hubs.keys()) || cur.ineligible != ineligible {
                             info!(
@@ -941,6 +962,7 @@ pub(crate) async fn poll_registry(
                         }
                         cur.hubs = hubs;
                         cur.ineligible = ineligible;
+                        cur.ineligible_endpoints = ineligible_endpoints;
                         cur.answers = cur.answers.wrapping_add(1);
                     });
                 }
@@ -999,15 +1021,23 @@ pub(crate) async fn choose(
             info!("rebalancing: moving a tunnel to a less loaded hub");
             d.metrics.hub_moves.inc();
         }
-        let ineligible = book.named(&known.ineligible);
+        let mut ineligible = book.named(&known.ineligible);
+        for e in &known.ineligible_endpoints {
+            if !ineligible.contains(e) {
+                ineligible.push(e.clone());
+            }
+        }
         let held = book.held();
         let plan = chooser.plan_registry(&candidates, &ineligible, &held, now);
         for hub in &plan.drop {
             if let Some(t) = tasks.remove(hub) {
-                let draining = held
-                    .iter()
-                    .any(|(h, s)| h == hub && *s == TunnelState::Draining);
-                if draining {
+                // A tunnel that is up or draining is let go gracefully (its streams in flight
+                // finish; one the agent leaves says GOAWAY first, so the hub sends it nothing
+                // new); one that is failing has nothing to finish.
+                let graceful = held.iter().any(|(h, s)| {
+                    h == hub && matches!(*s, TunnelState::Draining | TunnelState::Up)
+                });
+                if graceful {
                     let _ = t.release.send(true);
                     going.push(t.handle);
                 } else {
@@ -1205,10 +1235,11 @@ mod tests {
                            "zone": "z1", "agents": 7, "new": 1},
                           {"id": "", "agentEndpoint": "h2:8444"},
                           {"id": "h3", "endpoint": "https://h3"}],
-                "ineligible": ["h4"]}"#,
+                "ineligible": ["h4"], "ineligibleEndpoints": ["h4:8444"]}"#,
         )
         .unwrap();
         assert_eq!(list.ineligible, ["h4"]);
+        assert_eq!(list.ineligible_endpoints, ["h4:8444"]);
         let live = live_hubs(&list.items);
         let hub = |name: &str, zone: &str, agents| LiveHub {
             name: name.into(),
@@ -1224,7 +1255,7 @@ mod tests {
         );
         // An older metaserver's answer has no `ineligible`.
         let old: HubList = serde_json::from_str(r#"{"items": []}"#).unwrap();
-        assert!(old.ineligible.is_empty());
+        assert!(old.ineligible.is_empty() && old.ineligible_endpoints.is_empty());
     }
 
     #[test]

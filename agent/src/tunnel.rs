@@ -24,7 +24,7 @@ use kubehub_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -167,6 +167,12 @@ impl Shared {
 /// Bytes encoded per write at most.
 const WRITE_BATCH: usize = 256 * 1024;
 
+/// How long a tunnel the agent leaves for another hub (a move: the registry, a rebalance)
+/// gives its streams in flight to finish after its GOAWAY; the ones still open then (the
+/// cache's sync streams, long watches) are reset and the hub's users reconnect through the
+/// agent's other tunnels.
+pub const LEAVE_GRACE: Duration = Duration::from_secs(10);
+
 /// The TLS client configuration for the hubs (TLS 1.3, the agent's client certificate), from
 /// the files the configuration names.
 pub fn client_tls(cfg: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -237,6 +243,7 @@ pub async fn run_once(
     metrics: Arc<Metrics>,
     on_up: impl FnOnce(),
     on_goaway: impl Fn(ErrorCode) + Send + Sync + 'static,
+    mut leave: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
     let deadline = Duration::from_millis(cfg.limits.connect_timeout_ms);
     let connect = async {
@@ -370,7 +377,30 @@ pub async fn run_once(
         discovery: discovery.abort_handle(),
         metrics: metrics.clone(),
     };
-    let why = read_loop(&mut rd, &mut buf, &shared, &upstream, &metrics).await;
+    let read = read_loop(&mut rd, &mut buf, &shared, &upstream, &metrics);
+    tokio::pin!(read);
+    let leaving = async {
+        // Until `leave` says so; a dropped sender never does.
+        while !*leave.borrow_and_update() {
+            if leave.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let why = tokio::select! {
+        why = &mut read => why,
+        () = leaving => {
+            info!("leaving this hub: GOAWAY, streams in flight finish");
+            shared.with(|c| {
+                c.go_away(
+                    ErrorCode::NO_ERROR,
+                    "the agent is moving to another hub",
+                    Instant::now() + LEAVE_GRACE,
+                );
+            });
+            read.await
+        }
+    };
     // The engine may still hold its last words (a GOAWAY): give the writer a moment to flush
     // them, then close.
     shared.wake.notify_one();

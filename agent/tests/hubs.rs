@@ -653,6 +653,31 @@ fn an_overloaded_hub_sheds_agents_slowly() {
         let mut ch = Chooser::new(c, 2, FAILOVER).with_seed(seed);
         assert!(!ch.rebalance(&even, &[up("a:1"), up("b:1")], t0));
     }
+    // A move that would only shift the imbalance: none. One agent alone on one of three hubs
+    // (1 against a mean of 1/3) stays where it is, as do two agents on a hub beside one with one.
+    let small = |counts: [u64; 3]| -> Vec<Candidate> {
+        ["a:1", "b:1", "c:1"]
+            .iter()
+            .zip(counts)
+            .map(|(e, n)| Candidate {
+                endpoint: (*e).into(),
+                zone: String::new(),
+                agents: n,
+            })
+            .collect()
+    };
+    for seed in 0..500 {
+        let mut ch = Chooser::new(c, 1, FAILOVER).with_seed(seed);
+        assert!(!ch.rebalance(&small([1, 0, 0]), &held, t0), "seed {seed}");
+        assert!(!ch.rebalance(&small([2, 1, 1]), &held, t0), "seed {seed}");
+    }
+    // Two more than a lighter hub: it may move.
+    let mut ch = Chooser::new(c, 1, FAILOVER).with_seed(1);
+    let mut tries = 0;
+    while !ch.rebalance(&small([3, 1, 1]), &held, t0) {
+        tries += 1;
+        assert!(tries < 1000);
+    }
 }
 
 // ---- end to end ----------------------------------------------------------------------------

@@ -74,6 +74,12 @@ pub enum CtlCommand {
     /// Live hubs: endpoints, load (agents, streams, CPU in permille of one core), version,
     /// environment, zone, draining.
     Hubs,
+    /// A hub: `drain ID [--reason R]` (it drains as for a restart and keeps running: agents
+    /// move off, users are forwarded), `undrain ID`, `drains` (admin).
+    Hub {
+        #[command(subcommand)]
+        op: HubOp,
+    },
     /// The canary rule: `set --version V [--label k=v]... [--tenant T]... [--percent N]`,
     /// `show`, `clear` (admin). Agents of the chosen clusters move to hubs of that version, the
     /// others away from them; changing or clearing the rule moves them back.
@@ -178,6 +184,45 @@ pub enum ClusterOp {
         /// Cluster id.
         id: String,
     },
+    /// Move the cluster's agent to these hubs (a pin, until `unpin`; admin).
+    Move {
+        /// Cluster id.
+        id: String,
+        /// Hub ids (repeat, or comma-separated).
+        #[arg(long = "to", required = true, value_delimiter = ',')]
+        hubs: Vec<String>,
+        /// Why, for the other operators.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a cluster's pin: its agent chooses its hubs as usual again.
+    Unpin {
+        /// Cluster id.
+        id: String,
+    },
+    /// The pinned clusters.
+    Pins,
+}
+
+/// Operators' drains of hubs.
+#[derive(Debug, Subcommand)]
+pub enum HubOp {
+    /// Drain a live hub: /readyz 503, GOAWAY to its agents (they move to other hubs), users'
+    /// requests forwarded; it keeps running until `undrain`.
+    Drain {
+        /// Hub id.
+        id: String,
+        /// Why, for the other operators.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a drain: the hub reports ready and takes agents again.
+    Undrain {
+        /// Hub id.
+        id: String,
+    },
+    /// The drained hubs.
+    Drains,
 }
 
 /// Grant operations.
@@ -569,6 +614,68 @@ async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
                     .await
                     .map_err(fail)?;
                 println!("{}", v["joinToken"].as_str().unwrap_or(""));
+            }
+            ClusterOp::Move { id, hubs, reason } => {
+                let v = c
+                    .put(
+                        &format!("/v1/registry/pins/{id}"),
+                        &json!({"hubs": hubs, "reason": reason}),
+                    )
+                    .await
+                    .map_err(fail)?;
+                println!(
+                    "cluster {id} pinned to {}: its agent moves there",
+                    v["hubs"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                );
+            }
+            ClusterOp::Unpin { id } => {
+                c.delete(&format!("/v1/registry/pins/{id}"))
+                    .await
+                    .map_err(fail)?;
+                println!("cluster {id} unpinned");
+            }
+            ClusterOp::Pins => {
+                let v = c.get("/v1/registry/pins").await.map_err(fail)?;
+                show(
+                    &v,
+                    &[
+                        ("CLUSTER", "cluster"),
+                        ("HUBS", "hubs"),
+                        ("BY", "by"),
+                        ("REASON", "reason"),
+                    ],
+                );
+            }
+        },
+        CtlCommand::Hub { op } => match op {
+            HubOp::Drain { id, reason } => {
+                c.post(
+                    &format!("/v1/registry/hubs/{id}/drain"),
+                    &json!({"drain": true, "reason": reason}),
+                )
+                .await
+                .map_err(fail)?;
+                println!("hub {id} drained: its agents move to other hubs");
+            }
+            HubOp::Undrain { id } => {
+                c.post(
+                    &format!("/v1/registry/hubs/{id}/drain"),
+                    &json!({"drain": false}),
+                )
+                .await
+                .map_err(fail)?;
+                println!("hub {id} undrained");
+            }
+            HubOp::Drains => {
+                let v = c.get("/v1/registry/drains").await.map_err(fail)?;
+                show(&v, &[("HUB", "hub"), ("BY", "by"), ("REASON", "reason")]);
             }
         },
         CtlCommand::Grant { op } => match op {

@@ -48,6 +48,11 @@ impl System {
     /// etcd, meta (with `meta_extra` in meta.toml), the simulator, and tenant `t` with cluster
     /// `edge-1` and user `alice`.
     fn start(meta_extra: &str) -> System {
+        // `RUST_LOG=kubehub_agent=debug cargo test …` shows the logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -531,5 +536,157 @@ fn a_canary_rule_moves_the_chosen_agents_and_moves_them_back() {
     assert!(
         versions.contains(&"hub-canary=9.9.9-rc1".to_owned()),
         "{versions:?}"
+    );
+}
+
+/// An operator moves a cluster to a chosen hub and drains a hub, through `kubehub ctl`,
+/// without restarting anything: the agent follows the pin; the drained hub reports not ready,
+/// its agent moves away, its users are still served (forwarded), and lifting the drain makes
+/// it ready again. Mistakes (a hub that is not live, a cluster that does not exist) are
+/// refused with what is wrong.
+#[test]
+fn an_operator_moves_a_cluster_and_drains_a_hub() {
+    let s = System::start("[registry]\nttl_s = 2\n");
+    let a = s.hub("hub-a");
+    let b = s.hub("hub-b");
+    let _agent = s.agent("hubs_per_agent = 1\nhub_refresh_ms = 300\nfailover_after_ms = 1000");
+    let on = |h: &Hub| h.registry.connected() == 1;
+    wait(Duration::from_secs(15), "the agent on a hub", || {
+        on(&a) || on(&b)
+    });
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubehub"))
+            .arg("ctl")
+            .args(args)
+            .env("KUBEHUB_META", &s.meta_url)
+            .env("KUBEHUB_META_CA", s.dir.path().join("ca.crt"))
+            .env("KUBEHUB_META_TOKEN_FILE", s.dir.path().join("admin.token"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (here, there, there_id) = if on(&a) {
+        (&a, &b, "hub-b")
+    } else {
+        (&b, &a, "hub-a")
+    };
+    let here_id = if there_id == "hub-a" {
+        "hub-b"
+    } else {
+        "hub-a"
+    };
+    // Move: the agent leaves its hub for the pinned one.
+    let (code, out, err) = ctl(&[
+        "cluster",
+        "move",
+        CLUSTER,
+        "--to",
+        there_id,
+        "--reason",
+        "rebalance",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("pinned to {there_id}")), "{out}");
+    wait(
+        Duration::from_secs(20),
+        "the agent on the pinned hub",
+        || on(there) && !on(here),
+    );
+    let (_, out, _) = ctl(&["cluster", "pins"]);
+    assert!(out.contains(CLUSTER) && out.contains("rebalance"), "{out}");
+    let token = s.alice_token();
+    for h in [here, there] {
+        wait(
+            Duration::from_secs(10),
+            "edge-1 served through both hubs",
+            || s.status(h, &token, CONFIGMAPS) == 200,
+        );
+    }
+    // Mistakes are refused, naming what is wrong; nothing changes.
+    let (code, _, err) = ctl(&["cluster", "move", CLUSTER, "--to", "hub-nope"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("hubs[0]") && err.contains("no live hub"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&["cluster", "move", "no-such-cluster", "--to", there_id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = ctl(&["hub", "drain", "hub-nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no live hub"), "{err}");
+    // Lift the pin, then drain the hub the agent is on: the agent moves back, the drained hub
+    // says it is not ready, and it still serves its users (through the other hub).
+    let (code, _, err) = ctl(&["cluster", "unpin", CLUSTER]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = ctl(&["hub", "drain", there_id, "--reason", "kernel update"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("drained"), "{out}");
+    wait(
+        Duration::from_secs(10),
+        "the hub hears of its drain",
+        || there.drain.is_draining(),
+    );
+    let readyz = |h: &Hub| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{}/readyz", h.admin_addr.unwrap()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(readyz(there), "503");
+    assert_eq!(readyz(here), "200");
+    wait(
+        Duration::from_secs(20),
+        "the agent off the drained hub",
+        || on(here) && !on(there),
+    );
+    wait(
+        Duration::from_secs(10),
+        "served through the drained hub",
+        || s.status(there, &token, CONFIGMAPS) == 200,
+    );
+    let (_, out, _) = ctl(&["hub", "drains"]);
+    assert!(
+        out.contains(there_id) && out.contains("kernel update"),
+        "{out}"
+    );
+    let hubs = s.call(|c| async move { c.get("/v1/registry/hubs").await });
+    let draining: Vec<(String, bool)> = hubs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_owned(),
+                h["draining"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        draining.contains(&(there_id.to_owned(), true)),
+        "{draining:?}"
+    );
+    assert!(
+        draining.contains(&(here_id.to_owned(), false)),
+        "{draining:?}"
+    );
+    // Lifted: ready again, and agents may choose it (the pin says so).
+    let (code, _, err) = ctl(&["hub", "undrain", there_id]);
+    assert_eq!(code, Some(0), "{err}");
+    wait(Duration::from_secs(10), "the drain lifted", || {
+        !there.drain.is_draining() && readyz(there) == "200"
+    });
+    let (code, _, err) = ctl(&["cluster", "move", CLUSTER, "--to", there_id]);
+    assert_eq!(code, Some(0), "{err}");
+    wait(
+        Duration::from_secs(20),
+        "the agent back on the undrained hub",
+        || on(there) && !on(here),
     );
 }

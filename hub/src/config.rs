@@ -120,6 +120,10 @@
 //! # the forwarded requests, watches and sessions for all the clusters this hub holds; beyond
 //! # this the forwarding hub answers 429).
 //! peer_max_concurrent_streams = 16384
+//! # One link per hub pair (false), or one per core of this hub and holder (true): more links
+//! # (cores × holders), but a forwarded request never hands over between this hub's cores
+//! # (perf/RESULTS.md, "Hubs in several replicas": the CPU it saves).
+//! peer_links_per_core = false
 //!
 //! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
 //! enabled = true
@@ -264,6 +268,8 @@ pub struct Limits {
     pub peer_accept_timeout_ms: u64,
     /// Streams a peer hub may have open at once on its link to this hub.
     pub peer_max_concurrent_streams: u32,
+    /// Each core dials its own peer links (else one link per hub pair).
+    pub peer_links_per_core: bool,
 }
 
 impl Default for Limits {
@@ -287,6 +293,7 @@ impl Default for Limits {
             peer_idle_timeout_ms: 300_000,
             peer_accept_timeout_ms: 5_000,
             peer_max_concurrent_streams: 16_384,
+            peer_links_per_core: false,
         }
     }
 }

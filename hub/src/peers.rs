@@ -20,7 +20,8 @@
 //! `peer_accept_timeout_ms` (hung, overloaded), is **in back-off**: for 2 s, doubling to 30 s
 //! while it keeps failing, it comes after the other holders (still tried when it is the only
 //! one), so requests stop paying a dial or accept timeout each against a hub that is down but
-//! still in the registry. The first success clears it.
+//! still in the registry. After the back-off one request probes it; the others keep it last
+//! until that probe succeeds (which clears it) or fails (a longer back-off).
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,9 @@ enum LinkSlot {
     Dialing(Vec<oneshot::Sender<Result<mpsc::Sender<TunnelCmd>, String>>>),
 }
 
+/// A link's key: the hub, and the dialling core's thread when links are per core.
+type LinkKey = (String, Option<std::thread::ThreadId>);
+
 /// The peer links of this hub and its directory, shared by every core.
 #[derive(Debug)]
 pub struct Peers {
@@ -67,17 +71,35 @@ pub struct Peers {
     /// `None`: peering is off (no client CA configured).
     tls: Option<Arc<rustls::ClientConfig>>,
     dir: RwLock<RegistryView>,
-    links: DashMap<String, LinkSlot>,
+    /// Links by (hub, the dialling core's thread when links are per core).
+    links: DashMap<LinkKey, LinkSlot>,
+    per_core: bool,
     next_generation: AtomicU64,
     idle: Duration,
-    /// Holders in back-off: failures in a row, and until when they are tried last.
-    trouble: DashMap<String, (u32, Instant)>,
+    /// Holders that failed, by hub id.
+    trouble: DashMap<String, Trouble>,
+}
+
+/// A holder that failed: tried after the other holders until `until`; then one request (the
+/// probe) may try it first again, the others keep it last until the probe succeeds (the entry
+/// goes) or fails (a longer back-off).
+#[derive(Debug, Clone, Copy)]
+struct Trouble {
+    /// Failures in a row.
+    failures: u32,
+    /// End of the back-off.
+    until: Instant,
+    /// A probe was handed out; another may be after this (the first never reported).
+    probe_until: Option<Instant>,
 }
 
 /// The first back-off of a holder that failed; doubled per failure in a row.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 /// The longest back-off.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a probe may take (a dial's handshake timeout plus an accept) before another
+/// request may probe instead.
+const PROBE_GRACE: Duration = Duration::from_secs(20);
 
 /// Why a request could not be given to a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +132,7 @@ impl Peers {
             tls,
             dir: RwLock::new(RegistryView::new()),
             links: DashMap::new(),
+            per_core: false,
             next_generation: AtomicU64::new(0),
             idle,
             trouble: DashMap::new(),
@@ -120,13 +143,18 @@ impl Peers {
     /// holders for a while (doubling while it keeps failing).
     pub fn failed(&self, hub: &str) {
         let now = Instant::now();
-        let mut e = self.trouble.entry(hub.to_owned()).or_insert((0, now));
-        let (n, until) = e.value_mut();
-        *n = n.saturating_add(1);
+        let mut e = self.trouble.entry(hub.to_owned()).or_insert(Trouble {
+            failures: 0,
+            until: now,
+            probe_until: None,
+        });
+        let t = e.value_mut();
+        t.failures = t.failures.saturating_add(1);
         let backoff = BACKOFF_FIRST
-            .saturating_mul(1 << (*n - 1).min(16))
+            .saturating_mul(1 << (t.failures - 1).min(16))
             .min(BACKOFF_MAX);
-        *until = now + backoff;
+        t.until = now + backoff;
+        t.probe_until = None;
     }
 
     /// `hub` took a stream: its back-off, if any, is over.
@@ -141,7 +169,22 @@ impl Peers {
     pub fn in_backoff(&self, hub: &str) -> bool {
         self.trouble
             .get(hub)
-            .is_some_and(|e| Instant::now() < e.value().1)
+            .is_some_and(|e| Instant::now() < e.value().until)
+    }
+
+    /// Whether a request should try `hub` after the other holders: in back-off, or past it
+    /// while another request probes it. Past the back-off with no probe out, the caller is
+    /// the probe (`false`, and the next callers get `true`).
+    fn tried_last(&self, hub: &str, now: Instant) -> bool {
+        let Some(mut e) = self.trouble.get_mut(hub) else {
+            return false;
+        };
+        let t = e.value_mut();
+        if now < t.until || t.probe_until.is_some_and(|p| now < p) {
+            return true;
+        }
+        t.probe_until = Some(now + PROBE_GRACE);
+        false
     }
 
     /// This hub's id.
@@ -170,6 +213,12 @@ impl Peers {
             .revision()
     }
 
+    /// Whether the registry says an operator drained this hub.
+    pub fn drained_here(&self) -> bool {
+        let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
+        dir.drain(&self.hub_id).is_some()
+    }
+
     /// The environment the registry gives `hub`, if it knows the hub.
     pub fn environment_of(&self, hub: &str) -> Option<String> {
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
@@ -184,6 +233,7 @@ impl Peers {
             return Vec::new();
         }
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         let mut out: Vec<((bool, bool), Holder)> = dir
             .holders(cluster)
             .iter()
@@ -192,7 +242,7 @@ impl Peers {
             .filter(|h| h.environment == self.environment && !h.agent_endpoint.is_empty())
             .map(|h| {
                 (
-                    (h.draining, self.in_backoff(&h.id)),
+                    (h.draining, self.tried_last(&h.id, now)),
                     Holder {
                         hub: h.id.clone(),
                         endpoint: h.agent_endpoint.clone(),
@@ -204,13 +254,20 @@ impl Peers {
         out.into_iter().map(|(_, h)| h).collect()
     }
 
-    /// Links up now (hub ids), for the admin listener and tests.
+    /// Each core dials its own link to a holder (`limits.peer_links_per_core`): more links
+    /// (cores × holders), but a forwarded request never crosses cores on this hub.
+    pub fn with_links_per_core(mut self, per_core: bool) -> Peers {
+        self.per_core = per_core;
+        self
+    }
+
+    /// Links up now (hub ids, once per link), for the admin listener and tests.
     pub fn links(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .links
             .iter()
             .filter(|e| matches!(e.value(), LinkSlot::Up { .. }))
-            .map(|e| e.key().clone())
+            .map(|e| e.key().0.clone())
             .collect();
         v.sort();
         v
@@ -218,10 +275,16 @@ impl Peers {
 
     /// Forgets link `generation` to `hub` (it closed, or was told to go away).
     pub(crate) fn unregister(&self, hub: &str, generation: u64) {
-        self.links.remove_if(
-            hub,
-            |_, slot| matches!(slot, LinkSlot::Up { generation: g, .. } if *g == generation),
-        );
+        self.links.retain(|k, slot| {
+            !(k.0 == hub && matches!(slot, LinkSlot::Up { generation: g, .. } if *g == generation))
+        });
+    }
+
+    fn key(&self, hub: &str) -> LinkKey {
+        (
+            hub.to_owned(),
+            self.per_core.then(|| std::thread::current().id()),
+        )
     }
 
     /// The command channel of the link to `holder`, dialling it on this core if there is
@@ -234,7 +297,8 @@ impl Peers {
         let Some(tls) = &self.tls else {
             return Err(PeerError::Off);
         };
-        let wait = match self.links.entry(holder.hub.clone()) {
+        let key = self.key(&holder.hub);
+        let wait = match self.links.entry(key.clone()) {
             Entry::Occupied(mut e) => match e.get_mut() {
                 LinkSlot::Up { tx, .. } if !tx.is_closed() => return Ok(tx.clone()),
                 LinkSlot::Up { .. } => {
@@ -264,7 +328,7 @@ impl Peers {
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let dialled = dial(&self.hub_id, holder, tls.clone(), generation, ctx).await;
-        let waiters = match self.links.remove(&holder.hub) {
+        let waiters = match self.links.remove(&key) {
             Some((_, LinkSlot::Dialing(w))) => w,
             _ => Vec::new(),
         };
@@ -272,7 +336,7 @@ impl Peers {
             Ok(tx) => {
                 info!(hub = %holder.hub, endpoint = %holder.endpoint, "peer link up");
                 self.links.insert(
-                    holder.hub.clone(),
+                    key,
                     LinkSlot::Up {
                         tx: tx.clone(),
                         generation,
@@ -419,6 +483,7 @@ mod tests {
                 ..AgentRecord::default()
             }],
             canary: None,
+            drains: vec![],
         });
         let ids: Vec<String> = p.holders("edge-1").into_iter().map(|h| h.hub).collect();
         assert_eq!(ids, ["hub-d", "hub-b"], "the draining hub last");
@@ -468,6 +533,7 @@ mod tests {
                 ..AgentRecord::default()
             }],
             canary: None,
+            drains: vec![],
         });
         let order = || -> Vec<String> { p.holders("edge-1").into_iter().map(|h| h.hub).collect() };
         assert_eq!(order(), ["hub-c", "hub-d", "hub-b"]);
@@ -480,7 +546,7 @@ mod tests {
         );
         p.failed("hub-c");
         p.failed("hub-c");
-        let until = p.trouble.get("hub-c").map(|e| e.value().1).unwrap();
+        let until = p.trouble.get("hub-c").map(|e| e.value().until).unwrap();
         let left = until - Instant::now();
         assert!(
             left > Duration::from_secs(7) && left <= Duration::from_secs(8),
@@ -489,10 +555,20 @@ mod tests {
         for _ in 0..40 {
             p.failed("hub-c");
         }
-        let until = p.trouble.get("hub-c").map(|e| e.value().1).unwrap();
+        let until = p.trouble.get("hub-c").map(|e| e.value().until).unwrap();
         assert!(until - Instant::now() <= BACKOFF_MAX, "capped");
+        // Past its back-off one request probes it (first again), the others keep it last.
+        p.trouble.get_mut("hub-c").unwrap().until = Instant::now();
+        assert!(!p.in_backoff("hub-c"));
+        assert_eq!(order(), ["hub-c", "hub-d", "hub-b"], "the probe");
+        assert_eq!(order(), ["hub-d", "hub-c", "hub-b"], "while it probes");
+        // A failed probe: a longer back-off, no probe out.
+        p.failed("hub-c");
+        assert!(p.in_backoff("hub-c"));
+        assert_eq!(order(), ["hub-d", "hub-c", "hub-b"]);
         p.succeeded("hub-c");
         assert!(!p.in_backoff("hub-c"));
         assert_eq!(order(), ["hub-c", "hub-d", "hub-b"]);
+        assert_eq!(order(), ["hub-c", "hub-d", "hub-b"], "no trouble, no probe");
     }
 }

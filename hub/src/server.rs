@@ -85,7 +85,8 @@ pub struct Hub {
     pub access: Arc<Access>,
     /// The other hubs: the directory of who holds which cluster, and the peer links.
     pub peers: Arc<crate::peers::Peers>,
-    drain: tokio::sync::watch::Sender<bool>,
+    /// Whether it drains (shutdown, or an operator's drain heard from meta).
+    pub drain: Arc<crate::drain::Drain>,
     threads: Vec<JoinHandle<()>>,
     /// The metaserver client (ends when the hub is dropped).
     _meta: Option<JoinHandle<()>>,
@@ -98,8 +99,7 @@ impl Hub {
     /// A draining hub serves no stale reads: its clusters' agents are moving to other
     /// replicas, whose caches are current.
     pub fn shutdown(&self, grace: Duration) -> bool {
-        self.caches.set_draining();
-        let _ = self.drain.send(true);
+        self.drain.shutdown();
         let deadline = std::time::Instant::now() + grace;
         while self.metrics.agents.get() > 0 {
             if std::time::Instant::now() > deadline {
@@ -298,12 +298,15 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         }
         None => None,
     };
-    let peers = Arc::new(crate::peers::Peers::new(
-        &cfg.id,
-        &cfg.environment,
-        peer_tls,
-        Duration::from_millis(cfg.limits.peer_idle_timeout_ms),
-    ));
+    let peers = Arc::new(
+        crate::peers::Peers::new(
+            &cfg.id,
+            &cfg.environment,
+            peer_tls,
+            Duration::from_millis(cfg.limits.peer_idle_timeout_ms),
+        )
+        .with_links_per_core(cfg.limits.peer_links_per_core),
+    );
     if let Some(r) = &cfg.registry {
         let text = std::fs::read_to_string(&r.file).map_err(|e| {
             crate::config::ConfigError::Invalid(format!(
@@ -375,7 +378,8 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         }
         None => None,
     };
-    let (drain, drain_rx) = tokio::sync::watch::channel(false);
+    let (drain, drain_rx) = crate::drain::Drain::new(caches.clone());
+    let drain = Arc::new(drain);
     let mut threads = Vec::with_capacity(n);
     for (core, (u, a)) in user.into_iter().zip(agent).enumerate() {
         let proxy_parts = (
@@ -500,7 +504,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             metrics.clone(),
             registry.clone(),
             peers.clone(),
-            drain_rx.clone(),
+            &drain,
         )?),
         _ => None,
     };

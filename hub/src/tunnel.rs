@@ -267,7 +267,7 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: &TunnelCtx) -> Option<Admi
         return reject(ctx, peer, &mut wr, g).await;
     }
     if *ctx.drain.borrow() {
-        let g = refuse(ErrorCode::NO_ERROR, "hub is shutting down".into());
+        let g = refuse(ErrorCode::NO_ERROR, "hub is draining".into());
         return reject(ctx, peer, &mut wr, g).await;
     }
     if let Some(why) = other_environment(ctx, &hello.cluster_id, cert_hub) {
@@ -1081,7 +1081,7 @@ async fn writer(mut wr: TlsWriter, tunnel: Rc<Tunnel>) {
                             + Duration::from_millis(tunnel.ctx.limits.drain_timeout_ms);
                         tunnel.state.borrow_mut().conn.go_away(
                             ErrorCode::NO_ERROR,
-                            "hub is shutting down",
+                            "hub is draining",
                             deadline,
                         );
                         tunnel.dispatch();

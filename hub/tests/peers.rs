@@ -297,6 +297,31 @@ fn unreachable_holders_are_passed_over_and_idle_links_close() {
     assert_eq!(other.peers.links(), ["hub-test"]);
 }
 
+/// With `peer_links_per_core`, each core of the forwarding hub dials its own link to the
+/// holder: requests arriving on either core are served, over at most one link per core.
+#[test]
+fn links_per_core_serve_requests_from_every_core() {
+    let s = stack();
+    let (other, _) = s.peer_hub(
+        "hub-c",
+        Limits {
+            peer_links_per_core: true,
+            ..Limits::default()
+        },
+    );
+    // Separate connections land on both cores (the listener is shared by accept).
+    for _ in 0..12 {
+        let (code, body) = curl_via(&s, &other, "/api/v1/namespaces/default");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["metadata"]["name"], "default");
+    }
+    let links = other.peers.links();
+    assert!(
+        !links.is_empty() && links.len() <= 2 && links.iter().all(|l| l == "hub-test"),
+        "{links:?}"
+    );
+}
+
 /// A plain GET through `hub`'s user listener with the stack's token: status and body.
 fn curl_via(s: &common::Stack, hub: &kubehub_hub::server::Hub, path: &str) -> (u16, Value) {
     let out = std::process::Command::new("curl")

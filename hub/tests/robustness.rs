@@ -342,7 +342,7 @@ fn shutdown_drains_tunnels_and_refuses_new_agents() {
     let edge1 = s.ca.issue_agent(common::CLUSTER).unwrap();
     let f = agent_exchange(&s, &s.ca, &edge1, encode(&hello(common::CLUSTER)));
     assert!(
-        matches!(f, Some(Frame::GoAway(ref g)) if g.message.contains("shutting down")),
+        matches!(f, Some(Frame::GoAway(ref g)) if g.message.contains("draining")),
         "{f:?}"
     );
 }

@@ -18,10 +18,12 @@
 //! | `POST /v1/hubs/join-token` | admin | `{id, names}` → a hub's join token |
 //! | `GET /v1/sync?revision=N` | admin, hubs | the change feed ([`crate::feed`]) |
 //! | `PUT /v1/registry/hubs/{id}` | that hub (admin) | hub heartbeat: a [`HubRecord`]; `{"ttl": s}` |
-//! | `GET /v1/registry/hubs` | any caller | live hubs `{"items": [HubRecord]}`; an agent gets those it may use, `{"items": [...], "ineligible": ["hub-id", ...]}` ([`kubehub_access::registry::eligibility`]) |
+//! | `GET /v1/registry/hubs` | any caller | live hubs `{"items": [HubRecord]}`; an agent gets those it may use, `{"items": [...], "ineligible": ["hub-id", ...], "ineligibleEndpoints": ["host:port", ...]}` ([`kubehub_access::registry::eligibility`]) |
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
 //! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
+//! | `POST /v1/registry/hubs/{id}/drain`, `GET /v1/registry/drains` | admin | `{"drain": true, "reason": "..."}` drains a live hub (it drains as for a restart and keeps running; agents stop choosing it), `{"drain": false}` lifts it; the drains |
+//! | `PUT/GET/DELETE /v1/registry/pins/{cluster}`, `GET /v1/registry/pins` | admin | `{"hub": "hub-2"}` or `{"hubs": [...]}` (and `reason`) moves the cluster's agent to those hubs (live ones; [`Pin`]); GET without one: 404; the pins |
 
 use std::collections::HashMap;
 
@@ -38,7 +40,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::MetaError;
-use crate::service::{AgentRecord, Caller, CanaryRule, HubRecord, KubeconfigRequest, Meta};
+use crate::service::{AgentRecord, Caller, CanaryRule, HubRecord, KubeconfigRequest, Meta, Pin};
 
 /// Who the TLS layer says is on the other end: the verified client certificate's CN and
 /// organizations, if one was presented.
@@ -183,6 +185,13 @@ pub fn router(meta: Meta) -> Router {
         .route("/v1/registry/agents", get(agents))
         .route("/v1/registry/agents/{cluster}", put(register_agent))
         .route("/v1/registry/watch", get(registry_watch))
+        .route("/v1/registry/hubs/{id}/drain", post(drain_hub))
+        .route("/v1/registry/drains", get(drains))
+        .route("/v1/registry/pins", get(pins))
+        .route(
+            "/v1/registry/pins/{cluster}",
+            get(get_pin).put(set_pin).delete(clear_pin),
+        )
         .route(
             "/v1/canary",
             get(get_canary).put(set_canary).delete(clear_canary),
@@ -474,7 +483,107 @@ async fn registry_watch(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, MetaError> {
     let (reader, revision) = feed_reader(who, &q, "the registry watch")?;
-    Ok(ndjson(crate::feed::start_registry(meta, revision, reader)))
+    let drains = match q.get("drains").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(MetaError::BadRequest(format!(
+                "drains: {other:?} is not true or false"
+            )))
+        }
+    };
+    Ok(ndjson(crate::feed::start_registry(
+        meta, revision, reader, drains,
+    )))
+}
+
+/// `POST /v1/registry/hubs/{id}/drain`: exactly these fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    drain: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn drain_hub(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<DrainBody>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let mark = meta.drain_hub(&who, &id, b.drain, &b.reason).await?;
+    Ok(Json(json!({"hub": id, "drain": b.drain, "mark": mark})))
+}
+
+async fn drains(
+    State(meta): State<Meta>,
+    Who(who): Who,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!({ "items": meta.drains(&who).await? })))
+}
+
+/// `PUT /v1/registry/pins/{cluster}`: `hub` (one) or `hubs` (several), and a reason.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinBody {
+    #[serde(default)]
+    hub: Option<String>,
+    #[serde(default)]
+    hubs: Option<Vec<String>>,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn set_pin(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(cluster): Path<String>,
+    JsonBody(b): JsonBody<PinBody>,
+) -> Result<Json<Pin>, MetaError> {
+    let hubs = match (b.hub, b.hubs) {
+        (Some(h), None) => vec![h],
+        (None, Some(hs)) => hs,
+        _ => {
+            return Err(MetaError::Invalid(
+                "exactly one of hub (a hub id) and hubs (a list of them) is required".into(),
+            ))
+        }
+    };
+    let pin = Pin {
+        cluster,
+        hubs,
+        reason: b.reason,
+        ..Pin::default()
+    };
+    Ok(Json(meta.set_pin(&who, pin).await?))
+}
+
+async fn get_pin(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(cluster): Path<String>,
+) -> Result<Json<Pin>, MetaError> {
+    meta.pin(&who, &cluster)
+        .await?
+        .map(Json)
+        .ok_or_else(|| MetaError::NotFound(format!("cluster {cluster:?} is not pinned")))
+}
+
+async fn clear_pin(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(cluster): Path<String>,
+) -> Result<StatusCode, MetaError> {
+    meta.clear_pin(&who, &cluster).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pins(
+    State(meta): State<Meta>,
+    Who(who): Who,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!({ "items": meta.pins(&who).await? })))
 }
 
 async fn hubs(

@@ -4,7 +4,8 @@
 //! * the hubs' access feed, `GET /v1/sync?revision=N` ([`start`]): lines of
 //!   [`kubehub_access::Line`] over `access/`;
 //! * the registry watch, `GET /v1/registry/watch?revision=N` ([`start_registry`]): lines of
-//!   [`RegistryLine`] over `registry/` (hubs, agents, the canary rule).
+//!   [`RegistryLine`] over `registry/` (hubs, agents, the canary rule, and for readers that
+//!   ask with `drains=true`, operators' drains of hubs).
 //!
 //! A reader that knows nothing (N = 0), or whose revision the store has compacted away, first
 //! gets a snapshot of the prefix at one revision; then every change after it, in revision
@@ -27,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use crate::service::{Meta, ACCESS, AGENTS, CANARY, HUBS, REGISTRY};
+use crate::service::{Meta, ACCESS, AGENTS, CANARY, DRAINS, HUBS, REGISTRY};
 use crate::store::{Event, EventKind, Kv, StoreError};
 
 /// Lines in flight to one reader.
@@ -58,13 +59,20 @@ pub fn start(meta: Meta, revision: i64, hub: String) -> mpsc::Receiver<Bytes> {
     spawn::<AccessFeed>(meta, revision, tracing::info_span!("feed", %hub))
 }
 
-/// Starts the registry watch for one reader from `revision` (0: snapshot first).
-pub fn start_registry(meta: Meta, revision: i64, reader: String) -> mpsc::Receiver<Bytes> {
-    spawn::<RegistryFeed>(
-        meta,
-        revision,
-        tracing::info_span!("registry_watch", %reader),
-    )
+/// Starts the registry watch for one reader from `revision` (0: snapshot first), with
+/// operators' drains when the reader asked for them (`drains`).
+pub fn start_registry(
+    meta: Meta,
+    revision: i64,
+    reader: String,
+    drains: bool,
+) -> mpsc::Receiver<Bytes> {
+    let span = tracing::info_span!("registry_watch", %reader);
+    if drains {
+        spawn::<RegistryFeed<true>>(meta, revision, span)
+    } else {
+        spawn::<RegistryFeed<false>>(meta, revision, span)
+    }
 }
 
 fn spawn<S: Source>(meta: Meta, revision: i64, span: tracing::Span) -> mpsc::Receiver<Bytes> {
@@ -199,14 +207,16 @@ impl Source for AccessFeed {
     }
 }
 
-/// The registry watch: live hubs and agents, and the canary rule.
-struct RegistryFeed;
+/// The registry watch: live hubs and agents, the canary rule, and (`DRAINS`) operators'
+/// drains of hubs. Pins are not in it: they are meta's, for agents' hub lists.
+struct RegistryFeed<const DRAINS: bool>;
 
 /// What a key under `registry/` is.
 enum RegistryKey<'a> {
     Hub(&'a str),
     Agent(&'a str),
     Canary,
+    Drain(&'a str),
 }
 
 fn registry_key(key: &str) -> Option<RegistryKey<'_>> {
@@ -217,7 +227,7 @@ fn registry_key(key: &str) -> Option<RegistryKey<'_>> {
     } else if key == CANARY {
         Some(RegistryKey::Canary)
     } else {
-        None
+        key.strip_prefix(DRAINS).map(RegistryKey::Drain)
     }
 }
 
@@ -232,18 +242,20 @@ fn decode<T: serde::de::DeserializeOwned>(kv: &Kv) -> Option<T> {
     }
 }
 
-impl Source for RegistryFeed {
+impl<const DRAINS: bool> Source for RegistryFeed<DRAINS> {
     type Line = RegistryLine;
     const PREFIX: &'static str = REGISTRY;
 
     fn snapshot(kvs: &[Kv], revision: i64) -> RegistryLine {
         let (mut hubs, mut agents, mut canary) = (Vec::new(), Vec::new(), None);
+        let mut drains = Vec::new();
         for kv in kvs {
             match registry_key(&kv.key) {
                 Some(RegistryKey::Hub(_)) => hubs.extend(decode(kv)),
                 Some(RegistryKey::Agent(_)) => agents.extend(decode(kv)),
                 Some(RegistryKey::Canary) => canary = decode(kv),
-                None => {}
+                Some(RegistryKey::Drain(_)) if DRAINS => drains.extend(decode(kv)),
+                Some(RegistryKey::Drain(_)) | None => {}
             }
         }
         RegistryLine::Snapshot {
@@ -251,6 +263,7 @@ impl Source for RegistryFeed {
             hubs,
             agents,
             canary,
+            drains,
         }
     }
 
@@ -276,6 +289,12 @@ impl Source for RegistryFeed {
             RegistryKey::Canary => RegistryLine::Canary {
                 revision,
                 rule: put.then(|| decode(&ev.kv)).flatten(),
+            },
+            RegistryKey::Drain(_) if !DRAINS => return None,
+            RegistryKey::Drain(hub) => RegistryLine::Drain {
+                revision,
+                hub: hub.to_owned(),
+                mark: put.then(|| decode(&ev.kv)).flatten(),
             },
         })
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubehub_access::model::{Cluster, Grant, Record, Subject, Tenant, TokenRecord, User};
 use kubehub_access::registry::eligibility;
-pub use kubehub_access::registry::{AgentRecord, CanaryRule, HubRecord};
+pub use kubehub_access::registry::{AgentRecord, CanaryRule, DrainMark, HubRecord, Pin};
 use kubehub_access::{Index, Line, Token};
 use kubehub_pki::Ca;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,10 @@ pub const HUBS: &str = "registry/hubs/";
 pub const AGENTS: &str = "registry/agents/";
 /// The canary rule (one, not leased).
 pub const CANARY: &str = "registry/canary";
+/// Operators' drains of hubs, by hub id (not leased).
+pub const DRAINS: &str = "registry/drains/";
+/// Operators' pins of clusters to hubs, by cluster id (not leased).
+pub const PINS: &str = "registry/pins/";
 
 /// Who is calling, as established by the HTTP layer from a bearer token or a client
 /// certificate.
@@ -203,6 +207,14 @@ pub struct HubChoice {
     /// For an agent: the ids of the other live hubs (it moves away from one it holds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ineligible: Option<Vec<String>>,
+    /// For an agent: the same hubs' agent endpoints (an agent that has only dialled a hub by
+    /// its address, not yet seen its id in an answer, knows it by these).
+    #[serde(
+        default,
+        rename = "ineligibleEndpoints",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ineligible_endpoints: Option<Vec<String>>,
 }
 
 /// A registry record whose `updated` meta sets: what [`Meta::heartbeat`] compares.
@@ -1070,12 +1082,32 @@ impl Meta {
         self.heartbeat(format!("{AGENTS}{cluster}"), a).await
     }
 
-    /// Live hubs, by id.
+    /// Live hubs, by id; a hub an operator drained says `draining` (before it heard of it).
     pub async fn hubs(&self) -> Result<Vec<HubRecord>> {
         let (kvs, _) = self.store.list(HUBS).await?;
-        Ok(kvs
+        let mut hubs: Vec<HubRecord> = kvs
             .iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let drained: Vec<DrainMark> = self.list_registry(DRAINS).await?;
+        for h in &mut hubs {
+            h.draining |= drained.iter().any(|d| d.hub == h.id);
+        }
+        Ok(hubs)
+    }
+
+    /// Every value under a registry prefix that reads (one that does not is reported).
+    async fn list_registry<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let (kvs, _) = self.store.list(prefix).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| match serde_json::from_slice(&kv.value) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, "a stored registry entry does not read ({e}): ignored");
+                    None
+                }
+            })
             .collect())
     }
 
@@ -1088,14 +1120,22 @@ impl Meta {
             return Ok(HubChoice {
                 items: hubs,
                 ineligible: None,
+                ineligible_endpoints: None,
             });
         };
         let cluster = self.agent_cluster(cluster).await?;
         let canary = self.canary_rule().await?;
-        let e = eligibility(&hubs, &cluster, canary.as_ref());
+        let pin = self.pin_of(&cluster.id).await?;
+        let e = eligibility(&hubs, &cluster, canary.as_ref(), pin.as_ref());
         Ok(HubChoice {
             items: e.eligible.into_iter().cloned().collect(),
-            ineligible: Some(e.ineligible.into_iter().map(|h| h.id.clone()).collect()),
+            ineligible: Some(e.ineligible.iter().map(|h| h.id.clone()).collect()),
+            ineligible_endpoints: Some(
+                e.ineligible
+                    .iter()
+                    .map(|h| h.agent_endpoint.clone())
+                    .collect(),
+            ),
         })
     }
 
@@ -1155,6 +1195,113 @@ impl Meta {
         if self.store.get(CANARY).await?.is_some() {
             self.store.delete(CANARY).await?;
             info!("canary rule cleared");
+        }
+        Ok(())
+    }
+
+    // ---- operators' drains and pins ---------------------------------------------------------
+
+    /// Drains hub `hub` (admin; `drain: false` lifts it). The hub hears it on its registry
+    /// watch and drains as for a restart without exiting; agents stop choosing it at once.
+    /// Draining a hub that is not live is refused (a typo would drain nothing); lifting
+    /// always works.
+    pub async fn drain_hub(
+        &self,
+        caller: &Caller,
+        hub: &str,
+        drain: bool,
+        reason: &str,
+    ) -> Result<Option<DrainMark>> {
+        caller.must_be_admin()?;
+        let mut mark = DrainMark {
+            hub: hub.to_owned(),
+            reason: reason.to_owned(),
+            by: caller.name(),
+            since: now(),
+        };
+        mark.validate().map_err(invalid)?;
+        let key = format!("{DRAINS}{hub}");
+        if !drain {
+            if self.store.get(&key).await?.is_some() {
+                self.store.delete(&key).await?;
+                info!(%hub, by = %caller.name(), "hub drain lifted");
+            }
+            return Ok(None);
+        }
+        if self.store.get(&format!("{HUBS}{hub}")).await?.is_none() {
+            return Err(MetaError::NotFound(format!("no live hub {hub:?}")));
+        }
+        mark.since = now();
+        self.store.put(&key, json(&mark)?).await?;
+        info!(%hub, by = %mark.by, reason = %mark.reason, "hub drained by an operator");
+        Ok(Some(mark))
+    }
+
+    /// The hubs operators drained (admin).
+    pub async fn drains(&self, caller: &Caller) -> Result<Vec<DrainMark>> {
+        caller.must_be_admin()?;
+        self.list_registry(DRAINS).await
+    }
+
+    /// Pins cluster `cluster` to `hubs` (admin), replacing any pin: its agent moves its tunnels
+    /// to them (as many of them as it keeps tunnels). The cluster must exist and each hub be
+    /// live now.
+    pub async fn set_pin(&self, caller: &Caller, mut pin: Pin) -> Result<Pin> {
+        caller.must_be_admin()?;
+        pin.validate().map_err(invalid)?;
+        if self
+            .get_record(&format!("clusters/{}", pin.cluster))
+            .await?
+            .is_none()
+        {
+            return Err(MetaError::NotFound(format!(
+                "cluster {:?} not found",
+                pin.cluster
+            )));
+        }
+        for (i, h) in pin.hubs.iter().enumerate() {
+            if self.store.get(&format!("{HUBS}{h}")).await?.is_none() {
+                return Err(invalid(format!("hubs[{i}]: no live hub {h:?}")));
+            }
+        }
+        pin.by = caller.name();
+        pin.since = now();
+        self.store
+            .put(&format!("{PINS}{}", pin.cluster), json(&pin)?)
+            .await?;
+        info!(cluster = %pin.cluster, hubs = ?pin.hubs, by = %pin.by, "cluster pinned");
+        Ok(pin)
+    }
+
+    /// A cluster's pin, if it has one.
+    async fn pin_of(&self, cluster: &str) -> Result<Option<Pin>> {
+        let Some(kv) = self.store.get(&format!("{PINS}{cluster}")).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&kv.value)
+            .map_err(|e| tracing::warn!(%cluster, "the stored pin does not read ({e}): ignored"))
+            .ok())
+    }
+
+    /// A cluster's pin (admin).
+    pub async fn pin(&self, caller: &Caller, cluster: &str) -> Result<Option<Pin>> {
+        caller.must_be_admin()?;
+        self.pin_of(cluster).await
+    }
+
+    /// Every pin (admin).
+    pub async fn pins(&self, caller: &Caller) -> Result<Vec<Pin>> {
+        caller.must_be_admin()?;
+        self.list_registry(PINS).await
+    }
+
+    /// Lifts a cluster's pin (admin); nothing happens when it has none.
+    pub async fn clear_pin(&self, caller: &Caller, cluster: &str) -> Result<()> {
+        caller.must_be_admin()?;
+        let key = format!("{PINS}{cluster}");
+        if self.store.get(&key).await?.is_some() {
+            self.store.delete(&key).await?;
+            info!(%cluster, by = %caller.name(), "cluster pin lifted");
         }
         Ok(())
     }

@@ -265,6 +265,7 @@ async fn the_registry_watch_streams_every_change(kind: Kind) {
         hubs,
         agents,
         canary,
+        ..
     } = line(&mut w).await
     else {
         panic!("a snapshot first");
@@ -467,6 +468,23 @@ async fn an_agent_is_told_the_hubs_it_may_use(kind: Kind) {
     let v = plain.get("/v1/registry/hubs").await.unwrap();
     assert_eq!(ids(&v["items"]), ["h1", "h2"], "no canary yet: {v}");
     assert_eq!(ids(&v["ineligible"]), ["h3", "h4"]);
+    // Their agent endpoints too, for an agent that dialled one before it learned its id.
+    let endpoints: Vec<&str> = v["ineligibleEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{v}");
+    for (id, e) in ["h3", "h4"].iter().zip(&endpoints) {
+        let hub = all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == *id)
+            .unwrap();
+        assert_eq!(hub["agentEndpoint"].as_str(), Some(*e), "{v}");
+    }
     let v = prod.get("/v1/registry/hubs").await.unwrap();
     assert_eq!(ids(&v["items"]), ["h4"], "{v}");
     assert_eq!(ids(&v["ineligible"]), ["h1", "h2", "h3"]);

@@ -55,6 +55,9 @@ pub struct PeerHopArgs {
     /// 10% of a core over a second); 0: do not wait.
     #[arg(long, default_value_t = 60)]
     pub wait_quiet: u64,
+    /// Hub C dials one peer link per core (`limits.peer_links_per_core`) instead of one.
+    #[arg(long)]
+    pub links_per_core: bool,
     /// `--smoke`: 1 round of 1 s per target at a low rate.
     #[command(flatten)]
     pub stack: StackArgs,
@@ -132,7 +135,11 @@ pub fn registry_lines(hubs: &[(String, String)], clusters: &[(String, Vec<String
 /// Starts hub C in the stack's directory (same CA, access file and user certificate; a hub
 /// certificate of its own on the agent listener; the directory in `registry.ndjson`) and
 /// waits until it answers; returns its user URL.
-async fn start_forwarder(stack: &mut Stack, cores: usize) -> Result<(String, String), String> {
+async fn start_forwarder(
+    stack: &mut Stack,
+    cores: usize,
+    links_per_core: bool,
+) -> Result<(String, String), String> {
     let c = stack
         .ca
         .issue_hub(HUB_C, &["localhost", "127.0.0.1"])
@@ -156,7 +163,10 @@ async fn start_forwarder(stack: &mut Stack, cores: usize) -> Result<(String, Str
         agent_port: agents,
         admin_port: admin,
         cache: CacheMode::Types(vec!["v1/configmaps".into()]),
-        limits: vec![("max_connections".into(), "1000000".into())],
+        limits: vec![
+            ("max_connections".into(), "1000000".into()),
+            ("peer_links_per_core".into(), links_per_core.to_string()),
+        ],
         agent_cert: Some(("hub-c.crt".into(), "hub-c.key".into())),
         registry: Some("registry.ndjson".into()),
     };
@@ -206,7 +216,7 @@ pub async fn run(a: PeerHopArgs) -> Result<Report, String> {
     o.hub_cert = true;
     o.cache = CacheMode::Types(vec!["v1/configmaps".into()]);
     let mut stack = Stack::start(&o).await?;
-    let (c_url, c_admin) = start_forwarder(&mut stack, a.stack.hub_cores).await?;
+    let (c_url, c_admin) = start_forwarder(&mut stack, a.stack.hub_cores, a.links_per_core).await?;
     // For requests by hand while it runs: the user's token and both hubs' URLs.
     write_file(
         &stack.dir,

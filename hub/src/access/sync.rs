@@ -376,8 +376,8 @@ async fn error_body(body: hyper::body::Incoming) -> String {
 }
 
 /// Starts the meta client thread. Configuration problems (files, TLS) are reported here;
-/// everything after is retried. The thread ends when `drain`'s sender is dropped (and with it
-/// the side tasks); registration stops when the hub starts draining.
+/// everything after is retried. The thread ends when the drain switch is dropped with the
+/// hub (and with it the side tasks); while the hub drains it registers as draining.
 pub fn start(
     cfg: &MetaConfig,
     parts: MetaParts,
@@ -385,8 +385,11 @@ pub fn start(
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     peers: Arc<Peers>,
-    drain: watch::Receiver<bool>,
+    drain_switch: &Arc<crate::drain::Drain>,
 ) -> Result<JoinHandle<()>, MetaSetupError> {
+    // The thread holds the switch weakly: it ends when the hub (the switch's owner) goes.
+    let drain = drain_switch.subscribe();
+    let drain_switch = Arc::downgrade(drain_switch);
     let MetaParts {
         registration,
         client_cert,
@@ -415,7 +418,7 @@ pub fn start(
                         tokio::spawn(task);
                     }
                     let sync = sync_loop(&client, &cfg, &access, &metrics);
-                    let directory = registry_loop(&client, &cfg, &peers, &metrics);
+                    let directory = registry_loop(&client, &cfg, &peers, &metrics, &drain_switch);
                     let register = register_loop(
                         &client,
                         &cfg,
@@ -524,12 +527,19 @@ async fn sync_loop(client: &MetaClient, cfg: &MetaConfig, access: &Access, metri
     .await
 }
 
-/// The registry watch: the directory of which hub holds which cluster (for peer links).
-async fn registry_loop(client: &MetaClient, cfg: &MetaConfig, peers: &Peers, metrics: &Metrics) {
+/// The registry watch: the directory of which hub holds which cluster (for peer links), and
+/// whether an operator drained this hub (`drain`, held weakly: it goes with the hub).
+async fn registry_loop(
+    client: &MetaClient,
+    cfg: &MetaConfig,
+    peers: &Peers,
+    metrics: &Metrics,
+    drain: &std::sync::Weak<crate::drain::Drain>,
+) {
     // As for the access feed, resumed one revision back (applying a line again is harmless).
     let from = || {
         format!(
-            "/v1/registry/watch?revision={}",
+            "/v1/registry/watch?revision={}&drains=true",
             (peers.revision() - 1).max(0)
         )
     };
@@ -546,6 +556,14 @@ async fn registry_loop(client: &MetaClient, cfg: &MetaConfig, peers: &Peers, met
                 source,
             })?;
             peers.apply(&line);
+            if matches!(
+                line,
+                RegistryLine::Snapshot { .. } | RegistryLine::Drain { .. }
+            ) {
+                if let Some(d) = drain.upgrade() {
+                    d.set_operator(peers.drained_here());
+                }
+            }
             Ok(line.revision())
         },
     )
@@ -670,15 +688,15 @@ async fn register_loop(
     let mut cpu = CpuMeter::new();
     let mut watching = true;
     loop {
-        // Every interval, and at once when the drain begins (agents and hubs move off first).
+        // Every interval, and at once when a drain begins (agents and hubs move off first)
+        // or an operator's drain is lifted.
         tokio::select! {
             _ = tick.tick() => {}
             r = drain.changed(), if watching => {
-                if r.is_err() || !*drain.borrow() {
-                    watching = r.is_ok();
+                if r.is_err() {
+                    watching = false;
                     continue;
                 }
-                watching = false;
             }
         }
         let load = Load {

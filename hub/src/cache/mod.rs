@@ -298,9 +298,9 @@ impl Caches {
         }
     }
 
-    /// The hub is shutting down.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// The hub is draining (`crate::drain`), or no longer.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Release);
     }
 
     /// Whether reads may be served while a cluster's agent is away.
