@@ -435,10 +435,17 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         drain,
                         caches: caches.clone(),
                     });
+                    let streams = Rc::new(crate::bans::Streams::default());
+                    monoio::spawn(crate::bans::sweeper(
+                        streams.clone(),
+                        access.clone(),
+                        metrics.clone(),
+                    ));
                     let proxy = Rc::new(ProxyCtx {
                         registry,
                         access,
                         metrics,
+                        streams,
                         limits,
                         impersonate,
                         tls,

@@ -101,7 +101,7 @@ impl Caller {
         }
     }
 
-    fn must_be_admin(&self) -> Result<()> {
+    pub(crate) fn must_be_admin(&self) -> Result<()> {
         if *self == Caller::Admin {
             Ok(())
         } else {
@@ -751,7 +751,7 @@ impl Meta {
             Record::Token(t) => {
                 txn = txn.then(Op::delete(format!("{USER_TOKENS}{}/{}", t.user, t.id)));
             }
-            Record::Grant(_) => {}
+            Record::Grant(_) | Record::Ban(_) => {}
         }
         if !blockers.is_empty() {
             return Err(MetaError::Conflict(format!(
@@ -1267,6 +1267,11 @@ pub fn tenant_of(r: &Record) -> &str {
         Record::Cluster(c) => &c.tenant,
         Record::Grant(g) => &g.tenant,
         Record::Token(t) => &t.tenant,
+        // Bans are not a tenant's records (admin only); a tenant ban names its tenant.
+        Record::Ban(b) => match &b.target {
+            kubehub_access::ban::BanTarget::Tenant(t) => t,
+            _ => "",
+        },
     }
 }
 
