@@ -158,25 +158,29 @@ pub struct Streams {
 pub struct Entered {
     streams: Rc<Streams>,
     id: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
         self.streams.open.borrow_mut().remove(&self.id);
+        self.metrics.streams_running.dec();
     }
 }
 
 impl Streams {
     /// Enters a long-running request: its stop signal, and the entry that takes it out.
-    pub fn enter(self: &Rc<Self>, party: Party) -> (Entered, Rc<Stop>) {
+    pub fn enter(self: &Rc<Self>, party: Party, metrics: &Arc<Metrics>) -> (Entered, Rc<Stop>) {
         let id = self.next.get();
         self.next.set(id + 1);
         let stop = Rc::new(Stop::default());
         self.open.borrow_mut().insert(id, (party, stop.clone()));
+        metrics.streams_running.inc();
         (
             Entered {
                 streams: self.clone(),
                 id,
+                metrics: metrics.clone(),
             },
             stop,
         )
@@ -256,7 +260,7 @@ mod tests {
         ];
         let index = Index::new();
         index.apply(&build::snapshot(1, records)).unwrap();
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let streams = Rc::new(Streams::default());
         let party = |tok: &str| {
             let auth = Bytes::from(format!("Bearer {tok}"));
@@ -269,8 +273,9 @@ mod tests {
                 source: Some("127.0.0.1".parse().unwrap()),
             }
         };
-        let (_a, stop_a) = streams.enter(party(&tok_a));
-        let (_b, stop_b) = streams.enter(party(&tok_b));
+        let (_a, stop_a) = streams.enter(party(&tok_a), &metrics);
+        let (_b, stop_b) = streams.enter(party(&tok_b), &metrics);
+        assert_eq!(metrics.streams_running.get(), 2);
         assert_eq!(streams.sweep(&index, &metrics), 0);
         let ban = Ban {
             id: "ban000000001".into(),
@@ -303,5 +308,6 @@ mod tests {
         assert!(stop_b.is_set());
         drop(_a);
         assert_eq!(streams.len(), 1);
+        assert_eq!(metrics.streams_running.get(), 1);
     }
 }

@@ -147,6 +147,8 @@ pub struct Metrics {
     /// Running requests (watches, `logs -f`, exec/attach/port-forward sessions) the hub
     /// ended because their party was banned (`banned`) or their token revoked (`revoked`).
     pub streams_ended: Family<ReasonLabel, Counter>,
+    /// Running requests a ban or revocation would end now (watches, `logs -f`, sessions).
+    pub streams_running: Gauge,
     /// This hub (one series, value 1).
     pub info: Family<InfoLabel, Gauge>,
     /// Peer links this hub dialled, up now (set at scrape time).
@@ -320,6 +322,12 @@ impl Metrics {
         let sessions_open = Gauge::default();
         let sessions = Family::<SessionLabel, Counter>::default();
         let streams_ended = Family::<ReasonLabel, Counter>::default();
+        let streams_running = Gauge::default();
+        registry.register(
+            "streams_running",
+            "Running requests (watches, logs -f, exec sessions) a ban or revocation would end",
+            streams_running.clone(),
+        );
         registry.register(
             "streams_ended",
             "Running requests (watches, logs -f, exec sessions) ended by a ban or a token \
@@ -363,6 +371,7 @@ impl Metrics {
             sessions_open,
             sessions,
             streams_ended,
+            streams_running,
             cert,
             unauthenticated,
             denied,

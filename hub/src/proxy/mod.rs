@@ -452,13 +452,16 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     // A long-running request is entered for its lifetime, so that a ban or a revocation
     // arriving meanwhile ends it (`bans`). A relayed one is entered at the holder.
     let _entered = long.then(|| {
-        let (entered, stop) = ctx.streams.enter(crate::bans::Party {
-            authorization: field(&head, b"authorization"),
-            identity: identity.clone(),
-            cluster: target.cluster.clone(),
-            user_agent: field(&head, b"user-agent").unwrap_or_default(),
-            source,
-        });
+        let (entered, stop) = ctx.streams.enter(
+            crate::bans::Party {
+                authorization: field(&head, b"authorization"),
+                identity: identity.clone(),
+                cluster: target.cluster.clone(),
+                user_agent: field(&head, b"user-agent").unwrap_or_default(),
+                source,
+            },
+            &ctx.metrics,
+        );
         conn.stop = Some(stop);
         entered
     });
