@@ -554,6 +554,132 @@ mod tests {
         assert!("nope".parse::<Cidr>().is_err());
     }
 
+    fn ban(id: &str, target: BanTarget, expires_at: Option<&str>) -> Ban {
+        Ban {
+            id: id.into(),
+            target,
+            reason: "r".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: expires_at.map(str::to_owned),
+            created_by: "admin".into(),
+        }
+    }
+
+    #[test]
+    fn the_index_finds_bans_in_force_by_every_kind_of_target() {
+        use crate::{build, Index, Line, Record};
+        let (tok, rec) = build::mint("ann", "acme", &["edge"], 0);
+        let index = Index::new();
+        let t0 = unix_ms("2026-06-01T00:00:00Z").unwrap();
+        let records = vec![
+            build::tenant("acme"),
+            build::user("ann", "acme", &[]),
+            build::cluster("edge", "acme"),
+            rec,
+            Record::Ban(ban("b00000000001", BanTarget::User("ann".into()), None)),
+            Record::Ban(ban(
+                "b00000000002",
+                BanTarget::Cluster("edge".into()),
+                Some("2026-06-01T00:00:01.500Z"),
+            )),
+            Record::Ban(ban(
+                "b00000000003",
+                BanTarget::Client(ClientMatch {
+                    user_agent: Some("kubectl/*".into()),
+                    source: Some("10.0.0.0/8".into()),
+                }),
+                None,
+            )),
+        ];
+        index.apply(&build::snapshot(1, records)).unwrap();
+        let id = index
+            .authenticate(Some(format!("Bearer {tok}").as_bytes()), 0)
+            .unwrap();
+        assert_eq!(index.identity_ban(&id, t0).unwrap().ban.id, "b00000000001");
+        assert_eq!(
+            index.cluster_ban("edge", t0).unwrap().ban.id,
+            "b00000000002"
+        );
+        assert!(
+            index.cluster_ban("edge", t0 + 1500).is_none(),
+            "lapsed by the clock"
+        );
+        assert!(index.cluster_ban("other", t0).is_none());
+        let lab = Some("10.1.2.3".parse().unwrap());
+        assert!(index.client_ban(b"kubectl/v1.32.4", lab, t0).is_some());
+        assert!(index
+            .client_ban(b"kubectl/v1.32.4", Some("192.0.2.1".parse().unwrap()), t0)
+            .is_none());
+        assert!(
+            index.client_ban(b"python/3", lab, t0).is_none(),
+            "both must match"
+        );
+        assert!(index.client_ban(b"kubectl/v1.32.4", None, t0).is_none());
+        assert_eq!(
+            index.identity_ban(&id, t0).unwrap().message(),
+            "banned: r (ban b00000000001)"
+        );
+        index
+            .apply(&Line::Delete {
+                revision: 2,
+                key: "bans/b00000000001".into(),
+            })
+            .unwrap();
+        assert!(index.identity_ban(&id, t0).is_none(), "lifted");
+        index
+            .apply(&Line::Put {
+                revision: 3,
+                record: Record::Ban(ban("b00000000004", BanTarget::Tenant("acme".into()), None)),
+            })
+            .unwrap();
+        assert_eq!(index.identity_ban(&id, t0).unwrap().ban.id, "b00000000004");
+        assert_eq!(index.bans().len(), 3);
+        // A ban that does not validate is refused and removes what was under its key.
+        let mut bad = ban("b00000000004", BanTarget::Tenant("acme".into()), None);
+        bad.reason.clear();
+        assert!(index
+            .apply(&Line::Put {
+                revision: 4,
+                record: Record::Ban(bad),
+            })
+            .is_err());
+        assert!(index.identity_ban(&id, t0).is_none());
+    }
+
+    #[test]
+    fn bans_validate_naming_the_field() {
+        let field = |b: Ban| b.validate().unwrap_err().field;
+        assert_eq!(field(ban("short", BanTarget::User("a".into()), None)), "id");
+        assert_eq!(
+            field(ban("b00000000001", BanTarget::Token("x".into()), None)),
+            "target.token"
+        );
+        assert_eq!(
+            field(ban(
+                "b00000000001",
+                BanTarget::Client(ClientMatch::default()),
+                None
+            )),
+            "target.client"
+        );
+        assert_eq!(
+            field(ban(
+                "b00000000001",
+                BanTarget::User("a".into()),
+                Some("2025-01-01T00:00:00Z")
+            )),
+            "expiresAt"
+        );
+        let json = r#"{"id":"b00000000001","target":{"client":{"userAgent":"kubectl/*"}},"reason":"r","createdAt":"2026-01-01T00:00:00Z","createdBy":"admin"}"#;
+        let b: Ban = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            json,
+            "the wire shape round-trips"
+        );
+        assert!(serde_json::from_str::<BanTarget>(r#"{"user":"a","tenant":"b"}"#).is_err());
+    }
+
     #[test]
     fn times_keep_milliseconds() {
         let t = rfc3339_ms(1_700_000_000_250);
