@@ -22,7 +22,7 @@
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
 //! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
 //! | `POST /v1/bans` | admin | a ban (`{"target": {"token"\|"user"\|"tenant"\|"cluster": name} or {"client": {"userAgent"?, "source"?}}, "reason", "expiresAt"? \| "ttlSeconds"?}`) → 201 with the stored [`Ban`](kubehub_access::ban::Ban) ([`crate::bans`]) |
-//! | `GET /v1/bans`, `DELETE /v1/bans/{id}` | admin | bans in force `{"items": [Ban]}`; lift one (200 with it, 404 when unknown) |
+//! | `GET /v1/bans`, `GET/DELETE /v1/bans/{id}` | admin | bans in force `{"items": [Ban]}`; one ban; lift one (200 with it, 404 when unknown) |
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
 
 use std::collections::HashMap;
@@ -190,7 +190,7 @@ pub fn router(meta: Meta) -> Router {
             get(get_canary).put(set_canary).delete(clear_canary),
         )
         .route("/v1/bans", post(create_ban).get(list_bans))
-        .route("/v1/bans/{id}", delete(lift_ban))
+        .route("/v1/bans/{id}", get(get_ban).delete(lift_ban))
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
@@ -554,6 +554,14 @@ async fn list_bans(
     Who(who): Who,
 ) -> Result<Json<serde_json::Value>, MetaError> {
     Ok(Json(json!({ "items": meta.list_bans(&who).await? })))
+}
+
+async fn get_ban(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Json<kubehub_access::ban::Ban>, MetaError> {
+    Ok(Json(meta.get_ban(&who, &id).await?))
 }
 
 async fn lift_ban(

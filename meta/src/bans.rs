@@ -4,7 +4,8 @@
 //! reaches every hub through the sync feed like grants and tokens; hubs enforce it by
 //! themselves, including its expiry (by their clock: no write is needed for a ban to lapse).
 //! Meta deletes lapsed bans lazily (when bans are listed or made), so lists show only bans
-//! in force. Every ban action is logged on the `kubehub::audit` target.
+//! in force; a sweeper on every replica also deletes them every [`SWEEP_INTERVAL`]. Every
+//! ban action is logged on the `kubehub::audit` target.
 
 use kubehub_access::ban::{rfc3339_ms, Ban, BanTarget, MAX_CLIENT_BANS};
 use kubehub_access::model::Record;
@@ -14,6 +15,9 @@ use tracing::info;
 use crate::error::{MetaError, Result};
 use crate::service::{Caller, Meta, ACCESS};
 use crate::store::{Compare, Op, Txn};
+
+/// How often each replica deletes lapsed bans (besides whenever bans are listed or made).
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The body of `POST /v1/bans`: `{"target": T, "reason": "…", "expiresAt"?: RFC3339,
 /// "ttlSeconds"?: N}` (at most one of the two expiries).
@@ -98,6 +102,21 @@ impl Meta {
         }
         live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(live)
+    }
+
+    /// Deletes lapsed bans; returns how many bans are in force.
+    pub async fn sweep_bans(&self) -> Result<usize> {
+        Ok(self.bans_in_force().await?.len())
+    }
+
+    /// One ban in force (admin); 404 when unknown or lapsed.
+    pub async fn get_ban(&self, caller: &Caller, id: &str) -> Result<Ban> {
+        caller.must_be_admin()?;
+        self.bans_in_force()
+            .await?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| MetaError::NotFound(format!("ban {id:?} not found")))
     }
 
     /// Bans in force (admin).

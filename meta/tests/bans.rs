@@ -210,6 +210,12 @@ async fn bans_are_made_listed_lapse_and_are_lifted(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(client["expiresAt"], "2099-01-01T00:00:00Z");
+    let one = c
+        .get(&format!("/v1/bans/{}", client["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(one, client);
+    assert_eq!(code(c.get("/v1/bans/zzzzzzzzzzzz").await).0, 404);
     let short = c
         .post(
             "/v1/bans",
