@@ -228,6 +228,29 @@ impl Streams {
     }
 }
 
+/// The admin listener's `GET /bans`: the bans this hub holds (whether each is in force by
+/// its clock), the access revision, and how many running requests a ban would end now.
+pub fn admin_json(access: &Access, metrics: &Metrics) -> String {
+    let now = now_ms();
+    let bans: Vec<serde_json::Value> = access
+        .index
+        .bans()
+        .into_iter()
+        .map(|b| {
+            let in_force = b.in_force(now);
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            v["inForce"] = serde_json::Value::Bool(in_force);
+            v
+        })
+        .collect();
+    let body = serde_json::json!({
+        "revision": access.index.revision(),
+        "bans": bans,
+        "streamsRunning": metrics.streams_running.get(),
+    });
+    body.to_string()
+}
+
 /// One core's sweeper: after every change of the access data, [`Streams::sweep`]. Ends with
 /// the hub (when the access data's change channel closes).
 pub async fn sweeper(streams: Rc<Streams>, access: Arc<Access>, metrics: Arc<Metrics>) {

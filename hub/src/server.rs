@@ -656,6 +656,11 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
                     },
                 ),
                 "/clusters" => (200, "application/json", clusters_json(&registry, &caches)),
+                "/bans" => (
+                    200,
+                    "application/json",
+                    crate::bans::admin_json(&access, &metrics),
+                ),
                 _ => (404, "text/plain", "not found\n".to_owned()),
             };
             let resp = format!(

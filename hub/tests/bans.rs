@@ -198,6 +198,12 @@ fn a_ban_refuses_new_requests_and_ends_open_watches_and_sessions() {
     assert_eq!(v["reason"], "Forbidden");
     assert_eq!(v["code"], 403);
     assert_eq!(v["message"], "banned: abusing the API (ban ban000alice1)");
+    let held = s.curl_admin("/bans");
+    let body = held.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["bans"][0]["id"], "ban000alice1", "{v}");
+    assert_eq!(v["bans"][0]["inForce"], true, "{v}");
+    assert_eq!(v["streamsRunning"], 0, "{v}");
     let m = s.curl_admin("/metrics");
     for want in [
         "kubehub_hub_streams_ended_total{reason=\"banned\"}",
