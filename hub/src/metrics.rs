@@ -71,7 +71,7 @@ pub struct SessionLabel {
     /// `exec`, `attach`, `portforward`, or `other` (any other upgrade).
     pub kind: &'static str,
     /// How it ended: `closed` (both sides ended), `client_gone`, `agent_gone` (reset, or
-    /// the tunnel went away), `idle`.
+    /// the tunnel went away), `idle`, `banned` (a ban or a revocation ended it).
     pub end: &'static str,
 }
 
