@@ -13,6 +13,8 @@
 //!   the tenant's clusters and its grants indexed by subject (user name → grants, group →
 //!   grants, the tenant-wide ones). A change of a grant, cluster or tenant rebuilds that
 //!   tenant's entry (O(the tenant's grants and the clusters)) and swaps the table.
+//! * Bans: a [`BanTable`] behind an [`ArcSwap`] (token, user, tenant and cluster bans in hash
+//!   maps, client bans in a short list), rebuilt whenever a ban changes; see [`crate::ban`].
 //! * The records themselves, behind a mutex taken only by [`Index::apply`] and
 //!   [`Index::clusters_for`]: what entries are rebuilt from.
 //!
@@ -28,6 +30,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
+use crate::ban::{ActiveBan, Ban, BanTable};
 use crate::model::{
     Cluster, Grant, Key, Record, RecordError, Rule, Subject, Tenant, TokenRecord, User,
 };
@@ -113,6 +116,7 @@ impl std::error::Error for ApplyError {}
 /// The hub's access state. See the [module](self) documentation.
 pub struct Index {
     table: ArcSwap<Table>,
+    bans: ArcSwap<BanTable>,
     tokens: DashMap<[u8; 32], Arc<Identity>>,
     revision: AtomicI64,
     records: Mutex<Records>,
@@ -246,6 +250,8 @@ struct Records {
     tokens: HashMap<String, TokenEntry>,
     /// user → ids of the user's tokens.
     tokens_by_user: HashMap<String, BTreeSet<String>>,
+    /// id → ban.
+    bans: HashMap<String, Ban>,
 }
 
 struct TokenEntry {
@@ -303,6 +309,9 @@ impl Records {
             Record::Token(t) => {
                 self.put_token(t);
             }
+            Record::Ban(b) => {
+                self.bans.insert(b.id.clone(), b);
+            }
         }
     }
 
@@ -348,6 +357,7 @@ impl Index {
     pub fn new() -> Index {
         Index {
             table: ArcSwap::from_pointee(Table::default()),
+            bans: ArcSwap::from_pointee(BanTable::default()),
             tokens: DashMap::new(),
             revision: AtomicI64::new(0),
             records: Mutex::new(Records::default()),
@@ -362,6 +372,47 @@ impl Index {
     /// How many tokens currently authenticate someone.
     pub fn identity_count(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// A ban in force at `now_ms` (Unix milliseconds) on a client with this `User-Agent` and
+    /// source address ([`crate::ban`]: a scan of the client bans). Does not allocate.
+    pub fn client_ban(
+        &self,
+        user_agent: &[u8],
+        source: Option<std::net::IpAddr>,
+        now_ms: u64,
+    ) -> Option<Arc<ActiveBan>> {
+        let bans = self.bans.load();
+        if bans.is_empty() {
+            return None;
+        }
+        bans.client(user_agent, source, now_ms)
+    }
+
+    /// A ban in force at `now_ms` on the identity's token, user or tenant (hash lookups).
+    pub fn identity_ban(&self, id: &Identity, now_ms: u64) -> Option<Arc<ActiveBan>> {
+        let bans = self.bans.load();
+        if bans.is_empty() {
+            return None;
+        }
+        bans.identity(id, now_ms)
+    }
+
+    /// A ban in force at `now_ms` on the cluster (a hash lookup).
+    pub fn cluster_ban(&self, cluster: &str, now_ms: u64) -> Option<Arc<ActiveBan>> {
+        let bans = self.bans.load();
+        if bans.is_empty() {
+            return None;
+        }
+        bans.cluster(cluster, now_ms)
+    }
+
+    /// Every ban held (in force or not; expired ones stay until meta deletes them).
+    pub fn bans(&self) -> Vec<Ban> {
+        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Ban> = records.bans.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// The cluster record with this id (of any tenant).
@@ -438,6 +489,7 @@ impl Index {
             })
             .collect();
         self.table.store(Arc::new(Table { tenants, clusters }));
+        self.rebuild_bans(records);
 
         let mut live = HashSet::with_capacity(records.tokens.len());
         for entry in records.tokens.values() {
@@ -467,6 +519,11 @@ impl Index {
             }
         }
         self.table.store(Arc::new(table));
+    }
+
+    fn rebuild_bans(&self, records: &Records) {
+        self.bans
+            .store(Arc::new(BanTable::build(records.bans.values())));
     }
 
     /// Re-derives the identity of one token (after it, its user or its tenant changed).
@@ -540,6 +597,10 @@ impl Index {
                 }
                 self.refresh_token(records, &id);
             }
+            Record::Ban(b) => {
+                records.bans.insert(b.id.clone(), b);
+                self.rebuild_bans(records);
+            }
         }
     }
 
@@ -579,6 +640,11 @@ impl Index {
             Key::Token(id) => {
                 if let Some(old) = records.remove_token(id) {
                     self.forget_identity(&old.hash, id);
+                }
+            }
+            Key::Ban(id) => {
+                if records.bans.remove(id).is_some() {
+                    self.rebuild_bans(records);
                 }
             }
         }

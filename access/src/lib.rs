@@ -5,6 +5,8 @@
 //!
 //! * [`model`]: the records ([`Tenant`], [`User`], [`Cluster`], [`Grant`], [`TokenRecord`],
 //!   summed up as [`Record`] with its key), their JSON, and their validation.
+//! * [`ban`]: bans of a token, user, tenant, cluster or client ([`ban::Ban`], key
+//!   `bans/<id>`), and the table the hub checks every request against.
 //! * [`token`]: bearer tokens `khT.<id>.<secret>`; only their SHA-256 is stored.
 //! * [`sync`]: the change feed from the metaserver to the hubs ([`Line`]: snapshot, put,
 //!   delete, heartbeat; one JSON object a line).
@@ -50,6 +52,7 @@
 //! * `nonResourceURLs`: paths of non-resource requests, a trailing `*` making a prefix; such a
 //!   rule has none of the above but verbs.
 
+pub mod ban;
 pub mod build;
 pub mod index;
 pub mod model;

@@ -346,10 +346,12 @@ pub enum Record {
     Grant(Grant),
     /// A token.
     Token(TokenRecord),
+    /// A ban ([`crate::ban`]).
+    Ban(crate::ban::Ban),
 }
 
 /// A record's key, parsed: `tenants/<name>`, `users/<name>`, `clusters/<id>`,
-/// `grants/<tenant>/<name>`, `tokens/<id>`.
+/// `grants/<tenant>/<name>`, `tokens/<id>`, `bans/<id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key<'a> {
     /// `tenants/<name>`.
@@ -367,6 +369,8 @@ pub enum Key<'a> {
     },
     /// `tokens/<id>`.
     Token(&'a str),
+    /// `bans/<id>`.
+    Ban(&'a str),
 }
 
 impl<'a> Key<'a> {
@@ -380,6 +384,7 @@ impl<'a> Key<'a> {
             "users" => part(rest).map(Key::User),
             "clusters" => part(rest).map(Key::Cluster),
             "tokens" => part(rest).map(Key::Token),
+            "bans" => part(rest).map(Key::Ban),
             "grants" => rest.split_once('/').and_then(|(t, n)| {
                 Some(Key::Grant {
                     tenant: part(t)?,
@@ -400,6 +405,7 @@ impl fmt::Display for Key<'_> {
             Key::Cluster(n) => write!(f, "clusters/{n}"),
             Key::Grant { tenant, name } => write!(f, "grants/{tenant}/{name}"),
             Key::Token(n) => write!(f, "tokens/{n}"),
+            Key::Ban(n) => write!(f, "bans/{n}"),
         }
     }
 }
@@ -408,7 +414,7 @@ impl fmt::Display for Key<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a record key (tenants/<name>, users/<name>, clusters/<id>, \
-     grants/<tenant>/<name> or tokens/<id>)"
+     grants/<tenant>/<name>, tokens/<id> or bans/<id>)"
 )]
 pub struct KeyError(pub String);
 
@@ -458,6 +464,7 @@ impl Record {
             }
             .to_string(),
             Record::Token(t) => Key::Token(&t.id).to_string(),
+            Record::Ban(b) => Key::Ban(&b.id).to_string(),
         }
     }
 
@@ -490,6 +497,7 @@ impl Record {
             Record::Cluster(c) => c.validate(),
             Record::Grant(g) => g.validate(),
             Record::Token(t) => t.validate(),
+            Record::Ban(b) => b.validate(),
         }
     }
 }
@@ -628,7 +636,7 @@ fn check_dns_subdomain(v: &str) -> Check {
     }
 }
 
-fn check_user_name(v: &str) -> Check {
+pub(crate) fn check_user_name(v: &str) -> Check {
     required_within(v, 253)?;
     let b = v.as_bytes();
     let end = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -724,7 +732,7 @@ pub(crate) fn check_labels(
     Ok(())
 }
 
-fn check_text(v: &str, max: usize) -> Check {
+pub(crate) fn check_text(v: &str, max: usize) -> Check {
     if v.len() > max {
         Err(Problem::TooLong { len: v.len(), max })
     } else if v.chars().any(char::is_control) {

@@ -118,6 +118,14 @@ impl<'a> Token<'a> {
     }
 }
 
+/// A new random id: 12 characters of `[a-z0-9]` (a token's id; a ban's).
+///
+/// # Panics
+/// If the operating system's random number generator fails.
+pub fn new_id() -> String {
+    random_id(&SystemRandom::new())
+}
+
 /// 12 characters of `[a-z0-9]`, uniformly (bytes at or above 252 are drawn again).
 fn random_id(rng: &SystemRandom) -> String {
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";

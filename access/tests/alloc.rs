@@ -1,4 +1,4 @@
-//! The hot path does not allocate: authenticate, then authorize, counted by a global
+//! The hot path does not allocate: the ban checks, authenticate, then authorize, counted by a global
 //! allocator (this test binary only). Allocations are counted per thread, so the test
 //! harness's other threads do not disturb the count.
 
@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::*;
+use kubehub_access::ban::{Ban, BanTarget, ClientMatch};
 use kubehub_access::model::Subject;
 use kubehub_access::{AuthnError, Decision, DenyReason, Index};
 
@@ -96,7 +97,29 @@ fn authenticate_and_authorize_do_not_allocate() {
             vec![rule(&["get"], &[""], &["configmaps"])],
         ));
     }
+    // Bans (checked on every request): bob's, another cluster's, a client's.
+    let ban = |id: &str, target: BanTarget| {
+        kubehub_access::Record::Ban(Ban {
+            id: id.into(),
+            target,
+            reason: "r".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            created_by: "admin".into(),
+        })
+    };
+    records.push(ban("ban000000bob", BanTarget::User("bob".into())));
+    records.push(ban("ban00000edge", BanTarget::Cluster("edge-9".into())));
+    records.push(ban(
+        "ban000client",
+        BanTarget::Client(ClientMatch {
+            user_agent: Some("evil/*".into()),
+            source: Some("10.0.0.0/8".into()),
+        }),
+    ));
     snapshot(&index, 1, records);
+    let source: Option<std::net::IpAddr> = Some("10.1.2.3".parse().unwrap());
+    let now_ms = NOW * 1000;
 
     let alice_header = bearer(&alice);
     let bob_header = bearer(&bob);
@@ -146,6 +169,12 @@ fn authenticate_and_authorize_do_not_allocate() {
 
     let run = || {
         let id = index.authenticate(Some(&alice_header), NOW).expect("alice");
+        assert!(index
+            .client_ban(b"kubectl/v1.32.4", source, now_ms)
+            .is_none());
+        assert!(index.client_ban(b"evil/2", source, now_ms).is_some());
+        assert!(index.identity_ban(&id, now_ms).is_none());
+        assert!(index.cluster_ban("edge-1", now_ms).is_none());
         for (cluster, a) in &attrs {
             assert_eq!(
                 index.authorize(&id, cluster, a),
@@ -161,6 +190,7 @@ fn authenticate_and_authorize_do_not_allocate() {
             );
         }
         let bob = index.authenticate(Some(&bob_header), NOW).expect("bob");
+        assert!(index.identity_ban(&bob, now_ms).is_some());
         assert_eq!(
             index.authorize(&bob, "edge-1", &attrs[0].1),
             Decision::Deny(DenyReason::NoGrant)

@@ -690,3 +690,245 @@ fn an_operator_moves_a_cluster_and_drains_a_hub() {
         || on(there) && !on(here),
     );
 }
+
+/// `kubehub ctl` against the system's meta, as the admin.
+fn ctl(s: &System, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kubehub"))
+        .arg("ctl")
+        .args(["--meta", &s.meta_url])
+        .arg("--ca")
+        .arg(s.dir.path().join("ca.crt"))
+        .arg("--token-file")
+        .arg(s.dir.path().join("admin.token"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// An operator bans a user with `kubehub ctl ban add`: both hubs following meta refuse the
+/// user within a second (403 naming the reason) and end the user's open watches cleanly;
+/// `ban list` shows it; `ban lift` lets the user back in; a user-agent ban for two seconds
+/// refuses kubectl but not curl, and lifts by itself on both hubs.
+#[test]
+fn bans_reach_every_hub_within_a_second_and_end_open_watches() {
+    let s = System::start("");
+    let hubs = [s.hub("hub-a"), s.hub("hub-b")];
+    let _agent = s.agent("hubs_per_agent = 0\nhub_refresh_ms = 200");
+    for h in &hubs {
+        wait(
+            Duration::from_secs(15),
+            "the agent is connected to every hub",
+            || h.registry.connected() == 1,
+        );
+    }
+    let token = s.alice_token();
+    for h in &hubs {
+        wait(Duration::from_secs(5), "the token is known", || {
+            s.status(h, &token, CONFIGMAPS) == 200
+        });
+    }
+    let ca = s.dir.path().join("ca.crt");
+    let kubectl_for = |i: usize, h: &Hub| {
+        let kc = kubehub_kapi::kubeconfig::Kubeconfig {
+            name: CLUSTER.into(),
+            server: format!(
+                "https://127.0.0.1:{}/clusters/{CLUSTER}",
+                h.user_addr.port()
+            ),
+            ca_pem: Some(s.meta.ca_pem().to_owned()),
+            token: Some(token.clone()),
+            ..Default::default()
+        };
+        let path = write(s.dir.path(), &format!("kubeconfig-{i}"), &kc.to_yaml());
+        kubehub_testkit::Kubectl::new(&path, &s.dir.path().join(format!("kubectl-{i}")))
+    };
+    let kubectls = [kubectl_for(0, &hubs[0]), kubectl_for(1, &hubs[1])];
+    for k in &kubectls {
+        k.ok(&["get", "configmaps"]);
+    }
+    let curl_watch = |h: &Hub| {
+        std::process::Command::new("curl")
+            .args(["-sN", "--max-time", "60", "--cacert", ca.to_str().unwrap()])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!(
+                "https://127.0.0.1:{}{CONFIGMAPS}?watch=1&resourceVersion=0",
+                h.user_addr.port()
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Open watches: kubectl on hub-a, curl on both.
+    let kubectl_watch = kubectls[0]
+        .cmd(&["get", "configmaps", "-w"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watches = vec![kubectl_watch, curl_watch(&hubs[0]), curl_watch(&hubs[1])];
+    std::thread::sleep(Duration::from_millis(500));
+    for w in &mut watches {
+        assert!(w.try_wait().unwrap().is_none(), "the watches are open");
+    }
+
+    // Usage errors (exit 2) and meta's refusals (exit 1) say what is wrong.
+    let out = ctl(&s, &["ban", "add", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exactly one of --token"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl(&s, &["ban", "add", "--user", "nobody", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("target.user: user \"nobody\" does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl(&s, &["ban", "lift", "zzzzzzzzzzzz"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The ban.
+    let out = ctl(
+        &s,
+        &[
+            "ban",
+            "add",
+            "--user",
+            "alice",
+            "--reason",
+            "leaked credentials",
+        ],
+    );
+    let banned = Instant::now();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("user alice (leaked credentials)"), "{said}");
+    let id = said.split_whitespace().nth(1).unwrap().to_owned();
+    for h in &hubs {
+        wait(
+            Duration::from_secs(5),
+            "the ban is enforced on every hub",
+            || s.status(h, &token, CONFIGMAPS) == 403,
+        );
+    }
+    eprintln!("the ban reached both hubs in {:?}", banned.elapsed());
+    for (i, w) in watches.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = w.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watch {i} still open 10 s after the ban"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!(
+            "watch {i} ended {:?} after the ban: {status}",
+            banned.elapsed()
+        );
+        assert!(
+            status.success(),
+            "watch {i} ended cleanly (as when the server ends it)"
+        );
+    }
+    for k in &kubectls {
+        let out = k.output(&["get", "configmaps"]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("banned: leaked credentials (ban {id})")),
+            "{err}"
+        );
+    }
+    let out = ctl(&s, &["ban", "list"]);
+    let table = text(&out.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for want in ["user alice", "leaked credentials", "never", "admin"] {
+        assert!(row.contains(want), "{want} in {row}");
+    }
+    let out = ctl(&s, &["-o", "json", "ban", "list"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"][0]["target"], json!({"user": "alice"}));
+
+    // Lifted: back in on both hubs.
+    let out = ctl(&s, &["ban", "lift", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("ban {id} lifted (user alice)")));
+    for h in &hubs {
+        wait(
+            Duration::from_secs(5),
+            "the lifted ban lets alice in",
+            || s.status(h, &token, CONFIGMAPS) == 200,
+        );
+    }
+    let out = ctl(&s, &["ban", "list"]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "only the header: {}",
+        text(&out.stdout)
+    );
+
+    // kubectl banned for two seconds: curl still served, and then kubectl again.
+    let out = ctl(
+        &s,
+        &[
+            "ban",
+            "add",
+            "--user-agent",
+            "kubectl/*",
+            "--reason",
+            "old kubectl",
+            "--for",
+            "2s",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made = Instant::now();
+    for k in &kubectls {
+        wait(Duration::from_secs(5), "kubectl is refused", || {
+            let out = k.output(&["get", "configmaps"]);
+            !out.status.success() && text(&out.stderr).contains("banned: old kubectl")
+        });
+    }
+    for h in &hubs {
+        assert_eq!(
+            s.status(h, &token, CONFIGMAPS),
+            200,
+            "another client is served"
+        );
+    }
+    for k in &kubectls {
+        wait(Duration::from_secs(15), "the ban lapses by itself", || {
+            k.output(&["get", "configmaps"]).status.success()
+        });
+    }
+    eprintln!(
+        "a 2 s ban lapsed on both hubs {:?} after it was made",
+        made.elapsed()
+    );
+    let out = ctl(&s, &["ban", "list"]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -83,6 +83,9 @@ pub struct Access {
     disconnected_since_ms: AtomicU64,
     /// Cut from meta longer than this: not current ([`Access::is_current`]).
     unready_after: Option<Duration>,
+    /// Bumped by every applied line that changes records (not heartbeats): what each core's
+    /// [`crate::bans::sweeper`] waits on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Now, in Unix milliseconds.
@@ -109,7 +112,13 @@ impl Access {
             last_contact_ms: AtomicU64::new(0),
             disconnected_since_ms: AtomicU64::new(unix_ms()),
             unready_after: None,
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees every change of the records (not heartbeats).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// An index to be fed by meta's sync feed at `url` (not ready until its first snapshot;
@@ -199,6 +208,9 @@ impl Access {
         self.last_contact_ms.store(unix_ms(), Ordering::Release);
         if matches!(line, Line::Snapshot { .. }) {
             self.ready.store(true, Ordering::Release);
+        }
+        if !matches!(line, Line::Heartbeat { .. }) {
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 

@@ -10,10 +10,12 @@
 //! respond`); the backend is the cluster's `tunnel`. `registry` says which core's tunnel
 //! serves which cluster; `cache` holds what each tunnel's sync streams carried; `access`
 //! holds who may reach which cluster (from the metaserver's sync feed, or a static file);
+//! `bans` refuses banned parties and ends their running requests;
 //! `enroll` is the hub's certificate from the metaserver (join token, renewal); `drain` is
 //! why the hub drains (shutdown, or an operator's drain in meta) and the switch that says so.
 
 pub mod access;
+pub mod bans;
 pub mod cache;
 pub mod config;
 pub mod drain;

@@ -71,7 +71,7 @@ pub struct SessionLabel {
     /// `exec`, `attach`, `portforward`, or `other` (any other upgrade).
     pub kind: &'static str,
     /// How it ended: `closed` (both sides ended), `client_gone`, `agent_gone` (reset, or
-    /// the tunnel went away), `idle`.
+    /// the tunnel went away), `idle`, `banned` (a ban or a revocation ended it).
     pub end: &'static str,
 }
 
@@ -79,7 +79,7 @@ pub struct SessionLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// Why (`missing`, `not_bearer`, `malformed`, `unknown`, `expired`; `forbidden`,
-    /// `not_found`).
+    /// `not_found`, `banned`; for ended streams `banned`, `revoked`).
     pub reason: &'static str,
 }
 
@@ -144,6 +144,11 @@ pub struct Metrics {
     pub sessions_open: Gauge,
     /// Upgraded connections that ended, by kind and how.
     pub sessions: Family<SessionLabel, Counter>,
+    /// Running requests (watches, `logs -f`, exec/attach/port-forward sessions) the hub
+    /// ended because their party was banned (`banned`) or their token revoked (`revoked`).
+    pub streams_ended: Family<ReasonLabel, Counter>,
+    /// Running requests a ban or revocation would end now (watches, `logs -f`, sessions).
+    pub streams_running: Gauge,
     /// This hub (one series, value 1).
     pub info: Family<InfoLabel, Gauge>,
     /// Peer links this hub dialled, up now (set at scrape time).
@@ -316,6 +321,19 @@ impl Metrics {
         );
         let sessions_open = Gauge::default();
         let sessions = Family::<SessionLabel, Counter>::default();
+        let streams_ended = Family::<ReasonLabel, Counter>::default();
+        let streams_running = Gauge::default();
+        registry.register(
+            "streams_running",
+            "Running requests (watches, logs -f, exec sessions) a ban or revocation would end",
+            streams_running.clone(),
+        );
+        registry.register(
+            "streams_ended",
+            "Running requests (watches, logs -f, exec sessions) ended by a ban or a token \
+             revocation, by reason (banned, revoked)",
+            streams_ended.clone(),
+        );
         registry.register(
             "sessions_open",
             "Upgraded connections (exec, attach, port-forward) open",
@@ -352,6 +370,8 @@ impl Metrics {
             peer_requests,
             sessions_open,
             sessions,
+            streams_ended,
+            streams_running,
             cert,
             unauthenticated,
             denied,

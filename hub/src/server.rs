@@ -439,10 +439,17 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         drain,
                         caches: caches.clone(),
                     });
+                    let streams = Rc::new(crate::bans::Streams::default());
+                    monoio::spawn(crate::bans::sweeper(
+                        streams.clone(),
+                        access.clone(),
+                        metrics.clone(),
+                    ));
                     let proxy = Rc::new(ProxyCtx {
                         registry,
                         access,
                         metrics,
+                        streams,
                         limits,
                         impersonate,
                         tls,
@@ -653,6 +660,11 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
                     },
                 ),
                 "/clusters" => (200, "application/json", clusters_json(&registry, &caches)),
+                "/bans" => (
+                    200,
+                    "application/json",
+                    crate::bans::admin_json(&access, &metrics),
+                ),
                 _ => (404, "text/plain", "not found\n".to_owned()),
             };
             let resp = format!(

@@ -21,6 +21,8 @@
 //! | `GET /v1/registry/hubs` | any caller | live hubs `{"items": [HubRecord]}`; an agent gets those it may use, `{"items": [...], "ineligible": ["hub-id", ...], "ineligibleEndpoints": ["host:port", ...]}` ([`kubehub_access::registry::eligibility`]) |
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
 //! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
+//! | `POST /v1/bans` | admin | a ban (`{"target": {"token"\|"user"\|"tenant"\|"cluster": name} or {"client": {"userAgent"?, "source"?}}, "reason", "expiresAt"? \| "ttlSeconds"?}`) → 201 with the stored [`Ban`](kubehub_access::ban::Ban) ([`crate::bans`]) |
+//! | `GET /v1/bans`, `GET/DELETE /v1/bans/{id}` | admin | bans in force `{"items": [Ban]}`; one ban; lift one (200 with it, 404 when unknown) |
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
 //! | `POST /v1/registry/hubs/{id}/drain`, `GET /v1/registry/drains` | admin | `{"drain": true, "reason": "..."}` drains a live hub (it drains as for a restart and keeps running; agents stop choosing it), `{"drain": false}` lifts it; the drains |
 //! | `PUT/GET/DELETE /v1/registry/pins/{cluster}`, `GET /v1/registry/pins` | admin | `{"hub": "hub-2"}` or `{"hubs": [...]}` (and `reason`) moves the cluster's agent to those hubs (live ones; [`Pin`]); GET without one: 404; the pins |
@@ -196,6 +198,8 @@ pub fn router(meta: Meta) -> Router {
             "/v1/canary",
             get(get_canary).put(set_canary).delete(clear_canary),
         )
+        .route("/v1/bans", post(create_ban).get(list_bans))
+        .route("/v1/bans/{id}", get(get_ban).delete(lift_ban))
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
@@ -643,6 +647,38 @@ async fn get_canary(
 async fn clear_canary(State(meta): State<Meta>, Who(who): Who) -> Result<StatusCode, MetaError> {
     meta.clear_canary(&who).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_ban(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    JsonBody(b): JsonBody<crate::bans::BanRequest>,
+) -> Result<Response, MetaError> {
+    let ban = meta.create_ban(&who, b).await?;
+    Ok((StatusCode::CREATED, Json(ban)).into_response())
+}
+
+async fn list_bans(
+    State(meta): State<Meta>,
+    Who(who): Who,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    Ok(Json(json!({ "items": meta.list_bans(&who).await? })))
+}
+
+async fn get_ban(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Json<kubehub_access::ban::Ban>, MetaError> {
+    Ok(Json(meta.get_ban(&who, &id).await?))
+}
+
+async fn lift_ban(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> Result<Json<kubehub_access::ban::Ban>, MetaError> {
+    Ok(Json(meta.lift_ban(&who, &id).await?))
 }
 
 async fn agents(

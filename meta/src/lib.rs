@@ -10,12 +10,15 @@
 //! * [`service`]: the operations (who may do what to which record), each one transaction.
 //! * [`feed`]: change feeds, a snapshot then every change then heartbeats: the hubs' access
 //!   feed (`/v1/sync`) and the registry watch (`/v1/registry/watch`: hubs, agents, canary).
+//! * [`bans`]: bans of tokens, users, tenants, clusters and clients (access records the hubs
+//!   enforce, expiry included).
 //! * [`enroll`]: join tokens (one-time, CA-pinned) for agents and hubs.
 //! * [`api`] and [`server`]: the HTTPS JSON API (axum over rustls).
 //! * [`client`]: the API's client, used by `kubehub ctl`.
 //! * [`config`]: what `meta.toml` may say.
 
 pub mod api;
+pub mod bans;
 pub mod client;
 pub mod config;
 pub mod enroll;

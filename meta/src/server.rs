@@ -96,8 +96,23 @@ pub async fn start(meta: Meta) -> Result<Server, MetaError> {
         .local_addr()
         .map_err(|e| MetaError::Internal(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&meta)?);
+    let sweeper = meta.clone();
     let router = api::router(meta);
     let (stop, mut stopped) = watch::channel(false);
+    // Lapsed bans leave the store (and the hubs' tables) within a sweep interval even when
+    // nobody lists bans. Every replica sweeps; each delete compares the ban's revision.
+    let mut sweep_stopped = stopped.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(crate::bans::SWEEP_INTERVAL) => {}
+                _ = sweep_stopped.changed() => return,
+            }
+            if let Err(e) = sweeper.sweep_bans().await {
+                debug!("sweeping lapsed bans: {e}");
+            }
+        }
+    });
     info!(%addr, "metaserver listening");
     let task = tokio::spawn(async move {
         loop {

@@ -105,7 +105,7 @@ impl Caller {
         }
     }
 
-    fn must_be_admin(&self) -> Result<()> {
+    pub(crate) fn must_be_admin(&self) -> Result<()> {
         if *self == Caller::Admin {
             Ok(())
         } else {
@@ -763,7 +763,7 @@ impl Meta {
             Record::Token(t) => {
                 txn = txn.then(Op::delete(format!("{USER_TOKENS}{}/{}", t.user, t.id)));
             }
-            Record::Grant(_) => {}
+            Record::Grant(_) | Record::Ban(_) => {}
         }
         if !blockers.is_empty() {
             return Err(MetaError::Conflict(format!(
@@ -1414,6 +1414,11 @@ pub fn tenant_of(r: &Record) -> &str {
         Record::Cluster(c) => &c.tenant,
         Record::Grant(g) => &g.tenant,
         Record::Token(t) => &t.tenant,
+        // Bans are not a tenant's records (admin only); a tenant ban names its tenant.
+        Record::Ban(b) => match &b.target {
+            kubehub_access::ban::BanTarget::Tenant(t) => t,
+            _ => "",
+        },
     }
 }
 

@@ -467,6 +467,10 @@ async fn watch(
             _ = epoch.changed() => break out.finish(conn).await,
             more = conn.read_more() => {
                 if !more {
+                    // Ended by a ban or revocation: as when the API server ends a watch.
+                    if conn.stopped() {
+                        break out.finish(conn).await;
+                    }
                     break false;
                 }
             }

@@ -71,6 +71,8 @@ pub struct ProxyCtx {
     pub access: Arc<Access>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// This core's long-running requests, for bans and revocations to end them.
+    pub streams: Rc<crate::bans::Streams>,
     /// Limits.
     pub limits: Limits,
     /// Add impersonation headers.
@@ -147,6 +149,13 @@ pub struct Conn {
     /// The request came over a peer link from this hub: it is served here or not at all
     /// (never forwarded to a third hub).
     pub via_peer: Option<String>,
+    /// The client's address (a user connection's peer; for a peer stream what the relaying
+    /// hub said in [`crate::bans::CLIENT_FIELD`]).
+    pub source: Option<std::net::IpAddr>,
+    /// Set while a long-running request is entered in [`crate::bans::Streams`]: once it
+    /// fires, [`Conn::read_more`] says the client is done, which ends the request the way
+    /// a client leaving does (a watch with its terminating chunk).
+    pub stop: Option<Rc<crate::bans::Stop>>,
 }
 
 impl Conn {
@@ -154,13 +163,26 @@ impl Conn {
     /// client closed its side (or the connection failed), or has sent more than the
     /// connection holds unconsumed.
     pub async fn read_more(&mut self) -> bool {
-        match self.inbound.recv().await {
+        let chunk = match &self.stop {
+            Some(stop) if stop.is_set() => return false,
+            Some(stop) => monoio::select! {
+                c = self.inbound.recv() => c,
+                _ = stop.wait() => return false,
+            },
+            None => self.inbound.recv().await,
+        };
+        match chunk {
             Some(chunk) => {
                 self.buf.extend_from_slice(&chunk);
                 self.buf.len() <= self.max_buffered
             }
             None => false,
         }
+    }
+
+    /// Whether the running request was told to end (a ban, a revocation).
+    pub fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.is_set())
     }
 }
 
@@ -213,6 +235,8 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
         inbound,
         wr: Writer::Tls(wr),
         via_peer: None,
+        source: Some(peer.ip()),
+        stop: None,
     };
     loop {
         let head = match read_head(&ctx, &mut conn).await {
@@ -347,9 +371,48 @@ fn set_body_fields(fields: &mut Fields, content_type: &'static str, len: usize) 
     ));
 }
 
-/// Handles one request through the phases; returns whether the connection stays open.
+/// Handles one request through the phases; returns whether the connection stays open (not
+/// after a request a ban or revocation ended).
 async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
+    let keep = serve_request(ctx, head, conn).await;
+    let stopped = conn.stopped();
+    conn.stop = None;
+    keep && !stopped
+}
+
+/// The field's value as received (a slice of the read buffer).
+fn field(head: &RequestHead, name: &[u8]) -> Option<Bytes> {
+    head.fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+/// Whether a request runs until someone ends it: a watch, `logs -f`, an upgraded session.
+fn long_running(
+    info: &kubehub_kapi::request_info::RequestInfo<'_>,
+    path: &str,
+    upgrade: bool,
+) -> bool {
+    upgrade
+        || matches!(info.verb, kubehub_kapi::request_info::Verb::Watch)
+        || (info.subresource == "log"
+            && path.split_once('?').is_some_and(|(_, q)| {
+                q.split('&')
+                    .any(|p| matches!(p, "follow=true" | "follow=1" | "follow=True"))
+            }))
+}
+
+async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     let started = Instant::now();
+    if conn.via_peer.is_some() {
+        // The relaying hub names the client (its own connection is a hub's).
+        conn.source = head
+            .header(crate::bans::CLIENT_FIELD)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok());
+    }
+    let source = conn.source;
     let has_body = head.body != http::BodyKind::None;
     // Until the body is read to its end, bytes of it are still on the connection: it cannot
     // carry another request.
@@ -359,19 +422,24 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     let prepared = (|| {
         let span = tracing::Span::current();
         let index = &ctx.access.index;
+        let user_agent = head.header("user-agent").unwrap_or_default();
+        crate::bans::check_client(index, &ctx.metrics, user_agent, source)?;
         let identity = authenticate::authenticate(index, &ctx.metrics, &head)?;
         span.record("user", identity.user.as_str());
+        crate::bans::check_identity(index, &ctx.metrics, &identity)?;
         let target = resolve::resolve(&head, &identity)?;
         span.record("cluster", target.cluster.as_str());
         let info = target.info()?;
         authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
         authorize::environment(index, &ctx.environment, &target.cluster)?;
+        crate::bans::check_cluster(index, &ctx.metrics, &target.cluster)?;
+        let long = long_running(&info, &target.path, http::upgrade_of(&head).is_some());
         let review = review::Review::of(&info);
         let cached = route::cached(&ctx.caches, &target, &info, &head);
         let backend = route::route(&ctx.registry, &target.cluster, &info);
-        Ok::<_, ProxyError>((target, identity, review, cached, backend))
+        Ok::<_, ProxyError>((target, identity, review, cached, backend, long))
     })();
-    let (target, identity, review, cached, backend) = match prepared {
+    let (target, identity, review, cached, backend, long) = match prepared {
         Ok(p) => p,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
@@ -381,6 +449,22 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
             return peer::relay(ctx, &head, conn, out, &target.cluster, holders).await;
         }
     }
+    // A long-running request is entered for its lifetime, so that a ban or a revocation
+    // arriving meanwhile ends it (`bans`). A relayed one is entered at the holder.
+    let _entered = long.then(|| {
+        let (entered, stop) = ctx.streams.enter(
+            crate::bans::Party {
+                authorization: field(&head, b"authorization"),
+                identity: identity.clone(),
+                cluster: target.cluster.clone(),
+                user_agent: field(&head, b"user-agent").unwrap_or_default(),
+                source,
+            },
+            &ctx.metrics,
+        );
+        conn.stop = Some(stop);
+        entered
+    });
     let mut fields = forward_fields(&head, &identity, ctx.impersonate);
     if let Some(protocol) = http::upgrade_of(&head) {
         return upgraded(

@@ -154,6 +154,8 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
             ended: false,
         }),
         via_peer: Some(origin),
+        source: None,
+        stop: None,
     };
     match super::read_head(&ctx, &mut conn).await {
         Ok(Some(head)) => {
@@ -182,7 +184,7 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
 /// (credentials too: the holder authenticates on its own) and the blank line. With `close`
 /// (this hub is draining) it asks for `Connection: close`, so that the answer the user gets
 /// says the connection ends.
-fn head_bytes(head: &RequestHead, close: bool) -> Bytes {
+fn head_bytes(head: &RequestHead, close: bool, client: Option<std::net::IpAddr>) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(&head.method);
     out.extend_from_slice(b" ");
@@ -193,7 +195,9 @@ fn head_bytes(head: &RequestHead, close: bool) -> Bytes {
         b" HTTP/1.0\r\n"
     });
     for (n, v) in &head.fields {
-        if close && n.eq_ignore_ascii_case(b"connection") {
+        if close && n.eq_ignore_ascii_case(b"connection")
+            || n.eq_ignore_ascii_case(crate::bans::CLIENT_FIELD.as_bytes())
+        {
             continue;
         }
         out.extend_from_slice(n);
@@ -203,6 +207,9 @@ fn head_bytes(head: &RequestHead, close: bool) -> Bytes {
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
+    }
+    if let Some(ip) = client {
+        out.extend_from_slice(format!("{}: {ip}\r\n", crate::bans::CLIENT_FIELD).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()
@@ -221,7 +228,7 @@ pub async fn relay(
     let started = Instant::now();
     let accept = Duration::from_millis(ctx.limits.peer_accept_timeout_ms);
     let upgrade = http::upgrade_of(head).is_some();
-    let request = head_bytes(head, ctx.draining() && !upgrade);
+    let request = head_bytes(head, ctx.draining() && !upgrade, conn.source);
     let mut ex = None;
     let mut busy = false;
     for h in &holders {
@@ -514,7 +521,7 @@ mod tests {
             &b"POST /clusters/a/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let bytes = head_bytes(&head, false);
+        let bytes = head_bytes(&head, false, None);
         let mut again = BytesMut::from(&bytes[..]);
         let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
         assert_eq!(reparsed.method, head.method);
@@ -524,7 +531,7 @@ mod tests {
         assert!(reparsed.keep_alive);
         assert!(again.is_empty());
         // Draining: the holder is asked to close (its answer will say so).
-        let mut again = BytesMut::from(&head_bytes(&head, true)[..]);
+        let mut again = BytesMut::from(&head_bytes(&head, true, None)[..]);
         let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
         assert!(!reparsed.keep_alive);
         assert_eq!(reparsed.header("connection"), Some(&b"close"[..]));

@@ -204,6 +204,8 @@ pub enum End {
     AgentGone,
     /// Nothing moved either way for the idle limit.
     Idle,
+    /// Ended by the hub: its party was banned or its token revoked (`bans`).
+    Ended,
 }
 
 impl End {
@@ -213,6 +215,7 @@ impl End {
             End::ClientGone => "client_gone",
             End::AgentGone => "agent_gone",
             End::Idle => "idle",
+            End::Ended => "banned",
         }
     }
 }
@@ -297,12 +300,20 @@ async fn exchange(
     stats.touch();
     let exit: Cell<Option<String>> = Cell::new(None);
     let leftover = conn.buf.split().freeze();
-    let Conn { inbound, wr, .. } = conn;
+    let Conn {
+        inbound, wr, stop, ..
+    } = conn;
 
     let end = {
         let mut to_agent = pin!(client_to_agent(inbound, &mut up, leftover, &stats));
         let mut to_client = pin!(agent_to_client(wr, &mut down, &stats, &exit));
         let (mut upward, mut downward) = (None, None);
+        let mut stopped = pin!(async {
+            match stop {
+                Some(s) => s.wait().await,
+                None => std::future::pending().await,
+            }
+        });
         let mut timer = pin!(monoio::time::sleep(idle));
         let mut timer_at = Instant::now() + idle;
         std::future::poll_fn(|cx| loop {
@@ -315,6 +326,9 @@ async fn exchange(
                 if let Poll::Ready(h) = to_client.as_mut().poll(cx) {
                     downward = Some(h);
                 }
+            }
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Ended);
             }
             match (upward, downward) {
                 (Some(Ok(())), Some(Ok(()))) => return Poll::Ready(End::Closed),
