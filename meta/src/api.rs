@@ -22,6 +22,7 @@
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
 //! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
+//! | `/console/…` | the admin token, by a cookie | the operations console ([`crate::console`]): HTML pages |
 
 use std::collections::HashMap;
 
@@ -142,8 +143,19 @@ impl FromRequestParts<Meta> for Who {
     }
 }
 
-/// The router.
+/// The router: the API, and the operations console under `/console` ([`crate::console`],
+/// unless `console.enabled = false`), which acts through the API's own routes.
 pub fn router(meta: Meta) -> Router {
+    let api = api_router(meta.clone());
+    if meta.cfg.console.enabled {
+        api.clone().merge(crate::console::router(meta, api))
+    } else {
+        api
+    }
+}
+
+/// The API's routes alone.
+fn api_router(meta: Meta) -> Router {
     let limit = meta.cfg.max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
