@@ -331,8 +331,18 @@ mod tests {
         assert_eq!(cfg.server_names, default_names());
         let (c, d) = (&cfg.console, ConsoleConfig::default());
         assert_eq!(
-            (c.enabled, c.refresh_ms, c.traffic_interval_ms, c.traffic_timeout_ms),
-            (d.enabled, d.refresh_ms, d.traffic_interval_ms, d.traffic_timeout_ms)
+            (
+                c.enabled,
+                c.refresh_ms,
+                c.traffic_interval_ms,
+                c.traffic_timeout_ms
+            ),
+            (
+                d.enabled,
+                d.refresh_ms,
+                d.traffic_interval_ms,
+                d.traffic_timeout_ms
+            )
         );
     }
 
@@ -351,7 +361,10 @@ mod tests {
             ("[registry]\nttl_s = 1", "registry.ttl_s"),
             ("[registry]\nrefresh_s = 100000", "registry.refresh_s"),
             ("hub_url = \"http://x\"", "hub_url"),
-            ("[console]\ntraffic_timeout_ms = 0", "console.traffic_timeout_ms"),
+            (
+                "[console]\ntraffic_timeout_ms = 0",
+                "console.traffic_timeout_ms",
+            ),
             ("colour = 1", "unknown field"),
         ] {
             let err = MetaConfig::parse(&format!("{base}{extra}\n"))

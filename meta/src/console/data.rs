@@ -351,10 +351,7 @@ impl Data {
                 (id, Some(r))
             })
             .collect();
-        stream::iter(asks)
-            .buffer_unordered(FAN_OUT)
-            .collect()
-            .await
+        stream::iter(asks).buffer_unordered(FAN_OUT).collect().await
     }
 }
 
@@ -362,7 +359,12 @@ impl Data {
 fn admin_listeners(hubs: &[Value]) -> Vec<(String, String)> {
     hubs.iter()
         .map(|h| {
-            let field = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let field = |k: &str| {
+                h.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             (field("id"), field("admin"))
         })
         .collect()
@@ -376,7 +378,9 @@ pub async fn fetch(admin: &str, path: &str, timeout: Duration) -> Result<(u16, B
         .ok_or_else(|| format!("the admin listener {admin:?} is not an http:// URL"))?
         .trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
-        return Err(format!("the admin listener {admin:?} is not http://host:port"));
+        return Err(format!(
+            "the admin listener {admin:?} is not http://host:port"
+        ));
     }
     let ask = async {
         let tcp = tokio::net::TcpStream::connect(authority)

@@ -160,7 +160,12 @@ pub fn layout(page: Page, flash: Option<&Flash>, forms: &str, live: &str) -> Str
 /// The login page.
 pub fn login(error: Option<&str>) -> String {
     let error = error
-        .map(|e| format!("<p class=\"flash err\" id=\"flash\" role=\"alert\">{}</p>", esc(e)))
+        .map(|e| {
+            format!(
+                "<p class=\"flash err\" id=\"flash\" role=\"alert\">{}</p>",
+                esc(e)
+            )
+        })
         .unwrap_or_default();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -179,7 +179,10 @@ fn secure(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
@@ -262,21 +265,16 @@ impl FromRequestParts<Console> for Session {
             return Err(Refused::CrossSite);
         }
         let token = cookie_value(&parts.headers, SESSION).ok_or(Refused::SignIn)?;
-        c.data
-            .is_admin(&token)
-            .await
-            .map_err(|_| Refused::SignIn)?;
+        c.data.is_admin(&token).await.map_err(|_| Refused::SignIn)?;
         Ok(Session(token))
     }
 }
 
-/// Whether a POST came from another site: `Sec-Fetch-Site` says so, or `Origin` names
-/// another host than `Host`.
+/// Whether a POST came from another site: `Sec-Fetch-Site` says so (browsers that send it),
+/// or else `Origin` names another origin than `https://<Host>`.
 fn cross_site(h: &HeaderMap) -> bool {
     if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return true;
-        }
+        return !matches!(site, "same-origin" | "none");
     }
     match (
         h.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
@@ -509,7 +507,9 @@ fn plan(
                 other => {
                     return Err(ApiError {
                         code: 400,
-                        message: format!("kind: {other:?} is not token, user, tenant, cluster or client"),
+                        message: format!(
+                            "kind: {other:?} is not token, user, tenant, cluster or client"
+                        ),
                     })
                 }
             };
@@ -517,14 +517,23 @@ fn plan(
             if !field("for").is_empty() {
                 let d = humantime::parse_duration(&field("for")).map_err(|e| ApiError {
                     code: 400,
-                    message: format!("for: {:?} is not a duration such as 30m or 1h: {e}", field("for")),
+                    message: format!(
+                        "for: {:?} is not a duration such as 30m or 1h: {e}",
+                        field("for")
+                    ),
                 })?;
                 body["ttlSeconds"] = json!(d.as_secs());
             }
             if !field("until").is_empty() {
                 body["expiresAt"] = json!(field("until"));
             }
-            (Method::POST, "/v1/bans".into(), Some(body), Page::Bans, "Banned".into())
+            (
+                Method::POST,
+                "/v1/bans".into(),
+                Some(body),
+                Page::Bans,
+                "Banned".into(),
+            )
         }
         "unban" => {
             let id = needs(f, "id", "the ban's id")?;
@@ -662,7 +671,10 @@ async fn action(
                 }
                 Err(e) => {
                     tracing::info!(action = %name, %path, code = e.code, "console: action failed: {}", e.message);
-                    (page, format!("err:{} ({} {method} {path})", e.message, e.code))
+                    (
+                        page,
+                        format!("err:{} ({} {method} {path})", e.message, e.code),
+                    )
                 }
             }
         }
@@ -688,17 +700,31 @@ mod tests {
     fn forms_become_the_api_calls_of_the_contracts() {
         let (m, p, b, page, _) = plan(
             "ban",
-            &f(&[("kind", "client"), ("userAgent", "python*"), ("source", ""), ("reason", "abuse"), ("for", "1h")]),
+            &f(&[
+                ("kind", "client"),
+                ("userAgent", "python*"),
+                ("source", ""),
+                ("reason", "abuse"),
+                ("for", "1h"),
+            ]),
         )
         .unwrap();
-        assert_eq!((m, p.as_str(), page), (Method::POST, "/v1/bans", Page::Bans));
+        assert_eq!(
+            (m, p.as_str(), page),
+            (Method::POST, "/v1/bans", Page::Bans)
+        );
         assert_eq!(
             b.unwrap(),
             json!({"target": {"client": {"userAgent": "python*"}}, "reason": "abuse", "ttlSeconds": 3600})
         );
         let (_, _, b, _, _) = plan(
             "ban",
-            &f(&[("kind", "user"), ("value", "mallory"), ("reason", "r"), ("until", "2030-01-01T00:00:00Z")]),
+            &f(&[
+                ("kind", "user"),
+                ("value", "mallory"),
+                ("reason", "r"),
+                ("until", "2030-01-01T00:00:00Z"),
+            ]),
         )
         .unwrap();
         assert_eq!(
@@ -706,14 +732,22 @@ mod tests {
             json!({"target": {"user": "mallory"}, "reason": "r", "expiresAt": "2030-01-01T00:00:00Z"})
         );
         let (m, p, b, ..) = plan("drain", &f(&[("hub", "hub/1"), ("drain", "true")])).unwrap();
-        assert_eq!((m, p.as_str()), (Method::POST, "/v1/registry/hubs/hub%2F1/drain"));
+        assert_eq!(
+            (m, p.as_str()),
+            (Method::POST, "/v1/registry/hubs/hub%2F1/drain")
+        );
         assert_eq!(b.unwrap(), json!({"drain": true}));
         let (m, p, b, ..) = plan("pin", &f(&[("cluster", "edge-1"), ("hub", "hub-2")])).unwrap();
         assert_eq!((m, p.as_str()), (Method::PUT, "/v1/registry/pins/edge-1"));
         assert_eq!(b.unwrap(), json!({"hub": "hub-2"}));
         let (m, p, b, ..) = plan(
             "canary",
-            &f(&[("version", "1.3.0"), ("clusterLabels", "tier=canary, region = eu"), ("tenants", "a, b"), ("percent", "10")]),
+            &f(&[
+                ("version", "1.3.0"),
+                ("clusterLabels", "tier=canary, region = eu"),
+                ("tenants", "a, b"),
+                ("percent", "10"),
+            ]),
         )
         .unwrap();
         assert_eq!((m, p.as_str()), (Method::PUT, "/v1/canary"));
@@ -732,7 +766,8 @@ mod tests {
         assert!(e("ban", &[("kind", "planet"), ("value", "x")]).starts_with("kind:"));
         assert!(e("ban", &[("kind", "user"), ("value", "x"), ("for", "soon")]).starts_with("for:"));
         assert!(e("canary", &[("version", "1"), ("percent", "ten")]).starts_with("percent:"));
-        assert!(e("canary", &[("version", "1"), ("clusterLabels", "tier")]).starts_with("clusterLabels:"));
+        assert!(e("canary", &[("version", "1"), ("clusterLabels", "tier")])
+            .starts_with("clusterLabels:"));
         assert!(e("launch", &[]).contains("no console action"));
     }
 
@@ -759,9 +794,15 @@ mod tests {
             }
             h
         };
-        assert!(!cross_site(&h(&[("host", "meta:7443"), ("origin", "https://meta:7443")])));
+        assert!(!cross_site(&h(&[
+            ("host", "meta:7443"),
+            ("origin", "https://meta:7443")
+        ])));
         assert!(!cross_site(&h(&[("host", "meta:7443")])));
-        assert!(cross_site(&h(&[("host", "meta:7443"), ("origin", "https://evil.example")])));
+        assert!(cross_site(&h(&[
+            ("host", "meta:7443"),
+            ("origin", "https://evil.example")
+        ])));
         assert!(cross_site(&h(&[("sec-fetch-site", "cross-site")])));
         assert!(!cross_site(&h(&[("sec-fetch-site", "same-origin")])));
     }
