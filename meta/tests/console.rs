@@ -18,6 +18,24 @@ use serde_json::json;
 /// A generous guard for things that happen within a second or two.
 const SOON: Duration = Duration::from_secs(15);
 
+/// Marks the page's window (a reload loses the mark).
+async fn mark_page(b: &Browser) {
+    b.client
+        .execute("window.__notReloaded = true; return true;", vec![])
+        .await
+        .unwrap();
+}
+
+/// Whether the page still has [`mark_page`]'s mark.
+async fn same_page(b: &Browser) -> bool {
+    let v = b
+        .client
+        .execute("return window.__notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    v == json!(true)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_watches_and_acts_in_the_console() {
     let h = Harness::new(
@@ -116,20 +134,12 @@ async fn an_operator_watches_and_acts_in_the_console() {
     b.wait_text("#live-status", SOON, |t| t == "live").await;
 
     // Live: a hub that registers now appears without a reload.
-    b.client
-        .execute("window.__notReloaded = true; return true;", vec![])
-        .await
-        .unwrap();
+    mark_page(&b).await;
     c.put("/v1/registry/hubs/hub-2", &hub("hub-2"))
         .await
         .unwrap();
     b.wait_for("#hub-hub-2", SOON).await;
-    let same_page = b
-        .client
-        .execute("return window.__notReloaded === true;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same_page, json!(true), "the update came without a reload");
+    assert!(same_page(&b).await, "the update came without a reload");
     b.screenshot("hubs").await;
 
     // Clusters: the cluster, its tenant, and the hub its agent is connected to.
@@ -155,20 +165,12 @@ async fn an_operator_watches_and_acts_in_the_console() {
         "{tenant}"
     );
     b.wait_for(&format!("#token-{token_id} button"), SOON).await;
-    b.client
-        .execute("window.__notReloaded = true; return true;", vec![])
-        .await
-        .unwrap();
+    mark_page(&b).await;
     c.post("/v1/tenants", &json!({"name": "initech"}))
         .await
         .unwrap();
     b.wait_for("#tenant-initech", SOON).await;
-    let same_page = b
-        .client
-        .execute("return window.__notReloaded === true;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same_page, json!(true), "the update came without a reload");
+    assert!(same_page(&b).await, "the update came without a reload");
     b.screenshot("tenants").await;
 
     // Revoking the token in the console revokes it in meta.
@@ -235,6 +237,12 @@ async fn an_operator_watches_and_acts_in_the_console() {
     b.wait_for("form#login", SOON).await;
     b.client.goto(&url("/console/hubs")).await.unwrap();
     b.wait_for("form#login", SOON).await;
+    b.client
+        .goto(&url("/console/events?page=hubs"))
+        .await
+        .unwrap();
+    let said = b.body_text().await;
+    assert!(said.contains("not signed in"), "{said}");
 
     b.close().await;
     m.stop().await;
