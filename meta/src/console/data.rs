@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{header, Method, Request};
 use axum::Router;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -306,25 +306,7 @@ impl Data {
 
     /// Every hub's `/traffic`, asked in parallel, each within `timeout`; by hub id.
     pub async fn traffic(&self, hubs: &[Value], timeout: Duration) -> Vec<(String, HubTraffic)> {
-        let asks: Vec<_> = admin_listeners(hubs)
-            .into_iter()
-            .map(|(id, admin)| async move {
-                if admin.is_empty() {
-                    return (id, HubTraffic::NoAdmin);
-                }
-                let got = match fetch(&admin, "/traffic", timeout).await {
-                    Ok((200, body)) => serde_json::from_slice::<Traffic>(&body)
-                        .map(HubTraffic::Answered)
-                        .unwrap_or_else(|e| HubTraffic::Failed(format!("not traffic: {e}"))),
-                    Ok((code, _)) => HubTraffic::Failed(format!("answered {code}")),
-                    Err(e) => HubTraffic::Failed(e),
-                };
-                (id, got)
-            })
-            .collect();
-        let mut out: Vec<_> = stream::iter(asks).buffer_unordered(FAN_OUT).collect().await;
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        traffic_of(hubs, timeout).await
     }
 
     /// Every hub's readiness (`GET <admin>/readyz`), by hub id: `None` when the hub has no
@@ -334,25 +316,56 @@ impl Data {
         hubs: &[Value],
         timeout: Duration,
     ) -> BTreeMap<String, Option<Result<String, String>>> {
-        let asks: Vec<_> = admin_listeners(hubs)
-            .into_iter()
-            .map(|(id, admin)| async move {
-                if admin.is_empty() {
-                    return (id, None);
-                }
-                let r = match fetch(&admin, "/readyz", timeout).await {
-                    Ok((200, _)) => Ok("ready".to_owned()),
-                    Ok((code, body)) => Err(format!(
-                        "not ready ({code}): {}",
-                        String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-                    )),
-                    Err(e) => Err(e),
-                };
-                (id, Some(r))
-            })
-            .collect();
-        stream::iter(asks).buffer_unordered(FAN_OUT).collect().await
+        readiness_of(hubs, timeout).await
     }
+}
+
+/// [`Data::traffic`].
+async fn traffic_of(hubs: &[Value], timeout: Duration) -> Vec<(String, HubTraffic)> {
+    let asks: Vec<_> = admin_listeners(hubs)
+        .into_iter()
+        .map(|(id, admin)| async move {
+            if admin.is_empty() {
+                return (id, HubTraffic::NoAdmin);
+            }
+            let got = match fetch(&admin, "/traffic", timeout).await {
+                Ok((200, body)) => serde_json::from_slice::<Traffic>(&body)
+                    .map(HubTraffic::Answered)
+                    .unwrap_or_else(|e| HubTraffic::Failed(format!("not traffic: {e}"))),
+                Ok((code, _)) => HubTraffic::Failed(format!("answered {code}")),
+                Err(e) => HubTraffic::Failed(e),
+            };
+            (id, got)
+        })
+        .collect();
+    let mut out: Vec<_> = stream::iter(asks).buffer_unordered(FAN_OUT).collect().await;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// [`Data::readiness`].
+async fn readiness_of(
+    hubs: &[Value],
+    timeout: Duration,
+) -> BTreeMap<String, Option<Result<String, String>>> {
+    let asks: Vec<_> = admin_listeners(hubs)
+        .into_iter()
+        .map(|(id, admin)| async move {
+            if admin.is_empty() {
+                return (id, None);
+            }
+            let r = match fetch(&admin, "/readyz", timeout).await {
+                Ok((200, _)) => Ok("ready".to_owned()),
+                Ok((code, body)) => Err(format!(
+                    "not ready ({code}): {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+                )),
+                Err(e) => Err(e),
+            };
+            (id, Some(r))
+        })
+        .collect();
+    stream::iter(asks).buffer_unordered(FAN_OUT).collect().await
 }
 
 /// Each hub's id and admin listener (`admin`, empty when it registered none).
@@ -421,7 +434,94 @@ pub async fn fetch(admin: &str, path: &str, timeout: Duration) -> Result<(u16, B
     }
 }
 
-/// Whether `code` is a success.
-pub fn ok(code: u16) -> bool {
-    StatusCode::from_u16(code).is_ok_and(|s| s.is_success())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fake admin listener answering every request with `status` and `body`; or, with
+    /// `silent`, accepting and never answering.
+    async fn admin(status: u16, body: &'static str, silent: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                if silent {
+                    held.push(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn hub(id: &str, admin: &str) -> Value {
+        serde_json::json!({"id": id, "admin": admin})
+    }
+
+    #[tokio::test]
+    async fn the_hubs_traffic_is_fetched_and_silence_is_reported() {
+        let answering = admin(
+            200,
+            r#"{"hub":"h1","windowSeconds":60,"tenants":[{"tenant":"acme","requestsPerSecond":12.5,"errorsPerSecond":0.5,"p50Ms":3,"p99Ms":40,"bytesInPerSecond":100,"bytesOutPerSecond":2000,"watches":4,"rejectedPerSecond":1}],"clients":[{"tenant":"acme","client":"kubectl/v1.32","source":"10.1.2.3","requestsPerSecond":12.5,"errorsPerSecond":0.5}]}"#,
+            false,
+        )
+        .await;
+        let silent = admin(200, "", true).await;
+        let failing = admin(503, "not ready: no access data", false).await;
+        let hubs = [
+            hub("h1", &answering),
+            hub("h2", &silent),
+            hub("h3", ""),
+            hub("h4", &failing),
+            hub("h5", "https://h5:9090"),
+        ];
+        let timeout = Duration::from_millis(300);
+        let got: BTreeMap<String, HubTraffic> =
+            traffic_of(&hubs, timeout).await.into_iter().collect();
+        match &got["h1"] {
+            HubTraffic::Answered(t) => {
+                assert_eq!((t.hub.as_str(), t.window_seconds), ("h1", 60));
+                assert_eq!(t.tenants[0].watches, 4);
+                assert_eq!(t.tenants[0].requests_per_second, 12.5);
+                assert_eq!(t.clients[0].client, "kubectl/v1.32");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&got["h2"], HubTraffic::Failed(e) if e.contains("no answer") && e.contains("300 ms")),
+            "{:?}",
+            got["h2"]
+        );
+        assert!(matches!(&got["h3"], HubTraffic::NoAdmin), "{:?}", got["h3"]);
+        assert!(
+            matches!(&got["h4"], HubTraffic::Failed(e) if e.contains("503")),
+            "{:?}",
+            got["h4"]
+        );
+        assert!(
+            matches!(&got["h5"], HubTraffic::Failed(e) if e.contains("http://")),
+            "{:?}",
+            got["h5"]
+        );
+        let ready = readiness_of(&hubs, timeout).await;
+        assert_eq!(ready["h1"], Some(Ok("ready".to_owned())));
+        assert!(matches!(&ready["h4"], Some(Err(e)) if e.contains("no access data")));
+        assert!(matches!(&ready["h2"], Some(Err(_))));
+        assert_eq!(ready["h3"], None);
+    }
 }
