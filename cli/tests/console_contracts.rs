@@ -2,7 +2,8 @@
 //! end: a ban made in the console takes effect on two hubs within a second and lifting it in
 //! the console lifts it (contract 1: `/v1/bans`, the hubs' enforcement); draining a hub and
 //! moving a cluster from the console (contract 5: `/v1/registry/hubs/{id}/drain`,
-//! `/v1/registry/pins/{cluster}`).
+//! `/v1/registry/pins/{cluster}`); the Traffic page showing what the hubs served (contract 3:
+//! each hub's `admin` in its registration, its `/traffic`).
 //!
 //! **Not compiled until those parts are merged**: enable with
 //! `cargo test -p kubehub-cli --features console-contracts --test console_contracts`, then
@@ -322,5 +323,43 @@ async fn hubs_are_drained_and_clusters_moved_from_the_console() {
         .await;
     b.screenshot("cluster-moved").await;
     let _ = &s.meta;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traffic_page_shows_what_every_hub_served() {
+    let s = System::start().await;
+    let hubs = [s.hub("hub-a").await, s.hub("hub-b").await];
+    let _agent = s.agent().await;
+    let token = s.alice_token().await;
+    for h in &hubs {
+        wait(SOON, "alice is served on every hub", || {
+            get(h, &token, CONFIGMAPS).0 == 200
+        })
+        .await;
+        for _ in 0..20 {
+            assert_eq!(get(h, &token, CONFIGMAPS).0, 200);
+        }
+    }
+    let b = s.console("console-traffic").await;
+    b.client
+        .goto(&format!("{}/console/traffic", s.meta_url))
+        .await
+        .unwrap();
+    let asked = b
+        .wait_text("#traffic-hubs", SOON, |t| {
+            t.matches("answered").count() == 2
+        })
+        .await;
+    assert!(
+        asked.contains("hub-a") && asked.contains("hub-b"),
+        "{asked}"
+    );
+    b.wait_for("#traffic-tenants tr[data-tenant=t]", SOON).await;
+    let clients = b
+        .wait_text("#traffic-clients", SOON, |t| t.contains("curl"))
+        .await;
+    assert!(clients.contains("127.0.0.1"), "{clients}");
+    b.screenshot("traffic-served").await;
     b.close().await;
 }
