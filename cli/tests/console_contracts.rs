@@ -172,6 +172,21 @@ impl System {
         kubehub_testkit::kubeconfig_token(v["kubeconfig"].as_str().unwrap())
     }
 
+    /// The system with two hubs and the agent, and alice's token, served on both hubs.
+    async fn served() -> (System, [Hub; 2], Agent, String) {
+        let s = System::start().await;
+        let hubs = [s.hub("hub-a").await, s.hub("hub-b").await];
+        let agent = s.agent().await;
+        let token = s.alice_token().await;
+        for h in &hubs {
+            wait(SOON, "alice is served on every hub", || {
+                get(h, &token, CONFIGMAPS).0 == 200
+            })
+            .await;
+        }
+        (s, hubs, agent, token)
+    }
+
     /// Signs in to the console.
     async fn console(&self, name: &str) -> Browser {
         let b = Browser::start(name).await;
@@ -216,16 +231,7 @@ fn get(hub: &Hub, token: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_made_in_the_console_takes_effect_on_every_hub() {
-    let s = System::start().await;
-    let hubs = [s.hub("hub-a").await, s.hub("hub-b").await];
-    let _agent = s.agent().await;
-    let token = s.alice_token().await;
-    for h in &hubs {
-        wait(SOON, "alice is served on every hub", || {
-            get(h, &token, CONFIGMAPS).0 == 200
-        })
-        .await;
-    }
+    let (s, hubs, _agent, token) = System::served().await;
 
     // Ban alice in the console.
     let b = s.console("console-bans").await;
@@ -328,15 +334,8 @@ async fn hubs_are_drained_and_clusters_moved_from_the_console() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_traffic_page_shows_what_every_hub_served() {
-    let s = System::start().await;
-    let hubs = [s.hub("hub-a").await, s.hub("hub-b").await];
-    let _agent = s.agent().await;
-    let token = s.alice_token().await;
+    let (s, hubs, _agent, token) = System::served().await;
     for h in &hubs {
-        wait(SOON, "alice is served on every hub", || {
-            get(h, &token, CONFIGMAPS).0 == 200
-        })
-        .await;
         for _ in 0..20 {
             assert_eq!(get(h, &token, CONFIGMAPS).0, 200);
         }
