@@ -184,13 +184,20 @@ impl Browser {
         e.send_keys(text).await.unwrap();
     }
 
-    /// Clicks `css`.
+    /// Clicks `css` (found again if a live update replaced it under the click).
     pub async fn click(&self, css: &str) {
-        self.wait_for(css, Duration::from_secs(5))
-            .await
-            .click()
-            .await
-            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = self.wait_for(css, Duration::from_secs(5)).await;
+            match e.click().await {
+                Ok(_) => return,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("clicking {css:?}: {err}"),
+            }
+        }
     }
 
     /// Ends the session and chromedriver.
