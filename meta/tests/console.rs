@@ -153,6 +153,12 @@ async fn an_operator_watches_and_acts_in_the_console() {
     }
     b.wait_for("form#move", SOON).await;
     b.screenshot("clusters").await;
+    // The filter hides the rows that do not match, and shows them again.
+    let shown = "return !document.querySelector('#cluster-edge-1').hidden;";
+    b.fill("#filter", "no-such-cluster").await;
+    assert_eq!(b.client.execute(shown, vec![]).await.unwrap(), json!(false));
+    b.fill("#filter", "GOLD").await;
+    assert_eq!(b.client.execute(shown, vec![]).await.unwrap(), json!(true));
 
     // Tenants: users, grants, tokens; a tenant created now appears live. Text from the data
     // is shown as text.
@@ -246,5 +252,18 @@ async fn an_operator_watches_and_acts_in_the_console() {
     assert!(said.contains("not signed in"), "{said}");
 
     b.close().await;
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_can_be_turned_off() {
+    let h = Harness::new(Kind::Embedded, "[console]\nenabled = false\n");
+    let m = h.start().await;
+    match m.admin.get("/console/hubs").await {
+        Err(ClientError::Api { code: 404, message }) => {
+            assert!(message.contains("no such API path"), "{message}")
+        }
+        other => panic!("the console answered: {other:?}"),
+    }
     m.stop().await;
 }

@@ -151,6 +151,7 @@ pub fn layout(page: Page, flash: Option<&Flash>, forms: &str, live: &str) -> Str
 <form class=\"inline\" method=\"post\" action=\"/console/logout\">\
 <button type=\"submit\" class=\"quiet\">Log out</button></form></header>\
 <main><h1>{title}</h1>{flash}{forms}\
+<input type=\"search\" id=\"filter\" placeholder=\"Filter rows\" aria-label=\"Filter rows\">\
 <section id=\"live\" data-page=\"{slug}\" data-updates=\"0\">{live}</section></main></body></html>\n",
         title = page.title(),
         slug = page.slug(),

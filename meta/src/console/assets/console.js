@@ -1,6 +1,7 @@
 // The KubeHub console's one script: live updates of the page's data section by server-sent
-// events (GET /console/events?page=<page>), ages of the <time data-ts> elements, and the ban
-// form's fields for the chosen kind. Nothing else; the pages work without it but for the
+// events (GET /console/events?page=<page>), ages of the <time data-ts> elements, the row
+// filter (rows of the live section whose text does not contain it are hidden, also after an
+// update), and the ban form's fields for the chosen kind. Nothing else; the pages work without it but for the
 // live updates.
 (function () {
   "use strict";
@@ -22,6 +23,19 @@
       var t = times[i];
       t.textContent = age(now - Number(t.getAttribute("data-ts")));
       t.title = t.getAttribute("datetime");
+    }
+  }
+
+  function filterRows() {
+    var box = document.getElementById("filter");
+    var section = document.getElementById("live");
+    if (!box || !section) return;
+    var q = box.value.trim().toLowerCase();
+    // Whole tenants where the page groups by tenant, else table rows.
+    var rows = section.querySelectorAll("article");
+    if (rows.length === 0) rows = section.querySelectorAll("tbody tr");
+    for (var i = 0; i < rows.length; i++) {
+      rows[i].hidden = q !== "" && rows[i].textContent.toLowerCase().indexOf(q) < 0;
     }
   }
 
@@ -50,6 +64,7 @@
       section.innerHTML = e.data;
       section.setAttribute("data-updates", String(Number(section.getAttribute("data-updates")) + 1));
       ages(section);
+      filterRows();
     });
     source.onopen = function () {
       status.textContent = "live";
@@ -63,6 +78,8 @@
 
   ages();
   setInterval(ages, 1000);
+  var filter = document.getElementById("filter");
+  if (filter) filter.addEventListener("input", filterRows);
   banForm();
   live();
 })();
