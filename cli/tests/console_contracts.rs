@@ -294,6 +294,7 @@ async fn hubs_are_drained_and_clusters_moved_from_the_console() {
     let b = s.console("console-drain").await;
     b.wait_for("#hub-hub-b", SOON).await;
     b.click("#hub-hub-b button").await;
+    b.client.accept_alert().await.unwrap();
     b.wait_text("#flash", SOON, |t| t.contains("draining"))
         .await;
     let draining = |hubs: &Value| {

@@ -183,7 +183,17 @@ async fn an_operator_watches_and_acts_in_the_console() {
     // Revoking the token in the console revokes it in meta.
     let alice = m.as_token(&alice_token);
     alice.get("/v1/whoami").await.unwrap();
+    // The console asks first: saying no revokes nothing; yes revokes it.
     b.click(&format!("#token-{token_id} button")).await;
+    let asked = b.client.get_alert_text().await.unwrap();
+    assert!(
+        asked.contains(&token_id) && asked.contains("alice"),
+        "{asked}"
+    );
+    b.client.dismiss_alert().await.unwrap();
+    alice.get("/v1/whoami").await.unwrap();
+    b.click(&format!("#token-{token_id} button")).await;
+    b.client.accept_alert().await.unwrap();
     b.wait_text("#flash", SOON, |t| t.contains("revoked")).await;
     match alice.get("/v1/whoami").await {
         Err(ClientError::Api { code: 401, .. }) => {}

@@ -82,8 +82,32 @@ pub fn bytes_rate(x: f64) -> String {
 
 /// A one-button form posting `fields` to `/console/actions/<action>`.
 pub fn button(action: &str, fields: &[(&str, &str)], label: &str, class: &str) -> String {
+    form_button(action, fields, label, class, None)
+}
+
+/// [`button`] for what is hard to undo: the browser asks `question` first.
+pub fn confirm_button(
+    action: &str,
+    fields: &[(&str, &str)],
+    label: &str,
+    class: &str,
+    question: &str,
+) -> String {
+    form_button(action, fields, label, class, Some(question))
+}
+
+fn form_button(
+    action: &str,
+    fields: &[(&str, &str)],
+    label: &str,
+    class: &str,
+    confirm: Option<&str>,
+) -> String {
+    let confirm = confirm
+        .map(|q| format!(" data-confirm=\"{}\"", esc(q)))
+        .unwrap_or_default();
     let mut s = format!(
-        "<form class=\"inline\" method=\"post\" action=\"/console/actions/{}\">",
+        "<form class=\"inline\" method=\"post\" action=\"/console/actions/{}\"{confirm}>",
         esc(action)
     );
     for (k, v) in fields {
@@ -194,6 +218,11 @@ mod tests {
         );
         let b = button("ban", &[("id", "\"><script>")], "<b>", "x\"");
         assert!(!b.contains("<script>") && !b.contains("<b>"), "{b}");
+        let b = confirm_button("drain", &[], "Drain", "", "Drain \"<hub>\"?");
+        assert!(
+            b.contains("data-confirm=\"Drain &quot;&lt;hub&gt;&quot;?\""),
+            "{b}"
+        );
         let page = layout(
             Page::Bans,
             Some(&Flash::Err("<img src=x onerror=alert(1)>".into())),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::data::{ClientTraffic, Data, HubTraffic, TenantTraffic};
-use super::html::{button, bytes_rate, esc, rate, time, time_text};
+use super::html::{button, bytes_rate, confirm_button, esc, rate, time, time_text};
 use super::Page;
 
 /// Top clients shown on the Traffic page.
@@ -103,7 +103,13 @@ async fn hubs(data: &Data, ctx: Ctx<'_>) -> String {
         let action = if draining {
             button("drain", &[("hub", id), ("drain", "false")], "Undrain", "")
         } else {
-            button("drain", &[("hub", id), ("drain", "true")], "Drain", "warn")
+            confirm_button(
+                "drain",
+                &[("hub", id), ("drain", "true")],
+                "Drain",
+                "warn",
+                &format!("Drain hub {id}? Its agents move to other hubs."),
+            )
         };
         let _ = write!(
             out,
@@ -294,7 +300,13 @@ async fn tenants(data: &Data) -> String {
                         time(k.expires)
                     },
                     desc = esc(&k.description),
-                    revoke = button("revoke", &[("id", &k.id)], "Revoke", "danger"),
+                    revoke = confirm_button(
+                        "revoke",
+                        &[("id", &k.id)],
+                        "Revoke",
+                        "danger",
+                        &format!("Revoke token {} of {}? It stops working on every hub.", k.id, k.user),
+                    ),
                 );
             }
             out.push_str("</tbody></table>");

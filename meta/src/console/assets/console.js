@@ -1,7 +1,8 @@
 // The KubeHub console's one script: live updates of the page's data section by server-sent
 // events (GET /console/events?page=<page>), ages of the <time data-ts> elements, the row
 // filter (rows of the live section whose text does not contain it are hidden, also after an
-// update), and the ban form's fields for the chosen kind. Nothing else; the pages work without it but for the
+// update), the question asked before an action that is hard to undo (forms with
+// data-confirm), and the ban form's fields for the chosen kind. Nothing else; the pages work without it but for the
 // live updates.
 (function () {
   "use strict";
@@ -75,6 +76,12 @@
       status.className = "live off";
     };
   }
+
+  // Forms of the live section are replaced by updates: one listener for all of them.
+  document.addEventListener("submit", function (e) {
+    var question = e.target.getAttribute && e.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) e.preventDefault();
+  });
 
   ages();
   setInterval(ages, 1000);
