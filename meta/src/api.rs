@@ -26,6 +26,7 @@
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
 //! | `POST /v1/registry/hubs/{id}/drain`, `GET /v1/registry/drains` | admin | `{"drain": true, "reason": "..."}` drains a live hub (it drains as for a restart and keeps running; agents stop choosing it), `{"drain": false}` lifts it; the drains |
 //! | `PUT/GET/DELETE /v1/registry/pins/{cluster}`, `GET /v1/registry/pins` | admin | `{"hub": "hub-2"}` or `{"hubs": [...]}` (and `reason`) moves the cluster's agent to those hubs (live ones; [`Pin`]); GET without one: 404; the pins |
+//! | `/console/…` | the admin token, by a cookie | the operations console ([`crate::console`]): HTML pages |
 
 use std::collections::HashMap;
 
@@ -146,8 +147,19 @@ impl FromRequestParts<Meta> for Who {
     }
 }
 
-/// The router.
+/// The router: the API, and the operations console under `/console` ([`crate::console`],
+/// unless `console.enabled = false`), which acts through the API's own routes.
 pub fn router(meta: Meta) -> Router {
+    let api = api_router(meta.clone());
+    if meta.cfg.console.enabled {
+        api.clone().merge(crate::console::router(meta, api))
+    } else {
+        api
+    }
+}
+
+/// The API's routes alone.
+fn api_router(meta: Meta) -> Router {
     let limit = meta.cfg.max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -40,6 +40,14 @@
 //! dial_timeout_ms = 5000             # etcd: connecting to an endpoint
 //! request_timeout_ms = 10000         # etcd: each request (not the life of a watch)
 //! watch_history = 10000              # embedded: events kept for feeds that resume
+//!
+//! [console]                          # the operations console, https://<listen>/console/
+//! enabled = true                     # serve it (behind the admin token: see meta/src/console)
+//! refresh_ms = 500                   # how often an open page checks the store for changes
+//!                                    # (a changed page is pushed to the browser at once)
+//! traffic_interval_ms = 2000         # how often the Traffic page asks the hubs again
+//! traffic_timeout_ms = 1000          # each hub's admin `/traffic` must answer within this;
+//!                                    # a hub that does not is shown as not answering
 //! ```
 //!
 //! With `backend = "etcd"` the metaserver keeps no state of its own: run as many replicas as
@@ -145,6 +153,31 @@ impl Default for SyncConfig {
     }
 }
 
+/// The operations console ([`crate::console`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve `/console/`.
+    pub enabled: bool,
+    /// How often an open page checks the store revision, milliseconds.
+    pub refresh_ms: u64,
+    /// How often the Traffic page fetches the hubs' `/traffic` again, milliseconds.
+    pub traffic_interval_ms: u64,
+    /// Timeout of one hub's `/traffic`, milliseconds.
+    pub traffic_timeout_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            refresh_ms: 500,
+            traffic_interval_ms: 2000,
+            traffic_timeout_ms: 1000,
+        }
+    }
+}
+
 /// Everything `meta.toml` says.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +213,9 @@ pub struct MetaConfig {
     /// Storage.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The operations console.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 fn default_names() -> Vec<String> {
@@ -248,6 +284,16 @@ impl MetaConfig {
         if self.sync.heartbeat_ms < 100 {
             return bad("sync.heartbeat_ms must be at least 100");
         }
+        let c = &self.console;
+        if !(50..=60_000).contains(&c.refresh_ms) {
+            return bad("console.refresh_ms must be 50 to 60000");
+        }
+        if !(100..=600_000).contains(&c.traffic_interval_ms) {
+            return bad("console.traffic_interval_ms must be 100 to 600000");
+        }
+        if !(50..=60_000).contains(&c.traffic_timeout_ms) {
+            return bad("console.traffic_timeout_ms must be 50 to 60000");
+        }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
         }
@@ -283,6 +329,21 @@ mod tests {
         assert_eq!(cfg.store, StoreConfig::default());
         assert_eq!(cfg.max_body_bytes, default_body());
         assert_eq!(cfg.server_names, default_names());
+        let (c, d) = (&cfg.console, ConsoleConfig::default());
+        assert_eq!(
+            (
+                c.enabled,
+                c.refresh_ms,
+                c.traffic_interval_ms,
+                c.traffic_timeout_ms
+            ),
+            (
+                d.enabled,
+                d.refresh_ms,
+                d.traffic_interval_ms,
+                d.traffic_timeout_ms
+            )
+        );
     }
 
     #[test]
@@ -300,6 +361,10 @@ mod tests {
             ("[registry]\nttl_s = 1", "registry.ttl_s"),
             ("[registry]\nrefresh_s = 100000", "registry.refresh_s"),
             ("hub_url = \"http://x\"", "hub_url"),
+            (
+                "[console]\ntraffic_timeout_ms = 0",
+                "console.traffic_timeout_ms",
+            ),
             ("colour = 1", "unknown field"),
         ] {
             let err = MetaConfig::parse(&format!("{base}{extra}\n"))

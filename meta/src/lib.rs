@@ -15,12 +15,14 @@
 //! * [`enroll`]: join tokens (one-time, CA-pinned) for agents and hubs.
 //! * [`api`] and [`server`]: the HTTPS JSON API (axum over rustls).
 //! * [`client`]: the API's client, used by `kubehub ctl`.
+//! * [`console`]: the operations console (`/console/`), web pages for an SRE.
 //! * [`config`]: what `meta.toml` may say.
 
 pub mod api;
 pub mod bans;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod error;
 pub mod feed;

@@ -5,12 +5,15 @@
 //! * [`stack`]: a whole KubeHub on loopback: simulator → agent → hub, real TLS, a kubeconfig.
 //! * [`agent`]: a scripted agent that speaks the tunnel protocol by hand (HELLO, pings,
 //!   arbitrary bytes), for tests and measurements that need a misbehaving or minimal agent.
+//! * [`browser`]: headless Chromium driven through chromedriver (WebDriver), with screenshots
+//!   written as test artifacts under the target directory.
 //!
 //! Only tests and the load harness depend on this crate; the product crates never do
 //! (`tests/layout.rs` checks that).
 #![allow(clippy::unwrap_used)] // test helpers: a failed set-up is a failed test
 
 pub mod agent;
+pub mod browser;
 pub mod etcd;
 pub mod kubectl;
 pub mod procs;
