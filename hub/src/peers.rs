@@ -173,14 +173,15 @@ impl Peers {
     }
 
     /// Whether a request should try `hub` after the other holders: in back-off, or past it
-    /// while another request probes it. Past the back-off with no probe out, the caller is
-    /// the probe (`false`, and the next callers get `true`).
-    fn tried_last(&self, hub: &str, now: Instant) -> bool {
+    /// while another request probes it. Past the back-off with no probe out, a request that
+    /// would try it first anyway (`lead`: the first holder the registry names) is the probe
+    /// (`false`, and the next callers get `true`); for any other it stays last.
+    fn tried_last(&self, hub: &str, now: Instant, lead: bool) -> bool {
         let Some(mut e) = self.trouble.get_mut(hub) else {
             return false;
         };
         let t = e.value_mut();
-        if now < t.until || t.probe_until.is_some_and(|p| now < p) {
+        if !lead || now < t.until || t.probe_until.is_some_and(|p| now < p) {
             return true;
         }
         t.probe_until = Some(now + PROBE_GRACE);
@@ -234,6 +235,7 @@ impl Peers {
         }
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        let mut first = true;
         let mut out: Vec<((bool, bool), Holder)> = dir
             .holders(cluster)
             .iter()
@@ -241,8 +243,9 @@ impl Peers {
             .filter_map(|h| dir.hub(h))
             .filter(|h| h.environment == self.environment && !h.agent_endpoint.is_empty())
             .map(|h| {
+                let lead = !h.draining && std::mem::take(&mut first);
                 (
-                    (h.draining, self.tried_last(&h.id, now)),
+                    (h.draining, self.tried_last(&h.id, now, lead)),
                     Holder {
                         hub: h.id.clone(),
                         endpoint: h.agent_endpoint.clone(),
@@ -562,6 +565,25 @@ mod tests {
         assert!(!p.in_backoff("hub-c"));
         assert_eq!(order(), ["hub-c", "hub-d", "hub-b"], "the probe");
         assert_eq!(order(), ["hub-d", "hub-c", "hub-b"], "while it probes");
+        // A request that would not try it first does not take the probe.
+        p.failed("hub-d");
+        p.trouble.get_mut("hub-d").unwrap().until = Instant::now();
+        p.apply(&RegistryLine::Agent {
+            revision: 2,
+            agent: AgentRecord {
+                cluster: "edge-2".into(),
+                hubs: ["hub-c", "hub-d"].map(String::from).to_vec(),
+                ..AgentRecord::default()
+            },
+        });
+        let order2 = || -> Vec<String> { p.holders("edge-2").into_iter().map(|h| h.hub).collect() };
+        assert_eq!(
+            order2(),
+            ["hub-c", "hub-d"],
+            "hub-d stays last: no probe for edge-2"
+        );
+        assert_eq!(p.trouble.get("hub-d").unwrap().probe_until, None);
+        p.succeeded("hub-d");
         // A failed probe: a longer back-off, no probe out.
         p.failed("hub-c");
         assert!(p.in_backoff("hub-c"));
