@@ -52,6 +52,7 @@
 
 pub mod build;
 pub mod index;
+pub mod limits;
 pub mod model;
 pub mod policy;
 pub mod registry;

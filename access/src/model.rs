@@ -30,6 +30,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::limits::Limit;
+
 /// The group every user of a tenant is in, followed by the tenant's name: the edge sees the
 /// user of tenant `acme` in group `kubehub:tenant:acme`.
 pub const TENANT_GROUP_PREFIX: &str = "kubehub:tenant:";
@@ -346,6 +348,8 @@ pub enum Record {
     Grant(Grant),
     /// A token.
     Token(TokenRecord),
+    /// Traffic limits of a tenant or of one of its users.
+    Limit(Limit),
 }
 
 /// A record's key, parsed: `tenants/<name>`, `users/<name>`, `clusters/<id>`,
@@ -367,6 +371,13 @@ pub enum Key<'a> {
     },
     /// `tokens/<id>`.
     Token(&'a str),
+    /// `limits/<tenant>` (`user: None`) or `limits/<tenant>/<user>`.
+    Limit {
+        /// The tenant.
+        tenant: &'a str,
+        /// The user, for a per-user override.
+        user: Option<&'a str>,
+    },
 }
 
 impl<'a> Key<'a> {
@@ -380,6 +391,16 @@ impl<'a> Key<'a> {
             "users" => part(rest).map(Key::User),
             "clusters" => part(rest).map(Key::Cluster),
             "tokens" => part(rest).map(Key::Token),
+            "limits" => match rest.split_once('/') {
+                None => part(rest).map(|t| Key::Limit {
+                    tenant: t,
+                    user: None,
+                }),
+                Some((t, u)) => part(t).zip(part(u)).map(|(t, u)| Key::Limit {
+                    tenant: t,
+                    user: Some(u),
+                }),
+            },
             "grants" => rest.split_once('/').and_then(|(t, n)| {
                 Some(Key::Grant {
                     tenant: part(t)?,
@@ -400,6 +421,11 @@ impl fmt::Display for Key<'_> {
             Key::Cluster(n) => write!(f, "clusters/{n}"),
             Key::Grant { tenant, name } => write!(f, "grants/{tenant}/{name}"),
             Key::Token(n) => write!(f, "tokens/{n}"),
+            Key::Limit { tenant, user: None } => write!(f, "limits/{tenant}"),
+            Key::Limit {
+                tenant,
+                user: Some(u),
+            } => write!(f, "limits/{tenant}/{u}"),
         }
     }
 }
@@ -408,7 +434,7 @@ impl fmt::Display for Key<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a record key (tenants/<name>, users/<name>, clusters/<id>, \
-     grants/<tenant>/<name> or tokens/<id>)"
+     grants/<tenant>/<name>, tokens/<id>, limits/<tenant> or limits/<tenant>/<user>)"
 )]
 pub struct KeyError(pub String);
 
@@ -458,6 +484,7 @@ impl Record {
             }
             .to_string(),
             Record::Token(t) => Key::Token(&t.id).to_string(),
+            Record::Limit(l) => l.key().to_string(),
         }
     }
 
@@ -490,6 +517,7 @@ impl Record {
             Record::Cluster(c) => c.validate(),
             Record::Grant(g) => g.validate(),
             Record::Token(t) => t.validate(),
+            Record::Limit(l) => l.validate(),
         }
     }
 }
@@ -628,7 +656,7 @@ fn check_dns_subdomain(v: &str) -> Check {
     }
 }
 
-fn check_user_name(v: &str) -> Check {
+pub(crate) fn check_user_name(v: &str) -> Check {
     required_within(v, 253)?;
     let b = v.as_bytes();
     let end = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();

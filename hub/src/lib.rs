@@ -13,6 +13,7 @@
 //! `enroll` is the hub's certificate from the metaserver (join token, renewal).
 
 pub mod access;
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod enroll;

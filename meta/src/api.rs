@@ -22,6 +22,7 @@
 //! | `PUT /v1/registry/agents/{cluster}`, `GET /v1/registry/agents` | that agent (admin) / any caller | agent heartbeats, live agents |
 //! | `GET /v1/registry/watch?revision=N` | admin, hubs | NDJSON [`RegistryLine`](kubehub_access::registry::RegistryLine)s: a snapshot (live hubs, live agents, the canary rule), then every change after it, a heartbeat at least every `sync.heartbeat_ms`; N resumes after revision N ([`crate::feed`]) |
 //! | `PUT/GET/DELETE /v1/canary` | admin | the canary rule ([`CanaryRule`]: `{version, clusterLabels, tenants, percent}`); GET without one: 404 |
+//! | `PUT/GET/DELETE /v1/limits/{tenant}`, `…/{tenant}/{user}`; `GET /v1/limits?tenant=` | admin (GET: tenant admins, their tenant's) | traffic limits ([`Limit`](kubehub_access::model::Limit): `{requestsPerSecond, burst, concurrency, clusterRequestsPerSecond, clusterBurst}`, each optional); PUT answers the stored record, DELETE the cleared one; the list is `{"items": [...]}` |
 
 use std::collections::HashMap;
 
@@ -32,6 +33,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
+use kubehub_access::model::Limit as TrafficLimit;
 use kubehub_access::model::{Cluster, Grant, Record, Tenant, User};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -186,6 +188,17 @@ pub fn router(meta: Meta) -> Router {
         .route(
             "/v1/canary",
             get(get_canary).put(set_canary).delete(clear_canary),
+        )
+        .route("/v1/limits", get(list_limits))
+        .route(
+            "/v1/limits/{tenant}",
+            get(get_limit).put(set_limit).delete(clear_limit),
+        )
+        .route(
+            "/v1/limits/{tenant}/{user}",
+            get(get_user_limit)
+                .put(set_user_limit)
+                .delete(clear_user_limit),
         )
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -561,4 +574,115 @@ async fn register_agent(
 ) -> Result<Json<serde_json::Value>, MetaError> {
     meta.register_agent(&who, &cluster, a).await?;
     Ok(Json(json!({ "ttl": meta.cfg.registry.ttl_s })))
+}
+
+/// `PUT /v1/limits/{tenant}[/{user}]`: the figures (tenant and user come from the path;
+/// if the body names them too, they must agree).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LimitBody {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    requests_per_second: Option<u32>,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
+    cluster_requests_per_second: Option<u32>,
+    #[serde(default)]
+    cluster_burst: Option<u32>,
+}
+
+impl LimitBody {
+    fn into_limit(self, tenant: String, user: Option<String>) -> Result<TrafficLimit, MetaError> {
+        if self.tenant.as_ref().is_some_and(|t| *t != tenant) {
+            return Err(MetaError::Invalid(format!(
+                "tenant: the body says {:?}, the path {tenant:?}",
+                self.tenant.unwrap_or_default()
+            )));
+        }
+        if self.user.as_ref().is_some_and(|u| Some(u) != user.as_ref()) {
+            return Err(MetaError::Invalid(format!(
+                "user: the body says {:?}, the path {:?}",
+                self.user.unwrap_or_default(),
+                user.unwrap_or_default()
+            )));
+        }
+        Ok(TrafficLimit {
+            tenant,
+            user: user.unwrap_or_default(),
+            requests_per_second: self.requests_per_second,
+            burst: self.burst,
+            concurrency: self.concurrency,
+            cluster_requests_per_second: self.cluster_requests_per_second,
+            cluster_burst: self.cluster_burst,
+        })
+    }
+}
+
+async fn list_limits(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let items = meta
+        .limits(&who, q.get("tenant").map(String::as_str))
+        .await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn get_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.limit(&who, &tenant, None).await?))
+}
+
+async fn get_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.limit(&who, &tenant, Some(&user)).await?))
+}
+
+async fn set_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+    JsonBody(b): JsonBody<LimitBody>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    let l = b.into_limit(tenant, None)?;
+    Ok(Json(meta.set_limit(&who, l).await?))
+}
+
+async fn set_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+    JsonBody(b): JsonBody<LimitBody>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    let l = b.into_limit(tenant, Some(user))?;
+    Ok(Json(meta.set_limit(&who, l).await?))
+}
+
+async fn clear_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.clear_limit(&who, &tenant, None).await?))
+}
+
+async fn clear_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.clear_limit(&who, &tenant, Some(&user)).await?))
 }

@@ -17,6 +17,8 @@ use kubehub_pki::Ca;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+mod limits;
+
 use crate::config::MetaConfig;
 use crate::enroll::{self, JoinRecord, JoinToken, Purpose};
 use crate::error::{MetaError, Result};
@@ -696,6 +698,9 @@ impl Meta {
         match &r {
             Record::Tenant(t) => {
                 txn = txn.then(Op::delete(format!("{MARKS}{}", t.name)));
+                for op in self.limits_of(&t.name, None).await? {
+                    txn = txn.then(op);
+                }
                 for kind in ["users", "clusters", "grants"] {
                     let (records, _) = self.records(kind).await?;
                     for (x, _) in records {
@@ -715,6 +720,9 @@ impl Meta {
                             blockers.push(Record::Grant(g.clone()).key());
                         }
                     }
+                }
+                for op in self.limits_of(&u.tenant, Some(&u.name)).await? {
+                    txn = txn.then(op);
                 }
                 // Its tokens go first (they authenticate no one once the user is gone, but
                 // they should not outlive it in the store).
@@ -751,7 +759,7 @@ impl Meta {
             Record::Token(t) => {
                 txn = txn.then(Op::delete(format!("{USER_TOKENS}{}/{}", t.user, t.id)));
             }
-            Record::Grant(_) => {}
+            Record::Grant(_) | Record::Limit(_) => {}
         }
         if !blockers.is_empty() {
             return Err(MetaError::Conflict(format!(
@@ -1267,6 +1275,7 @@ pub fn tenant_of(r: &Record) -> &str {
         Record::Cluster(c) => &c.tenant,
         Record::Grant(g) => &g.tenant,
         Record::Token(t) => &t.tenant,
+        Record::Limit(l) => &l.tenant,
     }
 }
 

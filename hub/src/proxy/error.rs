@@ -86,6 +86,10 @@ pub enum ProxyError {
     /// The client closed its connection, or writing to it failed: nobody to answer.
     #[error("the client went away")]
     ClientGone,
+    /// The admit phase refused it (a limit, or the memory ceiling): before anything left the
+    /// hub, so 429 / 503 with `Retry-After`.
+    #[error("{0}")]
+    Admission(crate::admission::Denied),
 }
 
 impl ProxyError {
@@ -118,6 +122,19 @@ impl ProxyError {
             ProxyError::TooLarge(_) => Status::new(413, "RequestEntityTooLarge", self.to_string()),
             ProxyError::AgentReset { .. } => Status::new(502, "BadGateway", self.to_string()),
             ProxyError::ClientGone => return None,
+            ProxyError::Admission(d) => {
+                let mut s = match d {
+                    crate::admission::Denied::Memory { .. } => {
+                        Status::new(503, "ServiceUnavailable", d.to_string())
+                    }
+                    _ => Status::new(429, "TooManyRequests", d.to_string()),
+                };
+                s.details = Some(Box::new(kubehub_kapi::status::Details {
+                    retry_after_seconds: Some(d.retry_after_secs()),
+                    ..Default::default()
+                }));
+                s
+            }
         };
         Some(s)
     }
@@ -139,6 +156,8 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::AgentReset { .. } => "agent_reset",
             ProxyError::ClientGone => "client_gone",
+            ProxyError::Admission(crate::admission::Denied::Memory { .. }) => "overloaded",
+            ProxyError::Admission(_) => "throttled",
         }
     }
 }
