@@ -512,7 +512,7 @@ pub struct ClusterGate {
 #[derive(Debug, Default)]
 pub struct Memory {
     rss: AtomicU64,
-    limit: u64,
+    limit: AtomicU64,
 }
 
 impl Memory {
@@ -523,16 +523,18 @@ impl Memory {
 
     /// The ceiling (0: off).
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the ceiling (0: off), e.g. for a test or an operator's reload.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Above the ceiling?
     pub fn over(&self) -> Option<Denied> {
-        let rss = self.rss();
-        (self.limit > 0 && rss > self.limit).then_some(Denied::Memory {
-            rss,
-            limit: self.limit,
-        })
+        let (rss, limit) = (self.rss(), self.limit());
+        (limit > 0 && rss > limit).then_some(Denied::Memory { rss, limit })
     }
 
     /// Records a sample.
@@ -583,7 +585,7 @@ impl Admission {
             clusters: DashMap::new(),
             memory: Memory {
                 rss: AtomicU64::new(0),
-                limit: memory_limit_bytes,
+                limit: AtomicU64::new(memory_limit_bytes),
             },
             metrics,
         }
@@ -609,6 +611,10 @@ impl Admission {
                         a.memory.set(rss);
                         a.metrics.admission.resident_memory.set(rss as i64);
                     }
+                    a.metrics
+                        .admission
+                        .memory_limit
+                        .set(a.memory.limit() as i64);
                     drop(a);
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -85,6 +85,8 @@ pub struct Hub {
     pub access: Arc<Access>,
     /// The other hubs: the directory of who holds which cluster, and the peer links.
     pub peers: Arc<crate::peers::Peers>,
+    /// Fair sharing, rate limits and the memory ceiling.
+    pub admission: Arc<crate::admission::Admission>,
     drain: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     /// The metaserver client (ends when the hub is dropped).
@@ -538,6 +540,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         agent_cert,
         access,
         peers,
+        admission,
         drain,
         threads,
         _meta: meta,
