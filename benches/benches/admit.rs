@@ -15,6 +15,8 @@
 //!
 //! `cargo bench -p kubehub-benches --bench admit -- --warm-up-time 1 --measurement-time 3`
 
+#![allow(clippy::unwrap_used)] // a benchmark: a failure is a bug in the setup
+
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
