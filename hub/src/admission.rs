@@ -967,6 +967,13 @@ mod tests {
     use super::*;
     use kubehub_access::model::Limit;
 
+    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
     fn admission(cfg: Fairness) -> Admission {
         Admission::new(cfg, 0, Arc::new(crate::metrics::Metrics::new()))
     }
@@ -1046,11 +1053,7 @@ mod tests {
             ..Fairness::default()
         });
         let l = limits(0, 1, 1);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let Ok(Admit::Now(first)) = a.admit("t", "noisy", 1, Some(&l), 1) else {
                 panic!("the first request takes the seat");
             };
@@ -1111,11 +1114,7 @@ mod tests {
     fn a_queue_timeout_refuses_and_frees_the_place() {
         let a = admission(Fairness::default());
         let l = limits(0, 1, 1);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let Ok(Admit::Now(seat)) = a.admit("t", "u", 1, Some(&l), 1) else {
                 panic!()
             };

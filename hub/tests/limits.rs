@@ -108,6 +108,14 @@ fn two_tenants() -> (Vec<Record>, [String; 4]) {
     (records, [alice, bob, ops, carol])
 }
 
+/// The defaults, with user `ops` exempt (an operator).
+fn with_operator() -> Fairness {
+    Fairness {
+        exempt_users: vec!["ops".into()],
+        ..Fairness::default()
+    }
+}
+
 fn stack(fairness: Fairness, records: Vec<Record>) -> Stack {
     let s = common::start_opts(StackOptions {
         access: Some(records),
@@ -170,13 +178,7 @@ fn pods(cluster: &str) -> String {
 #[test]
 fn a_tenant_over_its_limit_gets_429_while_another_tenant_is_served() {
     let (records, [alice, _bob, ops, carol]) = two_tenants();
-    let s = stack(
-        Fairness {
-            exempt_users: vec!["ops".into()],
-            ..Fairness::default()
-        },
-        records,
-    );
+    let s = stack(with_operator(), records);
     let _b = second_agent(&s);
     // B alone first: its baseline latency.
     let baseline = s.rt.block_on(async {
@@ -427,13 +429,7 @@ fn the_per_cluster_forward_limit_protects_the_edge() {
 #[test]
 fn above_the_memory_ceiling_new_connections_are_refused_and_open_ones_served() {
     let (records, [alice, _, ops, _]) = two_tenants();
-    let s = stack(
-        Fairness {
-            exempt_users: vec!["ops".into()],
-            ..Fairness::default()
-        },
-        records,
-    );
+    let s = stack(with_operator(), records);
     let rss = s.hub.admission.memory.rss();
     assert!(rss > 0, "the hub samples its resident memory");
     s.rt.block_on(async {
@@ -462,22 +458,7 @@ fn above_the_memory_ceiling_new_connections_are_refused_and_open_ones_served() {
         let started = Instant::now();
         let mut refused = 0;
         for _ in 0..flood {
-            let tcp = tokio::net::TcpStream::connect(s.hub.user_addr)
-                .await
-                .unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(kubehub_pki::parse_certs(&s.ca.cert_pem()).unwrap());
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await;
-            refused += usize::from(tls.is_err());
+            refused += usize::from(s.try_user_connection(None).await.is_err());
         }
         let flood_time = started.elapsed();
         // Meanwhile: the operator's open connection is served, alice's gets 503.

@@ -10,7 +10,8 @@
 //!   hub holding the tunnel applies only the per-cluster forward limits.
 //! * **Weight** (hub.toml `weights`): `list` and `deletecollection` weigh `list`; `watch`
 //!   `watch`; writes `write`; `pods/exec|attach|portforward` `exec`; the rest `get`.
-//! * **Long-running** requests (watches, exec / attach / port-forward) hold their seats only
+//! * **Long-running** requests (watches, logs, proxies, exec / attach / port-forward; as
+//!   kube-apiserver's long-running check) hold their seats only
 //!   until they are handed to their backend (the cache, or the tunnel stream opened), not
 //!   for their whole life; a watch's weight is the cost of its start.
 //! * Refusals: an empty bucket, a full queue or a wait beyond `queue_timeout_ms` → **429**
@@ -35,6 +36,11 @@ pub fn weight(w: &Weights, info: &RequestInfo<'_>, upgrade: bool) -> (u32, bool)
         || matches!(info.subresource, "exec" | "attach" | "portforward") && info.resource == "pods"
     {
         return (w.exec, true);
+    }
+    // kube-apiserver's long-running requests besides watches: logs (`-f` streams for as long
+    // as the container runs) and proxies.
+    if matches!(info.subresource, "log" | "proxy") || info.verb == Verb::Proxy {
+        return (w.get, true);
     }
     match info.verb {
         Verb::List | Verb::DeleteCollection => (w.list, false),
@@ -125,7 +131,8 @@ mod tests {
     fn weights_follow_the_verb() {
         let w = Weights::default();
         let of = |path: &str, method: &str| {
-            let info = kubehub_kapi::request_info::request_info(method, path, "").unwrap();
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            let info = kubehub_kapi::request_info::request_info(method, path, query).unwrap();
             weight(&w, &info, false)
         };
         assert_eq!(of("/api/v1/pods", "GET"), (4, false));
@@ -133,5 +140,7 @@ mod tests {
         assert_eq!(of("/api/v1/namespaces/a/pods", "POST"), (1, false));
         assert_eq!(of("/api/v1/namespaces/a/pods/x/exec", "POST"), (4, true));
         assert_eq!(of("/version", "GET"), (1, false));
+        assert_eq!(of("/api/v1/namespaces/a/pods/x/log", "GET"), (1, true));
+        assert_eq!(of("/api/v1/namespaces/a/pods?watch=1", "GET"), (2, true));
     }
 }

@@ -195,6 +195,32 @@ mod tests {
     }
 
     #[test]
+    fn admission_refusals_are_429_or_503_with_retry_after() {
+        use crate::admission::Denied;
+        let rate = ProxyError::Admission(Denied::Rate {
+            whose: "tenant \"acme\"".into(),
+            reason: "tenant_rate",
+            rate: 50,
+            burst: 100,
+            retry_after: Duration::from_millis(2300),
+        })
+        .status(Reached::Hub)
+        .unwrap();
+        assert_eq!((rate.code, rate.reason), (429, "TooManyRequests"));
+        assert!(rate
+            .message
+            .contains("tenant \"acme\" is over its rate limit of 50"));
+        assert_eq!(rate.details.as_ref().unwrap().retry_after_seconds, Some(3));
+        let head = crate::http::status_response(&rate, true, true);
+        assert!(String::from_utf8_lossy(&head).contains("Retry-After: 3\r\n"));
+        let memory = ProxyError::Admission(Denied::Memory { rss: 2, limit: 1 })
+            .status(Reached::Hub)
+            .unwrap();
+        assert_eq!((memory.code, memory.reason), (503, "ServiceUnavailable"));
+        assert!(memory.message.contains("over its memory ceiling"));
+    }
+
+    #[test]
     fn answers_are_kubernetes_statuses() {
         let unauthorized = ProxyError::Unauthorized(kubehub_access::AuthnError::Unknown)
             .status(Reached::Hub)

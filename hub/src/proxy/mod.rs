@@ -396,6 +396,10 @@ async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
     // A cluster whose tunnel another hub holds: the request goes there whole.
     if conn.via_peer.is_none() {
         if let Some(holders) = route::peer(&ctx.registry, &ctx.peers, &target.cluster) {
+            if long_running {
+                // Relayed whole: a watch's or a session's seat is not held for its life.
+                drop(seat.take());
+            }
             return peer::relay(ctx, &head, conn, out, &target.cluster, holders).await;
         }
     }
