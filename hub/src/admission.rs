@@ -414,7 +414,8 @@ impl Drop for Seat {
     }
 }
 
-/// A request that waits for seats: [`Waiting::wait`].
+/// A request that waits for seats: [`Waiting::wait`]. Dropped without waiting (its request
+/// went away), it leaves its queue, or gives back the seats handed to it meanwhile.
 #[derive(Debug)]
 pub struct Waiting {
     class: Arc<TenantClass>,
@@ -422,6 +423,8 @@ pub struct Waiting {
     id: u64,
     weight: u32,
     rx: oneshot::Receiver<()>,
+    /// It got its seats (now a [`Seat`]'s) or was refused: nothing left to undo.
+    settled: bool,
 }
 
 impl Waiting {
@@ -432,15 +435,26 @@ impl Waiting {
             monoio::time::timeout(timeout, &mut self.rx).await,
             Ok(Ok(()))
         );
-        let seat = Seat {
-            class: self.class.clone(),
-            weight: self.weight,
-        };
-        if got {
-            self.class.waited.inc();
-            return Ok(seat);
-        }
         // Timed out: leave the queue, unless the seats were handed over meanwhile.
+        if got || self.leave() {
+            self.settled = true;
+            self.class.waited.inc();
+            return Ok(Seat {
+                class: self.class.clone(),
+                weight: self.weight,
+            });
+        }
+        self.settled = true;
+        Err(Denied::QueueTimeout {
+            tenant: self.class.name.clone(),
+            seats: self.class.seats.load(Ordering::Relaxed),
+            waited: started.elapsed(),
+        })
+    }
+
+    /// Takes the request out of its queue; `true` when it was no longer there because its
+    /// seats had been handed over (dispatching pops and sends under the lock taken here).
+    fn leave(&mut self) -> bool {
         let removed = {
             let mut q = self.class.lock();
             let queue = &mut q.queues[self.queue];
@@ -453,16 +467,15 @@ impl Waiting {
                 None => false,
             }
         };
-        if !removed && self.rx.try_recv().is_ok() {
-            self.class.waited.inc();
-            return Ok(seat);
+        !removed && self.rx.try_recv().is_ok()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.settled && self.leave() {
+            self.class.release(self.weight);
         }
-        std::mem::forget(seat);
-        Err(Denied::QueueTimeout {
-            tenant: self.class.name.clone(),
-            seats: self.class.seats.load(Ordering::Relaxed),
-            waited: started.elapsed(),
-        })
     }
 }
 
@@ -827,6 +840,7 @@ impl Admission {
             id,
             weight,
             rx,
+            settled: false,
         }))
     }
 
@@ -1088,10 +1102,11 @@ mod tests {
                     .iter_mut()
                     .position(|w| w.rx.try_recv_ok())
                     .expect("someone has the seat");
-                let w = noisy.remove(i);
+                let mut w = noisy.remove(i);
                 served_before += 1;
+                // It ran and is done.
+                w.settled = true;
                 a.tenant("t").unwrap().release(w.weight);
-                std::mem::forget(w);
             }
             assert!(
                 served_before <= 8,
@@ -1140,6 +1155,30 @@ mod tests {
             drop(s);
             assert_eq!(class.in_use(), 0);
         });
+    }
+
+    #[test]
+    fn a_waiter_that_goes_away_loses_no_seat() {
+        let a = admission(Fairness::default());
+        let l = limits(0, 1, 1);
+        let class = || a.tenant("t").unwrap();
+        let Ok(Admit::Now(seat)) = a.admit("t", "u", 1, Some(&l), 1) else {
+            panic!()
+        };
+        // Gone while queued: it leaves its queue.
+        let Ok(Admit::Queued(w)) = a.admit("t", "u", 1, Some(&l), 1) else {
+            panic!()
+        };
+        drop(w);
+        assert_eq!(class().waiting.load(Ordering::SeqCst), 0);
+        // Gone after the seat was handed to it: the seat comes back.
+        let Ok(Admit::Queued(w)) = a.admit("t", "u", 1, Some(&l), 1) else {
+            panic!()
+        };
+        drop(seat);
+        assert_eq!(class().in_use(), 1, "handed over to the waiter");
+        drop(w);
+        assert_eq!(class().in_use(), 0, "given back");
     }
 
     #[test]
