@@ -5,6 +5,9 @@
 //!
 //! * [`model`]: the records ([`Tenant`], [`User`], [`Cluster`], [`Grant`], [`TokenRecord`],
 //!   summed up as [`Record`] with its key), their JSON, and their validation.
+//! * [`limits`]: [`model::Limit`], the traffic limits of a tenant or one of its users
+//!   (`limits/<tenant>[/<user>]`), carried to hubs like the other records and kept by the
+//!   [`Index`] per tenant ([`Index::limits`]) for the hub's `admit` phase.
 //! * [`token`]: bearer tokens `khT.<id>.<secret>`; only their SHA-256 is stored.
 //! * [`sync`]: the change feed from the metaserver to the hubs ([`Line`]: snapshot, put,
 //!   delete, heartbeat; one JSON object a line).

@@ -152,6 +152,84 @@ mod tests {
     }
 
     #[test]
+    fn the_index_keeps_limits_by_tenant_and_says_when_they_change() {
+        use crate::{Index, Line};
+        let index = Index::new();
+        let rec = |user: &str, rps: u32| {
+            Record::Limit(Limit {
+                tenant: "acme".into(),
+                user: user.into(),
+                requests_per_second: Some(rps),
+                ..Limit::default()
+            })
+        };
+        assert!(index.limits("acme").is_none());
+        let g0 = index.limits_generation();
+        index
+            .apply(&Line::Snapshot {
+                revision: 1,
+                records: vec![rec("", 10), rec("bob", 2)],
+            })
+            .unwrap();
+        let l = index.limits("acme").unwrap();
+        assert_eq!(l.tenant.as_ref().unwrap().requests_per_second, Some(10));
+        assert_eq!(l.users["bob"].requests_per_second, Some(2));
+        let g1 = index.limits_generation();
+        assert_ne!(g0, g1);
+        index
+            .apply(&Line::Put {
+                revision: 2,
+                record: rec("", 20),
+            })
+            .unwrap();
+        assert_eq!(
+            index
+                .limits("acme")
+                .unwrap()
+                .tenant
+                .as_ref()
+                .unwrap()
+                .requests_per_second,
+            Some(20)
+        );
+        assert_ne!(index.limits_generation(), g1);
+        for (rev, key) in [(3, "limits/acme"), (4, "limits/acme/bob")] {
+            index
+                .apply(&Line::Delete {
+                    revision: rev,
+                    key: key.into(),
+                })
+                .unwrap();
+        }
+        assert!(
+            index.limits("acme").is_none(),
+            "nothing left for the tenant"
+        );
+        // A record that does not validate is refused and removes what was there.
+        index
+            .apply(&Line::Put {
+                revision: 5,
+                record: rec("", 1),
+            })
+            .unwrap();
+        let bad = Record::Limit(Limit {
+            tenant: "acme".into(),
+            burst: Some(0),
+            ..Limit::default()
+        });
+        assert!(index
+            .apply(&Line::Put {
+                revision: 6,
+                record: bad,
+            })
+            .is_err());
+        assert!(
+            index.limits("acme").is_none(),
+            "failing closed: the hub's defaults"
+        );
+    }
+
+    #[test]
     fn invalid_records_name_the_field() {
         let bad = |l: Limit| l.validate().unwrap_err().field;
         let base = Limit {
