@@ -778,7 +778,11 @@ impl Admission {
     ) -> Result<Admit, Denied> {
         let class = self.tenant_class(tenant);
         self.configure_tenant(&class, limits, generation);
-        let user_class = self.user_class(&class, user, limits, generation);
+        // A user's own bucket matters only when the tenant has a rate or the user a record:
+        // without either (the default), no lookup.
+        let user_class = (class.bucket.rate.load(Ordering::Relaxed) != 0
+            || limits.is_some_and(|l| l.users.contains_key(user)))
+        .then(|| self.user_class(&class, user, limits, generation));
         let now = self.now();
         let refused = |d: Denied| {
             self.metrics
@@ -791,15 +795,19 @@ impl Admission {
                 .inc();
             d
         };
-        let user_cost = user_class.bucket.take(now, weight).map_err(|retry| {
-            refused(
-                user_class
-                    .bucket
-                    .denied(format!("user {user:?}"), "user_rate", retry),
-            )
-        })?;
+        let user_cost = match &user_class {
+            Some(u) => u.bucket.take(now, weight).map_err(|retry| {
+                refused(
+                    u.bucket
+                        .denied(format!("user {user:?}"), "user_rate", retry),
+                )
+            })?,
+            None => 0,
+        };
         if let Err(retry) = class.bucket.take(now, weight) {
-            user_class.bucket.refund(user_cost);
+            if let Some(u) = &user_class {
+                u.bucket.refund(user_cost);
+            }
             return Err(refused(class.bucket.denied(
                 format!("tenant {tenant:?}"),
                 "tenant_rate",
