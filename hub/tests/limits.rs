@@ -281,17 +281,17 @@ fn a_tenant_over_its_limit_gets_429_while_another_tenant_is_served() {
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
-/// Tenant A has 2 seats and short queues (4 requests each). Alice keeps 48 lists in flight
-/// (each takes the tenant's 2 seats), far more than her hand of 8 queues holds, so she is
-/// refused a lot; bob, of the same tenant, sends one request at a time and is never refused:
-/// his hand has queues she does not fill, and freed seats go to the queues in turn.
-#[test]
-fn a_noisy_user_cannot_starve_another_user_of_its_tenant() {
+/// Alice keeps 48 lists in flight (each takes tenant A's 2 seats) while bob, of the same
+/// tenant, sends 40 requests one at a time; queues hold 4 requests each. Returns alice's
+/// (served, refused), bob's answers, and the hub's metrics.
+fn noisy_and_quiet(queues: u32, hand_size: u32) -> ((u32, u32), Vec<Answer>, String) {
     let (records, [alice, bob, _, _]) = two_tenants();
     let s = stack(
         Fairness {
             concurrency: 2,
             queue_length: 4,
+            queues,
+            hand_size,
             queue_timeout_ms: 10_000,
             ..Fairness::default()
         },
@@ -335,20 +335,33 @@ fn a_noisy_user_cannot_starve_another_user_of_its_tenant() {
     let bob_ok = quiet.iter().filter(|a| a.status == 200).count();
     let bob_mean = quiet.iter().map(|a| a.took).sum::<Duration>() / 40;
     println!(
-        "alice (48 lists in flight): {} served, {} refused; bob (one at a time): {bob_ok}/40 \
-         served, mean latency {bob_mean:?}",
+        "{queues} queue(s), hand {hand_size}: alice (48 lists in flight): {} served, {} refused; \
+         bob (one at a time): {bob_ok}/40 served, mean latency {bob_mean:?}",
         noisy.0, noisy.1
     );
+    (noisy, quiet, s.curl_admin("/metrics"))
+}
+
+/// With shuffle sharding (64 queues, hands of 8) alice overflows her own queues and is refused
+/// a lot; bob is never refused: his hand has queues she does not fill, and freed seats go to
+/// the queues in turn. The same flood with one queue for the tenant (what fairness prevents):
+/// bob is refused too.
+#[test]
+fn a_noisy_user_cannot_starve_another_user_of_its_tenant() {
+    let (noisy, quiet, metrics) = noisy_and_quiet(64, 8);
     assert!(noisy.1 > 0, "alice's flood overflowed her queues");
     for a in &quiet {
         assert_eq!(a.status, 200, "bob was refused: {}", a.body);
     }
-    let metrics = s.curl_admin("/metrics");
     assert!(
         metrics.contains(r#"kubehub_hub_rejected_total{tenant="tenant-a",reason="queue_full"}"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"kubehub_hub_admission_waits_total{tenant="tenant-a"}"#));
+    // The contrast: one queue, shared.
+    let (_, quiet, _) = noisy_and_quiet(1, 1);
+    let refused = quiet.iter().filter(|a| a.status == 429).count();
+    assert!(refused > 0, "with a single queue alice's flood starves bob");
 }
 
 /// The per-cluster forward limit: 1 forwarded request/s (burst 3) to the stack's cluster.
