@@ -556,12 +556,13 @@ impl Memory {
     }
 }
 
-/// The process's resident set, from `/proc/self/statm` (pages × the page size from
-/// `/proc/self/smaps`' unit, 4 KiB on the platforms the hub runs on).
+/// The process's resident set, bytes: `VmRSS` of `/proc/self/status` (in kB there, whatever
+/// the page size).
 pub fn sample_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The admission state of the hub. See the [module](self) documentation.
@@ -1011,6 +1012,12 @@ mod tests {
             }),
             users: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_resident_memory_is_read() {
+        let rss = sample_rss().unwrap();
+        assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
     }
 
     #[test]
