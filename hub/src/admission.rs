@@ -786,14 +786,7 @@ impl Admission {
         .then(|| self.user_class(&class, user, limits, generation));
         let now = self.now();
         let refused = |d: Denied| {
-            self.metrics
-                .admission
-                .rejected
-                .get_or_create(&RejectLabel {
-                    tenant: tenant.to_owned(),
-                    reason: d.reason(),
-                })
-                .inc();
+            self.count_refusal(tenant, &d);
             d
         };
         let user_cost = match &user_class {
@@ -853,8 +846,7 @@ impl Admission {
         }))
     }
 
-    /// Counts a refusal that happened outside [`Admission::admit`] (a timeout in a queue, the
-    /// memory ceiling).
+    /// Counts a refusal (`kubehub_hub_rejected_total{tenant,reason}`).
     pub fn count_refusal(&self, tenant: &str, d: &Denied) {
         self.metrics
             .admission

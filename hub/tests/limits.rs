@@ -47,7 +47,12 @@ impl Answer {
 
 /// An HTTP/1.1 keep-alive connection to the hub's user listener.
 async fn connect(s: &Stack) -> SendRequest<Full<Bytes>> {
-    let tls = s.user_connection().await;
+    connect_to(s, s.hub.user_addr).await
+}
+
+/// An HTTP/1.1 keep-alive connection to a hub's user listener.
+async fn connect_to(s: &Stack, addr: std::net::SocketAddr) -> SendRequest<Full<Bytes>> {
+    let tls = s.try_connection_to(addr, None).await.unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -742,4 +747,46 @@ fn limits_set_in_meta_reach_the_hub() {
     std::thread::sleep(Duration::from_millis(1100));
     assert!(statuses(10).iter().all(|&s| s == 503));
     assert!(call("GET", "/v1/limits/t", json!({})).is_err());
+}
+
+/// A request another hub relays over a peer link is admitted once, by the hub the user
+/// reached: the holder of the tunnel (here with a tight default, 1 request/s, burst 1, no
+/// user buckets) does not admit it again. Straight to the holder, the same requests are
+/// refused beyond its burst.
+#[test]
+fn a_relayed_request_is_admitted_by_the_hub_the_user_reached() {
+    let (records, [alice, _, _, _]) = two_tenants();
+    let s = stack(
+        Fairness {
+            requests_per_second: 1,
+            burst: 1,
+            user_share: 1.0,
+            ..Fairness::default()
+        },
+        records,
+    );
+    let (other, _) = s.peer_hub("hub-c", Limits::default());
+    let count = |addr| {
+        s.rt.block_on(async {
+            let mut c = connect_to(&s, addr).await;
+            let mut ok = 0;
+            for _ in 0..20 {
+                ok += usize::from(get(&mut c, &alice, &pods(CLUSTER)).await.status == 200);
+            }
+            ok
+        })
+    };
+    let via_peer = count(other.user_addr);
+    let direct = count(s.hub.user_addr);
+    println!("through the other hub: {via_peer}/20 served; straight to the holder: {direct}/20");
+    assert_eq!(
+        via_peer, 20,
+        "the holder does not limit what another hub admitted"
+    );
+    assert!(direct <= 3, "the holder's own limit: {direct}");
+    assert_eq!(
+        other.peers.links(),
+        ["hub-test"],
+        "relayed over a peer link"
+    );
 }

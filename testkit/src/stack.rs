@@ -548,6 +548,16 @@ impl Stack {
         &self,
         recv_buffer: Option<u32>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.try_connection_to(self.hub.user_addr, recv_buffer)
+            .await
+    }
+
+    /// A TLS connection to the user listener at `addr` (another hub of the stack's CA).
+    pub async fn try_connection_to(
+        &self,
+        addr: std::net::SocketAddr,
+        recv_buffer: Option<u32>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(kubehub_pki::parse_certs(&self.ca.cert_pem()).unwrap());
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -561,7 +571,7 @@ impl Stack {
         if let Some(n) = recv_buffer {
             sock.set_recv_buffer_size(n).unwrap();
         }
-        let tcp = sock.connect(self.hub.user_addr).await?;
+        let tcp = sock.connect(addr).await?;
         tcp.set_nodelay(true)?;
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect("localhost".try_into().unwrap(), tcp)
