@@ -85,6 +85,10 @@ pub struct AdmissionMetrics {
     pub waited: Family<TenantLabel, Counter>,
     /// Requests refused, by tenant and reason.
     pub rejected: Family<RejectLabel, Counter>,
+    /// Seats in use, by tenant.
+    pub seats_in_use: Family<TenantLabel, Gauge>,
+    /// Requests waiting in the queues, by tenant.
+    pub queued: Family<TenantLabel, Gauge>,
     /// Requests admitted without limits because their user is exempt.
     pub exempt: Counter,
     /// User connections closed at accept above the memory ceiling.
@@ -112,6 +116,16 @@ impl AdmissionMetrics {
             "rejected",
             "Requests refused by the admit phase (429 or 503), by tenant and reason",
             self.rejected.clone(),
+        );
+        registry.register(
+            "admission_seats_in_use",
+            "Seats (request weight in flight) a tenant holds on this hub",
+            self.seats_in_use.clone(),
+        );
+        registry.register(
+            "admission_queued",
+            "Requests waiting in a tenant's queues on this hub",
+            self.queued.clone(),
         );
         registry.register(
             "admission_exempt",
@@ -323,8 +337,10 @@ pub struct TenantClass {
     generation: AtomicU64,
     bucket: Bucket,
     seats: AtomicU32,
-    in_use: AtomicU32,
-    waiting: AtomicU32,
+    /// Seats in use (`kubehub_hub_admission_seats_in_use{tenant}`: the gauge is the counter).
+    in_use: Gauge,
+    /// Requests in the queues (`kubehub_hub_admission_queued{tenant}`).
+    waiting: Gauge,
     queues: Mutex<Queues>,
     /// The tenant's record's per-cluster bucket (rate, burst), `u32::MAX`: the default.
     cluster_rate: AtomicU32,
@@ -340,11 +356,15 @@ impl TenantClass {
 
     /// Takes `weight` seats without queueing, if free and nobody waits.
     fn try_seat(&self, weight: u32) -> bool {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        if self.waiting.inner().load(Ordering::SeqCst) > 0 {
             return false;
         }
-        let limit = self.seats.load(Ordering::Relaxed);
+        let (limit, weight) = (
+            i64::from(self.seats.load(Ordering::Relaxed)),
+            i64::from(weight),
+        );
         self.in_use
+            .inner()
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 (used + weight <= limit || used == 0).then_some(used + weight)
             })
@@ -356,17 +376,18 @@ impl TenantClass {
     fn dispatch(&self, q: &mut Queues) {
         let n = q.queues.len();
         let mut empty_in_a_row = 0;
-        while self.waiting.load(Ordering::SeqCst) > 0 && empty_in_a_row < n {
+        while self.waiting.inner().load(Ordering::SeqCst) > 0 && empty_in_a_row < n {
             let i = q.next % n;
             let Some(head) = q.queues[i].front() else {
                 q.next = (i + 1) % n;
                 empty_in_a_row += 1;
                 continue;
             };
-            let w = head.weight;
-            let limit = self.seats.load(Ordering::Relaxed);
+            let w = i64::from(head.weight);
+            let limit = i64::from(self.seats.load(Ordering::Relaxed));
             let took = self
                 .in_use
+                .inner()
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                     (used + w <= limit || used == 0).then_some(used + w)
                 })
@@ -378,18 +399,20 @@ impl TenantClass {
             empty_in_a_row = 0;
             q.next = (i + 1) % n;
             if let Some(waiter) = q.queues[i].pop_front() {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.waiting.inner().fetch_sub(1, Ordering::SeqCst);
                 if waiter.tx.send(()).is_err() {
                     // It gave up (timed out or went away) just now.
-                    self.in_use.fetch_sub(w, Ordering::SeqCst);
+                    self.in_use.inner().fetch_sub(w, Ordering::SeqCst);
                 }
             }
         }
     }
 
     fn release(&self, weight: u32) {
-        self.in_use.fetch_sub(weight, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        self.in_use
+            .inner()
+            .fetch_sub(i64::from(weight), Ordering::SeqCst);
+        if self.waiting.inner().load(Ordering::SeqCst) > 0 {
             let mut q = self.lock();
             self.dispatch(&mut q);
         }
@@ -397,7 +420,7 @@ impl TenantClass {
 
     /// Seats in use now.
     pub fn in_use(&self) -> u32 {
-        self.in_use.load(Ordering::SeqCst)
+        u32::try_from(self.in_use.get()).unwrap_or(0)
     }
 }
 
@@ -461,7 +484,7 @@ impl Waiting {
             match queue.iter().position(|w| w.id == self.id) {
                 Some(at) => {
                     queue.remove(at);
-                    self.class.waiting.fetch_sub(1, Ordering::SeqCst);
+                    self.class.waiting.inner().fetch_sub(1, Ordering::SeqCst);
                     true
                 }
                 None => false,
@@ -658,8 +681,13 @@ impl Admission {
             generation: AtomicU64::new(UNSET),
             bucket: Bucket::default(),
             seats: AtomicU32::new(self.cfg.concurrency),
-            in_use: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
+            in_use: self
+                .metrics
+                .admission
+                .seats_in_use
+                .get_or_create(&label)
+                .clone(),
+            waiting: self.metrics.admission.queued.get_or_create(&label).clone(),
             queues: Mutex::new(Queues {
                 queues: (0..self.cfg.queues).map(|_| VecDeque::new()).collect(),
                 next: 0,
@@ -713,7 +741,7 @@ impl Admission {
         );
         class.generation.store(generation, Ordering::Release);
         // More seats may have been given: let waiters in.
-        if class.waiting.load(Ordering::SeqCst) > 0 {
+        if class.waiting.inner().load(Ordering::SeqCst) > 0 {
             let mut q = class.lock();
             class.dispatch(&mut q);
         }
@@ -832,7 +860,7 @@ impl Admission {
         q.seq += 1;
         let id = q.seq;
         q.queues[queue].push_back(Waiter { id, weight, tx });
-        class.waiting.fetch_add(1, Ordering::SeqCst);
+        class.waiting.inner().fetch_add(1, Ordering::SeqCst);
         // Seats released between the failed try and now are handed out here.
         class.dispatch(&mut q);
         drop(q);
@@ -1146,7 +1174,7 @@ mod tests {
             let e = w.wait(Duration::from_millis(20)).await.unwrap_err();
             assert_eq!(e.reason(), "queue_timeout");
             let class = a.tenant("t").unwrap();
-            assert_eq!(class.waiting.load(Ordering::SeqCst), 0);
+            assert_eq!(class.waiting.inner().load(Ordering::SeqCst), 0);
             drop(seat);
             assert_eq!(class.in_use(), 0, "no seat leaked");
             // A queued request gets the seat once it is freed.
@@ -1177,7 +1205,7 @@ mod tests {
             panic!()
         };
         drop(w);
-        assert_eq!(class().waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(class().waiting.inner().load(Ordering::SeqCst), 0);
         // Gone after the seat was handed to it: the seat comes back.
         let Ok(Admit::Queued(w)) = a.admit("t", "u", 1, Some(&l), 1) else {
             panic!()

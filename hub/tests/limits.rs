@@ -344,7 +344,21 @@ fn noisy_and_quiet(queues: u32, hand_size: u32) -> ((u32, u32), Vec<Answer>, Str
          bob (one at a time): {bob_ok}/40 served, mean latency {bob_mean:?}",
         noisy.0, noisy.1
     );
-    (noisy, quiet, s.curl_admin("/metrics"))
+    // Every seat and place in a queue is given back once the flood is over.
+    let deadline = Instant::now() + SYNC;
+    loop {
+        let metrics = s.curl_admin("/metrics");
+        if metrics.contains(r#"kubehub_hub_admission_seats_in_use{tenant="tenant-a"} 0"#)
+            && metrics.contains(r#"kubehub_hub_admission_queued{tenant="tenant-a"} 0"#)
+        {
+            return (noisy, quiet, metrics);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seats or queue places leaked: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// With shuffle sharding (64 queues, hands of 8) alice overflows her own queues and is refused
