@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -32,7 +32,7 @@ use dashmap::DashMap;
 
 use crate::ban::{ActiveBan, Ban, BanTable};
 use crate::model::{
-    Cluster, Grant, Key, Record, RecordError, Rule, Subject, Tenant, TokenRecord, User,
+    Cluster, Grant, Key, Limit, Record, RecordError, Rule, Subject, Tenant, TokenRecord, User,
 };
 use crate::policy::{discovery_rule, is_discovery, Attributes, Decision, DenyReason};
 use crate::sync::Line;
@@ -120,6 +120,20 @@ pub struct Index {
     tokens: DashMap<[u8; 32], Arc<Identity>>,
     revision: AtomicI64,
     records: Mutex<Records>,
+    /// Limit records by tenant (`limits/…`), republished whole on every change of one.
+    limits: ArcSwap<HashMap<String, Arc<TenantLimits>>>,
+    /// Bumped on every change of a limit record (readers cache what they derived from them).
+    limits_generation: AtomicU64,
+}
+
+/// A tenant's limit records (`limits/<tenant>` and `limits/<tenant>/<user>`), as the hub's
+/// `admit` phase reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// `limits/<tenant>`, if set.
+    pub tenant: Option<Limit>,
+    /// `limits/<tenant>/<user>`, by user.
+    pub users: HashMap<String, Limit>,
 }
 
 impl fmt::Debug for Index {
@@ -252,6 +266,8 @@ struct Records {
     tokens_by_user: HashMap<String, BTreeSet<String>>,
     /// id → ban.
     bans: HashMap<String, Ban>,
+    /// tenant → its limit records.
+    limits: HashMap<String, TenantLimits>,
 }
 
 struct TokenEntry {
@@ -312,7 +328,29 @@ impl Records {
             Record::Ban(b) => {
                 self.bans.insert(b.id.clone(), b);
             }
+            Record::Limit(l) => {
+                let entry = self.limits.entry(l.tenant.clone()).or_default();
+                if l.user.is_empty() {
+                    entry.tenant = Some(l);
+                } else {
+                    entry.users.insert(l.user.clone(), l);
+                }
+            }
         }
+    }
+
+    fn remove_limit(&mut self, tenant: &str, user: Option<&str>) -> bool {
+        let Some(entry) = self.limits.get_mut(tenant) else {
+            return false;
+        };
+        let removed = match user {
+            None => entry.tenant.take().is_some(),
+            Some(u) => entry.users.remove(u).is_some(),
+        };
+        if entry.tenant.is_none() && entry.users.is_empty() {
+            self.limits.remove(tenant);
+        }
+        removed
     }
 
     /// The identity a token stands for, if its user and tenant exist and agree.
@@ -361,7 +399,34 @@ impl Index {
             tokens: DashMap::new(),
             revision: AtomicI64::new(0),
             records: Mutex::new(Records::default()),
+            limits: ArcSwap::from_pointee(HashMap::new()),
+            limits_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The limit records of a tenant (`None`: it has none). Does not allocate.
+    pub fn limits(&self, tenant: &str) -> Option<Arc<TenantLimits>> {
+        self.limits.load().get(tenant).cloned()
+    }
+
+    /// Every tenant's limit records.
+    pub fn all_limits(&self) -> Arc<HashMap<String, Arc<TenantLimits>>> {
+        self.limits.load_full()
+    }
+
+    /// Changes whenever a limit record changes (0 before any).
+    pub fn limits_generation(&self) -> u64 {
+        self.limits_generation.load(Ordering::Acquire)
+    }
+
+    fn publish_limits(&self, records: &Records) {
+        let table = records
+            .limits
+            .iter()
+            .map(|(t, l)| (t.clone(), Arc::new(l.clone())))
+            .collect();
+        self.limits.store(Arc::new(table));
+        self.limits_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The revision of the last line applied (0 before any).
@@ -444,6 +509,7 @@ impl Index {
                 }
                 *records = fresh;
                 self.rebuild_all(&records);
+                self.publish_limits(&records);
             }
             Line::Put { record, .. } => match record.validate() {
                 Ok(()) => self.put(&mut records, record.clone()),
@@ -601,6 +667,10 @@ impl Index {
                 records.bans.insert(b.id.clone(), b);
                 self.rebuild_bans(records);
             }
+            Record::Limit(l) => {
+                records.put(Record::Limit(l));
+                self.publish_limits(records);
+            }
         }
     }
 
@@ -645,6 +715,11 @@ impl Index {
             Key::Ban(id) => {
                 if records.bans.remove(id).is_some() {
                     self.rebuild_bans(records);
+                }
+            }
+            Key::Limit { tenant, user } => {
+                if records.remove_limit(tenant, user) {
+                    self.publish_limits(records);
                 }
             }
         }

@@ -7,6 +7,9 @@
 //!   summed up as [`Record`] with its key), their JSON, and their validation.
 //! * [`ban`]: bans of a token, user, tenant, cluster or client ([`ban::Ban`], key
 //!   `bans/<id>`), and the table the hub checks every request against.
+//! * [`limits`]: [`model::Limit`], the traffic limits of a tenant or one of its users
+//!   (`limits/<tenant>[/<user>]`), carried to hubs like the other records and kept by the
+//!   [`Index`] per tenant ([`Index::limits`]) for the hub's `admit` phase.
 //! * [`token`]: bearer tokens `khT.<id>.<secret>`; only their SHA-256 is stored.
 //! * [`sync`]: the change feed from the metaserver to the hubs ([`Line`]: snapshot, put,
 //!   delete, heartbeat; one JSON object a line).
@@ -55,6 +58,7 @@
 pub mod ban;
 pub mod build;
 pub mod index;
+pub mod limits;
 pub mod model;
 pub mod policy;
 pub mod registry;

@@ -30,6 +30,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::limits::Limit;
+
 /// The group every user of a tenant is in, followed by the tenant's name: the edge sees the
 /// user of tenant `acme` in group `kubehub:tenant:acme`.
 pub const TENANT_GROUP_PREFIX: &str = "kubehub:tenant:";
@@ -348,6 +350,8 @@ pub enum Record {
     Token(TokenRecord),
     /// A ban ([`crate::ban`]).
     Ban(crate::ban::Ban),
+    /// Traffic limits of a tenant or of one of its users.
+    Limit(Limit),
 }
 
 /// A record's key, parsed: `tenants/<name>`, `users/<name>`, `clusters/<id>`,
@@ -371,6 +375,13 @@ pub enum Key<'a> {
     Token(&'a str),
     /// `bans/<id>`.
     Ban(&'a str),
+    /// `limits/<tenant>` (`user: None`) or `limits/<tenant>/<user>`.
+    Limit {
+        /// The tenant.
+        tenant: &'a str,
+        /// The user, for a per-user override.
+        user: Option<&'a str>,
+    },
 }
 
 impl<'a> Key<'a> {
@@ -385,6 +396,16 @@ impl<'a> Key<'a> {
             "clusters" => part(rest).map(Key::Cluster),
             "tokens" => part(rest).map(Key::Token),
             "bans" => part(rest).map(Key::Ban),
+            "limits" => match rest.split_once('/') {
+                None => part(rest).map(|t| Key::Limit {
+                    tenant: t,
+                    user: None,
+                }),
+                Some((t, u)) => part(t).zip(part(u)).map(|(t, u)| Key::Limit {
+                    tenant: t,
+                    user: Some(u),
+                }),
+            },
             "grants" => rest.split_once('/').and_then(|(t, n)| {
                 Some(Key::Grant {
                     tenant: part(t)?,
@@ -406,6 +427,11 @@ impl fmt::Display for Key<'_> {
             Key::Grant { tenant, name } => write!(f, "grants/{tenant}/{name}"),
             Key::Token(n) => write!(f, "tokens/{n}"),
             Key::Ban(n) => write!(f, "bans/{n}"),
+            Key::Limit { tenant, user: None } => write!(f, "limits/{tenant}"),
+            Key::Limit {
+                tenant,
+                user: Some(u),
+            } => write!(f, "limits/{tenant}/{u}"),
         }
     }
 }
@@ -414,7 +440,7 @@ impl fmt::Display for Key<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a record key (tenants/<name>, users/<name>, clusters/<id>, \
-     grants/<tenant>/<name>, tokens/<id> or bans/<id>)"
+     grants/<tenant>/<name>, tokens/<id>, bans/<id>, limits/<tenant> or limits/<tenant>/<user>)"
 )]
 pub struct KeyError(pub String);
 
@@ -465,6 +491,7 @@ impl Record {
             .to_string(),
             Record::Token(t) => Key::Token(&t.id).to_string(),
             Record::Ban(b) => Key::Ban(&b.id).to_string(),
+            Record::Limit(l) => l.key().to_string(),
         }
     }
 
@@ -498,6 +525,7 @@ impl Record {
             Record::Grant(g) => g.validate(),
             Record::Token(t) => t.validate(),
             Record::Ban(b) => b.validate(),
+            Record::Limit(l) => l.validate(),
         }
     }
 }

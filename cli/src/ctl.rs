@@ -95,6 +95,13 @@ pub enum CtlCommand {
         #[command(subcommand)]
         op: BanOp,
     },
+    /// Traffic limits (admin): `set TENANT [--user U] [--rps N] [--burst N] [--concurrency N]
+    /// [--cluster-rps N] [--cluster-burst N]`, `show [TENANT] [--user U]`, `clear TENANT
+    /// [--user U]`. Every hub enforces them within about a second.
+    Limit {
+        #[command(subcommand)]
+        op: crate::ctl_limit::LimitOp,
+    },
     /// Live agents.
     Agents,
     /// Who meta thinks you are.
@@ -1037,6 +1044,7 @@ async fn ctl(args: CtlArgs) -> Result<(), (i32, String)> {
                 );
             }
         },
+        CtlCommand::Limit { op } => crate::ctl_limit::run(&c, op, json_out).await?,
         CtlCommand::Agents => {
             let v = c.get("/v1/registry/agents").await.map_err(fail)?;
             show(

@@ -7,6 +7,7 @@
 //! depends on this crate: the libraries never depend on the command line.
 
 mod ctl;
+mod ctl_limit;
 mod meta;
 mod plugins;
 mod run;

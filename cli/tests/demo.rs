@@ -158,6 +158,25 @@ fn demo_prints_working_commands_keeps_its_state_and_stops_on_sigterm() {
     assert_eq!(code, Some(0), "{err}");
     let (code, _, _) = ctl_run(&["canary", "show"]);
     assert_eq!(code, Some(1));
+    // Limits through ctl: set for the tenant and a user, shown, bad input refused naming the
+    // field, cleared.
+    let (code, out, err) = ctl_run(&["limit", "set", "demo", "--rps", "50", "--burst", "100"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("demo") && out.contains("50"), "{out}");
+    let (code, _, err) = ctl_run(&["limit", "set", "demo", "--burst", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("burst"), "{err}");
+    let (code, out, _) = ctl_run(&["-o", "json", "limit", "show", "demo"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(r#""requestsPerSecond": 50"#), "{out}");
+    let (code, out, _) = ctl_run(&["limit", "show"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("TENANT") && out.contains("demo"), "{out}");
+    let (code, _, err) = ctl_run(&["limit", "clear", "demo"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = ctl_run(&["limit", "show", "demo"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
     let (_, out, _) = ctl_run(&["hubs"]);
     let header: Vec<&str> = out
         .lines()

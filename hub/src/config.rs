@@ -125,6 +125,46 @@
 //! # (perf/RESULTS.md, "Hubs in several replicas": the CPU it saves).
 //! peer_links_per_core = false
 //!
+//! # Overload shedding: above this resident memory (RSS, sampled every 100 ms) the hub closes
+//! # new user connections as it accepts them (a load balancer sees the connection closed and
+//! # tries another hub, and no TLS handshake is spent on it) and answers new requests on open connections
+//! # 503 ServiceUnavailable "over its memory ceiling"; open watches, logs and exec sessions go
+//! # on, and so do operators' requests. 0: off. Gauges kubehub_hub_resident_memory_bytes and
+//! # kubehub_hub_memory_limit_bytes.
+//! memory_limit_bytes = 0
+//!
+//! # Fair sharing and rate limits: the `admit` phase (hub/src/proxy/admit.rs; README "Fair
+//! # sharing and rate limits"). Requests are classified by tenant and user; each tenant has a
+//! # token bucket and seats (concurrency) on this hub, each user a bucket of its own. The
+//! # figures below are the defaults for tenants and users without a limit record in meta
+//! # (`kubehub ctl limit set`), which override them. Every limit is per hub.
+//! [limits.fairness]
+//! enabled = true
+//! requests_per_second = 0            # a tenant's sustained request weight per second (0: no rate limit)
+//! burst = 0                          # weight a tenant may spend at once (0: twice requests_per_second)
+//! concurrency = 256                  # a tenant's seats: request weight in flight at once; more
+//!                                    # requests wait in the tenant's queues
+//! user_share = 0.5                   # each user's own bucket, as a share of the tenant's rate and
+//!                                    # burst, unless meta sets the user's (limits/<tenant>/<user>);
+//!                                    # so one user never spends the whole tenant's rate. 1.0: off
+//! queues = 64                        # queues per tenant; a user's requests go to the shortest
+//! hand_size = 8                      # of hand_size queues dealt from the user's name (shuffle
+//!                                    # sharding, kube-apiserver's parameters); freed seats go to
+//!                                    # the queues in turn, so a user filling its queues cannot
+//!                                    # starve the others' (1 <= hand_size <= queues <= 512)
+//! queue_length = 50                  # requests per queue; a full queue: 429
+//! queue_timeout_ms = 5000            # a request waiting longer: 429
+//! exempt_users = []                  # operators: never queued, limited or shed
+//! exempt_groups = []                 # users in any of these groups (user records' groups) too
+//! cluster_requests_per_second = 0    # each cluster: forwarded request weight per second (0: off);
+//! cluster_burst = 0                  # (0: twice the rate) a tenant's limit record may override both
+//! cluster_concurrency = 0            # each cluster: forwarded requests in flight (0: off)
+//! # Request weights: what a request costs in tokens and seats. A watch pays its start (the
+//! # initial list it may send) and gives its seat back once it is streaming; exec, attach and
+//! # port-forward give theirs back once the session is up (101). Weights above the tenant's
+//! # burst or seats count as that.
+//! weights = { get = 1, list = 4, watch = 2, write = 1, exec = 4 }
+//!
 //! [cache]                            # get / list / watch answered by the hub (ARCHITECTURE.md)
 //! enabled = true
 //! # Types to cache, "version/resource" (core) or "group/version/resource". Default: every
@@ -270,6 +310,128 @@ pub struct Limits {
     pub peer_max_concurrent_streams: u32,
     /// Each core dials its own peer links (else one link per hub pair).
     pub peer_links_per_core: bool,
+    /// Resident memory above which new connections and non-exempt requests are refused
+    /// (0: off).
+    pub memory_limit_bytes: u64,
+    /// Fair sharing and rate limits (`[limits.fairness]`).
+    pub fairness: Fairness,
+}
+
+/// `[limits.fairness]`: the `admit` phase's parameters and the defaults of limits meta does
+/// not set (see the module documentation's hub.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fairness {
+    /// Off: every request is admitted (the memory ceiling still applies).
+    pub enabled: bool,
+    /// A tenant's sustained weight per second (0: unlimited).
+    pub requests_per_second: u32,
+    /// A tenant's burst (0: twice the rate).
+    pub burst: u32,
+    /// A tenant's seats.
+    pub concurrency: u32,
+    /// A user's default bucket as a share of the tenant's (1.0: none).
+    pub user_share: f64,
+    /// Queues per tenant.
+    pub queues: u32,
+    /// Queues dealt to each user.
+    pub hand_size: u32,
+    /// Requests per queue.
+    pub queue_length: u32,
+    /// Longest wait in a queue.
+    pub queue_timeout_ms: u64,
+    /// Users never limited.
+    pub exempt_users: Vec<String>,
+    /// Groups whose users are never limited.
+    pub exempt_groups: Vec<String>,
+    /// Each cluster's forwarded weight per second (0: off).
+    pub cluster_requests_per_second: u32,
+    /// Each cluster's forward burst (0: twice the rate).
+    pub cluster_burst: u32,
+    /// Each cluster's forwarded requests in flight (0: off).
+    pub cluster_concurrency: u32,
+    /// Request weights.
+    pub weights: Weights,
+}
+
+/// What requests weigh, in tokens and seats.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    /// get, and anything not below.
+    pub get: u32,
+    /// list.
+    pub list: u32,
+    /// watch (its start).
+    pub watch: u32,
+    /// create, update, patch, delete, deletecollection.
+    pub write: u32,
+    /// exec, attach, port-forward (their start).
+    pub exec: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            get: 1,
+            list: 4,
+            watch: 2,
+            write: 1,
+            exec: 4,
+        }
+    }
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            enabled: true,
+            requests_per_second: 0,
+            burst: 0,
+            concurrency: 256,
+            user_share: 0.5,
+            queues: 64,
+            hand_size: 8,
+            queue_length: 50,
+            queue_timeout_ms: 5000,
+            exempt_users: Vec::new(),
+            exempt_groups: Vec::new(),
+            cluster_requests_per_second: 0,
+            cluster_burst: 0,
+            cluster_concurrency: 0,
+            weights: Weights::default(),
+        }
+    }
+}
+
+impl Fairness {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("limits.fairness.{m}")));
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        if !(self.user_share > 0.0 && self.user_share <= 1.0) {
+            return bad(format!(
+                "user_share = {} must be above 0 and at most 1",
+                self.user_share
+            ));
+        }
+        if self.queues == 0
+            || self.queues > 512
+            || self.hand_size == 0
+            || self.hand_size > self.queues
+        {
+            return bad("queues and hand_size: 1 <= hand_size <= queues <= 512".into());
+        }
+        if self.queue_length == 0 || self.queue_timeout_ms == 0 {
+            return bad("queue_length and queue_timeout_ms must be above 0".into());
+        }
+        let w = &self.weights;
+        if [w.get, w.list, w.watch, w.write, w.exec].contains(&0) {
+            return bad("weights must all be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -294,6 +456,8 @@ impl Default for Limits {
             peer_accept_timeout_ms: 5_000,
             peer_max_concurrent_streams: 16_384,
             peer_links_per_core: false,
+            memory_limit_bytes: 0,
+            fairness: Fairness::default(),
         }
     }
 }
@@ -762,6 +926,7 @@ impl HubConfig {
             )));
         }
         self.cache.validate()?;
+        l.fairness.validate()?;
         match (&self.access, &self.meta) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(

@@ -666,7 +666,15 @@ pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u
     ];
     if matches!(status.code, 429 | 503) {
         // client-go retries these up to 10 times, waiting Retry-After seconds each time.
-        fields.push((Bytes::from_static(b"Retry-After"), Bytes::from_static(b"1")));
+        let after = status
+            .details
+            .as_ref()
+            .and_then(|d| d.retry_after_seconds)
+            .filter(|&s| s > 1);
+        fields.push((
+            Bytes::from_static(b"Retry-After"),
+            after.map_or(Bytes::from_static(b"1"), |s| Bytes::from(s.to_string())),
+        ));
     }
     let (mut out, _) = response_head(status.code, &fields, false, http11, keep_alive);
     out.extend_from_slice(&body);

@@ -15,6 +15,7 @@
 //! why the hub drains (shutdown, or an operator's drain in meta) and the switch that says so.
 
 pub mod access;
+pub mod admission;
 pub mod bans;
 pub mod cache;
 pub mod config;

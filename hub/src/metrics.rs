@@ -156,6 +156,8 @@ pub struct Metrics {
     /// Requests forwarded to another hub over a peer link, by outcome (`ok`: a holder
     /// answered; `unreachable`: none could be reached).
     pub peer_requests: Family<OutcomeLabel, Counter>,
+    /// The admit phase: admissions, waits, refusals, memory (`crate::admission`).
+    pub admission: crate::admission::AdmissionMetrics,
     registry: Registry,
 }
 
@@ -362,9 +364,12 @@ impl Metrics {
             "Requests forwarded to another hub holding the cluster, by outcome (ok; busy: every holder's link at its stream limit, answered 429; unreachable: 503)",
             peer_requests.clone(),
         );
+        let admission = crate::admission::AdmissionMetrics::default();
+        admission.register(&mut registry);
         let cert = kubehub_enroll::CertMetrics::default();
         cert.register(&mut registry, "the hub's (user listener's)");
         Metrics {
+            admission,
             info,
             peer_links,
             peer_requests,

@@ -87,6 +87,8 @@ pub struct Hub {
     pub peers: Arc<crate::peers::Peers>,
     /// Whether it drains (shutdown, or an operator's drain heard from meta).
     pub drain: Arc<crate::drain::Drain>,
+    /// Fair sharing, rate limits and the memory ceiling.
+    pub admission: Arc<crate::admission::Admission>,
     threads: Vec<JoinHandle<()>>,
     /// The metaserver client (ends when the hub is dropped).
     _meta: Option<JoinHandle<()>>,
@@ -283,6 +285,12 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         })
         .set(1);
     let caches = Arc::new(Caches::new(cfg.cache.clone(), metrics.clone()));
+    let admission = Arc::new(crate::admission::Admission::new(
+        cfg.limits.fairness.clone(),
+        cfg.limits.memory_limit_bytes,
+        metrics.clone(),
+    ));
+    admission.start_sampler().map_err(HubError::Thread)?;
     // Peer links are dialled with the agent listener's certificate (an enrolled hub's) and
     // verify the other hub against the CA agents' certificates come from.
     let peer_tls = match &cfg.agent_listener.client_ca {
@@ -408,6 +416,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             peers.clone(),
         );
         let max_conns = cfg.limits.max_connections;
+        let admission = admission.clone();
         let t = std::thread::Builder::new()
             .name(format!("kubehub-core-{core}"))
             .spawn(move || {
@@ -457,6 +466,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         peers,
                         tunnels: tunnel.clone(),
                         environment,
+                        admission: admission.clone(),
                     });
                     let _ = tunnel.proxy.set(Rc::downgrade(&proxy));
                     if let Some(l) = admin_l {
@@ -488,6 +498,20 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                     match TcpListener::from_std(u) {
                         Ok(users) => {
                             accept_loop(users, conns, max_conns, move |tcp, peer, guard| {
+                                // Above the memory ceiling new users are turned away at
+                                // once (closed: a load balancer tries another hub).
+                                if admission.memory.over().is_some() {
+                                    admission.count_refusal(
+                                        "",
+                                        &crate::admission::Denied::Memory {
+                                            rss: admission.memory.rss(),
+                                            limit: admission.memory.limit(),
+                                        },
+                                    );
+                                    admission.metrics_shed();
+                                    drop((tcp, guard));
+                                    return;
+                                }
                                 let ctx = proxy.clone();
                                 monoio::spawn(async move {
                                     serve_user(tcp, peer, ctx).await;
@@ -527,6 +551,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
         agent_cert,
         access,
         peers,
+        admission,
         drain,
         threads,
         _meta: meta,

@@ -27,6 +27,7 @@
 //! | `POST /v1/registry/hubs/{id}/drain`, `GET /v1/registry/drains` | admin | `{"drain": true, "reason": "..."}` drains a live hub (it drains as for a restart and keeps running; agents stop choosing it), `{"drain": false}` lifts it; the drains |
 //! | `PUT/GET/DELETE /v1/registry/pins/{cluster}`, `GET /v1/registry/pins` | admin | `{"hub": "hub-2"}` or `{"hubs": [...]}` (and `reason`) moves the cluster's agent to those hubs (live ones; [`Pin`]); GET without one: 404; the pins |
 //! | `/console/…` | the admin token, by a cookie | the operations console ([`crate::console`]): HTML pages |
+//! | `PUT/GET/DELETE /v1/limits/{tenant}`, `…/{tenant}/{user}`; `GET /v1/limits?tenant=` | admin (GET: tenant admins, their tenant's) | traffic limits ([`Limit`](kubehub_access::model::Limit): `{requestsPerSecond, burst, concurrency, clusterRequestsPerSecond, clusterBurst}`, each optional); PUT answers the stored record, DELETE the cleared one; the list is `{"items": [...]}` |
 
 use std::collections::HashMap;
 
@@ -37,6 +38,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
+use kubehub_access::model::Limit as TrafficLimit;
 use kubehub_access::model::{Cluster, Grant, Record, Tenant, User};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -212,6 +214,17 @@ fn api_router(meta: Meta) -> Router {
         )
         .route("/v1/bans", post(create_ban).get(list_bans))
         .route("/v1/bans/{id}", get(get_ban).delete(lift_ban))
+        .route("/v1/limits", get(list_limits))
+        .route(
+            "/v1/limits/{tenant}",
+            get(get_limit).put(set_limit).delete(clear_limit),
+        )
+        .route(
+            "/v1/limits/{tenant}/{user}",
+            get(get_user_limit)
+                .put(set_user_limit)
+                .delete(clear_user_limit),
+        )
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
@@ -718,4 +731,115 @@ async fn register_agent(
 ) -> Result<Json<serde_json::Value>, MetaError> {
     meta.register_agent(&who, &cluster, a).await?;
     Ok(Json(json!({ "ttl": meta.cfg.registry.ttl_s })))
+}
+
+/// `PUT /v1/limits/{tenant}[/{user}]`: the figures (tenant and user come from the path;
+/// if the body names them too, they must agree).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LimitBody {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    requests_per_second: Option<u32>,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
+    cluster_requests_per_second: Option<u32>,
+    #[serde(default)]
+    cluster_burst: Option<u32>,
+}
+
+impl LimitBody {
+    fn into_limit(self, tenant: String, user: Option<String>) -> Result<TrafficLimit, MetaError> {
+        if self.tenant.as_ref().is_some_and(|t| *t != tenant) {
+            return Err(MetaError::Invalid(format!(
+                "tenant: the body says {:?}, the path {tenant:?}",
+                self.tenant.unwrap_or_default()
+            )));
+        }
+        if self.user.as_ref().is_some_and(|u| Some(u) != user.as_ref()) {
+            return Err(MetaError::Invalid(format!(
+                "user: the body says {:?}, the path {:?}",
+                self.user.unwrap_or_default(),
+                user.unwrap_or_default()
+            )));
+        }
+        Ok(TrafficLimit {
+            tenant,
+            user: user.unwrap_or_default(),
+            requests_per_second: self.requests_per_second,
+            burst: self.burst,
+            concurrency: self.concurrency,
+            cluster_requests_per_second: self.cluster_requests_per_second,
+            cluster_burst: self.cluster_burst,
+        })
+    }
+}
+
+async fn list_limits(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, MetaError> {
+    let items = meta
+        .limits(&who, q.get("tenant").map(String::as_str))
+        .await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn get_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.limit(&who, &tenant, None).await?))
+}
+
+async fn get_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.limit(&who, &tenant, Some(&user)).await?))
+}
+
+async fn set_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+    JsonBody(b): JsonBody<LimitBody>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    let l = b.into_limit(tenant, None)?;
+    Ok(Json(meta.set_limit(&who, l).await?))
+}
+
+async fn set_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+    JsonBody(b): JsonBody<LimitBody>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    let l = b.into_limit(tenant, Some(user))?;
+    Ok(Json(meta.set_limit(&who, l).await?))
+}
+
+async fn clear_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path(tenant): Path<String>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.clear_limit(&who, &tenant, None).await?))
+}
+
+async fn clear_user_limit(
+    State(meta): State<Meta>,
+    Who(who): Who,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Result<Json<TrafficLimit>, MetaError> {
+    Ok(Json(meta.clear_limit(&who, &tenant, Some(&user)).await?))
 }

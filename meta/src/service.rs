@@ -17,6 +17,8 @@ use kubehub_pki::Ca;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+mod limits;
+
 use crate::config::MetaConfig;
 use crate::enroll::{self, JoinRecord, JoinToken, Purpose};
 use crate::error::{MetaError, Result};
@@ -708,6 +710,9 @@ impl Meta {
         match &r {
             Record::Tenant(t) => {
                 txn = txn.then(Op::delete(format!("{MARKS}{}", t.name)));
+                for op in self.limits_of(&t.name, None).await? {
+                    txn = txn.then(op);
+                }
                 for kind in ["users", "clusters", "grants"] {
                     let (records, _) = self.records(kind).await?;
                     for (x, _) in records {
@@ -727,6 +732,9 @@ impl Meta {
                             blockers.push(Record::Grant(g.clone()).key());
                         }
                     }
+                }
+                for op in self.limits_of(&u.tenant, Some(&u.name)).await? {
+                    txn = txn.then(op);
                 }
                 // Its tokens go first (they authenticate no one once the user is gone, but
                 // they should not outlive it in the store).
@@ -763,7 +771,7 @@ impl Meta {
             Record::Token(t) => {
                 txn = txn.then(Op::delete(format!("{USER_TOKENS}{}/{}", t.user, t.id)));
             }
-            Record::Grant(_) | Record::Ban(_) => {}
+            Record::Grant(_) | Record::Ban(_) | Record::Limit(_) => {}
         }
         if !blockers.is_empty() {
             return Err(MetaError::Conflict(format!(
@@ -1419,6 +1427,7 @@ pub fn tenant_of(r: &Record) -> &str {
             kubehub_access::ban::BanTarget::Tenant(t) => t,
             _ => "",
         },
+        Record::Limit(l) => &l.tenant,
     }
 }
 

@@ -539,6 +539,25 @@ impl Stack {
         &self,
         recv_buffer: Option<u32>,
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.try_user_connection(recv_buffer).await.unwrap()
+    }
+
+    /// [`Stack::user_connection_with`], with the failure to connect or to complete the TLS
+    /// handshake returned (a hub refusing connections).
+    pub async fn try_user_connection(
+        &self,
+        recv_buffer: Option<u32>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.try_connection_to(self.hub.user_addr, recv_buffer)
+            .await
+    }
+
+    /// A TLS connection to the user listener at `addr` (another hub of the stack's CA).
+    pub async fn try_connection_to(
+        &self,
+        addr: std::net::SocketAddr,
+        recv_buffer: Option<u32>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(kubehub_pki::parse_certs(&self.ca.cert_pem()).unwrap());
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -552,12 +571,11 @@ impl Stack {
         if let Some(n) = recv_buffer {
             sock.set_recv_buffer_size(n).unwrap();
         }
-        let tcp = sock.connect(self.hub.user_addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
+        let tcp = sock.connect(addr).await?;
+        tcp.set_nodelay(true)?;
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect("localhost".try_into().unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     /// GET on the hub's admin listener (`/metrics`, `/healthz`, `/readyz`): the whole answer.

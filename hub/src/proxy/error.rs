@@ -86,6 +86,10 @@ pub enum ProxyError {
     /// The client closed its connection, or writing to it failed: nobody to answer.
     #[error("the client went away")]
     ClientGone,
+    /// The admit phase refused it (a limit, or the memory ceiling): before anything left the
+    /// hub, so 429 / 503 with `Retry-After`.
+    #[error("{0}")]
+    Admission(crate::admission::Denied),
 }
 
 impl ProxyError {
@@ -118,6 +122,19 @@ impl ProxyError {
             ProxyError::TooLarge(_) => Status::new(413, "RequestEntityTooLarge", self.to_string()),
             ProxyError::AgentReset { .. } => Status::new(502, "BadGateway", self.to_string()),
             ProxyError::ClientGone => return None,
+            ProxyError::Admission(d) => {
+                let mut s = match d {
+                    crate::admission::Denied::Memory { .. } => {
+                        Status::new(503, "ServiceUnavailable", d.to_string())
+                    }
+                    _ => Status::new(429, "TooManyRequests", d.to_string()),
+                };
+                s.details = Some(Box::new(kubehub_kapi::status::Details {
+                    retry_after_seconds: Some(d.retry_after_secs()),
+                    ..Default::default()
+                }));
+                s
+            }
         };
         Some(s)
     }
@@ -139,6 +156,8 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::AgentReset { .. } => "agent_reset",
             ProxyError::ClientGone => "client_gone",
+            ProxyError::Admission(crate::admission::Denied::Memory { .. }) => "overloaded",
+            ProxyError::Admission(_) => "throttled",
         }
     }
 }
@@ -173,6 +192,32 @@ mod tests {
         };
         assert_eq!(timeout.status(Reached::MaybeAgent).unwrap().code, 504);
         assert!(ProxyError::ClientGone.status(Reached::Hub).is_none());
+    }
+
+    #[test]
+    fn admission_refusals_are_429_or_503_with_retry_after() {
+        use crate::admission::Denied;
+        let rate = ProxyError::Admission(Denied::Rate {
+            whose: "tenant \"acme\"".into(),
+            reason: "tenant_rate",
+            rate: 50,
+            burst: 100,
+            retry_after: Duration::from_millis(2300),
+        })
+        .status(Reached::Hub)
+        .unwrap();
+        assert_eq!((rate.code, rate.reason), (429, "TooManyRequests"));
+        assert!(rate
+            .message
+            .contains("tenant \"acme\" is over its rate limit of 50"));
+        assert_eq!(rate.details.as_ref().unwrap().retry_after_seconds, Some(3));
+        let head = crate::http::status_response(&rate, true, true);
+        assert!(String::from_utf8_lossy(&head).contains("Retry-After: 3\r\n"));
+        let memory = ProxyError::Admission(Denied::Memory { rss: 2, limit: 1 })
+            .status(Reached::Hub)
+            .unwrap();
+        assert_eq!((memory.code, memory.reason), (503, "ServiceUnavailable"));
+        assert!(memory.message.contains("over its memory ceiling"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `proxy`: one user connection, request after request (keep-alive). A request's path is the
 //! module list, in order:
 //!
-//! `authenticate → resolve → authorize → route → cache | backend → respond`
+//! `authenticate → resolve → authorize → admit → route → cache | backend → respond`
 //!
 //! * [`authenticate`]: who is asking (a KubeHub bearer token, looked up in the access index);
 //!   first, because a token bound to one cluster may leave the cluster out of the path.
@@ -11,6 +11,10 @@
 //! * [`authorize`]: may they (the access index: grants of the user's tenant; 404 for clusters
 //!   not theirs, else 403 worded as kube-apiserver's). Cached reads and watches are decided
 //!   here like everything else, before routing.
+//! * [`admit`]: may it run now (fair sharing and rate limits per tenant and user, queues with
+//!   shuffle sharding; 429 with `Retry-After` when over a limit, 503 above the hub's memory
+//!   ceiling); exempt: operators, and requests another hub relayed (admitted there). Just
+//!   before a request is opened on a tunnel, the cluster's forward limits.
 //! * [`review`]: `SelfSubjectAccessReview`s and `SelfSubjectRulesReview`s (`kubectl auth
 //!   can-i`) answered with KubeHub's decisions, or forwarded when KubeHub allows.
 //! * [`route`]: which backend answers (the cluster's cache for reads it can serve, else its
@@ -26,6 +30,7 @@
 //! bounded channel, so the handler can wait for the agent and for the client at the same time:
 //! a client that hangs up during a watch cancels the stream at once.
 
+pub mod admit;
 pub mod authenticate;
 pub mod authorize;
 pub mod backend;
@@ -87,6 +92,8 @@ pub struct ProxyCtx {
     pub tunnels: Rc<crate::tunnel::TunnelCtx>,
     /// This hub's environment (hub.toml `environment`).
     pub environment: String,
+    /// Fair sharing, rate limits and the memory ceiling (every core's, shared).
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 impl ProxyCtx {
@@ -433,19 +440,33 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
         authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
         authorize::environment(index, &ctx.environment, &target.cluster)?;
         crate::bans::check_cluster(index, &ctx.metrics, &target.cluster)?;
-        let long = long_running(&info, &target.path, http::upgrade_of(&head).is_some());
+        let upgrade = http::upgrade_of(&head).is_some();
+        // Entered in the bans table for its lifetime (watches, `logs -f`, sessions).
+        let long = long_running(&info, &target.path, upgrade);
+        // What it costs the admit phase, and whether its seat goes back once it streams.
+        let weight = admit::weight(&ctx.limits.fairness.weights, &info, upgrade);
         let review = review::Review::of(&info);
         let cached = route::cached(&ctx.caches, &target, &info, &head);
         let backend = route::route(&ctx.registry, &target.cluster, &info);
-        Ok::<_, ProxyError>((target, identity, review, cached, backend, long))
+        Ok::<_, ProxyError>((target, identity, weight, review, cached, backend, long))
     })();
-    let (target, identity, review, cached, backend, long) = match prepared {
+    let (target, identity, (weight, streams), review, cached, backend, long) = match prepared {
         Ok(p) => p,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
+    // admit: the seats are held until the answer is complete (a long-running request's
+    // until it is handed to its backend).
+    let mut seat = match admit::admit(ctx, &identity, weight, conn.via_peer.is_some()).await {
+        Ok(s) => s,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
     // A cluster whose tunnel another hub holds: the request goes there whole.
     if conn.via_peer.is_none() {
         if let Some(holders) = route::peer(&ctx.registry, &ctx.peers, &target.cluster) {
+            if streams {
+                // Relayed whole: a watch's or a session's seat is not held for its life.
+                drop(seat.take());
+            }
             return peer::relay(ctx, &head, conn, out, &target.cluster, holders).await;
         }
     }
@@ -467,6 +488,12 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     });
     let mut fields = forward_fields(&head, &identity, ctx.impersonate);
     if let Some(protocol) = http::upgrade_of(&head) {
+        drop(seat);
+        if backend.is_ok() {
+            if let Err(e) = admit::forward(ctx, &identity, &target.cluster, weight, true) {
+                return out.error(conn, &e, Reached::Hub).await;
+            }
+        }
         return upgraded(
             ctx,
             &head,
@@ -529,6 +556,9 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     // cache: reads of synced types are answered here.
     let written = match cached {
         route::Cached::Read(cc, slot, plan) => {
+            if streams {
+                drop(seat.take());
+            }
             match cache::serve::serve(ctx, conn, &mut out, &target.cluster, &cc, slot, *plan).await
             {
                 cache::serve::Served::Done(keep) => return keep,
@@ -555,10 +585,19 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
         fields,
     };
     let cluster = target.cluster;
+    // The cluster's forward limits (the edge API server's protection).
+    let _in_flight = match admit::forward(ctx, &identity, &cluster, weight, streams) {
+        Ok(slot) => slot,
+        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+    };
     let mut ex = match backend.open(&cluster, forwarded, !has_body, false).await {
         Ok(ex) => ex,
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
+    if streams {
+        // A watch streams from here on: its start is paid for.
+        drop(seat.take());
+    }
     tracing::Span::current().record("stream", ex.stream_id());
     // From here on the agent may have the request: errors are never "retry" (see `error`).
     let uploaded = match body {
