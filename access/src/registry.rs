@@ -62,6 +62,9 @@ pub struct HubRecord {
     /// CPU load over the last interval, in permille of one core (2500: two and a half cores).
     #[serde(default)]
     pub cpu: u32,
+    /// The hub's admin listener (`http://host:port`; `""`: none): its `/traffic`, `/metrics`.
+    #[serde(default)]
+    pub admin: String,
     /// Draining (shutting down or restarting): agents move away, no new tunnels.
     #[serde(default)]
     pub draining: bool,

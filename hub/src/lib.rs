@@ -10,7 +10,8 @@
 //! respond`); the backend is the cluster's `tunnel`. `registry` says which core's tunnel
 //! serves which cluster; `cache` holds what each tunnel's sync streams carried; `access`
 //! holds who may reach which cluster (from the metaserver's sync feed, or a static file);
-//! `enroll` is the hub's certificate from the metaserver (join token, renewal).
+//! `enroll` is the hub's certificate from the metaserver (join token, renewal). Every request
+//! ends in `proxy::observe`: metrics, the live `traffic` summary and the audit log.
 
 pub mod access;
 pub mod cache;
@@ -23,4 +24,5 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod traffic;
 pub mod tunnel;
