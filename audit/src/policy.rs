@@ -114,7 +114,9 @@ impl Policy {
         if let Some(r) = self.rules.iter().find(|r| r.matches(s)) {
             return r.level;
         }
-        if is_read(s.verb) {
+        // exec, attach and port-forward are sessions on a pod, whatever the method (the
+        // WebSocket form is a GET): writes.
+        if is_read(s.verb) && !matches!(s.subresource, "exec" | "attach" | "portforward") {
             self.read_level
         } else {
             self.write_level
