@@ -41,9 +41,11 @@ use crate::error::MetaError;
 use crate::service::{AgentRecord, Caller, CanaryRule, HubRecord, KubeconfigRequest, Meta};
 
 /// Who the TLS layer says is on the other end: the verified client certificate's CN and
-/// organizations, if one was presented.
+/// organizations, if one was presented, and the address it connected from.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
+    /// The client's address.
+    pub addr: Option<std::net::SocketAddr>,
     /// Common name.
     pub common_name: String,
     /// Organizations (groups).
@@ -91,7 +93,7 @@ pub struct Limit(pub usize);
 
 /// Establishes the caller: a bearer token (admin or user), else a client certificate issued
 /// to a hub or an agent.
-async fn caller(meta: &Meta, headers: &HeaderMap, peer: &Peer) -> Result<Caller, MetaError> {
+pub(crate) async fn caller(meta: &Meta, headers: &HeaderMap, peer: &Peer) -> Result<Caller, MetaError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v
             .to_str()
@@ -188,6 +190,10 @@ pub fn router(meta: Meta) -> Router {
             get(get_canary).put(set_canary).delete(clear_canary),
         )
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            meta.clone(),
+            crate::audit::layer,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
         .with_state(meta)

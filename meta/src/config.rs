@@ -40,6 +40,16 @@
 //! dial_timeout_ms = 5000             # etcd: connecting to an endpoint
 //! request_timeout_ms = 10000         # etcd: each request (not the life of a watch)
 //! watch_history = 10000              # embedded: events kept for feeds that resume
+//!
+//! [audit]                            # audit.k8s.io/v1 Events of every mutating API request
+//! enabled = false                    # (tenants, users, clusters, grants, tokens, kubeconfigs,
+//! sink = "file"                      # bans, limits, canary, drain, pins, enrollment): the
+//! path = "/var/log/kubehub/meta-audit.log" # options are the hub's [audit]
+//! max_size_mb = 100                  # (kubehub_audit::AuditConfig). Meta logs at most the
+//! max_backups = 10                   # Request level (request bodies; never responses, which
+//! queue = 10000                      # carry tokens), and only Metadata for enrollment,
+//! write_level = "Metadata"           # renewal, kubeconfigs and join tokens (their bodies hold
+//!                                    # secrets). Registry heartbeats are not audited.
 //! ```
 //!
 //! With `backend = "etcd"` the metaserver keeps no state of its own: run as many replicas as
@@ -180,6 +190,9 @@ pub struct MetaConfig {
     /// Storage.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The audit log of mutating requests.
+    #[serde(default)]
+    pub audit: kubehub_audit::AuditConfig,
 }
 
 fn default_names() -> Vec<String> {
@@ -233,6 +246,7 @@ impl MetaConfig {
         {
             return bad("tokens.default_lifetime_s must be > 0 and <= tokens.max_lifetime_s");
         }
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         if self.tokens.max_per_user == 0 {
             return bad("tokens.max_per_user must be > 0");
         }

@@ -16,6 +16,7 @@
 //! * [`config`]: what `meta.toml` may say.
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod enroll;
