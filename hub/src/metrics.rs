@@ -183,6 +183,8 @@ pub struct RejectLabel {
 pub struct Metrics {
     /// Agents connected.
     pub agents: Gauge,
+    /// Agent tunnels accepted (a rate well above the agents' number is flapping).
+    pub agent_connects: Counter,
     /// Streams open across tunnels.
     pub streams: Gauge,
     /// Tunnel payload bytes each way.
@@ -302,6 +304,12 @@ impl Metrics {
             agents.clone(),
         );
         registry.register("streams_open", "Tunnel streams open", streams.clone());
+        let agent_connects = Counter::default();
+        registry.register(
+            "agent_connects",
+            "Agent tunnels accepted (each reconnect counts)",
+            agent_connects.clone(),
+        );
         registry.register("tunnel_bytes", "Tunnel payload bytes", tunnel_bytes.clone());
         registry.register(
             "requests",
@@ -534,6 +542,7 @@ impl Metrics {
             audit_dropped.clone(),
         );
         Metrics {
+            agent_connects,
             tenant_requests,
             cluster_requests,
             client_requests,
