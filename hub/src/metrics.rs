@@ -531,11 +531,7 @@ impl Metrics {
         let audit_events = Counter::default();
         let audit_dropped = Counter::default();
         let mut audit = Registry::with_prefix("kubehub_audit");
-        audit.register(
-            "events",
-            "Audit events written",
-            audit_events.clone(),
-        );
+        audit.register("events", "Audit events written", audit_events.clone());
         audit.register(
             "events_dropped",
             "Audit events dropped because the writer fell behind (the request path never waits)",

@@ -332,7 +332,9 @@ impl Traffic {
         clients.sort_by(|a, b| {
             b.requests_per_second
                 .total_cmp(&a.requests_per_second)
-                .then_with(|| (&a.tenant, &a.client, &a.source).cmp(&(&b.tenant, &b.client, &b.source)))
+                .then_with(|| {
+                    (&a.tenant, &a.client, &a.source).cmp(&(&b.tenant, &b.client, &b.source))
+                })
         });
         clients.truncate(TOP_CLIENTS);
         Summary {
@@ -434,7 +436,21 @@ mod tests {
     #[test]
     fn buckets_are_ordered_and_close() {
         let mut last = 0;
-        for us in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 12_345, 1 << 20, 1 << 27, 1 << 40] {
+        for us in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            100,
+            1000,
+            12_345,
+            1 << 20,
+            1 << 27,
+            1 << 40,
+        ] {
             let b = bucket(Duration::from_micros(us));
             assert!(b >= last, "{us}");
             last = b;
@@ -449,7 +465,12 @@ mod tests {
     fn summary_rates_quantiles_and_top_clients() {
         let t = Traffic::new("hub-a", 100);
         for i in 0..120 {
-            t.record(&sample("acme", "kubectl/v1.32", if i < 60 { 1 } else { 3 }, i % 10 == 0));
+            t.record(&sample(
+                "acme",
+                "kubectl/v1.32",
+                if i < 60 { 1 } else { 3 },
+                i % 10 == 0,
+            ));
         }
         for _ in 0..30 {
             t.record(&sample("beta", "python", 100, false));
@@ -461,8 +482,16 @@ mod tests {
         assert_eq!(s.tenants[0].tenant, "acme");
         assert!((s.tenants[0].requests_per_second - 2.0).abs() < 1e-9);
         assert!((s.tenants[0].errors_per_second - 0.2).abs() < 1e-9);
-        assert!((0.8..1.2).contains(&s.tenants[0].p50_ms), "{}", s.tenants[0].p50_ms);
-        assert!((2.5..3.5).contains(&s.tenants[0].p99_ms), "{}", s.tenants[0].p99_ms);
+        assert!(
+            (0.8..1.2).contains(&s.tenants[0].p50_ms),
+            "{}",
+            s.tenants[0].p50_ms
+        );
+        assert!(
+            (2.5..3.5).contains(&s.tenants[0].p99_ms),
+            "{}",
+            s.tenants[0].p99_ms
+        );
         assert_eq!(s.tenants[1].watches, 1);
         assert_eq!(s.clients.len(), 2);
         assert_eq!(s.clients[0].client, "kubectl/v1.32");

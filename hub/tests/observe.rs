@@ -37,7 +37,11 @@ fn events(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// The first event matching `f`, waiting for the writer thread (a guard, not a timing test).
-fn wait_event(path: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_event(
+    path: &Path,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(e) = events(path).into_iter().find(|e| f(e)) {
@@ -79,7 +83,11 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
         "default",
         "--from-literal=a=b",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let create = wait_event(&log, "for the create", |e| e["verb"] == "create");
     assert_eq!(create["apiVersion"], "audit.k8s.io/v1");
@@ -97,7 +105,10 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
     assert_eq!(create["objectRef"]["apiVersion"], "v1");
     assert_eq!(create["responseStatus"]["code"], 201);
     assert_eq!(create["sourceIPs"][0], "127.0.0.1");
-    assert!(create["userAgent"].as_str().unwrap().starts_with("kubectl/v1.32"));
+    assert!(create["userAgent"]
+        .as_str()
+        .unwrap()
+        .starts_with("kubectl/v1.32"));
     assert!(create["requestURI"]
         .as_str()
         .unwrap()
@@ -107,7 +118,10 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
     assert_eq!(a["kubehub.io/cluster"], common::CLUSTER);
     assert_eq!(a["kubehub.io/hub"], "hub-test");
     assert_eq!(a["kubehub.io/served-by"], "forward");
-    assert!(create.get("requestObject").is_none(), "Metadata carries no body");
+    assert!(
+        create.get("requestObject").is_none(),
+        "Metadata carries no body"
+    );
     assert_eq!(create["auditID"].as_str().unwrap().len(), 36);
     for t in ["requestReceivedTimestamp", "stageTimestamp"] {
         let v = create[t].as_str().unwrap();
@@ -121,7 +135,10 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("audit-id"), Some("read-at-metadata"));
-    let r = s.hub_get("/api/v1/namespaces/default/pods", &["Audit-ID: read-at-none"]);
+    let r = s.hub_get(
+        "/api/v1/namespaces/default/pods",
+        &["Audit-ID: read-at-none"],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("audit-id"), Some("read-at-none"));
     // Refusals carry one too (made up when the client sent none).
@@ -148,7 +165,13 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
         sample(
             &m,
             "kubehub_hub_tenant_requests_total",
-            &[&tenant, "verb=\"create\"", "resource=\"configmaps\"", "code=\"201\"", "served_by=\"forward\""],
+            &[
+                &tenant,
+                "verb=\"create\"",
+                "resource=\"configmaps\"",
+                "code=\"201\"",
+                "served_by=\"forward\""
+            ],
         ) == Some(1.0),
         "{m}"
     );
@@ -159,8 +182,12 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
     )
     .is_some_and(|v| v >= 1.0));
     assert!(
-        sample(&m, "kubehub_hub_client_requests_total", &[&tenant, "client=\"curl\""])
-            .is_some_and(|v| v >= 2.0),
+        sample(
+            &m,
+            "kubehub_hub_client_requests_total",
+            &[&tenant, "client=\"curl\""]
+        )
+        .is_some_and(|v| v >= 2.0),
         "another client kind is told apart"
     );
     assert!(sample(
@@ -169,22 +196,44 @@ fn a_create_through_kubectl_is_audited_and_counted_per_tenant_and_client() {
         &[&tenant, "reason=\"not_found\""]
     )
     .is_some_and(|v| v >= 1.0));
-    assert!(sample(&m, "kubehub_hub_cluster_requests_total", &["cluster=\"edge-1\"", "class=\"2xx\""])
-        .is_some_and(|v| v >= 3.0));
-    assert!(sample(&m, "kubehub_hub_tenant_bytes_total", &[&tenant, "direction=\"out\""])
-        .is_some_and(|v| v > 0.0));
-    assert!(sample(&m, "kubehub_audit_events_total", &[]).is_some_and(|v| v >= 2.0), "{m}");
-    assert_eq!(sample(&m, "kubehub_audit_events_dropped_total", &[]), Some(0.0));
+    assert!(sample(
+        &m,
+        "kubehub_hub_cluster_requests_total",
+        &["cluster=\"edge-1\"", "class=\"2xx\""]
+    )
+    .is_some_and(|v| v >= 3.0));
+    assert!(sample(
+        &m,
+        "kubehub_hub_tenant_bytes_total",
+        &[&tenant, "direction=\"out\""]
+    )
+    .is_some_and(|v| v > 0.0));
+    assert!(
+        sample(&m, "kubehub_audit_events_total", &[]).is_some_and(|v| v >= 2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "kubehub_audit_events_dropped_total", &[]),
+        Some(0.0)
+    );
 
     // A read the cache answers says so.
     s.wait_synced("", "pods", Duration::from_secs(20));
-    assert_eq!(s.hub_get("/api/v1/namespaces/default/pods", &[]).status, 200);
+    assert_eq!(
+        s.hub_get("/api/v1/namespaces/default/pods", &[]).status,
+        200
+    );
     let m = s.curl_admin("/metrics");
     assert!(
         sample(
             &m,
             "kubehub_hub_tenant_requests_total",
-            &[&tenant, "verb=\"list\"", "resource=\"pods\"", "served_by=\"cache\""],
+            &[
+                &tenant,
+                "verb=\"list\"",
+                "resource=\"pods\"",
+                "served_by=\"cache\""
+            ],
         )
         .is_some_and(|v| v >= 1.0),
         "{m}"
@@ -222,10 +271,17 @@ fn an_exec_session_is_audited_when_it_starts_and_when_it_ends() {
     let s = stack(audited(dir.path(), "[]"));
     let log = dir.path().join("audit.log");
     let p = pod(&s);
-    let out = s
-        .k()
-        .run_with_input(Transport::WebSocket, &p.exec_args(&[], &["sh", "-c", "exit 3"]), b"");
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.k().run_with_input(
+        Transport::WebSocket,
+        &p.exec_args(&[], &["sh", "-c", "exit 3"]),
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let is_exec = |e: &serde_json::Value| e["objectRef"]["subresource"] == "exec";
     let started = wait_event(&log, "ResponseStarted of the exec", |e| {
         is_exec(e) && e["stage"] == "ResponseStarted"
@@ -233,7 +289,10 @@ fn an_exec_session_is_audited_when_it_starts_and_when_it_ends() {
     let done = wait_event(&log, "ResponseComplete of the exec", |e| {
         is_exec(e) && e["stage"] == "ResponseComplete"
     });
-    assert_eq!(started["auditID"], done["auditID"], "one request, two stages");
+    assert_eq!(
+        started["auditID"], done["auditID"],
+        "one request, two stages"
+    );
     assert_eq!(done["responseStatus"]["code"], 101);
     assert_eq!(done["objectRef"]["resource"], "pods");
     assert_eq!(done["objectRef"]["name"], p.name.as_str());
@@ -245,8 +304,18 @@ fn an_exec_session_is_audited_when_it_starts_and_when_it_ends() {
         a["kubehub.io/exit-status"].as_str().unwrap().contains('3'),
         "{done}"
     );
-    assert!(a["kubehub.io/bytes-to-client"].as_str().unwrap().parse::<u64>().unwrap() > 0);
-    assert!(done["requestURI"].as_str().unwrap().contains("command=exit"));
+    assert!(
+        a["kubehub.io/bytes-to-client"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert!(done["requestURI"]
+        .as_str()
+        .unwrap()
+        .contains("command=exit"));
 }
 
 /// Makes a FIFO nobody reads: opening it for writing blocks, as a dead log volume would.
@@ -274,7 +343,10 @@ fn a_sink_that_cannot_keep_up_drops_and_counts_while_requests_are_answered() {
     let n = 30;
     for _ in 0..n {
         let r = s.hub_get("/api/v1/namespaces/default/pods", &[]);
-        assert_eq!(r.status, 200, "requests are answered while the sink is stuck");
+        assert_eq!(
+            r.status, 200,
+            "requests are answered while the sink is stuck"
+        );
     }
     let m = s.curl_admin("/metrics");
     let dropped = sample(&m, "kubehub_audit_events_dropped_total", &[]).unwrap();

@@ -11,7 +11,9 @@ use kubehub_testkit::stack::{self as common, StackOptions};
 use serde::Deserialize;
 
 fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +74,8 @@ fn names_in(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(at) = expr[i..].find("kubehub_") {
         let start = i + at;
-        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let before_ok =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
@@ -102,7 +105,10 @@ fn exists(families: &BTreeSet<String>, name: &str) -> bool {
     }
     ["_total", "_bucket", "_sum", "_count", "_created", "_info"]
         .iter()
-        .any(|s| name.strip_suffix(s).is_some_and(|base| families.contains(base)))
+        .any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|base| families.contains(base))
+        })
 }
 
 #[test]
@@ -114,9 +120,20 @@ fn dashboard_and_alerts_parse_and_name_only_metrics_that_exist() {
     let alerts: Vec<&AlertRule> = rules.groups.iter().flat_map(|g| &g.rules).collect();
     assert!(rules.groups.iter().all(|g| !g.name.is_empty()));
     for a in &alerts {
-        assert!(a.labels.contains_key("severity"), "{}: no severity", a.alert);
-        assert!(a.annotations.contains_key("summary"), "{}: no summary", a.alert);
-        assert!(a.for_.as_deref().is_none_or(|f| f.ends_with('m') || f.ends_with('s')));
+        assert!(
+            a.labels.contains_key("severity"),
+            "{}: no severity",
+            a.alert
+        );
+        assert!(
+            a.annotations.contains_key("summary"),
+            "{}: no summary",
+            a.alert
+        );
+        assert!(a
+            .for_
+            .as_deref()
+            .is_none_or(|f| f.ends_with('m') || f.ends_with('s')));
     }
     // The alerts issue #14 asks for.
     for want in [
@@ -140,7 +157,9 @@ fn dashboard_and_alerts_parse_and_name_only_metrics_that_exist() {
     assert!(!dash.uid.is_empty());
     let graphs: Vec<&Panel> = dash.panels.iter().filter(|p| p.kind != "row").collect();
     assert!(graphs.len() >= 20, "{} panels", graphs.len());
-    assert!(graphs.iter().all(|p| !p.targets.is_empty() && !p.title.is_empty()));
+    assert!(graphs
+        .iter()
+        .all(|p| !p.targets.is_empty() && !p.title.is_empty()));
 
     let mut referenced: BTreeMap<String, String> = BTreeMap::new();
     for a in &alerts {
@@ -181,5 +200,8 @@ fn dashboard_and_alerts_parse_and_name_only_metrics_that_exist() {
     // The check can fail: a name that does not exist is caught.
     assert!(!exists(&known, "kubehub_hub_no_such_metric_total"));
     assert!(exists(&known, "kubehub_hub_tenant_requests_total"));
-    assert!(exists(&known, "kubehub_hub_request_duration_seconds_bucket"));
+    assert!(exists(
+        &known,
+        "kubehub_hub_request_duration_seconds_bucket"
+    ));
 }

@@ -93,7 +93,11 @@ pub struct Limit(pub usize);
 
 /// Establishes the caller: a bearer token (admin or user), else a client certificate issued
 /// to a hub or an agent.
-pub(crate) async fn caller(meta: &Meta, headers: &HeaderMap, peer: &Peer) -> Result<Caller, MetaError> {
+pub(crate) async fn caller(
+    meta: &Meta,
+    headers: &HeaderMap,
+    peer: &Peer,
+) -> Result<Caller, MetaError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v
             .to_str()

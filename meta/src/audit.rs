@@ -112,7 +112,8 @@ fn user_of(c: &Caller) -> UserInfo {
 pub async fn layer(State(meta): State<Meta>, req: Request, next: Next) -> Response {
     let audit_id = audit_id_of(req.headers().get("audit-id").map(HeaderValue::as_bytes));
     let path = req.uri().path().to_owned();
-    let heartbeat = req.method() == Method::PUT && path.starts_with("/v1/registry/")
+    let heartbeat = req.method() == Method::PUT
+        && path.starts_with("/v1/registry/")
         && (path.starts_with("/v1/registry/hubs/") || path.starts_with("/v1/registry/agents/"))
         && !path.ends_with("/drain");
     let audited = meta.audit.clone().filter(|_| {
@@ -196,7 +197,8 @@ pub async fn layer(State(meta): State<Meta>, req: Request, next: Next) -> Respon
     if let Some(b) = body {
         e.body(BodyOf::Request, &b, audit.max_body);
     }
-    e.annotations.insert("kubehub.io/component".into(), "meta".into());
+    e.annotations
+        .insert("kubehub.io/component".into(), "meta".into());
     audit.sink.send(e);
     resp
 }

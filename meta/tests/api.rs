@@ -673,7 +673,10 @@ async fn mutations_are_audited(kind: Kind) {
     let log = logs.path().join("meta-audit.log");
     let h = Harness::new(
         kind,
-        &format!("[audit]\nenabled = true\npath = {:?}\nwrite_level = \"Request\"\n", log),
+        &format!(
+            "[audit]\nenabled = true\npath = {:?}\nwrite_level = \"Request\"\n",
+            log
+        ),
     );
     let m = h.start().await;
     seed(&m.admin, "acme", "alice").await;
@@ -708,7 +711,10 @@ async fn mutations_are_audited(kind: Kind) {
     let code = create["responseStatus"]["code"].as_u64().unwrap();
     assert!((200..300).contains(&code), "{create}");
     assert_eq!(create["requestObject"]["name"], "read");
-    assert!(create.get("responseObject").is_none(), "responses are never logged");
+    assert!(
+        create.get("responseObject").is_none(),
+        "responses are never logged"
+    );
     let delete = all.iter().find(|e| e["verb"] == "delete").unwrap();
     assert_eq!(delete["objectRef"]["resource"], "grants");
     assert_eq!(delete["objectRef"]["name"], "acme/read");
@@ -716,7 +722,10 @@ async fn mutations_are_audited(kind: Kind) {
         all.iter().any(|e| e["objectRef"]["resource"] == "tenants"),
         "the tenant's creation too"
     );
-    assert!(!all.iter().any(|e| e["verb"] == "get"), "reads are not audited");
+    assert!(
+        !all.iter().any(|e| e["verb"] == "get"),
+        "reads are not audited"
+    );
     assert_eq!(m.meta.audit.as_ref().unwrap().counters().dropped.get(), 0);
     m.stop().await;
 }

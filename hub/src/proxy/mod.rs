@@ -251,7 +251,10 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
             user = tracing::field::Empty,
             stream = tracing::field::Empty,
         );
-        if !handle(&ctx, head, &mut conn, peer.ip()).instrument(span).await {
+        if !handle(&ctx, head, &mut conn, peer.ip())
+            .instrument(span)
+            .await
+        {
             break;
         }
     }

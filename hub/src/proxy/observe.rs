@@ -97,7 +97,11 @@ impl ClientKind {
         if lower(b"kubectl") {
             // kubectl/v1.32.4 (linux/amd64) kubernetes/...
             if let Some(rest) = ua.strip_prefix(b"kubectl/v1.") {
-                let digits: Vec<u8> = rest.iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+                let digits: Vec<u8> = rest
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .copied()
+                    .collect();
                 if (1..=2).contains(&digits.len()) {
                     let minor = digits.iter().fold(0u8, |m, d| m * 10 + (d - b'0'));
                     return ClientKind::Kubectl(minor);
@@ -230,13 +234,25 @@ impl Observer {
 
     /// The request counter of these labels: from the core's cache, without allocating, once
     /// the series exists.
-    fn request_counter(&self, tenant: &str, verb: &str, resource: &str, code: u16, by: ServedBy) -> Counter {
+    fn request_counter(
+        &self,
+        tenant: &str,
+        verb: &str,
+        resource: &str,
+        code: u16,
+        by: ServedBy,
+    ) -> Counter {
         let mut h = DefaultHasher::new();
         (tenant, verb, resource, code, by.as_str()).hash(&mut h);
         let key = h.finish();
         let mut cache = self.counters.borrow_mut();
         if let Some((l, c)) = cache.get(&key) {
-            if l.tenant == tenant && l.verb == verb && l.resource == resource && l.code == code && l.served_by == by.as_str() {
+            if l.tenant == tenant
+                && l.verb == verb
+                && l.resource == resource
+                && l.code == code
+                && l.served_by == by.as_str()
+            {
                 return c.clone();
             }
         }
@@ -344,8 +360,7 @@ impl Record {
             }
             let long = matches!(info.verb, kubehub_kapi::request_info::Verb::Watch)
                 || matches!(info.subresource, "exec" | "attach" | "portforward")
-                || (info.subresource == "log"
-                    && target.path.contains("follow=true"));
+                || (info.subresource == "log" && target.path.contains("follow=true"));
             self.long_running.set(long);
         }
         *self.who.borrow_mut() = Some((identity.clone(), target.clone()));
@@ -464,8 +479,10 @@ impl Record {
         if e.verb.is_empty() {
             e.verb = "unknown".into();
         }
-        e.annotations.insert("kubehub.io/tenant".into(), tenant.to_owned());
-        e.annotations.insert("kubehub.io/hub".into(), obs.hub.to_string());
+        e.annotations
+            .insert("kubehub.io/tenant".into(), tenant.to_owned());
+        e.annotations
+            .insert("kubehub.io/hub".into(), obs.hub.to_string());
         e.annotations.insert(
             "kubehub.io/served-by".into(),
             self.served_by.get().as_str().to_owned(),
@@ -614,7 +631,10 @@ mod tests {
     #[test]
     fn client_kinds_are_few() {
         let k = |ua: &str| ClientKind::of(Some(ua.as_bytes())).label();
-        assert_eq!(k("kubectl/v1.32.4 (linux/amd64) kubernetes/abc"), "kubectl/v1.32");
+        assert_eq!(
+            k("kubectl/v1.32.4 (linux/amd64) kubernetes/abc"),
+            "kubectl/v1.32"
+        );
         assert_eq!(k("kubectl/v1.9999.4 (linux/amd64)"), "kubectl");
         assert_eq!(k("kubectl1.32/x"), "kubectl");
         assert_eq!(k("helm/v3.14.0 (linux/amd64) kubernetes/abc"), "client-go");

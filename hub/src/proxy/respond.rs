@@ -42,12 +42,7 @@ pub struct Responder<'m> {
 impl<'m> Responder<'m> {
     /// A responder for `req`. `keep` is false when the connection cannot carry another
     /// request whatever the answer (the client asked to close, or its body was not read).
-    pub fn new(
-        obs: &'m Observer,
-        rec: &'m Record,
-        req: &RequestHead,
-        keep: bool,
-    ) -> Responder<'m> {
+    pub fn new(obs: &'m Observer, rec: &'m Record, req: &RequestHead, keep: bool) -> Responder<'m> {
         Responder {
             metrics: &obs.metrics,
             obs,
@@ -88,17 +83,13 @@ impl<'m> Responder<'m> {
     /// Writes a complete `Status` answer. Returns whether the connection may continue.
     pub async fn status(&mut self, conn: &mut Conn, s: &Status) -> bool {
         if s.code >= 400 {
-            self.rec.failed(&s.message, &s.reason);
+            self.rec.failed(&s.message, s.reason);
         }
         self.count(s.code);
         let keep = self.keep;
         let bytes = http::status_response(s, self.http11, keep, self.rec.audit_id.as_bytes());
         self.wrote(bytes.len());
-        conn.wr
-            .write_all(&[&bytes])
-            .await
-            .is_ok()
-            && keep
+        conn.wr.write_all(&[&bytes]).await.is_ok() && keep
     }
 
     /// Answers a failed request (nothing, if the client is gone). Returns whether the
