@@ -127,17 +127,21 @@ impl ClientKind {
     }
 
     /// The label value (`kubectl/v1.32`, `client-go`, …).
-    pub fn label(self) -> String {
+    pub fn label(self) -> &'static str {
+        static KUBECTL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         match self {
-            ClientKind::Kubectl(m) => format!("kubectl/v1.{m}"),
-            ClientKind::KubectlOther => "kubectl".into(),
-            ClientKind::ClientGo => "client-go".into(),
-            ClientKind::KubeRs => "kube-rs".into(),
-            ClientKind::Python => "python".into(),
-            ClientKind::Go => "go".into(),
-            ClientKind::Curl => "curl".into(),
-            ClientKind::Browser => "browser".into(),
-            ClientKind::Other => "other".into(),
+            ClientKind::Kubectl(m) => KUBECTL
+                .get_or_init(|| (0..100).map(|m| format!("kubectl/v1.{m}")).collect())
+                .get(m as usize)
+                .map_or("kubectl", String::as_str),
+            ClientKind::KubectlOther => "kubectl",
+            ClientKind::ClientGo => "client-go",
+            ClientKind::KubeRs => "kube-rs",
+            ClientKind::Python => "python",
+            ClientKind::Go => "go",
+            ClientKind::Curl => "curl",
+            ClientKind::Browser => "browser",
+            ClientKind::Other => "other",
         }
     }
 }
@@ -196,7 +200,52 @@ pub struct Observer {
     pub hub: Arc<str>,
     /// Bounded label values shared by every core: resources, clusters, sources.
     pub bounds: Arc<Bounds>,
-    counters: RefCell<HashMap<u64, (TenantRequestLabel, Counter)>>,
+    requests: Handles<(String, String, String, u16, ServedBy)>,
+    clusters: Handles<(String, &'static str)>,
+    clients: Handles<(String, ClientKind)>,
+    sources: Handles<IpAddr>,
+    bytes: Handles<(String, &'static str)>,
+}
+
+/// A core's cache of counter handles: hash of the raw label values → (those values, the
+/// counter). A hit allocates nothing and takes no lock shared with other cores.
+#[derive(Debug)]
+struct Handles<K>(RefCell<HashMap<u64, (K, Counter)>>);
+
+impl<K> Default for Handles<K> {
+    fn default() -> Self {
+        Handles(RefCell::new(HashMap::new()))
+    }
+}
+
+impl<K> Handles<K> {
+    /// The counter of the values hashed as `key`: cached when `same` says the cached values
+    /// are these, else `make`'s (values, counter), cached.
+    fn get(
+        &self,
+        key: u64,
+        same: impl Fn(&K) -> bool,
+        make: impl FnOnce() -> (K, Counter),
+    ) -> Counter {
+        let mut cache = self.0.borrow_mut();
+        if let Some((k, c)) = cache.get(&key) {
+            if same(k) {
+                return c.clone();
+            }
+        }
+        if cache.len() >= COUNTER_CACHE {
+            cache.clear();
+        }
+        let (k, c) = make();
+        cache.insert(key, (k, c.clone()));
+        c
+    }
+}
+
+fn hash_of(v: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
 }
 
 /// The bounded label sets (`[metrics]` in hub.toml).
@@ -228,7 +277,11 @@ impl Observer {
             audit,
             hub,
             bounds,
-            counters: RefCell::new(HashMap::new()),
+            requests: Handles::default(),
+            clusters: Handles::default(),
+            clients: Handles::default(),
+            sources: Handles::default(),
+            bytes: Handles::default(),
         }
     }
 
@@ -242,33 +295,90 @@ impl Observer {
         code: u16,
         by: ServedBy,
     ) -> Counter {
-        let mut h = DefaultHasher::new();
-        (tenant, verb, resource, code, by.as_str()).hash(&mut h);
-        let key = h.finish();
-        let mut cache = self.counters.borrow_mut();
-        if let Some((l, c)) = cache.get(&key) {
-            if l.tenant == tenant
-                && l.verb == verb
-                && l.resource == resource
-                && l.code == code
-                && l.served_by == by.as_str()
-            {
-                return c.clone();
-            }
-        }
-        if cache.len() >= COUNTER_CACHE {
-            cache.clear();
-        }
-        let label = TenantRequestLabel {
-            tenant: tenant.to_owned(),
-            verb: verb.to_owned(),
-            resource: self.bounds.resources.admit(resource).to_owned(),
-            code,
-            served_by: by.as_str(),
-        };
-        let c = self.metrics.tenant_requests.get_or_create(&label).clone();
-        cache.insert(key, (label, c.clone()));
-        c
+        self.requests.get(
+            hash_of((tenant, verb, resource, code, by.as_str())),
+            |(t, v, r, c, b)| t == tenant && v == verb && r == resource && *c == code && *b == by,
+            || {
+                let label = TenantRequestLabel {
+                    tenant: tenant.to_owned(),
+                    verb: verb.to_owned(),
+                    resource: self.bounds.resources.admit(resource).to_owned(),
+                    code,
+                    served_by: by.as_str(),
+                };
+                let c = self.metrics.tenant_requests.get_or_create(&label).clone();
+                let key = (
+                    tenant.to_owned(),
+                    verb.to_owned(),
+                    resource.to_owned(),
+                    code,
+                    by,
+                );
+                (key, c)
+            },
+        )
+    }
+
+    fn cluster_counter(&self, cluster: &str, class: &'static str) -> Counter {
+        self.clusters.get(
+            hash_of((cluster, class)),
+            |(c, k)| c == cluster && *k == class,
+            || {
+                let label = ClusterLabel {
+                    cluster: self.bounds.clusters.admit(cluster).to_owned(),
+                    class,
+                };
+                let c = self.metrics.cluster_requests.get_or_create(&label).clone();
+                ((cluster.to_owned(), class), c)
+            },
+        )
+    }
+
+    fn client_counter(&self, tenant: &str, client: ClientKind) -> Counter {
+        self.clients.get(
+            hash_of((tenant, client)),
+            |(t, k)| t == tenant && *k == client,
+            || {
+                let label = ClientLabel {
+                    tenant: tenant.to_owned(),
+                    client: client.label().to_owned(),
+                };
+                let c = self.metrics.client_requests.get_or_create(&label).clone();
+                ((tenant.to_owned(), client), c)
+            },
+        )
+    }
+
+    fn source_counter(&self, source: IpAddr) -> Counter {
+        self.sources.get(
+            hash_of(source),
+            |s| *s == source,
+            || {
+                let text = source.to_string();
+                let label = SourceLabel {
+                    source: self.bounds.sources.admit(&text).to_owned(),
+                };
+                (
+                    source,
+                    self.metrics.source_requests.get_or_create(&label).clone(),
+                )
+            },
+        )
+    }
+
+    fn bytes_counter(&self, tenant: &str, direction: &'static str) -> Counter {
+        self.bytes.get(
+            hash_of((tenant, direction)),
+            |(t, d)| t == tenant && *d == direction,
+            || {
+                let label = TenantDirectionLabel {
+                    tenant: tenant.to_owned(),
+                    direction,
+                };
+                let c = self.metrics.tenant_bytes.get_or_create(&label).clone();
+                ((tenant.to_owned(), direction), c)
+            },
+        )
     }
 }
 
@@ -304,7 +414,7 @@ pub struct Record {
     request_body: RefCell<BytesMut>,
     response_body: RefCell<BytesMut>,
     annotations: RefCell<Vec<(&'static str, String)>>,
-    request_uri: String,
+    request_uri: Bytes,
     user_agent: Option<Bytes>,
     client: ClientKind,
     via_peer: Option<String>,
@@ -334,7 +444,7 @@ impl Record {
             request_body: RefCell::new(BytesMut::new()),
             response_body: RefCell::new(BytesMut::new()),
             annotations: RefCell::new(Vec::new()),
-            request_uri: String::from_utf8_lossy(&head.target).into_owned(),
+            request_uri: head.target.clone(),
             user_agent: head
                 .fields
                 .iter()
@@ -438,7 +548,7 @@ impl Record {
     fn event(&self, obs: &Observer, a: &Audit, stage: Stage) -> Event {
         let level = self.level.get();
         let mut e = Event::new(level, self.audit_id.clone(), stage, self.received);
-        e.request_uri = self.request_uri.clone();
+        e.request_uri = String::from_utf8_lossy(&self.request_uri).into_owned();
         e.source_ips = vec![self.source.to_string()];
         if let Some(ua) = &self.user_agent {
             e.user_agent = String::from_utf8_lossy(ua).into_owned();
@@ -552,34 +662,14 @@ impl Record {
                 400..=499 => "4xx",
                 _ => "5xx",
             };
-            m.cluster_requests
-                .get_or_create(&ClusterLabel {
-                    cluster: obs.bounds.clusters.admit(&t.cluster).to_owned(),
-                    class,
-                })
-                .inc();
+            obs.cluster_counter(&t.cluster, class).inc();
         }
         let client = self.client.label();
-        m.client_requests
-            .get_or_create(&ClientLabel {
-                tenant: tenant.to_owned(),
-                client: client.clone(),
-            })
-            .inc();
-        let source = self.source.to_string();
-        m.source_requests
-            .get_or_create(&SourceLabel {
-                source: obs.bounds.sources.admit(&source).to_owned(),
-            })
-            .inc();
+        obs.client_counter(tenant, self.client).inc();
+        obs.source_counter(self.source).inc();
         for (direction, n) in [("in", self.bytes_in.get()), ("out", self.bytes_out.get())] {
             if n > 0 {
-                m.tenant_bytes
-                    .get_or_create(&TenantDirectionLabel {
-                        tenant: tenant.to_owned(),
-                        direction,
-                    })
-                    .inc_by(n);
+                obs.bytes_counter(tenant, direction).inc_by(n);
             }
         }
         if let Some(reason) = self.rejected.get() {
@@ -601,7 +691,7 @@ impl Record {
         });
         obs.traffic.record(&Sample {
             tenant,
-            client: &client,
+            client,
             source: self.source,
             error: code >= 400,
             rejected: self.rejected.get().is_some(),
@@ -631,6 +721,7 @@ mod tests {
     #[test]
     fn client_kinds_are_few() {
         let k = |ua: &str| ClientKind::of(Some(ua.as_bytes())).label();
+        assert_eq!(k("kubectl/v1.5.0"), "kubectl/v1.5");
         assert_eq!(
             k("kubectl/v1.32.4 (linux/amd64) kubernetes/abc"),
             "kubectl/v1.32"
