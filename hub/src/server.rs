@@ -473,13 +473,14 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         caches: caches.clone(),
                     });
                     let (traffic, audit, hub_id, bounds) = observe_parts;
-                    let observer = crate::proxy::observe::Observer::new(
+                    let mut observer = crate::proxy::observe::Observer::new(
                         metrics.clone(),
                         traffic,
                         audit,
                         hub_id,
                         bounds,
                     );
+                    observer.impersonate = impersonate;
                     let proxy = Rc::new(ProxyCtx {
                         observer,
                         registry,

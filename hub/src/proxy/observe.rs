@@ -200,6 +200,9 @@ pub struct Observer {
     pub hub: Arc<str>,
     /// Bounded label values shared by every core: resources, clusters, sources.
     pub bounds: Arc<Bounds>,
+    /// The hub impersonates users at the edge (hub.toml `impersonate`): events name the
+    /// impersonated user.
+    pub impersonate: bool,
     requests: Handles<(String, String, String, u16, ServedBy)>,
     clusters: Handles<(String, &'static str)>,
     clients: Handles<(String, ClientKind)>,
@@ -277,6 +280,7 @@ impl Observer {
             audit,
             hub,
             bounds,
+            impersonate: true,
             requests: Handles::default(),
             clusters: Handles::default(),
             clients: Handles::default(),
@@ -564,12 +568,15 @@ impl Record {
                     .into_iter()
                     .collect(),
             };
-            // What the edge saw: the hub impersonates the user (name and groups).
-            e.impersonated_user = Some(UserInfo {
-                username: id.user.clone(),
-                groups: id.groups.clone(),
-                ..Default::default()
-            });
+            // What the edge saw: the user (name and groups) when the hub impersonates it;
+            // else the agent's own credentials, which the hub does not know.
+            if obs.impersonate {
+                e.impersonated_user = Some(UserInfo {
+                    username: id.user.clone(),
+                    groups: id.groups.clone(),
+                    ..Default::default()
+                });
+            }
             if let Ok(info) = target.info() {
                 e.verb = info.verb.as_str().to_owned();
                 if info.is_resource_request {
