@@ -241,9 +241,16 @@ pub fn audit_id_of(header: Option<&[u8]>) -> String {
     }
 }
 
-/// A random UUID (version 4), the form of kube-apiserver's audit ids.
+/// A random UUID (version 4), the form of kube-apiserver's audit ids. Unique, not secret:
+/// drawn from a per-thread fast generator seeded from the OS (one per request on the hub's
+/// hot path).
 pub fn new_audit_id() -> String {
-    let mut b: [u8; 16] = rand::random();
+    use rand::{Rng, SeedableRng};
+    thread_local! {
+        static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+    }
+    let mut b: [u8; 16] = RNG.with(|r| r.borrow_mut().random());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";

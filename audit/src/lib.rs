@@ -143,11 +143,13 @@ impl AuditConfig {
             if self.max_size_mb == 0 {
                 return Err("audit.max_size_mb must be at least 1".into());
             }
+            // A relative path is checked once the file that names it has made it absolute
+            // (and again when the sink starts).
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            if !dir.is_dir() {
+            if path.is_absolute() && !dir.is_dir() {
                 return Err(format!(
                     "audit.path {}: directory {} does not exist",
                     path.display(),

@@ -63,6 +63,17 @@ impl Sink {
         cfg.validate().map_err(AuditError::Config)?;
         let out = match (cfg.sink, &cfg.path) {
             (SinkKind::Stdout, _) => Output::Stdout,
+            (SinkKind::File, Some(path))
+                if !path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .is_none_or(Path::is_dir) =>
+            {
+                return Err(AuditError::Config(format!(
+                    "audit.path {}: its directory does not exist",
+                    path.display()
+                )))
+            }
             (SinkKind::File, Some(path)) => Output::File(Rotating {
                 path: path.clone(),
                 max_bytes: cfg.max_size_mb.saturating_mul(1024 * 1024),

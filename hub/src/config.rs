@@ -748,6 +748,9 @@ impl HubConfig {
                 fix(p);
             }
         }
+        if let Some(p) = &mut cfg.audit.path {
+            fix(p);
+        }
         for l in [&mut cfg.user_listener, &mut cfg.agent_listener] {
             for p in [&mut l.cert, &mut l.key, &mut l.client_ca]
                 .into_iter()

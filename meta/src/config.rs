@@ -227,6 +227,9 @@ impl MetaConfig {
             }
         }
         fix(&mut cfg.store.path);
+        if let Some(p) = cfg.audit.path.as_mut() {
+            fix(p);
+        }
         Ok(cfg)
     }
 
