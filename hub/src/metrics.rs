@@ -587,7 +587,9 @@ impl Metrics {
     }
 
     /// Counts a refused request (`reason`: `unauthenticated`, `forbidden`, `not_found`,
-    /// `limit`, `ban`, `overload`) for `tenant` (`""` when unknown).
+    /// `limit`, `ban`, `overload`) for `tenant` (`""` when unknown). Inside a request's path
+    /// use `proxy::observe::Record::reject` instead (it counts here once the request ends,
+    /// and in `/traffic`); this is for refusals outside one (a connection refused on accept).
     pub fn rejected(&self, tenant: &str, reason: &'static str) {
         self.rejections
             .get_or_create(&RejectLabel {

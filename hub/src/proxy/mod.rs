@@ -425,7 +425,9 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
     let (target, identity, review, cached, backend) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            rec.rejected.set(rejection(&e));
+            if let Some(reason) = rejection(&e) {
+                rec.reject(reason);
+            }
             return out.error(conn, &e, Reached::Hub).await;
         }
     };

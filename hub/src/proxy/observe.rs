@@ -493,6 +493,14 @@ impl Record {
             .inc();
     }
 
+    /// The request is refused for `reason` (`unauthenticated`, `forbidden`, `not_found`,
+    /// `limit`, `ban`, `overload`): counted once when it ends, in
+    /// `kubehub_hub_rejected_total{tenant,reason}` and in `/traffic`'s `rejectedPerSecond`.
+    /// (Fair sharing and bans call this on the request's record, `out.rec`.)
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.set(Some(reason));
+    }
+
     /// The failure's `Status` (message and reason), for the audit event.
     pub fn failed(&self, message: &str, reason: &str) {
         *self.failure.borrow_mut() = Some((message.to_owned(), reason.to_owned()));
