@@ -72,6 +72,9 @@ pub struct HubRecord {
     /// Draining (shutting down or restarting): agents move away, no new tunnels.
     #[serde(default)]
     pub draining: bool,
+    /// The hub's admin listener (`http://host:port`; `""`: none): its `/traffic`, `/metrics`.
+    #[serde(default)]
+    pub admin: String,
     /// When the record last changed or was refreshed, unix seconds (set by meta).
     #[serde(default)]
     pub updated: u64,
@@ -614,6 +617,8 @@ mod tests {
         );
         assert!(text.contains(r#""agentEndpoint":"hub-2:8444""#), "{text}");
         assert!(text.contains(r#""zone":"","agents":0,"streams":0,"cpu":0,"draining":false"#));
+        // Where meta's console fetches the hub's /traffic.
+        assert!(text.contains(r#""draining":false,"admin":"""#), "{text}");
         // A newer meta's extra fields are ignored; an unknown kind is not a line.
         let newer = r#"{"kind":"hub","revision":1,"hub":{"id":"h","endpoint":"https://h","agentEndpoint":"h:1","colour":"red"}}"#;
         assert!(RegistryLine::parse(newer.as_bytes()).is_ok());

@@ -14,6 +14,11 @@
 //! * `resolve/split_cluster_path/*`: `/clusters/{id}/…` → cluster and path (borrowing);
 //!   `resolve/resolve_info/*`: the hub's whole resolve phase on a parsed head
 //!   (`proxy::resolve::resolve`: cluster, owned path, percent-decoding; then `Target::info`).
+//! * `observe/*`: the end of every request (`proxy::observe`): its record made from the head
+//!   (audit id, client kind), the identity and target noted, the response head counted, then
+//!   `finish` — the per-tenant, per-cluster, per-client and per-source counters, the bytes and
+//!   the `/traffic` rings; `audit_metadata` also builds the audit event and queues it (to a
+//!   writer thread that discards it).
 //!
 //! `cargo bench -p kubehub-benches --bench request -- --warm-up-time 1 --measurement-time 3`
 
@@ -246,5 +251,69 @@ fn bench_resolve(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse_head, bench_request_info, bench_resolve);
+fn bench_observe(c: &mut Criterion) {
+    use kubehub_hub::metrics::Metrics;
+    use kubehub_hub::proxy::observe::{Audit, Bounded, Bounds, Observer, Record, ServedBy};
+    use std::sync::Arc;
+    let observer = |audit: Option<Audit>| {
+        Observer::new(
+            Arc::new(Metrics::new()),
+            Arc::new(kubehub_hub::traffic::Traffic::new("hub-0", 10_000)),
+            audit,
+            Arc::from("hub-0"),
+            Arc::new(Bounds {
+                resources: Bounded::new(200),
+                clusters: Bounded::new(1000),
+                sources: Bounded::new(100),
+            }),
+        )
+    };
+    let audit = || {
+        let sink = kubehub_audit::Sink::with_writer(
+            Box::new(std::io::sink()),
+            100_000,
+            Default::default(),
+        )
+        .expect("a sink");
+        Some(Audit {
+            sink,
+            policy: Arc::new(kubehub_audit::Policy {
+                read_level: kubehub_audit::Level::Metadata,
+                ..Default::default()
+            }),
+            max_body: 65536,
+        })
+    };
+    let (_, raw, _) = heads().swap_remove(0);
+    let head = parsed(&raw);
+    let id = Arc::new(identity());
+    let target = resolve(&head, &id).expect("resolves");
+    let source: std::net::IpAddr = "10.1.2.3".parse().expect("an address");
+    let mut g = c.benchmark_group("observe");
+    g.throughput(Throughput::Elements(1));
+    for (case, obs) in [
+        ("metrics_traffic", observer(None)),
+        ("audit_metadata", observer(audit())),
+    ] {
+        g.bench_function(BenchmarkId::new("kubectl_get_pod", case), |b| {
+            b.iter(|| {
+                let rec = Record::new(&head, source, None);
+                rec.identify(&obs, &id, &target);
+                rec.served_by.set(ServedBy::Cache);
+                rec.head_written(&obs, 200);
+                rec.bytes_out.set(2048);
+                rec.finish(&obs);
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_parse_head,
+    bench_request_info,
+    bench_resolve,
+    bench_observe
+);
 criterion_main!(benches);

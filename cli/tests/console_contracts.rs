@@ -4,11 +4,6 @@
 //! moving a cluster from the console (contract 5: `/v1/registry/hubs/{id}/drain`,
 //! `/v1/registry/pins/{cluster}`); the Traffic page showing what the hubs served (contract 3:
 //! each hub's `admin` in its registration, its `/traffic`).
-//!
-//! **Not compiled until those parts are merged**: enable with
-//! `cargo test -p kubehub-cli --features console-contracts --test console_contracts`, then
-//! make the feature default (or drop the `cfg`) once the bans and drain/pin routes are in.
-#![cfg(feature = "console-contracts")]
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
 use std::path::Path;

@@ -41,7 +41,7 @@ use crate::proxy::error::ProxyError;
 
 /// The field in which a hub relaying a request to the cluster's holder names the client's
 /// address (set by the relaying hub; a user's own is dropped).
-pub const CLIENT_FIELD: &str = "KubeHub-Client";
+pub const CLIENT_FIELD: &str = crate::proxy::peer::SOURCE_FIELD;
 
 /// Unix milliseconds now (what ban expiry is compared with).
 pub fn now_ms() -> u64 {

@@ -59,6 +59,9 @@
 //! register_interval_ms = 5000        # PUT /v1/registry/hubs/{id} this often
 //! public_url = ""                    # user-facing URL sent to meta; "": https://<host>:<user port>
 //! agent_endpoint = ""                # host:port agents dial; "": <host>:<agent port>
+//! admin_url = ""                     # where meta (its console) reaches this hub's admin listener
+//!                                    # for /traffic, sent with the registration; "":
+//!                                    # http://<host>:<admin port> ("" too without [admin])
 //! max_line_bytes = 268435456         # largest sync line accepted (a snapshot is one line)
 //! version = ""                       # the version this hub registers as (and shows in
 //!                                    # kubehub_hub_info); "": this build's. Canary rules
@@ -81,8 +84,30 @@
 //! # client_ca = "ca.crt"             # CA that signs agent certificates (CN = cluster id);
 //!                                    # required unless [meta] state_dir (default: meta's CA)
 //!
-//! [admin]                            # /healthz, /readyz, /metrics (plain HTTP)
+//! [admin]                            # /healthz, /readyz, /metrics, /clusters, /traffic (plain HTTP)
 //! listen = "127.0.0.1:9100"
+//!
+//! [metrics]                          # label bounds of the per-request metrics (crate::metrics)
+//! resources = 200                    # distinct `resource` label values; later ones: "other"
+//! clusters = 1000                    # distinct `cluster` values of kubehub_hub_cluster_requests
+//! sources = 100                      # distinct `source` addresses of kubehub_hub_source_requests
+//! traffic_clients = 10000            # clients (tenant x user agent x address) /traffic tracks
+//!
+//! [audit]                            # the audit log: audit.k8s.io/v1 Events, one JSON line each
+//! enabled = false                    # (kubehub_audit::AuditConfig documents every option)
+//! sink = "file"                      # "file" or "stdout"
+//! path = "/var/log/kubehub/audit.log"
+//! max_size_mb = 100                  # rotate at this size; audit.log.1 is the newest old file
+//! max_backups = 10                   # old files kept
+//! queue = 10000                      # events waiting for the writer; beyond: dropped, counted
+//!                                    # in kubehub_audit_events_dropped_total (never blocks)
+//! max_body_bytes = 65536             # Request/RequestResponse levels: JSON bodies up to this
+//! write_level = "Metadata"           # writes no rule matched
+//! read_level = "None"                # get/list/watch no rule matched
+//! # [[audit.rules]]                  # first match wins: level by verbs/resources/users/namespaces
+//! # level = "RequestResponse"
+//! # verbs = ["create", "update", "patch", "delete"]
+//! # resources = ["secrets", "apps/deployments", "pods/exec"]
 //!
 //! [limits]
 //! max_header_bytes = 65536           # request head larger than this: 431
@@ -188,6 +213,7 @@
 //! types = ["v1/pods"]
 //! ```
 
+pub use kubehub_audit::AuditConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -541,6 +567,37 @@ pub struct HubConfig {
     /// The cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Label bounds of the metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: kubehub_audit::AuditConfig,
+}
+
+/// `[metrics]`: how many distinct values the bounded labels take (`crate::metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Distinct `resource` values.
+    pub resources: usize,
+    /// Distinct `cluster` values.
+    pub clusters: usize,
+    /// Distinct `source` values.
+    pub sources: usize,
+    /// Clients `/traffic` tracks.
+    pub traffic_clients: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            resources: 200,
+            clusters: 1000,
+            sources: 100,
+            traffic_clients: 10_000,
+        }
+    }
 }
 
 /// `[access]`: a static access snapshot.
@@ -603,6 +660,9 @@ pub struct MetaConfig {
     /// `host:port` agents dial ("": derived from the agent listener).
     #[serde(default)]
     pub agent_endpoint: String,
+    /// The admin listener's URL for meta ("": derived from `[admin] listen`).
+    #[serde(default)]
+    pub admin_url: String,
     /// Largest sync line accepted.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
@@ -650,6 +710,7 @@ impl MetaConfig {
             register_interval_ms: default_register_interval_ms(),
             public_url: String::new(),
             agent_endpoint: String::new(),
+            admin_url: String::new(),
             max_line_bytes: default_max_line_bytes(),
             unready_after_ms: default_unready_after_ms(),
             version: String::new(),
@@ -882,6 +943,9 @@ impl HubConfig {
                 fix(p);
             }
         }
+        if let Some(p) = &mut cfg.audit.path {
+            fix(p);
+        }
         for l in [&mut cfg.user_listener, &mut cfg.agent_listener] {
             for p in [&mut l.cert, &mut l.key, &mut l.client_ca]
                 .into_iter()
@@ -927,6 +991,7 @@ impl HubConfig {
         }
         self.cache.validate()?;
         l.fairness.validate()?;
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         match (&self.access, &self.meta) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(

@@ -577,6 +577,7 @@ pub fn response_head(
     head_request: bool,
     http11: bool,
     keep_alive: bool,
+    audit_id: &[u8],
 ) -> (Vec<u8>, Framing) {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
@@ -597,12 +598,19 @@ pub fn response_head(
         Framing::Close
     };
     for (n, v) in fields {
-        if is_hop_by_hop(n) {
+        // The request's audit id is the hub's to say (the edge's is the same when it honours
+        // the forwarded one).
+        if is_hop_by_hop(n) || (!audit_id.is_empty() && n.eq_ignore_ascii_case(b"audit-id")) {
             continue;
         }
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !audit_id.is_empty() {
+        out.extend_from_slice(b"Audit-ID: ");
+        out.extend_from_slice(audit_id);
         out.extend_from_slice(b"\r\n");
     }
     if framing == Framing::Chunked {
@@ -652,7 +660,12 @@ pub fn upgrade_of(head: &RequestHead) -> Option<&[u8]> {
 }
 
 /// A complete response carrying a Kubernetes `Status`.
-pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u8> {
+pub fn status_response(
+    status: &Status,
+    http11: bool,
+    keep_alive: bool,
+    audit_id: &[u8],
+) -> Vec<u8> {
     let body = status.to_json();
     let mut fields: Fields = vec![
         (
@@ -676,7 +689,7 @@ pub fn status_response(status: &Status, http11: bool, keep_alive: bool) -> Vec<u
             after.map_or(Bytes::from_static(b"1"), |s| Bytes::from(s.to_string())),
         ));
     }
-    let (mut out, _) = response_head(status.code, &fields, false, http11, keep_alive);
+    let (mut out, _) = response_head(status.code, &fields, false, http11, keep_alive, audit_id);
     out.extend_from_slice(&body);
     out
 }
@@ -1135,7 +1148,7 @@ mod tests {
             Bytes::from_static(b"Content-Length"),
             Bytes::from_static(b"2"),
         )];
-        let (h, f) = response_head(200, &cl, false, true, true);
+        let (h, f) = response_head(200, &cl, false, true, true, b"");
         assert_eq!(f, Framing::Length);
         assert_eq!(h, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
         let hop: Fields = vec![
@@ -1148,10 +1161,10 @@ mod tests {
                 Bytes::from_static(b"application/json"),
             ),
         ];
-        let (h, f) = response_head(200, &hop, false, true, true);
+        let (h, f) = response_head(200, &hop, false, true, true, b"");
         assert_eq!(f, Framing::Chunked);
         assert_eq!(h, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let s = status_response(&Status::unavailable("down"), true, true);
+        let s = status_response(&Status::unavailable("down"), true, true, b"");
         let text = String::from_utf8(s).unwrap();
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(text.contains("Retry-After: 1\r\n"));

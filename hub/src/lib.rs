@@ -13,6 +13,8 @@
 //! `bans` refuses banned parties and ends their running requests;
 //! `enroll` is the hub's certificate from the metaserver (join token, renewal); `drain` is
 //! why the hub drains (shutdown, or an operator's drain in meta) and the switch that says so.
+//! Every request ends in `proxy::observe`: metrics, the live `traffic` summary and the audit
+//! log.
 
 pub mod access;
 pub mod admission;
@@ -28,4 +30,5 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod traffic;
 pub mod tunnel;

@@ -1,4 +1,34 @@
 //! Prometheus metrics of the hub, served on the admin listener's `/metrics`.
+//!
+//! **Per-tenant traffic and its cardinality.** Every request ends in one observation
+//! (`proxy::observe`), counted here by label sets whose size is bounded whatever clients send:
+//!
+//! * `kubehub_hub_tenant_requests_total{tenant, verb, resource, code, served_by}`: tenants are
+//!   meta's (unauthenticated requests count under `tenant=""`), verbs kube-apiserver's ten or
+//!   so, `served_by` one of `hub` (answered by the hub itself: refusals, reviews), `cache`,
+//!   `forward` (the cluster's tunnel), `peer` (another hub). `resource` is the request's
+//!   `[group/]resource[/subresource]` for the first `[metrics] resources` distinct values this
+//!   hub has seen (default 200) and `other` after that, so paths a client makes up cannot
+//!   grow the family without bound. **No cluster label** here: 10k clusters × verbs × codes
+//!   would be millions of series.
+//! * `kubehub_hub_cluster_requests_total{cluster, class}`: per cluster, the code class only
+//!   (`2xx`, `3xx`, `4xx`, `5xx`), for the first `[metrics] clusters` clusters seen (default
+//!   1000; later ones count as `cluster="other"`): at most 4 × 1001 series. Full per-cluster
+//!   figures are on the admin listener's `/clusters`.
+//! * `kubehub_hub_client_requests_total{tenant, client}`: `client` is the user-agent family
+//!   (`kubectl/v1.<minor>`, `kubectl`, `client-go`, `kube-rs`, `python`, `go`, `curl`,
+//!   `browser`, `other`; see `proxy::observe::ClientKind`): at most ~110 values per tenant.
+//! * `kubehub_hub_source_requests_total{source}`: the client's IP address for the first
+//!   `[metrics] sources` addresses seen (default 100), `other` after. Who is loud *now* (the
+//!   top 20 tenant × client × address over the last minute) is `/traffic`'s job.
+//! * `kubehub_hub_tenant_bytes_total{tenant, direction="in"|"out"}` (request body bytes in,
+//!   response bytes out), `kubehub_hub_tenant_watches{tenant}` (watches open),
+//!   `kubehub_hub_rejected_total{tenant, reason}` (`unauthenticated`, `forbidden`,
+//!   `not_found`, and from fair sharing and bans `limit`, `ban`, `overload`: [`Metrics::rejected`]).
+//!
+//! The request path reaches these counters through a per-core cache of handles keyed by a hash
+//! of the label values (`proxy::observe`), so a request allocates no label strings once its
+//! series exists.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -83,11 +113,78 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels of the per-tenant request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantRequestLabel {
+    /// The tenant (`""`: not authenticated).
+    pub tenant: String,
+    /// Kubernetes verb.
+    pub verb: String,
+    /// `[group/]resource[/subresource]`, or `other` beyond the bound.
+    pub resource: String,
+    /// HTTP status code.
+    pub code: u16,
+    /// `hub`, `cache`, `forward` or `peer`.
+    pub served_by: &'static str,
+}
+
+/// Labels of the per-cluster request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// The cluster, or `other` beyond the bound.
+    pub cluster: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx` (`1xx` for upgrades).
+    pub class: &'static str,
+}
+
+/// Labels of the per-client-kind request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabel {
+    /// The tenant.
+    pub tenant: String,
+    /// User-agent family.
+    pub client: String,
+}
+
+/// Labels of the per-source-address request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// IP address, or `other` beyond the bound.
+    pub source: String,
+}
+
+/// Labels of per-tenant byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantDirectionLabel {
+    /// The tenant.
+    pub tenant: String,
+    /// `in` (request bodies) or `out` (responses).
+    pub direction: &'static str,
+}
+
+/// Labels of per-tenant gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant.
+    pub tenant: String,
+}
+
+/// Labels of rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    /// The tenant (`""`: not known, e.g. not authenticated).
+    pub tenant: String,
+    /// `unauthenticated`, `forbidden`, `not_found`, `limit`, `ban`, `overload`.
+    pub reason: &'static str,
+}
+
 /// The hub's metrics (shared by every core; all updates are atomic).
 #[derive(Debug)]
 pub struct Metrics {
     /// Agents connected.
     pub agents: Gauge,
+    /// Agent tunnels accepted (a rate well above the agents' number is flapping).
+    pub agent_connects: Counter,
     /// Streams open across tunnels.
     pub streams: Gauge,
     /// Tunnel payload bytes each way.
@@ -158,7 +255,26 @@ pub struct Metrics {
     pub peer_requests: Family<OutcomeLabel, Counter>,
     /// The admit phase: admissions, waits, refusals, memory (`crate::admission`).
     pub admission: crate::admission::AdmissionMetrics,
+    /// Requests by tenant, verb, resource, code and who served them.
+    pub tenant_requests: Family<TenantRequestLabel, Counter>,
+    /// Requests by cluster (bounded) and code class.
+    pub cluster_requests: Family<ClusterLabel, Counter>,
+    /// Requests by tenant and user-agent family.
+    pub client_requests: Family<ClientLabel, Counter>,
+    /// Requests by source address (bounded).
+    pub source_requests: Family<SourceLabel, Counter>,
+    /// Bytes by tenant and direction.
+    pub tenant_bytes: Family<TenantDirectionLabel, Counter>,
+    /// Watches open, by tenant.
+    pub tenant_watches: Family<TenantLabel, Gauge>,
+    /// Requests refused, by tenant and reason.
+    pub rejections: Family<RejectLabel, Counter>,
+    /// Audit events written (`kubehub_audit_events_total`).
+    pub audit_events: Counter,
+    /// Audit events dropped because the writer fell behind (`kubehub_audit_events_dropped_total`).
+    pub audit_dropped: Counter,
     registry: Registry,
+    audit_registry: Registry,
 }
 
 impl Default for Metrics {
@@ -191,6 +307,12 @@ impl Metrics {
             agents.clone(),
         );
         registry.register("streams_open", "Tunnel streams open", streams.clone());
+        let agent_connects = Counter::default();
+        registry.register(
+            "agent_connects",
+            "Agent tunnels accepted (each reconnect counts)",
+            agent_connects.clone(),
+        );
         registry.register("tunnel_bytes", "Tunnel payload bytes", tunnel_bytes.clone());
         registry.register(
             "requests",
@@ -368,8 +490,72 @@ impl Metrics {
         admission.register(&mut registry);
         let cert = kubehub_enroll::CertMetrics::default();
         cert.register(&mut registry, "the hub's (user listener's)");
+        let tenant_requests = Family::<TenantRequestLabel, Counter>::default();
+        registry.register(
+            "tenant_requests",
+            "Requests by tenant, verb, resource (bounded), code and served_by (hub, cache, forward, peer)",
+            tenant_requests.clone(),
+        );
+        let cluster_requests = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "cluster_requests",
+            "Requests by cluster (the first [metrics] clusters seen, then other) and code class",
+            cluster_requests.clone(),
+        );
+        let client_requests = Family::<ClientLabel, Counter>::default();
+        registry.register(
+            "client_requests",
+            "Requests by tenant and client (user-agent family: kubectl/v1.32, client-go, kube-rs, python, ...)",
+            client_requests.clone(),
+        );
+        let source_requests = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "source_requests",
+            "Requests by source address (the first [metrics] sources seen, then other)",
+            source_requests.clone(),
+        );
+        let tenant_bytes = Family::<TenantDirectionLabel, Counter>::default();
+        registry.register(
+            "tenant_bytes",
+            "Bytes by tenant: in (request bodies), out (responses)",
+            tenant_bytes.clone(),
+        );
+        let tenant_watches = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "tenant_watches",
+            "Watches open, by tenant",
+            tenant_watches.clone(),
+        );
+        let rejections = Family::<RejectLabel, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests refused, by tenant and reason (unauthenticated, forbidden, not_found, limit, ban, overload)",
+            rejections.clone(),
+        );
+        // The audit log's counters are the sink's (kubehub-audit): `kubehub_audit_*`, the
+        // same names wherever an audit log is written.
+        let audit_events = Counter::default();
+        let audit_dropped = Counter::default();
+        let mut audit = Registry::with_prefix("kubehub_audit");
+        audit.register("events", "Audit events written", audit_events.clone());
+        audit.register(
+            "events_dropped",
+            "Audit events dropped because the writer fell behind (the request path never waits)",
+            audit_dropped.clone(),
+        );
         Metrics {
             admission,
+            agent_connects,
+            tenant_requests,
+            cluster_requests,
+            client_requests,
+            source_requests,
+            tenant_bytes,
+            tenant_watches,
+            rejections,
+            audit_events,
+            audit_dropped,
+            audit_registry: audit,
             info,
             peer_links,
             peer_requests,
@@ -407,9 +593,27 @@ impl Metrics {
         }
     }
 
+    /// Counts a refused request (`reason`: `unauthenticated`, `forbidden`, `not_found`,
+    /// `limit`, `ban`, `overload`) for `tenant` (`""` when unknown). Inside a request's path
+    /// use `proxy::observe::Record::reject` instead (it counts here once the request ends,
+    /// and in `/traffic`); this is for refusals outside one (a connection refused on accept).
+    pub fn rejected(&self, tenant: &str, reason: &'static str) {
+        self.rejections
+            .get_or_create(&RejectLabel {
+                tenant: tenant.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.audit_registry);
+        // One exposition: the first registry's `# EOF` goes.
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }

@@ -338,6 +338,35 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             peers.apply(&line);
         }
     }
+    // What every request's observation feeds: the traffic summary, the bounded label sets,
+    // the audit log (its writer thread starts here; the request path only enqueues).
+    let traffic = Arc::new(crate::traffic::Traffic::new(
+        &cfg.id,
+        cfg.metrics.traffic_clients,
+    ));
+    let bounds = Arc::new(crate::proxy::observe::Bounds {
+        resources: crate::proxy::observe::Bounded::new(cfg.metrics.resources),
+        clusters: crate::proxy::observe::Bounded::new(cfg.metrics.clusters),
+        sources: crate::proxy::observe::Bounded::new(cfg.metrics.sources),
+    });
+    let audit = if cfg.audit.enabled {
+        let sink = kubehub_audit::Sink::start(
+            &cfg.audit,
+            kubehub_audit::sink::SinkCounters {
+                written: metrics.audit_events.clone(),
+                dropped: metrics.audit_dropped.clone(),
+            },
+        )
+        .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        Some(crate::proxy::observe::Audit {
+            sink,
+            policy: Arc::new(cfg.audit.policy()),
+            max_body: cfg.audit.max_body_bytes,
+        })
+    } else {
+        None
+    };
+    let hub_id: Arc<str> = Arc::from(cfg.id.as_str());
     let user = reuseport_listeners(cfg.user_listener.listen, n)?;
     let agent = reuseport_listeners(cfg.agent_listener.listen, n)?;
     let user_addr = user[0].local_addr().map_err(|source| HubError::Bind {
@@ -379,7 +408,8 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                     m,
                     user_addr,
                     agent_addr,
-                ),
+                )
+                .with_admin(admin_addr),
                 client_cert,
                 side_tasks,
             })
@@ -400,6 +430,12 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             caches.clone(),
             peers.clone(),
         );
+        let observe_parts = (
+            traffic.clone(),
+            audit.clone(),
+            hub_id.clone(),
+            bounds.clone(),
+        );
         let tunnel_parts = (
             cfg.id.clone(),
             agent_tls.clone(),
@@ -414,6 +450,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
             access.clone(),
             drain_rx.clone(),
             peers.clone(),
+            traffic.clone(),
         );
         let max_conns = cfg.limits.max_connections;
         let admission = admission.clone();
@@ -454,7 +491,17 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                         access.clone(),
                         metrics.clone(),
                     ));
+                    let (traffic, audit, hub_id, bounds) = observe_parts;
+                    let mut observer = crate::proxy::observe::Observer::new(
+                        metrics.clone(),
+                        traffic,
+                        audit,
+                        hub_id,
+                        bounds,
+                    );
+                    observer.impersonate = impersonate;
                     let proxy = Rc::new(ProxyCtx {
+                        observer,
                         registry,
                         access,
                         metrics,
@@ -629,6 +676,7 @@ type AdminCtx = (
     Arc<Access>,
     tokio::sync::watch::Receiver<bool>,
     Arc<crate::peers::Peers>,
+    Arc<crate::traffic::Traffic>,
 );
 
 async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
@@ -637,7 +685,7 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (registry, metrics, caches, access, drain, peers) = ctx.clone();
+        let (registry, metrics, caches, access, drain, peers, traffic) = ctx.clone();
         monoio::spawn(async move {
             let buf = vec![0u8; 4096];
             let (res, buf) = tcp.read(buf).await;
@@ -690,6 +738,14 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
                     "application/json",
                     crate::bans::admin_json(&access, &metrics),
                 ),
+                // The last minute's traffic per tenant and the top clients (contract 3 of
+                // issue #14; meta's console reads it).
+                "/traffic" => (200, "application/json", {
+                    let mut body =
+                        serde_json::to_string(&traffic.summary()).unwrap_or_else(|_| "{}".into());
+                    body.push('\n');
+                    body
+                }),
                 _ => (404, "text/plain", "not found\n".to_owned()),
             };
             let resp = format!(

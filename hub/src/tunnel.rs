@@ -391,6 +391,7 @@ fn start(admitted: Admitted, ctx: &Rc<TunnelCtx>) -> Started {
     } else {
         let generation = ctx.registry.register(&cluster, &agent_id, cmd_tx);
         ctx.metrics.agents.inc();
+        ctx.metrics.agent_connects.inc();
         (Remote::Agent { generation }, generation)
     };
     // Bytes the agent sent right behind its HELLO (handled once the tunnel exists: on a peer

@@ -280,6 +280,8 @@ fn the_hub_follows_meta_and_serves_on_without_it() {
         }),
         limits: Default::default(),
         cache: Default::default(),
+        metrics: Default::default(),
+        audit: Default::default(),
     };
     let hub = kubehub_hub::server::start(cfg).unwrap();
     let admin = hub.admin_addr.unwrap();

@@ -48,9 +48,11 @@ use crate::error::MetaError;
 use crate::service::{AgentRecord, Caller, CanaryRule, HubRecord, KubeconfigRequest, Meta, Pin};
 
 /// Who the TLS layer says is on the other end: the verified client certificate's CN and
-/// organizations, if one was presented.
+/// organizations, if one was presented, and the address it connected from.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
+    /// The client's address.
+    pub addr: Option<std::net::SocketAddr>,
     /// Common name.
     pub common_name: String,
     /// Organizations (groups).
@@ -98,7 +100,11 @@ pub struct Limit(pub usize);
 
 /// Establishes the caller: a bearer token (admin or user), else a client certificate issued
 /// to a hub or an agent.
-async fn caller(meta: &Meta, headers: &HeaderMap, peer: &Peer) -> Result<Caller, MetaError> {
+pub(crate) async fn caller(
+    meta: &Meta,
+    headers: &HeaderMap,
+    peer: &Peer,
+) -> Result<Caller, MetaError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v
             .to_str()
@@ -226,6 +232,10 @@ fn api_router(meta: Meta) -> Router {
                 .delete(clear_user_limit),
         )
         .fallback(|| async { MetaError::NotFound("no such API path".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            meta.clone(),
+            crate::audit::layer,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(Extension(Limit(limit)))
         .with_state(meta)

@@ -48,6 +48,15 @@
 //! traffic_interval_ms = 2000         # how often the Traffic page asks the hubs again
 //! traffic_timeout_ms = 1000          # each hub's admin `/traffic` must answer within this;
 //!                                    # a hub that does not is shown as not answering
+//! [audit]                            # audit.k8s.io/v1 Events of every mutating API request
+//! enabled = false                    # (tenants, users, clusters, grants, tokens, kubeconfigs,
+//! sink = "file"                      # bans, limits, canary, drain, pins, enrollment): the
+//! path = "/var/log/kubehub/meta-audit.log" # options are the hub's [audit]
+//! max_size_mb = 100                  # (kubehub_audit::AuditConfig). Meta logs at most the
+//! max_backups = 10                   # Request level (request bodies; never responses, which
+//! queue = 10000                      # carry tokens), and only Metadata for enrollment,
+//! write_level = "Metadata"           # renewal, kubeconfigs and join tokens (their bodies hold
+//!                                    # secrets). Registry heartbeats are not audited.
 //! ```
 //!
 //! With `backend = "etcd"` the metaserver keeps no state of its own: run as many replicas as
@@ -216,6 +225,9 @@ pub struct MetaConfig {
     /// The operations console.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// The audit log of mutating requests.
+    #[serde(default)]
+    pub audit: kubehub_audit::AuditConfig,
 }
 
 fn default_names() -> Vec<String> {
@@ -250,6 +262,9 @@ impl MetaConfig {
             }
         }
         fix(&mut cfg.store.path);
+        if let Some(p) = cfg.audit.path.as_mut() {
+            fix(p);
+        }
         Ok(cfg)
     }
 
@@ -269,6 +284,7 @@ impl MetaConfig {
         {
             return bad("tokens.default_lifetime_s must be > 0 and <= tokens.max_lifetime_s");
         }
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         if self.tokens.max_per_user == 0 {
             return bad("tokens.max_per_user must be > 0");
         }

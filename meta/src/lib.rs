@@ -19,6 +19,7 @@
 //! * [`config`]: what `meta.toml` may say.
 
 pub mod api;
+pub mod audit;
 pub mod bans;
 pub mod client;
 pub mod config;

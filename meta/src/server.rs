@@ -81,6 +81,7 @@ fn peer_of(conn: &rustls::ServerConnection) -> Peer {
         .map(|i| i.names)
         .unwrap_or_default();
     Peer {
+        addr: None,
         common_name,
         organizations,
         names,
@@ -144,7 +145,8 @@ pub async fn start(meta: Meta) -> Result<Server, MetaError> {
                         return;
                     }
                 };
-                let peer = peer_of(tls.get_ref().1);
+                let mut peer = peer_of(tls.get_ref().1);
+                peer.addr = Some(from);
                 let svc = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(peer.clone());

@@ -261,6 +261,8 @@ pub struct Meta {
     ca_pem: Arc<str>,
     hub_ca_pem: Arc<str>,
     admin: Arc<Vec<[u8; 32]>>,
+    /// The audit log (`[audit]`), when enabled.
+    pub audit: Option<crate::audit::MetaAudit>,
 }
 
 impl Meta {
@@ -277,7 +279,9 @@ impl Meta {
             None => ca_pem.clone(),
         };
         let admin = admin_tokens(&cfg.admin_token_file)?;
+        let audit = crate::audit::MetaAudit::start(&cfg.audit)?;
         Ok(Meta {
+            audit,
             cfg: Arc::new(cfg),
             store,
             ca: Arc::new(ca),

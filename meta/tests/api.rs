@@ -664,3 +664,69 @@ async fn two_replicas_on_one_etcd_agree() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Every mutating call is an audit event (here: a grant created and deleted, the tenant and
+/// user before it), with who asked, what, the answer's code and, at level Request, the body;
+/// reads are not audited.
+async fn mutations_are_audited(kind: Kind) {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("meta-audit.log");
+    let h = Harness::new(
+        kind,
+        &format!(
+            "[audit]\nenabled = true\npath = {:?}\nwrite_level = \"Request\"\n",
+            log
+        ),
+    );
+    let m = h.start().await;
+    seed(&m.admin, "acme", "alice").await;
+    m.admin.get("/v1/grants").await.unwrap();
+    m.admin.delete("/v1/grants/acme/read").await.unwrap();
+    let events = |path: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let all = events(&log);
+        if all.iter().any(|e| e["verb"] == "delete") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "no delete event in {all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let create = all
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "grants")
+        .unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(create["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(create["level"], "Request");
+    assert_eq!(create["user"]["username"], "admin");
+    assert_eq!(create["objectRef"]["apiGroup"], "meta.kubehub.io");
+    assert_eq!(create["requestURI"], "/v1/grants");
+    assert_eq!(create["sourceIPs"][0], "127.0.0.1");
+    let code = create["responseStatus"]["code"].as_u64().unwrap();
+    assert!((200..300).contains(&code), "{create}");
+    assert_eq!(create["requestObject"]["name"], "read");
+    assert!(
+        create.get("responseObject").is_none(),
+        "responses are never logged"
+    );
+    let delete = all.iter().find(|e| e["verb"] == "delete").unwrap();
+    assert_eq!(delete["objectRef"]["resource"], "grants");
+    assert_eq!(delete["objectRef"]["name"], "acme/read");
+    assert!(
+        all.iter().any(|e| e["objectRef"]["resource"] == "tenants"),
+        "the tenant's creation too"
+    );
+    assert!(
+        !all.iter().any(|e| e["verb"] == "get"),
+        "reads are not audited"
+    );
+    assert_eq!(m.meta.audit.as_ref().unwrap().counters().dropped.get(), 0);
+    m.stop().await;
+}
+both!(mutations_are_audited);

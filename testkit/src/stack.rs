@@ -223,6 +223,8 @@ pub struct StackOptions {
     pub access: Option<Vec<Record>>,
     /// The hub's environment (hub.toml `environment`; the clusters' records must say the same).
     pub environment: String,
+    /// The hub's audit log (`[audit]`; off by default).
+    pub audit: kubehub_hub::config::AuditConfig,
 }
 
 /// A stack built from `opts`.
@@ -233,6 +235,7 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         cache,
         access,
         environment,
+        audit,
     } = opts;
     // `RUST_LOG=kubehub_hub=debug cargo test …` shows the hub's and agent's logs.
     let _ = tracing_subscriber::fmt()
@@ -304,6 +307,8 @@ pub fn start_opts(opts: StackOptions) -> Stack {
         }),
         limits,
         cache,
+        metrics: Default::default(),
+        audit,
     };
     let hub = server::start(hub_cfg).unwrap();
     let agent_cfg = AgentConfig {
@@ -464,6 +469,8 @@ impl Stack {
             }),
             limits,
             cache: CacheConfig::default(),
+            metrics: Default::default(),
+            audit: Default::default(),
         };
         let hub = server::start(cfg).unwrap();
         let kc = Kubeconfig {

@@ -110,6 +110,9 @@ pub struct Registration {
     pub zone: String,
     /// The version it registers as (`[meta] version`, else this build's).
     pub version: String,
+    /// The admin listener's URL (`http://host:port`; `""`: none), where meta's console
+    /// fetches `/traffic`.
+    pub admin: String,
 }
 
 /// What the hub reports of its load and state with each registration.
@@ -174,7 +177,17 @@ impl Registration {
             } else {
                 cfg.version.clone()
             },
+            admin: cfg.admin_url.trim_end_matches('/').to_owned(),
         }
+    }
+
+    /// Sets the admin URL from the admin listener's address, unless `[meta] admin_url` gave
+    /// one.
+    pub fn with_admin(mut self, admin: Option<SocketAddr>) -> Registration {
+        if let (true, Some(a)) = (self.admin.is_empty(), admin) {
+            self.admin = format!("http://{}:{}", host_of(a), a.port());
+        }
+        self
     }
 
     /// The JSON body of the registration PUT.
@@ -189,6 +202,7 @@ impl Registration {
             "streams": load.streams,
             "cpu": load.cpu,
             "draining": load.draining,
+            "admin": self.admin,
         })
     }
 }
@@ -780,6 +794,9 @@ mod tests {
         assert_eq!(body["streams"], 12);
         assert_eq!(body["cpu"], 250);
         assert_eq!(body["draining"], true);
+        assert_eq!(body["admin"], "");
+        let r = r.with_admin(Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(r.body(Load::default())["admin"], "http://127.0.0.1:9100");
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(segment("hub 0/x"), "hub%200%2Fx");
     }

@@ -211,7 +211,7 @@ mod tests {
             .message
             .contains("tenant \"acme\" is over its rate limit of 50"));
         assert_eq!(rate.details.as_ref().unwrap().retry_after_seconds, Some(3));
-        let head = crate::http::status_response(&rate, true, true);
+        let head = crate::http::status_response(&rate, true, true, b"");
         assert!(String::from_utf8_lossy(&head).contains("Retry-After: 3\r\n"));
         let memory = ProxyError::Admission(Denied::Memory { rss: 2, limit: 1 })
             .status(Reached::Hub)

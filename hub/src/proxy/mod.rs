@@ -25,6 +25,9 @@
 //!   cp, port-forward): the edge's 101, then bytes both ways on the tunnel stream.
 //! * [`error`]: every way a request can fail, and the one place that decides the answer
 //!   (including "never 503 once the agent may have the request").
+//! * [`observe`]: the end of every request's path: one record per request (who, what, which
+//!   cluster, code, served-by, bytes, client) into the metrics, `/traffic` and the audit log;
+//!   the `Audit-ID` every answer carries.
 //!
 //! A reader task owns the TLS reader for the whole connection and hands plaintext over a
 //! bounded channel, so the handler can wait for the agent and for the client at the same time:
@@ -35,6 +38,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod backend;
 pub mod error;
+pub mod observe;
 pub mod peer;
 pub mod resolve;
 pub mod respond;
@@ -42,7 +46,7 @@ pub mod review;
 pub mod route;
 pub mod upgrade;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +62,7 @@ use kubehub_access::Identity;
 
 use self::backend::Exchange;
 use self::error::{ProxyError, Reached};
+use self::observe::{Record, ServedBy};
 use self::respond::Responder;
 use crate::access::Access;
 use crate::cache;
@@ -94,6 +99,8 @@ pub struct ProxyCtx {
     pub environment: String,
     /// Fair sharing, rate limits and the memory ceiling (every core's, shared).
     pub admission: Arc<crate::admission::Admission>,
+    /// Where every request's observation goes (metrics, traffic, audit).
+    pub observer: observe::Observer,
 }
 
 impl ProxyCtx {
@@ -257,7 +264,12 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
                     .inc();
                 let _ = conn
                     .wr
-                    .write_all(&[&http::status_response(&status, true, false)])
+                    .write_all(&[&http::status_response(
+                        &status,
+                        true,
+                        false,
+                        kubehub_audit::new_audit_id().as_bytes(),
+                    )])
                     .await;
                 break;
             }
@@ -270,7 +282,10 @@ pub async fn serve_user(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ProxyCtx>) {
             user = tracing::field::Empty,
             stream = tracing::field::Empty,
         );
-        if !handle(&ctx, head, &mut conn).instrument(span).await {
+        if !handle(&ctx, head, &mut conn, peer.ip())
+            .instrument(span)
+            .await
+        {
             break;
         }
     }
@@ -327,7 +342,12 @@ async fn read_head(ctx: &ProxyCtx, conn: &mut Conn) -> Result<Option<RequestHead
 /// The fields forwarded to the agent: end-to-end fields minus credentials and any
 /// impersonation the user tried, plus the hub's impersonation of the authenticated user (name
 /// and effective groups, `kubehub:tenant:<tenant>` among them).
-fn forward_fields(head: &RequestHead, user: &Identity, impersonate: bool) -> Fields {
+fn forward_fields(
+    head: &RequestHead,
+    user: &Identity,
+    impersonate: bool,
+    audit_id: &str,
+) -> Fields {
     // Fields the client named in `Connection` are for this hop only (RFC 9110 §7.6.1).
     let connection_listed = |name: &[u8]| {
         head.fields
@@ -344,10 +364,18 @@ fn forward_fields(head: &RequestHead, user: &Identity, impersonate: bool) -> Fie
                 || connection_listed(n)
                 || n.eq_ignore_ascii_case(b"authorization")
                 || n.eq_ignore_ascii_case(b"host")
+                || n.eq_ignore_ascii_case(peer::SOURCE_FIELD.as_bytes())
                 || n.len() >= 12 && n[..12].eq_ignore_ascii_case(b"impersonate-"))
         })
         .cloned()
         .collect();
+    // The edge's audit log names the same request as the hub's.
+    if head.header("audit-id").is_none() && !audit_id.is_empty() {
+        out.push((
+            Bytes::from_static(b"Audit-ID"),
+            Bytes::copy_from_slice(audit_id.as_bytes()),
+        ));
+    }
     if impersonate {
         out.push((
             Bytes::from_static(b"Impersonate-User"),
@@ -378,10 +406,13 @@ fn set_body_fields(fields: &mut Fields, content_type: &'static str, len: usize) 
     ));
 }
 
-/// Handles one request through the phases; returns whether the connection stays open (not
-/// after a request a ban or revocation ended).
-async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
-    let keep = serve_request(ctx, head, conn).await;
+/// Handles one request through the phases, then observes it; returns whether the connection
+/// stays open.
+async fn handle(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, source: IpAddr) -> bool {
+    let rec = Record::new(&head, source, conn.via_peer.as_deref());
+    let keep = phases(ctx, head, conn, &rec).await;
+    rec.finish(&ctx.observer);
+    // A request a ban or a revocation stopped ends its connection.
     let stopped = conn.stopped();
     conn.stop = None;
     keep && !stopped
@@ -410,7 +441,18 @@ fn long_running(
             }))
 }
 
-async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bool {
+/// The reason a refusal before forwarding is counted under (`kubehub_hub_rejected_total`).
+fn rejection(e: &ProxyError) -> Option<&'static str> {
+    match e {
+        ProxyError::Unauthorized(_) => Some("unauthenticated"),
+        ProxyError::Forbidden(_) => Some("forbidden"),
+        ProxyError::NoCluster(_) | ProxyError::UnknownCluster(_) => Some("not_found"),
+        _ => None,
+    }
+}
+
+/// The request's phases (`authenticate → … → respond`).
+async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record) -> bool {
     let started = Instant::now();
     if conn.via_peer.is_some() {
         // The relaying hub names the client (its own connection is a hub's).
@@ -424,7 +466,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     // Until the body is read to its end, bytes of it are still on the connection: it cannot
     // carry another request.
     let draining = ctx.draining();
-    let mut out = Responder::new(&ctx.metrics, &head, !has_body && !draining);
+    let mut out = Responder::new(&ctx.observer, rec, &head, !has_body && !draining);
     // authenticate → resolve → authorize → route: nothing has left the hub yet.
     let prepared = (|| {
         let span = tracing::Span::current();
@@ -436,8 +478,12 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
         crate::bans::check_identity(index, &ctx.metrics, &identity)?;
         let target = resolve::resolve(&head, &identity)?;
         span.record("cluster", target.cluster.as_str());
+        rec.identify(&ctx.observer, &identity, &target);
         let info = target.info()?;
         authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
+        if info.verb == kubehub_kapi::request_info::Verb::Watch {
+            rec.watch_opened(&ctx.observer, &identity.tenant);
+        }
         authorize::environment(index, &ctx.environment, &target.cluster)?;
         crate::bans::check_cluster(index, &ctx.metrics, &target.cluster)?;
         let upgrade = http::upgrade_of(&head).is_some();
@@ -452,7 +498,12 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     })();
     let (target, identity, (weight, streams), review, cached, backend, long) = match prepared {
         Ok(p) => p,
-        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+        Err(e) => {
+            if let Some(reason) = rejection(&e) {
+                rec.reject(reason);
+            }
+            return out.error(conn, &e, Reached::Hub).await;
+        }
     };
     // admit: the seats are held until the answer is complete (a long-running request's
     // until it is handed to its backend).
@@ -467,6 +518,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
                 // Relayed whole: a watch's or a session's seat is not held for its life.
                 drop(seat.take());
             }
+            rec.served_by.set(ServedBy::Peer);
             return peer::relay(ctx, &head, conn, out, &target.cluster, holders).await;
         }
     }
@@ -486,7 +538,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
         conn.stop = Some(stop);
         entered
     });
-    let mut fields = forward_fields(&head, &identity, ctx.impersonate);
+    let mut fields = forward_fields(&head, &identity, ctx.impersonate, &rec.audit_id);
     if let Some(protocol) = http::upgrade_of(&head) {
         drop(seat);
         if backend.is_ok() {
@@ -513,6 +565,9 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     };
     if let Some(kind) = review {
         let read = read_body(ctx, &head, conn, review::MAX_BODY).await;
+        if let Ok(bytes) = &read {
+            rec.body_in(bytes, max_body(ctx));
+        }
         let verdict = read.and_then(|bytes| {
             let content_type = head.header("content-type");
             review::decide(
@@ -528,7 +583,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
             Err(e) => return out.error(conn, &e, Reached::Hub).await,
             Ok(v) => {
                 // The body was read whole: the connection can carry the next request.
-                out = Responder::new(&ctx.metrics, &head, !draining);
+                out = Responder::new(&ctx.observer, rec, &head, !draining);
                 match v {
                     review::Verdict::Answer(json) => {
                         let fields: Fields = vec![
@@ -559,6 +614,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
             if streams {
                 drop(seat.take());
             }
+            rec.served_by.set(ServedBy::Cache);
             match cache::serve::serve(ctx, conn, &mut out, &target.cluster, &cc, slot, *plan).await
             {
                 cache::serve::Served::Done(keep) => return keep,
@@ -578,6 +634,7 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     if let Some(slot) = &written {
         slot.freshness.wrote(Instant::now());
     }
+    rec.served_by.set(ServedBy::Forward);
     // backend: open the request there.
     let forwarded = registry::RequestHead {
         method: head.method.clone(),
@@ -602,11 +659,11 @@ async fn serve_request(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn) -> bo
     // From here on the agent may have the request: errors are never "retry" (see `error`).
     let uploaded = match body {
         Upload::None => Ok(true),
-        Upload::Stream => upload(ctx, &head, conn, &mut ex).await,
+        Upload::Stream => upload(ctx, &head, conn, &mut ex, rec).await,
         Upload::Buffered(bytes) => Ok(upload_buffered(ctx, &mut ex, bytes).await),
     };
     match uploaded {
-        Ok(true) if has_body => out = Responder::new(&ctx.metrics, &head, !draining),
+        Ok(true) if has_body => out = Responder::new(&ctx.observer, rec, &head, !draining),
         Ok(_) => {}
         Err(e) => {
             ex.cancel().await;
@@ -663,6 +720,7 @@ async fn upgraded(
         Err(e) => return out.error(conn, &e, Reached::Hub).await,
     };
     upgrade::forward_fields(&mut fields, protocol);
+    out.rec.served_by.set(ServedBy::Forward);
     let forwarded = registry::RequestHead {
         method: head.method.clone(),
         path: Bytes::from(target.path),
@@ -693,8 +751,12 @@ async fn upgraded(
                 .requests
                 .get_or_create(&CodeLabel { code: 101 })
                 .inc();
+            // The session's ResponseStarted event, then, when it ends, its ResponseComplete
+            // with how it went.
+            out.rec.head_written(&ctx.observer, 101);
             let idle = Duration::from_millis(ctx.limits.upgrade_idle_timeout_ms);
-            upgrade::splice(conn, ex, &fields, &session, &ctx.metrics, idle).await;
+            let ended = upgrade::splice(conn, ex, &fields, &session, &ctx.metrics, idle).await;
+            ended.annotate(out.rec);
             false
         }
         Some(StreamEvent::Head { status, fields }) => {
@@ -722,6 +784,11 @@ async fn upgraded(
             out.error(conn, &e, Reached::MaybeAgent).await
         }
     }
+}
+
+/// The largest body the audit log records.
+fn max_body(ctx: &ProxyCtx) -> usize {
+    ctx.observer.audit.as_ref().map_or(0, |a| a.max_body)
 }
 
 /// Where a forwarded request's body comes from.
@@ -795,6 +862,7 @@ async fn upload(
     head: &RequestHead,
     conn: &mut Conn,
     ex: &mut Exchange,
+    rec: &Record,
 ) -> Result<bool, ProxyError> {
     let mut dec = BodyDecoder::new(head.body);
     loop {
@@ -813,6 +881,7 @@ async fn upload(
             }
             Err(e) => return Err(ProxyError::BadBody(e.to_string())),
         };
+        rec.body_in(&data, max_body(ctx));
         if !ex.send_body(data, end).await {
             return Ok(false);
         }
@@ -840,7 +909,7 @@ mod tests {
             clusters: Box::new(["a".to_owned()]),
             expires: 0,
         };
-        let f = forward_fields(&head, &user, true);
+        let f = forward_fields(&head, &user, true, "");
         let pairs: Vec<(String, String)> = f
             .iter()
             .map(|(n, v)| {
@@ -863,7 +932,7 @@ mod tests {
             pairs, want,
             "credentials, hop-by-hop fields (and those Connection names) and the user's own impersonation are dropped"
         );
-        let f = forward_fields(&head, &user, false);
+        let f = forward_fields(&head, &user, false, "");
         assert_eq!(
             f.len(),
             1,

@@ -117,6 +117,10 @@ impl StreamWriter {
     }
 }
 
+/// The field in which a hub relaying a request tells the holder the client's address (for
+/// the holder's metrics and audit log). Whatever a client puts in it is replaced.
+pub const SOURCE_FIELD: &str = "KubeHub-Source-IP";
+
 /// Serves one stream another hub opened: its bytes are one HTTP/1.1 request, answered as a
 /// user connection's would be (never forwarded to a third hub), then this side's half ends.
 pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
@@ -159,6 +163,11 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
     };
     match super::read_head(&ctx, &mut conn).await {
         Ok(Some(head)) => {
+            let source = head
+                .header(&SOURCE_FIELD.to_ascii_lowercase())
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             let span = tracing::debug_span!(
                 "request",
                 method = %String::from_utf8_lossy(&head.method),
@@ -167,13 +176,19 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
                 stream = tracing::field::Empty,
             );
             let _ =
-                tracing::Instrument::instrument(super::handle(&ctx, head, &mut conn), span).await;
+                tracing::Instrument::instrument(super::handle(&ctx, head, &mut conn, source), span)
+                    .await;
         }
         Ok(None) => {}
         Err(status) => {
             let _ = conn
                 .wr
-                .write_all(&[&http::status_response(&status, true, false)])
+                .write_all(&[&http::status_response(
+                    &status,
+                    true,
+                    false,
+                    kubehub_audit::new_audit_id().as_bytes(),
+                )])
                 .await;
         }
     }
@@ -184,7 +199,7 @@ pub async fn serve_stream(ctx: Rc<ProxyCtx>, s: Accepted) {
 /// (credentials too: the holder authenticates on its own) and the blank line. With `close`
 /// (this hub is draining) it asks for `Connection: close`, so that the answer the user gets
 /// says the connection ends.
-fn head_bytes(head: &RequestHead, close: bool, client: Option<std::net::IpAddr>) -> Bytes {
+fn head_bytes(head: &RequestHead, close: bool, audit_id: &str, source: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(&head.method);
     out.extend_from_slice(b" ");
@@ -196,7 +211,7 @@ fn head_bytes(head: &RequestHead, close: bool, client: Option<std::net::IpAddr>)
     });
     for (n, v) in &head.fields {
         if close && n.eq_ignore_ascii_case(b"connection")
-            || n.eq_ignore_ascii_case(crate::bans::CLIENT_FIELD.as_bytes())
+            || n.eq_ignore_ascii_case(SOURCE_FIELD.as_bytes())
         {
             continue;
         }
@@ -208,9 +223,16 @@ fn head_bytes(head: &RequestHead, close: bool, client: Option<std::net::IpAddr>)
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
-    if let Some(ip) = client {
-        out.extend_from_slice(format!("{}: {ip}\r\n", crate::bans::CLIENT_FIELD).as_bytes());
+    // The holder audits the request under the same id, and knows whom it came from.
+    if head.header("audit-id").is_none() {
+        out.extend_from_slice(b"Audit-ID: ");
+        out.extend_from_slice(audit_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(SOURCE_FIELD.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(source.as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"\r\n");
     out.freeze()
 }
@@ -228,7 +250,12 @@ pub async fn relay(
     let started = Instant::now();
     let accept = Duration::from_millis(ctx.limits.peer_accept_timeout_ms);
     let upgrade = http::upgrade_of(head).is_some();
-    let request = head_bytes(head, ctx.draining() && !upgrade, conn.source);
+    let request = head_bytes(
+        head,
+        ctx.draining() && !upgrade,
+        &out.rec.audit_id,
+        &out.rec.source.to_string(),
+    );
     let mut ex = None;
     let mut busy = false;
     for h in &holders {
@@ -303,6 +330,7 @@ pub async fn relay(
         .requests
         .get_or_create(&CodeLabel { code: status })
         .inc();
+    out.rec.code.set(status);
     body_done && !close && head.keep_alive && !ctx.draining()
 }
 
@@ -521,17 +549,20 @@ mod tests {
             &b"POST /clusters/a/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         let head = http::parse_head(&mut buf, 4096).unwrap().unwrap();
-        let bytes = head_bytes(&head, false, None);
+        let bytes = head_bytes(&head, false, "id-1", "10.0.0.9");
         let mut again = BytesMut::from(&bytes[..]);
         let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
         assert_eq!(reparsed.method, head.method);
         assert_eq!(reparsed.target, head.target);
-        assert_eq!(reparsed.fields, head.fields);
+        assert_eq!(reparsed.fields[..head.fields.len()], head.fields[..]);
+        // The request's audit id and the client's address go along.
+        assert_eq!(reparsed.header("audit-id"), Some(&b"id-1"[..]));
+        assert_eq!(reparsed.header(SOURCE_FIELD), Some(&b"10.0.0.9"[..]));
         assert_eq!(reparsed.body, BodyKind::Chunked);
         assert!(reparsed.keep_alive);
         assert!(again.is_empty());
         // Draining: the holder is asked to close (its answer will say so).
-        let mut again = BytesMut::from(&head_bytes(&head, true, None)[..]);
+        let mut again = BytesMut::from(&head_bytes(&head, true, "id-1", "10.0.0.9")[..]);
         let reparsed = http::parse_head(&mut again, 4096).unwrap().unwrap();
         assert!(!reparsed.keep_alive);
         assert_eq!(reparsed.header("connection"), Some(&b"close"[..]));

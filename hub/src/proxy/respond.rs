@@ -12,6 +12,7 @@ use kubehub_kapi::Status;
 
 use super::backend::Exchange;
 use super::error::{ProxyError, Reached};
+use super::observe::{Observer, Record};
 use super::Conn;
 use crate::http::{self, Framing, RequestHead};
 use crate::metrics::{CodeLabel, Metrics};
@@ -28,6 +29,9 @@ const BODY_TICK: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Responder<'m> {
     metrics: &'m Metrics,
+    obs: &'m Observer,
+    /// The request's observation: code, bytes, audit id.
+    pub rec: &'m Record,
     http11: bool,
     head_only: bool,
     /// The connection may carry another request after this one.
@@ -38,9 +42,11 @@ pub struct Responder<'m> {
 impl<'m> Responder<'m> {
     /// A responder for `req`. `keep` is false when the connection cannot carry another
     /// request whatever the answer (the client asked to close, or its body was not read).
-    pub fn new(metrics: &'m Metrics, req: &RequestHead, keep: bool) -> Responder<'m> {
+    pub fn new(obs: &'m Observer, rec: &'m Record, req: &RequestHead, keep: bool) -> Responder<'m> {
         Responder {
-            metrics,
+            metrics: &obs.metrics,
+            obs,
+            rec,
             http11: req.http11,
             head_only: &req.method[..] == b"HEAD",
             keep: keep && req.keep_alive,
@@ -63,17 +69,27 @@ impl<'m> Responder<'m> {
             .requests
             .get_or_create(&CodeLabel { code })
             .inc();
+        self.rec.head_written(self.obs, code);
+    }
+
+    fn wrote(&self, n: usize) {
+        self.rec.bytes_out.set(self.rec.bytes_out.get() + n as u64);
+    }
+
+    fn max_body(&self) -> usize {
+        self.obs.audit.as_ref().map_or(0, |a| a.max_body)
     }
 
     /// Writes a complete `Status` answer. Returns whether the connection may continue.
     pub async fn status(&mut self, conn: &mut Conn, s: &Status) -> bool {
+        if s.code >= 400 {
+            self.rec.failed(&s.message, s.reason);
+        }
         self.count(s.code);
         let keep = self.keep;
-        conn.wr
-            .write_all(&[&http::status_response(s, self.http11, keep)])
-            .await
-            .is_ok()
-            && keep
+        let bytes = http::status_response(s, self.http11, keep, self.rec.audit_id.as_bytes());
+        self.wrote(bytes.len());
+        conn.wr.write_all(&[&bytes]).await.is_ok() && keep
     }
 
     /// Answers a failed request (nothing, if the client is gone). Returns whether the
@@ -99,13 +115,20 @@ impl<'m> Responder<'m> {
         status: u16,
         fields: &kubehub_wire::Fields,
     ) -> Result<(), ProxyError> {
-        let (bytes, f) =
-            http::response_head(status, fields, self.head_only, self.http11, self.keep);
+        let (bytes, f) = http::response_head(
+            status,
+            fields,
+            self.head_only,
+            self.http11,
+            self.keep,
+            self.rec.audit_id.as_bytes(),
+        );
         self.framing = Some(f);
         if f == Framing::Close {
             self.keep = false;
         }
         self.count(status);
+        self.wrote(bytes.len());
         conn.wr
             .write_all(&[&bytes])
             .await
@@ -113,6 +136,8 @@ impl<'m> Responder<'m> {
     }
 
     async fn data(&mut self, conn: &mut Conn, data: &[u8]) -> Result<(), ProxyError> {
+        self.wrote(data.len());
+        self.rec.body_out(data, self.max_body());
         let res = match self.framing {
             Some(Framing::Chunked) => {
                 let mut line = [0u8; 20];
@@ -135,9 +160,21 @@ impl<'m> Responder<'m> {
         fields: &kubehub_wire::Fields,
         body: &[bytes::Bytes],
     ) -> bool {
-        let (head, f) = http::response_head(status, fields, self.head_only, self.http11, self.keep);
+        let (head, f) = http::response_head(
+            status,
+            fields,
+            self.head_only,
+            self.http11,
+            self.keep,
+            self.rec.audit_id.as_bytes(),
+        );
         self.framing = Some(f);
         self.count(status);
+        self.wrote(head.len());
+        for b in body {
+            self.wrote(b.len());
+            self.rec.body_out(b, self.max_body());
+        }
         let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
         parts.push(&head);
         if f != Framing::Empty {
@@ -162,6 +199,7 @@ impl<'m> Responder<'m> {
         if len == 0 {
             return true;
         }
+        self.wrote(len);
         let mut line = [0u8; 20];
         let mut out: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
         let chunked = self.framing == Some(Framing::Chunked);

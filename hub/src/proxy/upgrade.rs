@@ -21,7 +21,9 @@
 //! end), and kubectl reports the error and exits non-zero. A session silent
 //! both ways for `limits.upgrade_idle_timeout_ms` is closed.
 //!
-//! Every session is logged twice on the `kubehub::audit` target: when it starts (who, which
+//! Every session is an audit event twice (`proxy::observe`: `ResponseStarted` at the 101,
+//! `ResponseComplete` at the end, annotated with how it ended, the exit status and the bytes
+//! each way — [`Ended::annotate`]), and is logged twice on the `kubehub::audit` target: when it starts (who, which
 //! cluster, namespace, pod, container, command or ports, protocol) and when it ends (how,
 //! how long, bytes each way, and the command's exit status when the agent reported one in
 //! the stream's trailers, field [`EXIT_TRAILER`]).
@@ -238,6 +240,39 @@ impl Stats {
 /// broke.
 type Half = Result<(), End>;
 
+/// How a session went, for its audit event.
+#[derive(Debug)]
+pub struct Ended {
+    /// How it ended.
+    pub end: End,
+    /// The exit status the agent reported, if any.
+    pub exit: Option<String>,
+    /// Bytes from the client.
+    pub from_client: u64,
+    /// Bytes to the client.
+    pub to_client: u64,
+    /// The protocol chosen (`v5.channel.k8s.io`, …).
+    pub chosen: String,
+}
+
+impl Ended {
+    /// Annotates the request's audit event (`kubehub.io/session-end`, `…/exit-status`,
+    /// `…/bytes-from-client`, `…/bytes-to-client`, `…/protocol`) and counts its bytes.
+    pub fn annotate(&self, rec: &super::observe::Record) {
+        rec.annotate("kubehub.io/session-end", self.end.as_str().to_owned());
+        if let Some(exit) = &self.exit {
+            rec.annotate("kubehub.io/exit-status", exit.clone());
+        }
+        rec.annotate("kubehub.io/bytes-from-client", self.from_client.to_string());
+        rec.annotate("kubehub.io/bytes-to-client", self.to_client.to_string());
+        if !self.chosen.is_empty() {
+            rec.annotate("kubehub.io/protocol", self.chosen.clone());
+        }
+        rec.bytes_in.set(rec.bytes_in.get() + self.from_client);
+        rec.bytes_out.set(rec.bytes_out.get() + self.to_client);
+    }
+}
+
 /// Writes the 101 and moves bytes both ways until the session ends; the connection is done
 /// afterwards (it is no longer HTTP).
 pub async fn splice(
@@ -247,7 +282,7 @@ pub async fn splice(
     session: &Session,
     metrics: &Metrics,
     idle: Duration,
-) -> End {
+) -> Ended {
     let chosen = fields
         .iter()
         .find(|(n, _)| {
@@ -263,7 +298,13 @@ pub async fn splice(
         .is_err()
     {
         ex.cancel().await;
-        return End::ClientGone;
+        return Ended {
+            end: End::ClientGone,
+            exit: None,
+            from_client: 0,
+            to_client: 0,
+            chosen,
+        };
     }
     session.log_start(&chosen);
     metrics.sessions_open.inc();
@@ -277,7 +318,13 @@ pub async fn splice(
         })
         .inc();
     session.log_end(end, &stats, exit.as_deref());
-    end
+    Ended {
+        end,
+        exit,
+        from_client: stats.from_client.get(),
+        to_client: stats.to_client.get(),
+        chosen,
+    }
 }
 
 /// Moves bytes both ways on `ex` until the session ends, as [`splice`] does after its 101,
