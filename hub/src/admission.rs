@@ -66,16 +66,6 @@ pub struct TenantLabel {
     pub tenant: String,
 }
 
-/// Labels of refusals.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabel {
-    /// The tenant (`""` when not known yet: a connection refused at accept).
-    pub tenant: String,
-    /// `tenant_rate`, `user_rate`, `queue_full`, `queue_timeout`, `cluster_rate`,
-    /// `cluster_concurrency`, `memory`.
-    pub reason: &'static str,
-}
-
 /// The admission metrics (part of the hub's [`crate::metrics::Metrics`]).
 #[derive(Debug, Default)]
 pub struct AdmissionMetrics {
@@ -83,8 +73,6 @@ pub struct AdmissionMetrics {
     pub admitted: Family<TenantLabel, Counter>,
     /// Requests that waited in a queue before they were admitted, by tenant.
     pub waited: Family<TenantLabel, Counter>,
-    /// Requests refused, by tenant and reason.
-    pub rejected: Family<RejectLabel, Counter>,
     /// Seats in use, by tenant.
     pub seats_in_use: Family<TenantLabel, Gauge>,
     /// Requests waiting in the queues, by tenant.
@@ -111,11 +99,6 @@ impl AdmissionMetrics {
             "admission_waits",
             "Requests that waited in a tenant's queue before being admitted, by tenant",
             self.waited.clone(),
-        );
-        registry.register(
-            "rejected",
-            "Requests refused by the admit phase (429 or 503), by tenant and reason",
-            self.rejected.clone(),
         );
         registry.register(
             "admission_seats_in_use",
@@ -874,16 +857,10 @@ impl Admission {
         }))
     }
 
-    /// Counts a refusal (`kubehub_hub_rejected_total{tenant,reason}`).
+    /// Counts a refusal (`kubehub_hub_rejected_total{tenant,reason}`, the hub's one family of
+    /// refusals, [`crate::metrics::Metrics::rejected`]).
     pub fn count_refusal(&self, tenant: &str, d: &Denied) {
-        self.metrics
-            .admission
-            .rejected
-            .get_or_create(&RejectLabel {
-                tenant: tenant.to_owned(),
-                reason: d.reason(),
-            })
-            .inc();
+        self.metrics.rejected(tenant, d.reason());
     }
 
     /// The per-cluster forward limits for a request of `tenant` to `cluster` (on the hub

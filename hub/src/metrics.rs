@@ -529,7 +529,7 @@ impl Metrics {
         let rejections = Family::<RejectLabel, Counter>::default();
         registry.register(
             "rejected",
-            "Requests refused, by tenant and reason (unauthenticated, forbidden, not_found, limit, ban, overload)",
+            "Requests refused, by tenant and reason (unauthenticated, forbidden, not_found; the admit phase's tenant_rate, user_rate, queue_full, queue_timeout, cluster_rate, cluster_concurrency, memory)",
             rejections.clone(),
         );
         // The audit log's counters are the sink's (kubehub-audit): `kubehub_audit_*`, the

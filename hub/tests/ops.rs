@@ -186,6 +186,14 @@ fn dashboard_and_alerts_parse_and_name_only_metrics_that_exist() {
     s.wait_connected(true, std::time::Duration::from_secs(20));
     let hub = s.curl_admin("/metrics");
     let agent = s.agent.as_ref().unwrap().metrics.encode();
+    // Each family is declared once: Prometheus refuses a scrape that declares one twice.
+    for text in [&hub, &agent] {
+        let mut seen = BTreeSet::new();
+        for l in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = l.split_whitespace().next().unwrap_or_default();
+            assert!(seen.insert(name.to_owned()), "{name} declared twice");
+        }
+    }
     let mut known = families(&hub);
     known.extend(families(&agent));
     let missing: Vec<String> = referenced
