@@ -796,10 +796,8 @@ impl Admission {
             || limits.is_some_and(|l| l.users.contains_key(user)))
         .then(|| self.user_class(&class, user, limits, generation));
         let now = self.now();
-        let refused = |d: Denied| {
-            self.count_refusal(tenant, &d);
-            d
-        };
+        // Counted by the request's record when it ends (`proxy::observe`).
+        let refused = |d: Denied| d;
         let user_cost = match &user_class {
             Some(u) => u.bucket.take(now, weight).map_err(|retry| {
                 refused(
@@ -857,8 +855,9 @@ impl Admission {
         }))
     }
 
-    /// Counts a refusal (`kubehub_hub_rejected_total{tenant,reason}`, the hub's one family of
-    /// refusals, [`crate::metrics::Metrics::rejected`]).
+    /// Counts a refusal outside a request (a connection closed at accept) in
+    /// `kubehub_hub_rejected_total{tenant,reason}`; a request's refusal is counted by its
+    /// record ([`crate::proxy::observe`]), with `/traffic`'s.
     pub fn count_refusal(&self, tenant: &str, d: &Denied) {
         self.metrics.rejected(tenant, d.reason());
     }
@@ -907,10 +906,8 @@ impl Admission {
             gate.bucket.set(rate, burst);
             gate.generation.store(key, Ordering::Release);
         }
-        let refused = |d: Denied| {
-            self.count_refusal(tenant, &d);
-            d
-        };
+        // Counted by the request's record when it ends (`proxy::observe`).
+        let refused = |d: Denied| d;
         gate.bucket.take(self.now(), weight).map_err(|retry| {
             refused(
                 gate.bucket

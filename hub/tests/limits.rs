@@ -274,6 +274,23 @@ fn a_tenant_over_its_limit_gets_429_while_another_tenant_is_served() {
         "{metrics}"
     );
     assert!(metrics.contains("kubehub_hub_admission_exempt_total 40"));
+    // The refusals are in the live traffic summary too (the console's Traffic page).
+    let traffic: serde_json::Value = {
+        let text = s.curl_admin("/traffic");
+        let body = text.split("\r\n\r\n").last().unwrap_or(&text).to_owned();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let a = traffic["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "tenant-a")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        a["rejectedPerSecond"].as_f64().unwrap_or(0.0) > 0.0,
+        "{traffic}"
+    );
     // The limit cleared: alice is served again (after her bucket refilled).
     s.apply_access(&Line::Delete {
         revision: 101,

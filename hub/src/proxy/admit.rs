@@ -67,7 +67,6 @@ pub async fn admit(
         return Ok(None);
     }
     if let Some(d) = a.memory.over() {
-        a.count_refusal(&id.tenant, &d);
         return Err(ProxyError::Admission(d));
     }
     if !a.config().enabled {
@@ -82,10 +81,7 @@ pub async fn admit(
             let timeout = std::time::Duration::from_millis(a.config().queue_timeout_ms);
             match waiting.wait(timeout).await {
                 Ok(seat) => Ok(Some(seat)),
-                Err(d) => {
-                    a.count_refusal(&id.tenant, &d);
-                    Err(ProxyError::Admission(d))
-                }
+                Err(d) => Err(ProxyError::Admission(d)),
             }
         }
         Err(d) => Err(ProxyError::Admission(d)),

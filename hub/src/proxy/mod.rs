@@ -447,6 +447,7 @@ fn rejection(e: &ProxyError) -> Option<&'static str> {
         ProxyError::Unauthorized(_) => Some("unauthenticated"),
         ProxyError::Forbidden(_) => Some("forbidden"),
         ProxyError::NoCluster(_) | ProxyError::UnknownCluster(_) => Some("not_found"),
+        ProxyError::Admission(d) => Some(d.reason()),
         _ => None,
     }
 }
@@ -509,7 +510,12 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
     // until it is handed to its backend).
     let mut seat = match admit::admit(ctx, &identity, weight, conn.via_peer.is_some()).await {
         Ok(s) => s,
-        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+        Err(e) => {
+            if let Some(reason) = rejection(&e) {
+                rec.reject(reason);
+            }
+            return out.error(conn, &e, Reached::Hub).await;
+        }
     };
     // A cluster whose tunnel another hub holds: the request goes there whole.
     if conn.via_peer.is_none() {
@@ -543,6 +549,9 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
         drop(seat);
         if backend.is_ok() {
             if let Err(e) = admit::forward(ctx, &identity, &target.cluster, weight, true) {
+                if let Some(reason) = rejection(&e) {
+                    rec.reject(reason);
+                }
                 return out.error(conn, &e, Reached::Hub).await;
             }
         }
@@ -645,7 +654,12 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
     // The cluster's forward limits (the edge API server's protection).
     let _in_flight = match admit::forward(ctx, &identity, &cluster, weight, streams) {
         Ok(slot) => slot,
-        Err(e) => return out.error(conn, &e, Reached::Hub).await,
+        Err(e) => {
+            if let Some(reason) = rejection(&e) {
+                rec.reject(reason);
+            }
+            return out.error(conn, &e, Reached::Hub).await;
+        }
     };
     let mut ex = match backend.open(&cluster, forwarded, !has_body, false).await {
         Ok(ex) => ex,
