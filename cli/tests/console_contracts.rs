@@ -323,6 +323,16 @@ async fn hubs_are_drained_and_clusters_moved_from_the_console() {
         .await;
     b.wait_text("#cluster-edge-1", SOON, |t| t.contains("hub-a"))
         .await;
+    // Its sync state, as the hub holding its tunnel sees its cache: every cached type synced
+    // ("hub-a: 3/3 synced, confirmed … ms ago").
+    fn all_synced(line: &str) -> bool {
+        line.split_once("hub-a: ")
+            .and_then(|(_, r)| r.split_once(" synced"))
+            .and_then(|(n, _)| n.split_once('/'))
+            .is_some_and(|(done, all)| done == all && all.parse::<usize>().is_ok_and(|n| n > 0))
+    }
+    b.wait_text("#cluster-edge-1", SOON, |t| t.lines().any(all_synced))
+        .await;
     b.screenshot("cluster-moved").await;
     let _ = &s.meta;
     b.close().await;

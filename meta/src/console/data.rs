@@ -309,6 +309,48 @@ impl Data {
         traffic_of(hubs, timeout).await
     }
 
+    /// What the hubs' caches say of each cluster they hold (`GET <admin>/clusters`, in
+    /// parallel, each within `timeout`): by cluster, per hub, its [`SyncState`]. Hubs that do
+    /// not answer are left out.
+    pub async fn sync_states(
+        &self,
+        hubs: &[Value],
+        timeout: Duration,
+    ) -> BTreeMap<String, Vec<(String, SyncState)>> {
+        let asks: Vec<_> = admin_listeners(hubs)
+            .into_iter()
+            .filter(|(_, admin)| !admin.is_empty())
+            .map(|(id, admin)| async move {
+                let body = match fetch(&admin, "/clusters", timeout).await {
+                    Ok((200, body)) => body,
+                    _ => return Vec::new(),
+                };
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                v.get("clusters")
+                    .and_then(Value::as_array)
+                    .map(|cs| {
+                        cs.iter()
+                            .filter_map(|c| {
+                                let cluster = c.get("cluster")?.as_str()?.to_owned();
+                                Some((cluster, id.clone(), SyncState::of(c.get("cache")?)))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let all: Vec<Vec<(String, String, SyncState)>> =
+            stream::iter(asks).buffer_unordered(FAN_OUT).collect().await;
+        let mut out: BTreeMap<String, Vec<(String, SyncState)>> = BTreeMap::new();
+        for (cluster, hub, st) in all.into_iter().flatten() {
+            out.entry(cluster).or_default().push((hub, st));
+        }
+        for v in out.values_mut() {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        out
+    }
+
     /// Every hub's readiness (`GET <admin>/readyz`), by hub id: `None` when the hub has no
     /// admin listener, else whether it said ready and what it said.
     pub async fn readiness(
@@ -317,6 +359,41 @@ impl Data {
         timeout: Duration,
     ) -> BTreeMap<String, Option<Result<String, String>>> {
         readiness_of(hubs, timeout).await
+    }
+}
+
+/// A hub's cache of one cluster, from its `/clusters`: how many of the cached types are
+/// synced, and how long ago the least recently confirmed one was confirmed current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// Types synced.
+    pub synced: usize,
+    /// Types cached.
+    pub types: usize,
+    /// The oldest confirmation among the types, ms ago (`None`: none confirmed yet).
+    pub lag_ms: Option<u64>,
+    /// The agent has been away this long (ms), if it is away.
+    pub agent_gone_ms: Option<u64>,
+}
+
+impl SyncState {
+    fn of(cache: &Value) -> SyncState {
+        let types = cache.get("types").and_then(Value::as_array);
+        let all = types.map(Vec::len).unwrap_or(0);
+        let synced = types
+            .map(|t| t.iter().filter(|t| t["synced"] == true).count())
+            .unwrap_or(0);
+        let lag_ms = types.and_then(|t| {
+            t.iter()
+                .filter_map(|t| t.get("confirmedMsAgo").and_then(Value::as_u64))
+                .max()
+        });
+        SyncState {
+            synced,
+            types: all,
+            lag_ms,
+            agent_gone_ms: cache.get("agentGoneMs").and_then(Value::as_u64),
+        }
     }
 }
 

@@ -51,7 +51,7 @@ fn or_dash(s: &str) -> String {
 pub async fn live(page: Page, data: &Data, ctx: Ctx<'_>) -> String {
     match page {
         Page::Hubs => hubs(data, ctx).await,
-        Page::Clusters => clusters(data).await,
+        Page::Clusters => clusters(data, ctx).await,
         Page::Tenants => tenants(data).await,
         Page::Traffic => traffic(data, ctx).await,
         Page::Bans => bans(data, ctx).await,
@@ -142,10 +142,15 @@ const MOVE_FORM: &str = "<form method=\"post\" action=\"/console/actions/pin\" i
 <button type=\"submit\" formaction=\"/console/actions/unpin\" class=\"quiet\" formnovalidate>Unpin</button>\
 <p class=\"hint\">Moving pins the cluster's agent to the hub; unpinning lets it choose again.</p></form>";
 
-async fn clusters(data: &Data) -> String {
+async fn clusters(data: &Data, ctx: Ctx<'_>) -> String {
     let (clusters, agents) = match (data.clusters().await, data.agents().await) {
         (Ok(c), Ok(a)) => (c, a),
         (Err(e), _) | (_, Err(e)) => return failed("the clusters", &e),
+    };
+    // Sync state and lag as the hubs holding each cluster's tunnels see them.
+    let sync_states = match data.hubs().await {
+        Ok(hubs) => data.sync_states(&hubs, ctx.hub_timeout).await,
+        Err(_) => Default::default(),
     };
     let agents: HashMap<&str, &Value> = agents.iter().map(|a| (s(a, "cluster"), a)).collect();
     let mut ids: BTreeSet<&str> = clusters.iter().map(|c| c.id.as_str()).collect();
@@ -177,17 +182,33 @@ async fn clusters(data: &Data) -> String {
             })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "<span class=\"badge bad\">not connected</span>".into());
-        // Sync state and lag, where the agent's record carries them.
-        let sync = match a {
-            Some(a) if a.get("syncState").is_some() || a.get("syncLagMs").is_some() => {
-                let lag = a
-                    .get("syncLagMs")
-                    .and_then(Value::as_u64)
-                    .map(|l| format!(", lag {l} ms"))
-                    .unwrap_or_default();
-                format!("{}{}", esc(s(a, "syncState")), esc(&lag))
-            }
-            _ => "<span class=\"sub\" title=\"the agent's record carries no sync state\">—</span>"
+        // Sync state and lag: each holding hub's cache of the cluster (types synced, the
+        // oldest confirmation of currency), or the agent being away.
+        let sync = match sync_states.get(id) {
+            Some(per_hub) if !per_hub.is_empty() => per_hub
+                .iter()
+                .map(|(hub, st)| {
+                    let state = match st.agent_gone_ms {
+                        Some(ms) => format!("agent away {ms} ms"),
+                        None if st.types == 0 => "not cached".to_owned(),
+                        None => format!("{}/{} synced", st.synced, st.types),
+                    };
+                    let lag = st
+                        .lag_ms
+                        .map(|l| format!(", confirmed {l} ms ago"))
+                        .unwrap_or_default();
+                    let bad = st.agent_gone_ms.is_some() || st.synced < st.types;
+                    format!(
+                        "<div class=\"{}\">{}: {}{}</div>",
+                        if bad { "sub bad" } else { "sub" },
+                        esc(hub),
+                        esc(&state),
+                        esc(&lag)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => "<span class=\"sub\" title=\"no hub that answered holds its tunnel\">—</span>"
                 .into(),
         };
         let agent = a
