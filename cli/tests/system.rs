@@ -228,11 +228,11 @@ fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 const PODS: &str = "/clusters/edge-1/api/v1/namespaces/default/pods";
 const CONFIGMAPS: &str = "/clusters/edge-1/api/v1/namespaces/default/configmaps";
 
-#[test]
-fn grants_and_revocations_reach_every_hub_within_a_second() {
-    let s = System::start("");
+/// Two hubs following meta, the agent of edge-1 connected to both, and alice's token known to
+/// both (it reads configmaps through either).
+fn two_hubs_with_alice(s: &System) -> ([Hub; 2], Agent, String) {
     let hubs = [s.hub("hub-a"), s.hub("hub-b")];
-    let _agent = s.agent("hubs_per_agent = 0\nhub_refresh_ms = 200");
+    let agent = s.agent("hubs_per_agent = 0\nhub_refresh_ms = 200");
     for h in &hubs {
         wait(
             Duration::from_secs(15),
@@ -245,6 +245,15 @@ fn grants_and_revocations_reach_every_hub_within_a_second() {
         wait(Duration::from_secs(5), "the token is known", || {
             s.status(h, &token, CONFIGMAPS) == 200
         });
+    }
+    (hubs, agent, token)
+}
+
+#[test]
+fn grants_and_revocations_reach_every_hub_within_a_second() {
+    let s = System::start("");
+    let (hubs, _agent, token) = two_hubs_with_alice(&s);
+    for h in &hubs {
         assert_eq!(s.status(h, &token, PODS), 403, "no grant on pods yet");
     }
     // A new grant: allowed on both hubs within a second of meta's answer.
@@ -716,21 +725,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn bans_reach_every_hub_within_a_second_and_end_open_watches() {
     let s = System::start("");
-    let hubs = [s.hub("hub-a"), s.hub("hub-b")];
-    let _agent = s.agent("hubs_per_agent = 0\nhub_refresh_ms = 200");
-    for h in &hubs {
-        wait(
-            Duration::from_secs(15),
-            "the agent is connected to every hub",
-            || h.registry.connected() == 1,
-        );
-    }
-    let token = s.alice_token();
-    for h in &hubs {
-        wait(Duration::from_secs(5), "the token is known", || {
-            s.status(h, &token, CONFIGMAPS) == 200
-        });
-    }
+    let (hubs, _agent, token) = two_hubs_with_alice(&s);
     let ca = s.dir.path().join("ca.crt");
     let kubectl_for = |i: usize, h: &Hub| {
         let kc = kubehub_kapi::kubeconfig::Kubeconfig {

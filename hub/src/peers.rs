@@ -445,6 +445,18 @@ mod tests {
     use super::*;
     use kubehub_access::registry::{AgentRecord, HubRecord};
 
+    /// A client TLS configuration (peering on; nothing is dialled in these tests).
+    fn client_tls() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
     fn hub(id: &str, env: &str, draining: bool) -> HubRecord {
         HubRecord {
             id: id.into(),
@@ -458,14 +470,7 @@ mod tests {
 
     #[test]
     fn holders_skip_this_hub_hubs_without_an_endpoint_and_other_environments() {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        );
+        let tls = client_tls();
         let p = Peers::new("hub-a", "prod", Some(tls), Duration::from_secs(60));
         let mut no_endpoint = hub("hub-e", "prod", false);
         no_endpoint.agent_endpoint.clear();
@@ -514,14 +519,7 @@ mod tests {
 
     #[test]
     fn holders_in_backoff_come_after_the_others_until_they_take_a_stream() {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        );
+        let tls = client_tls();
         let p = Peers::new("hub-a", "prod", Some(tls), Duration::from_secs(60));
         p.apply(&RegistryLine::Snapshot {
             revision: 1,
