@@ -64,6 +64,7 @@ pub mod policy;
 pub mod registry;
 pub mod sync;
 pub mod token;
+pub mod traffic;
 
 pub use index::{ApplyError, AuthnError, Identity, Index};
 pub use model::{

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use serde::Serialize;
 
 /// Seconds per slot.
 pub const SLOT_SECS: u64 = 5;
@@ -300,7 +299,7 @@ impl Traffic {
                     p99_ms: quantile(&hist, 0.99),
                     bytes_in_per_second: bin as f64 / w,
                     bytes_out_per_second: bout as f64 / w,
-                    watches: t.watches.load(Relaxed).max(0),
+                    watches: u64::try_from(t.watches.load(Relaxed)).unwrap_or(0),
                     rejected_per_second: rej as f64 / w,
                 }
             })
@@ -362,59 +361,10 @@ fn quantile(hist: &[u64; BUCKETS], q: f64) -> f64 {
     0.0
 }
 
-/// `GET /traffic`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// This hub's id.
-    pub hub: String,
-    /// The window the rates are over.
-    pub window_seconds: u64,
-    /// Tenants with traffic in the window, busiest first.
-    pub tenants: Vec<TenantSummary>,
-    /// The busiest clients, at most [`TOP_CLIENTS`].
-    pub clients: Vec<ClientSummary>,
-}
-
-/// One tenant's traffic.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TenantSummary {
-    /// Tenant (`""`: unauthenticated requests).
-    pub tenant: String,
-    /// Requests per second.
-    pub requests_per_second: f64,
-    /// Answers with 4xx/5xx per second.
-    pub errors_per_second: f64,
-    /// Median time to the response head (ms; long-running requests excluded).
-    pub p50_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Request body bytes per second.
-    pub bytes_in_per_second: f64,
-    /// Response bytes per second.
-    pub bytes_out_per_second: f64,
-    /// Watches open now.
-    pub watches: i64,
-    /// Refusals (authentication, authorization, limits, bans) per second.
-    pub rejected_per_second: f64,
-}
-
-/// One client's traffic.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientSummary {
-    /// Tenant.
-    pub tenant: String,
-    /// User-agent family (`kubectl/v1.32`, `client-go`, …).
-    pub client: String,
-    /// Source IP address.
-    pub source: String,
-    /// Requests per second.
-    pub requests_per_second: f64,
-    /// Errors per second.
-    pub errors_per_second: f64,
-}
+/// `GET /traffic`, and its parts: the type meta's console reads them with.
+pub use kubehub_access::traffic::{
+    ClientTraffic as ClientSummary, TenantTraffic as TenantSummary, TrafficSummary as Summary,
+};
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,6 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use http_body_util::BodyExt;
 use kubehub_access::model::{Cluster, Grant, Record, Tenant, TokenRecord, User};
-use serde::Deserialize;
 use serde_json::Value;
 use tower_service::Service;
 
@@ -71,47 +70,8 @@ pub struct Tenants {
     pub tokens: Vec<TokenRecord>,
 }
 
-/// One hub's `GET /traffic` answer (contract: `{hub, windowSeconds, tenants, clients}`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Traffic {
-    /// The hub's id.
-    pub hub: String,
-    /// The window the rates are over.
-    pub window_seconds: u64,
-    /// Per tenant.
-    pub tenants: Vec<TenantTraffic>,
-    /// The top clients by rate.
-    pub clients: Vec<ClientTraffic>,
-}
-
-/// A tenant's traffic at one hub.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-#[allow(missing_docs)]
-pub struct TenantTraffic {
-    pub tenant: String,
-    pub requests_per_second: f64,
-    pub errors_per_second: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub bytes_in_per_second: f64,
-    pub bytes_out_per_second: f64,
-    pub watches: u64,
-    pub rejected_per_second: f64,
-}
-
-/// A client (user-agent family and source address) of a tenant at one hub.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-#[allow(missing_docs)]
-pub struct ClientTraffic {
-    pub tenant: String,
-    pub client: String,
-    pub source: String,
-    pub requests_per_second: f64,
-    pub errors_per_second: f64,
-}
+/// One hub's `GET /traffic` answer, and its parts (the hubs' own type).
+pub use kubehub_access::traffic::{ClientTraffic, TenantTraffic, TrafficSummary as Traffic};
 
 /// What one hub's admin listener said, or why it said nothing.
 #[derive(Debug, Clone)]
