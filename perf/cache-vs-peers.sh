@@ -24,7 +24,9 @@
 #   PATHS ("direct hub-rv0 hub hub-fwd nginx"), CONNS (8), GET_RATE (2000), LIST50_RATE (500),
 #   LIST5000_RATE (20), DURATION (10; LIST 5000: 2x), HUB_CORES (2), NGINX_WORKERS (2),
 #   NGINX (nginx), IDLE_TRIES (60: 3-second checks for an idle machine before each run),
-#   PROFILE (empty; 1: also `perf record` the hub during one hub-rv0 GET and LIST 5000 run).
+#   PROFILE (empty; 1: also `perf record` the hub during one hub-rv0 GET and LIST 5000 run),
+#   PERF_RECORD ("-F 1999"; e.g. "--call-graph dwarf,16384 -F 499" for callers: the release
+#   profile keeps line tables, not frame pointers).
 set -euo pipefail
 
 perf=${1:?usage: $0 PERF_BIN KUBEHUB_BIN}
@@ -224,7 +226,8 @@ if [ -n "${PROFILE:-}" ] && command -v perf > /dev/null; then
   for c in get list5000; do
     [[ " $cases " == *" $c "* ]] || continue
     wait_idle "${IDLE_TRIES:-60}"
-    perf record -F 1999 -p "$hub_pid" -o "$out/hub-$c.perf.data" -- sleep $((secs[$c] + 1)) 2> /dev/null &
+    # shellcheck disable=SC2086 # PERF_RECORD is a list of options
+    perf record ${PERF_RECORD:--F 1999} -p "$hub_pid" -o "$out/hub-$c.perf.data" -- sleep $((secs[$c] + 1)) 2> /dev/null &
     rec=$!
     "$perf" get --url "$hub${api[$c]}?resourceVersion=0" --token "$token" --ca "$run/certs/ca.crt" \
       --rate "${rate[$c]}" --duration "${secs[$c]}" --warmup 1 --connections "$conns" --label "hub-rv0 (profiled)" > /dev/null

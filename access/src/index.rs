@@ -439,6 +439,11 @@ impl Index {
         self.tokens.len()
     }
 
+    /// Whether any ban is held (the request path reads no clock without one).
+    pub fn has_bans(&self) -> bool {
+        !self.bans.load().is_empty()
+    }
+
     /// A ban in force at `now_ms` (Unix milliseconds) on a client with this `User-Agent` and
     /// source address ([`crate::ban`]: a scan of the client bans). Does not allocate.
     pub fn client_ban(

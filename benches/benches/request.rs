@@ -258,7 +258,10 @@ fn bench_observe(c: &mut Criterion) {
     let observer = |audit: Option<Audit>| {
         Observer::new(
             Arc::new(Metrics::new()),
-            Arc::new(kubehub_hub::traffic::Traffic::new("hub-0", 10_000)),
+            (
+                Arc::new(kubehub_hub::traffic::Traffic::new("hub-0", 10_000, 1)),
+                0,
+            ),
             audit,
             Arc::from("hub-0"),
             Arc::new(Bounds {

@@ -24,10 +24,11 @@
 //! * `kubehub_hub_tenant_bytes_total{tenant, direction="in"|"out"}` (request body bytes in,
 //!   response bytes out), `kubehub_hub_tenant_watches{tenant}` (watches open),
 //!   `kubehub_hub_rejected_total{tenant, reason}` (`unauthenticated`, `forbidden`,
-//!   `not_found`, and from fair sharing and bans `limit`, `ban`, `overload`: [`Metrics::rejected`]).
+//!   `not_found`, `ban`, and the admit phase's reasons: [`Metrics::rejected`]).
 //!
-//! The request path reaches these counters through a per-core cache of handles keyed by a hash
-//! of the label values (`proxy::observe`), so a request allocates no label strings once its
+//! The request path reaches these counters through per-core handles (`proxy::observe`: per
+//! tenant, then per resource label, verb, code and served-by; per cluster; per source), found
+//! once per request by borrowed names, so a request allocates no label strings once its
 //! series exists.
 
 use prometheus_client::encoding::EncodeLabelSet;

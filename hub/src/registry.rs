@@ -124,8 +124,8 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<TunnelCmd>,
     /// Distinguishes reconnections of the same cluster.
     pub generation: u64,
-    /// The agent's id (from HELLO).
-    pub agent_id: String,
+    /// The agent's id (from HELLO); shared, so a request's handle costs no allocation.
+    pub agent_id: std::sync::Arc<str>,
 }
 
 /// Where a cluster stands.
@@ -176,11 +176,17 @@ impl Registry {
     /// Where `cluster` stands. Without a configured cluster list every cluster is served
     /// here (the access index says which exist): one without an agent is offline.
     pub fn lookup(&self, cluster: &str) -> Lookup {
+        // (The handle is cloned: a sender and an `Arc`, no allocation.)
         match self.agents.get(cluster) {
             Some(h) => Lookup::Online(h.clone()),
             None if self.serves(cluster) => Lookup::Offline,
             None => Lookup::Unknown,
         }
+    }
+
+    /// Whether a tunnel of `cluster` is held here.
+    pub fn has_tunnel(&self, cluster: &str) -> bool {
+        self.agents.contains_key(cluster)
     }
 
     /// Registers a tunnel for `cluster`, replacing any earlier one. Returns its generation.
@@ -191,7 +197,7 @@ impl Registry {
             AgentHandle {
                 tx,
                 generation,
-                agent_id: agent_id.to_owned(),
+                agent_id: agent_id.into(),
             },
         );
         generation
@@ -234,7 +240,7 @@ impl Registry {
         let mut out: Vec<_> = self
             .agents
             .iter()
-            .map(|e| (e.key().clone(), e.value().agent_id.clone()))
+            .map(|e| (e.key().clone(), e.value().agent_id.to_string()))
             .collect();
         out.sort();
         out.into_iter()

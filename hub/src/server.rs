@@ -343,6 +343,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
     let traffic = Arc::new(crate::traffic::Traffic::new(
         &cfg.id,
         cfg.metrics.traffic_clients,
+        n,
     ));
     let bounds = Arc::new(crate::proxy::observe::Bounds {
         resources: crate::proxy::observe::Bounded::new(cfg.metrics.resources),
@@ -494,7 +495,7 @@ pub fn start(mut cfg: HubConfig) -> Result<Hub, HubError> {
                     let (traffic, audit, hub_id, bounds) = observe_parts;
                     let mut observer = crate::proxy::observe::Observer::new(
                         metrics.clone(),
-                        traffic,
+                        (traffic, core),
                         audit,
                         hub_id,
                         bounds,

@@ -2,24 +2,31 @@
 //! listener answers and what meta's console shows.
 //!
 //! Each tenant and each client (tenant × user-agent family × source address) has a ring of
-//! [`SLOTS`] time slots of [`SLOT_SECS`] seconds, each a few atomic counters (and, for
-//! tenants, a latency histogram of log-linear buckets: four per power of two, so a quantile is
-//! within ~12% of the truth). A request adds to the current slot of its tenant and its
-//! client; a slot is zeroed when it is reused for a newer period. `/traffic` sums the slots
-//! of the last 60 s. Every core writes the same atomics (no lock on the request path: a
-//! dashmap read of an entry that exists).
+//! [`SLOTS`] time slots of [`SLOT_SECS`] seconds, each a few counters (and, for tenants, a
+//! latency histogram of log-linear buckets: four per power of two, so a quantile is within
+//! ~12% of the truth). A request adds to the current slot of its tenant and its client; a
+//! slot is zeroed when it is reused for a newer period. `/traffic` sums the slots of the last
+//! 60 s.
 //!
-//! Bounds: one entry per tenant (meta's tenants, plus `""` for unauthenticated requests,
-//! ~11 KiB each) and at most `max_clients` client entries (idle ones are pruned when the map is
-//! full; a client that finds no room is not tracked here, and still counted in the metrics).
+//! Thread per core: every core writes its own [`Shard`] (atomics that only that core writes,
+//! so no cache line moves between cores on the request path; maps hashed with foldhash, read
+//! without a lock shared with another core); `/traffic` reads every shard and merges them.
+//! Periods count from the hub's start on the monotonic clock the request already read.
+//!
+//! Bounds: one entry per tenant and core (meta's tenants, plus `""` for unauthenticated
+//! requests, ~11 KiB each) and at most `max_clients` client entries over all cores (split
+//! evenly between them; idle ones are pruned when a core's share is full; a client that finds
+//! no room is not tracked here, and still counted in the metrics).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+/// The hasher of the request path's maps: foldhash, seeded per process.
+type Fast = foldhash::fast::RandomState;
 
 /// Seconds per slot.
 pub const SLOT_SECS: u64 = 5;
@@ -131,19 +138,21 @@ struct ClientRing {
     last: AtomicU64,
 }
 
-/// The per-tenant and per-client rings of one hub (shared by every core).
+/// The rings one core writes.
 #[derive(Debug)]
-pub struct Traffic {
-    hub: String,
-    tenants: DashMap<String, TenantRing>,
-    clients: DashMap<u64, ClientRing>,
+struct Shard {
+    tenants: DashMap<String, TenantRing, Fast>,
+    clients: DashMap<u64, ClientRing, Fast>,
     max_clients: usize,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// The per-tenant and per-client rings of one hub: a [`Shard`] per core.
+#[derive(Debug)]
+pub struct Traffic {
+    hub: String,
+    epoch: Instant,
+    shards: Vec<Shard>,
+    keys: Fast,
 }
 
 fn bucket(d: Duration) -> usize {
@@ -168,17 +177,7 @@ fn bucket_ms(i: usize) -> f64 {
     (lo as f64 + width as f64 / 2.0) / 1000.0
 }
 
-impl Traffic {
-    /// The summary of hub `hub`, tracking at most `max_clients` clients.
-    pub fn new(hub: &str, max_clients: usize) -> Traffic {
-        Traffic {
-            hub: hub.to_owned(),
-            tenants: DashMap::new(),
-            clients: DashMap::new(),
-            max_clients,
-        }
-    }
-
+impl Shard {
     fn tenant<R>(&self, tenant: &str, f: impl FnOnce(&TenantRing) -> R) -> R {
         if let Some(t) = self.tenants.get(tenant) {
             return f(&t);
@@ -191,28 +190,68 @@ impl Traffic {
         f(&t)
     }
 
-    /// A watch of `tenant` opened (`+1`) or ended (`-1`).
-    pub fn watch(&self, tenant: &str, delta: i64) {
-        self.tenant(tenant, |t| t.watches.fetch_add(delta, Relaxed));
+    /// Forgets clients idle for longer than the window.
+    fn prune(&self, now: u64) {
+        self.clients
+            .retain(|_, c| now.saturating_sub(c.last.load(Relaxed)) <= WINDOW_SECS + SLOT_SECS);
+    }
+}
+
+impl Traffic {
+    /// The summary of hub `hub` with `cores` shards, tracking at most `max_clients` clients
+    /// (over all cores).
+    pub fn new(hub: &str, max_clients: usize, cores: usize) -> Traffic {
+        let cores = cores.max(1);
+        Traffic {
+            hub: hub.to_owned(),
+            epoch: Instant::now(),
+            shards: (0..cores)
+                .map(|_| Shard {
+                    tenants: DashMap::with_hasher(Fast::default()),
+                    clients: DashMap::with_hasher(Fast::default()),
+                    max_clients: max_clients.div_ceil(cores),
+                })
+                .collect(),
+            keys: Fast::default(),
+        }
     }
 
-    /// Adds one request.
-    pub fn record(&self, s: &Sample<'_>) {
-        let now = now_secs();
+    /// The shard of `core` (any index works: cores beyond the shards share the last).
+    fn shard(&self, core: usize) -> &Shard {
+        &self.shards[core.min(self.shards.len() - 1)]
+    }
+
+    /// Seconds since the hub started, as of `at`.
+    fn secs(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// A watch of `tenant` opened (`+1`) or ended (`-1`) on `core`.
+    pub fn watch(&self, core: usize, tenant: &str, delta: i64) {
+        self.shard(core)
+            .tenant(tenant, |t| t.watches.fetch_add(delta, Relaxed));
+    }
+
+    /// Adds one request, served on `core`, that ended at `now`.
+    pub fn record(&self, core: usize, now: Instant, s: &Sample<'_>) {
+        let shard = self.shard(core);
+        let now = self.secs(now);
         let period = now / SLOT_SECS;
         let i = (period % SLOTS as u64) as usize;
+        // Only this core writes these: a load and a store, no locked read-modify-write.
+        let bump = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
         let add = |slot: &Slot| {
-            slot.requests.fetch_add(1, Relaxed);
+            bump(&slot.requests, 1);
             if s.error {
-                slot.errors.fetch_add(1, Relaxed);
+                bump(&slot.errors, 1);
             }
             if s.rejected {
-                slot.rejected.fetch_add(1, Relaxed);
+                bump(&slot.rejected, 1);
             }
-            slot.bytes_in.fetch_add(s.bytes_in, Relaxed);
-            slot.bytes_out.fetch_add(s.bytes_out, Relaxed);
+            bump(&slot.bytes_in, s.bytes_in);
+            bump(&slot.bytes_out, s.bytes_out);
         };
-        self.tenant(s.tenant, |t| {
+        shard.tenant(s.tenant, |t| {
             if t.slots[i].claim(period) {
                 for b in &t.latency[i] {
                     b.store(0, Relaxed);
@@ -220,27 +259,23 @@ impl Traffic {
             }
             add(&t.slots[i]);
             if let Some(l) = s.latency {
-                t.latency[i][bucket(l)].fetch_add(1, Relaxed);
+                bump(&t.latency[i][bucket(l)], 1);
             }
         });
-        let key = {
-            let mut h = DefaultHasher::new();
-            (s.tenant, s.client, s.source).hash(&mut h);
-            h.finish()
-        };
-        if let Some(c) = self.clients.get(&key) {
+        let key = self.keys.hash_one((s.tenant, s.client, s.source));
+        if let Some(c) = shard.clients.get(&key) {
             c.slots[i].claim(period);
             add(&c.slots[i]);
             c.last.store(now, Relaxed);
             return;
         }
-        if self.clients.len() >= self.max_clients {
-            self.prune(now);
-            if self.clients.len() >= self.max_clients {
+        if shard.clients.len() >= shard.max_clients {
+            shard.prune(now);
+            if shard.clients.len() >= shard.max_clients {
                 return;
             }
         }
-        let c = self
+        let c = shard
             .clients
             .entry(key)
             .or_insert_with(|| ClientRing {
@@ -255,15 +290,9 @@ impl Traffic {
         add(&c.slots[i]);
     }
 
-    /// Forgets clients idle for longer than the window.
-    fn prune(&self, now: u64) {
-        self.clients
-            .retain(|_, c| now.saturating_sub(c.last.load(Relaxed)) <= WINDOW_SECS + SLOT_SECS);
-    }
-
-    /// The summary over the last minute (`GET /traffic`).
+    /// The summary over the last minute (`GET /traffic`): every core's shard, merged.
     pub fn summary(&self) -> Summary {
-        let now = now_secs();
+        let now = self.secs(Instant::now());
         let period = now / SLOT_SECS;
         // The slots of the last WINDOW_SECS: the current one and the ones before it.
         let first = period.saturating_sub(WINDOW_SECS / SLOT_SECS);
@@ -272,36 +301,63 @@ impl Traffic {
             p >= first && p <= period
         };
         let w = WINDOW_SECS as f64;
-        let mut tenants: Vec<TenantSummary> = self
-            .tenants
-            .iter()
-            .map(|t| {
-                let (mut req, mut err, mut rej, mut bin, mut bout) = (0, 0, 0, 0, 0);
-                let mut hist = [0u64; BUCKETS];
+        #[derive(Default)]
+        struct Sum {
+            requests: u64,
+            errors: u64,
+            rejected: u64,
+            bytes_in: u64,
+            bytes_out: u64,
+            watches: i64,
+            hist: Vec<u64>,
+        }
+        let mut by_tenant: std::collections::BTreeMap<String, Sum> = Default::default();
+        let mut by_client: std::collections::BTreeMap<(String, String, IpAddr), (u64, u64)> =
+            Default::default();
+        for shard in &self.shards {
+            for t in shard.tenants.iter() {
+                let sum = by_tenant.entry(t.key().clone()).or_default();
+                sum.hist.resize(BUCKETS, 0);
+                sum.watches += t.watches.load(Relaxed);
                 for (i, slot) in t.slots.iter().enumerate() {
                     if !live(slot) {
                         continue;
                     }
-                    req += slot.requests.load(Relaxed);
-                    err += slot.errors.load(Relaxed);
-                    rej += slot.rejected.load(Relaxed);
-                    bin += slot.bytes_in.load(Relaxed);
-                    bout += slot.bytes_out.load(Relaxed);
-                    for (h, b) in hist.iter_mut().zip(t.latency[i].iter()) {
+                    sum.requests += slot.requests.load(Relaxed);
+                    sum.errors += slot.errors.load(Relaxed);
+                    sum.rejected += slot.rejected.load(Relaxed);
+                    sum.bytes_in += slot.bytes_in.load(Relaxed);
+                    sum.bytes_out += slot.bytes_out.load(Relaxed);
+                    for (h, b) in sum.hist.iter_mut().zip(t.latency[i].iter()) {
                         *h += b.load(Relaxed);
                     }
                 }
-                TenantSummary {
-                    tenant: t.key().clone(),
-                    requests_per_second: req as f64 / w,
-                    errors_per_second: err as f64 / w,
-                    p50_ms: quantile(&hist, 0.50),
-                    p99_ms: quantile(&hist, 0.99),
-                    bytes_in_per_second: bin as f64 / w,
-                    bytes_out_per_second: bout as f64 / w,
-                    watches: u64::try_from(t.watches.load(Relaxed)).unwrap_or(0),
-                    rejected_per_second: rej as f64 / w,
+            }
+            for c in shard.clients.iter() {
+                let (mut req, mut err) = (0, 0);
+                for slot in c.slots.iter().filter(|s| live(s)) {
+                    req += slot.requests.load(Relaxed);
+                    err += slot.errors.load(Relaxed);
                 }
+                let e = by_client
+                    .entry((c.tenant.clone(), c.client.clone(), c.source))
+                    .or_default();
+                e.0 += req;
+                e.1 += err;
+            }
+        }
+        let mut tenants: Vec<TenantSummary> = by_tenant
+            .into_iter()
+            .map(|(tenant, t)| TenantSummary {
+                tenant,
+                requests_per_second: t.requests as f64 / w,
+                errors_per_second: t.errors as f64 / w,
+                p50_ms: quantile(&t.hist, 0.50),
+                p99_ms: quantile(&t.hist, 0.99),
+                bytes_in_per_second: t.bytes_in as f64 / w,
+                bytes_out_per_second: t.bytes_out as f64 / w,
+                watches: u64::try_from(t.watches).unwrap_or(0),
+                rejected_per_second: t.rejected as f64 / w,
             })
             .filter(|t| t.requests_per_second > 0.0 || t.watches > 0)
             .collect();
@@ -310,22 +366,15 @@ impl Traffic {
                 .total_cmp(&a.requests_per_second)
                 .then_with(|| a.tenant.cmp(&b.tenant))
         });
-        let mut clients: Vec<ClientSummary> = self
-            .clients
-            .iter()
-            .filter_map(|c| {
-                let (mut req, mut err) = (0, 0);
-                for slot in c.slots.iter().filter(|s| live(s)) {
-                    req += slot.requests.load(Relaxed);
-                    err += slot.errors.load(Relaxed);
-                }
-                (req > 0).then(|| ClientSummary {
-                    tenant: c.tenant.clone(),
-                    client: c.client.clone(),
-                    source: c.source.to_string(),
-                    requests_per_second: req as f64 / w,
-                    errors_per_second: err as f64 / w,
-                })
+        let mut clients: Vec<ClientSummary> = by_client
+            .into_iter()
+            .filter(|(_, (req, _))| *req > 0)
+            .map(|((tenant, client, source), (req, err))| ClientSummary {
+                tenant,
+                client,
+                source: source.to_string(),
+                requests_per_second: req as f64 / w,
+                errors_per_second: err as f64 / w,
             })
             .collect();
         clients.sort_by(|a, b| {
@@ -345,7 +394,7 @@ impl Traffic {
     }
 }
 
-fn quantile(hist: &[u64; BUCKETS], q: f64) -> f64 {
+fn quantile(hist: &[u64], q: f64) -> f64 {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return 0.0;
@@ -413,19 +462,27 @@ mod tests {
 
     #[test]
     fn summary_rates_quantiles_and_top_clients() {
-        let t = Traffic::new("hub-a", 100);
+        let t = Traffic::new("hub-a", 100, 2);
+        let now = Instant::now();
         for i in 0..120 {
-            t.record(&sample(
-                "acme",
-                "kubectl/v1.32",
-                if i < 60 { 1 } else { 3 },
-                i % 10 == 0,
-            ));
+            // Both cores' shards: the summary merges them.
+            t.record(
+                i % 2,
+                now,
+                &sample(
+                    "acme",
+                    "kubectl/v1.32",
+                    if i < 60 { 1 } else { 3 },
+                    i % 10 == 0,
+                ),
+            );
         }
         for _ in 0..30 {
-            t.record(&sample("beta", "python", 100, false));
+            t.record(1, now, &sample("beta", "python", 100, false));
         }
-        t.watch("beta", 1);
+        t.watch(0, "beta", 1);
+        t.watch(1, "beta", 1);
+        t.watch(1, "beta", -1);
         let s = t.summary();
         assert_eq!(s.hub, "hub-a");
         assert_eq!(s.window_seconds, 60);
@@ -465,13 +522,13 @@ mod tests {
 
     #[test]
     fn clients_are_bounded() {
-        let t = Traffic::new("h", 5);
+        let t = Traffic::new("h", 5, 1);
         for i in 0..50u8 {
             let mut s = sample("acme", "curl", 1, false);
             s.source = IpAddr::from([10, 0, 0, i]);
-            t.record(&s);
+            t.record(0, Instant::now(), &s);
         }
-        assert_eq!(t.clients.len(), 5);
+        assert_eq!(t.shards[0].clients.len(), 5);
         assert_eq!(t.summary().tenants[0].requests_per_second * 60.0, 50.0);
     }
 }

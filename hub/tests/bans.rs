@@ -208,6 +208,8 @@ fn a_ban_refuses_new_requests_and_ends_open_watches_and_sessions() {
     for want in [
         "kubehub_hub_streams_ended_total{reason=\"banned\"}",
         "kubehub_hub_denied_total{reason=\"banned\"}",
+        // Counted as a ban, not as an authorization refusal.
+        ",reason=\"ban\"}",
         "kubehub_hub_sessions_total{kind=\"exec\",end=\"banned\"} 2",
     ] {
         assert!(m.contains(want), "{want} in {m}");

@@ -1,6 +1,7 @@
 //! List and watch options from the query string, validated as kube-apiserver validates them.
 
 use crate::status::Status;
+use std::borrow::Cow;
 
 /// `resourceVersionMatch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,40 +60,37 @@ pub struct ListOptions {
     pub include_object: IncludeObject,
 }
 
-/// A query string split into decoded pairs.
+/// A query string split into decoded pairs, borrowing from it where nothing was
+/// percent-decoded (the request path parses every query: most allocate only the list).
 #[derive(Debug, Clone, Default)]
-pub struct Query(Vec<(String, String)>);
+pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Query {
+impl<'a> Query<'a> {
     /// Parses `a=1&b=2` (without the `?`); percent-decoding applied.
-    pub fn parse(query: &str) -> Query {
+    pub fn parse(query: &'a str) -> Query<'a> {
         Query(
             form_urlencoded::parse(query.as_bytes())
                 .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         )
     }
 
     /// The parameter names, in order (repeated names repeat).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_str())
+        self.0.iter().map(|(k, _)| &**k)
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| &**v)
     }
 
     /// Every value of `name`, in order (`command=sh&command=-c`).
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'b str> + 'b {
         self.0
             .iter()
             .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 
     /// `name` as a boolean (`true`/`1` and `false`/`0`); absent is `false`.
@@ -127,7 +125,7 @@ pub fn parse_resource_version(rv: &str) -> Result<u64, Status> {
 
 impl ListOptions {
     /// Reads and validates the options from a query string.
-    pub fn from_query(q: &Query) -> Result<ListOptions, Status> {
+    pub fn from_query(q: &Query<'_>) -> Result<ListOptions, Status> {
         let watch = q.flag("watch")?;
         let rv = q.get("resourceVersion").filter(|v| !v.is_empty());
         let rv_match = match q.get("resourceVersionMatch").filter(|v| !v.is_empty()) {

@@ -10,7 +10,9 @@
 //!
 //! * `--cpu NAME=PID[+PID…]`: utime + stime of those processes over the measured interval
 //!   (after the warm-up, until the last answer), divided by the requests measured; this
-//!   client's own CPU per request and the CPU anything else used meanwhile are printed too.
+//!   client's own CPU per request and the CPU anything else used meanwhile are printed too;
+//!   and each group's context switches per request (all threads' voluntary + involuntary:
+//!   on these VMs a sleep and a wake-up cost more than a small request's own work).
 //! * `--edge-log URL`: the request log of a simulator started by `kubehub-perf sim --control`:
 //!   emptied when measuring starts and read when it ends, so it says what reached the edge
 //!   (freshness probes, reads of the very path requested, anything else).
@@ -129,28 +131,48 @@ fn parse_cpu(specs: &[String]) -> Result<Vec<(String, Vec<u32>)>, String> {
         .collect()
 }
 
-/// The CPU time of each group's processes, then of this process; and the machine's idle
-/// seconds.
-fn cpu_snapshot(groups: &[(String, Vec<u32>)], tck: f64) -> (Vec<Vec<sys::CpuSample>>, f64) {
-    let mut v: Vec<Vec<sys::CpuSample>> = groups
+/// The CPU time of each group's processes, then of this process; the machine's idle
+/// seconds; and each group's context switches so far.
+#[derive(Debug)]
+struct Snapshot {
+    cpu: Vec<Vec<sys::CpuSample>>,
+    idle: f64,
+    switches: Vec<u64>,
+}
+
+fn cpu_snapshot(groups: &[(String, Vec<u32>)], tck: f64) -> Snapshot {
+    let mut cpu: Vec<Vec<sys::CpuSample>> = groups
         .iter()
         .map(|(_, pids)| pids.iter().map(|p| sys::cpu_sample(*p, tck)).collect())
         .collect();
-    v.push(vec![sys::cpu_sample(std::process::id(), tck)]);
-    (v, sys::machine_idle_secs(tck).0)
+    cpu.push(vec![sys::cpu_sample(std::process::id(), tck)]);
+    let switches = groups
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|p| sys::context_switches(*p)).sum())
+        .collect();
+    Snapshot {
+        cpu,
+        idle: sys::machine_idle_secs(tck).0,
+        switches,
+    }
 }
 
-/// Seconds used by each group (then this process) between two snapshots, and idle seconds.
-fn cpu_used(
-    a: &(Vec<Vec<sys::CpuSample>>, f64),
-    b: &(Vec<Vec<sys::CpuSample>>, f64),
-) -> (Vec<f64>, f64) {
-    let used =
-        a.0.iter()
-            .zip(&b.0)
-            .map(|(x, y)| x.iter().zip(y).map(|(p, q)| sys::cpu_delta(p, q)).sum())
-            .collect();
-    (used, b.1 - a.1)
+/// Seconds used by each group (then this process) between two snapshots, idle seconds, and
+/// each group's context switches.
+fn cpu_used(a: &Snapshot, b: &Snapshot) -> (Vec<f64>, f64, Vec<u64>) {
+    let used = a
+        .cpu
+        .iter()
+        .zip(&b.cpu)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| sys::cpu_delta(p, q)).sum())
+        .collect();
+    let switches = a
+        .switches
+        .iter()
+        .zip(&b.switches)
+        .map(|(x, y)| y.saturating_sub(*x))
+        .collect();
+    (used, b.idle - a.idle, switches)
 }
 
 /// What reached the edge: every request, freshness probes (`limit=1` lists), and reads of
@@ -365,9 +387,10 @@ pub async fn run(a: GetArgs) -> Result<(), String> {
     }
     // CPU per request: groups, then this client; "others" is the rest of the machine.
     let per = good.max(1) as f64;
-    let (d, idle) = cpu_used(&cpu0, &cpu1);
+    let (d, idle, switches) = cpu_used(&cpu0, &cpu1);
     let wall = (t1 - t0).as_secs_f64();
     let mut cpu_json = serde_json::Map::new();
+    let mut csw_json = serde_json::Map::new();
     let mut client_us = 0.0;
     let mut others_pct = 0.0;
     if let Some(client) = d.last() {
@@ -381,10 +404,13 @@ pub async fn run(a: GetArgs) -> Result<(), String> {
         let parts: Vec<String> = groups
             .iter()
             .zip(&d)
-            .map(|((name, _), secs)| {
+            .zip(&switches)
+            .map(|(((name, _), secs), csw)| {
                 let us = secs * 1e6 / per;
+                let csw = *csw as f64 / per;
                 cpu_json.insert(name.clone(), serde_json::json!(us));
-                format!("{name} {us:.1} us")
+                csw_json.insert(name.clone(), serde_json::json!(csw));
+                format!("{name} {us:.1} us ({csw:.2} csw)")
             })
             .chain(std::iter::once(format!("client {client_us:.1} us")))
             .collect();
@@ -423,6 +449,7 @@ pub async fn run(a: GetArgs) -> Result<(), String> {
             "lag_p50_ms": ms(&lags, 0.5),
             "lag_p99_ms": ms(&lags, 0.99),
             "cpu_us": cpu_json,
+            "csw_per_request": csw_json,
             "cpu_order": groups.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
             "client_us": client_us,
             "others_pct": others_pct,

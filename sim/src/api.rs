@@ -133,7 +133,7 @@ async fn route(cluster: &Arc<Cluster>, req: Request<Bytes>) -> Result<Response<B
 async fn resource(
     cluster: &Arc<Cluster>,
     req: &Request<Bytes>,
-    query: &Query,
+    query: &Query<'_>,
     rp: ResourcePath<'_>,
 ) -> Result<Response<Body>, Status> {
     let lookup = match rp.subresource {
@@ -415,7 +415,7 @@ fn single(
     req: &Request<Bytes>,
     t: &ResourceType,
     obj: &Bytes,
-    query: &Query,
+    query: &Query<'_>,
 ) -> Result<Response<Body>, Status> {
     let Some(wants) = super::protobuf::negotiate(header_str(req, header::ACCEPT))? else {
         let pb = super::protobuf::encode_body(obj)?;
@@ -529,7 +529,7 @@ fn logs(
     pods: usize,
     ns: Option<&str>,
     name: &str,
-    query: &Query,
+    query: &Query<'_>,
 ) -> Result<Response<Body>, Status> {
     let pod: Value = serde_json::from_slice(&cluster.get(pods, ns, name)?).unwrap_or(Value::Null);
     let containers: Vec<String> = pod["spec"]["containers"]

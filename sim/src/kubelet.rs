@@ -317,7 +317,7 @@ fn session(
     pod: &Value,
     name: &str,
     sub: Sub,
-    query: &Query,
+    query: &Query<'_>,
 ) -> Result<Session, Status> {
     let spec = &pod["spec"];
     let regular = names(&spec["containers"]);

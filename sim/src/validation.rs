@@ -64,7 +64,7 @@ fn options_invalid(method: &Method, field: &str, message: String) -> Status {
 }
 
 /// `dryRun`: whether the write is a dry run.
-pub fn dry_run(query: &Query, method: &Method) -> Result<bool, Status> {
+pub fn dry_run(query: &Query<'_>, method: &Method) -> Result<bool, Status> {
     if *method == Method::GET {
         return Ok(false); // reads have no dryRun
     }
@@ -108,7 +108,7 @@ fn unsupported_dry_run(method: &Method, values: &[&str]) -> Status {
 }
 
 /// `fieldValidation`.
-pub fn directive(query: &Query, method: &Method) -> Result<Directive, Status> {
+pub fn directive(query: &Query<'_>, method: &Method) -> Result<Directive, Status> {
     match query.get("fieldValidation") {
         None | Some("") | Some("Warn") => Ok(Directive::Warn),
         Some("Ignore") => Ok(Directive::Ignore),
@@ -322,7 +322,7 @@ pub fn check_object(
     t: &ResourceType,
     obj: &mut Value,
     raw: &[u8],
-    query: &Query,
+    query: &Query<'_>,
     method: &Method,
 ) -> Result<Vec<String>, Status> {
     let d = directive(query, method)?;
@@ -352,7 +352,7 @@ pub fn check_patch(
     t: &ResourceType,
     patch_type: PatchType,
     body: &[u8],
-    query: &Query,
+    query: &Query<'_>,
     method: &Method,
 ) -> Result<(Option<Vec<u8>>, Vec<String>), Status> {
     let d = directive(query, method)?;
@@ -594,7 +594,7 @@ mod tests {
 
     #[test]
     fn directives_and_messages() {
-        let q = |s: &str| Query::parse(s);
+        let q = |s: &'static str| Query::parse(s);
         let t = ty("pods");
         let mut p = pod();
         p["spec"]["foo"] = json!(1);
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn dry_run_values() {
-        let q = |s: &str| Query::parse(s);
+        let q = |s: &'static str| Query::parse(s);
         assert!(!dry_run(&q(""), &Method::POST).unwrap());
         assert!(dry_run(&q("dryRun=All"), &Method::DELETE).unwrap());
         let e = dry_run(&q("dryRun=Some"), &Method::POST).unwrap_err();

@@ -148,11 +148,18 @@ impl ClusterCache {
 
     /// The slot of a type, if it is cached.
     pub fn slot(&self, key: &ResourceKey) -> Option<Arc<TypeSlot>> {
+        self.slot_of(&key.group, &key.version, &key.resource)
+    }
+
+    /// The slot of a type named by borrowed strings (the request path's lookup).
+    pub fn slot_of(&self, group: &str, version: &str, resource: &str) -> Option<Arc<TypeSlot>> {
         self.types
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|s| s.is(key))
+            .find(|s| {
+                s.info.resource == resource && s.info.group == group && s.info.version == version
+            })
             .cloned()
     }
 

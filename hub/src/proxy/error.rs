@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The authorizer said no.
     #[error("forbidden: {}", .0.message)]
     Forbidden(Box<Status>),
+    /// A ban in force (`crate::bans`): answered as `Forbidden` is (403), counted apart.
+    #[error("banned: {}", .0.message)]
+    Banned(Box<Status>),
     /// A body the hub reads itself (a review) is invalid (as kube-apiserver answers it).
     #[error("invalid: {}", .0.message)]
     Invalid(Box<Status>),
@@ -99,9 +102,10 @@ impl ProxyError {
             ProxyError::Unauthorized(e) => super::authenticate::unauthorized(e),
             ProxyError::NoCluster(why) => Status::new(404, "NotFound", why.clone()),
             ProxyError::UnknownCluster(c) => Status::not_found("", "clusters", c),
-            ProxyError::Forbidden(s) | ProxyError::BadPath(s) | ProxyError::Invalid(s) => {
-                (**s).clone()
-            }
+            ProxyError::Forbidden(s)
+            | ProxyError::Banned(s)
+            | ProxyError::BadPath(s)
+            | ProxyError::Invalid(s) => (**s).clone(),
             // The one rule: 503 (and its Retry-After) only while a retry cannot repeat work.
             ProxyError::Offline { cluster, why } => match reached {
                 Reached::Hub => {
@@ -145,6 +149,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NoCluster(_) | ProxyError::UnknownCluster(_) => "not_found",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Banned(_) => "banned",
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::Invalid(_) => "invalid",
             ProxyError::Offline { .. } => "offline",

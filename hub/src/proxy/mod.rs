@@ -446,6 +446,7 @@ fn rejection(e: &ProxyError) -> Option<&'static str> {
     match e {
         ProxyError::Unauthorized(_) => Some("unauthenticated"),
         ProxyError::Forbidden(_) => Some("forbidden"),
+        ProxyError::Banned(_) => Some("ban"),
         ProxyError::NoCluster(_) | ProxyError::UnknownCluster(_) => Some("not_found"),
         ProxyError::Admission(d) => Some(d.reason()),
         _ => None,
@@ -544,7 +545,8 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
         conn.stop = Some(stop);
         entered
     });
-    let mut fields = forward_fields(&head, &identity, ctx.impersonate, &rec.audit_id);
+    // The fields the edge gets, made only for a request that goes there.
+    let edge_fields = || forward_fields(&head, &identity, ctx.impersonate, &rec.audit_id);
     if let Some(protocol) = http::upgrade_of(&head) {
         drop(seat);
         if backend.is_ok() {
@@ -560,13 +562,14 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
             &head,
             conn,
             out,
-            (target, identity, backend),
-            fields,
+            (target, identity.clone(), backend),
+            edge_fields(),
             protocol,
         )
         .await;
     }
     // review: KubeHub's decision first; the edge's only if KubeHub allows.
+    let mut fields = None;
     let mut body = if has_body {
         Upload::Stream
     } else {
@@ -608,9 +611,11 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
                         return out.whole(conn, 201, &fields, &[json]).await;
                     }
                     review::Verdict::Forward { body: bytes, json } => {
+                        let mut f = edge_fields();
                         if json {
-                            set_body_fields(&mut fields, "application/json", bytes.len());
+                            set_body_fields(&mut f, "application/json", bytes.len());
                         }
+                        fields = Some(f);
                         body = Upload::Buffered(bytes);
                     }
                 }
@@ -648,7 +653,7 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
     let forwarded = registry::RequestHead {
         method: head.method.clone(),
         path: Bytes::from(target.path),
-        fields,
+        fields: fields.unwrap_or_else(edge_fields),
     };
     let cluster = target.cluster;
     // The cluster's forward limits (the edge API server's protection).

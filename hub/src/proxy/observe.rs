@@ -11,14 +11,17 @@
 //!
 //! Every answer carries the request's `Audit-ID` (the client's own, if it sent one, else a new
 //! UUID), and forwarded requests carry it to the edge so the edge's audit log names the same
-//! id. The record lives on the request handler's stack (`Cell`s: one core, no locks); finishing
-//! costs a few atomic adds and, with auditing on, one event queued to the writer thread.
+//! id. The record lives on the request handler's stack (`Cell`s: one core, no locks). When
+//! the request is identified, the core's handles of its series are found by borrowed names
+//! (tenant; resource label; cluster) and kept in the record, so finishing hashes no label
+//! strings, allocates nothing once the series exist, and costs a few atomic adds, the core's
+//! own traffic shard and, with auditing on, one event queued to the writer thread. The
+//! target is cloned into the record only when an audit event will name it.
 
-use std::cell::{Cell, RefCell};
-use std::collections::hash_map::DefaultHasher;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -187,13 +190,15 @@ pub struct Audit {
     pub max_body: usize,
 }
 
-/// What every request's observation feeds; one per core (its counter cache is the core's).
+/// What every request's observation feeds; one per core (its counter handles are the core's).
 #[derive(Debug)]
 pub struct Observer {
     /// The hub's metrics.
     pub metrics: Arc<Metrics>,
     /// The traffic summary.
     pub traffic: Arc<Traffic>,
+    /// This core's shard of [`Observer::traffic`].
+    core: usize,
     /// The audit log, when enabled.
     pub audit: Option<Audit>,
     /// This hub's id (`kubehub.io/hub`).
@@ -203,52 +208,63 @@ pub struct Observer {
     /// The hub impersonates users at the edge (hub.toml `impersonate`): events name the
     /// impersonated user.
     pub impersonate: bool,
-    requests: Handles<(String, String, String, u16, ServedBy)>,
-    clusters: Handles<(String, &'static str)>,
-    clients: Handles<(String, ClientKind)>,
-    sources: Handles<IpAddr>,
-    bytes: Handles<(String, &'static str)>,
+    tenants: RefCell<HashMap<Box<str>, Rc<TenantSeries>, Fast>>,
+    clusters: RefCell<HashMap<Box<str>, Rc<ClusterSeries>, Fast>>,
+    sources: RefCell<HashMap<IpAddr, Counter, Fast>>,
+    /// Where a composed `resource` label (`group/resource/subresource`) is written to look
+    /// it up, so the lookup allocates nothing.
+    scratch: RefCell<String>,
 }
 
-/// A core's cache of counter handles: hash of the raw label values → (those values, the
-/// counter). A hit allocates nothing and takes no lock shared with other cores.
+/// The hasher of the per-core handle maps: foldhash, seeded per process.
+type Fast = foldhash::fast::RandomState;
+
+/// A core's handles of one tenant's series, found once per request by the tenant's name:
+/// everything `finish` counts for the tenant is then a short scan or a cell, no hashing.
 #[derive(Debug)]
-struct Handles<K>(RefCell<HashMap<u64, (K, Counter)>>);
-
-impl<K> Default for Handles<K> {
-    fn default() -> Self {
-        Handles(RefCell::new(HashMap::new()))
-    }
+struct TenantSeries {
+    name: Box<str>,
+    resources: RefCell<HashMap<Box<str>, Rc<ResourceSeries>, Fast>>,
+    clients: RefCell<Vec<(ClientKind, Counter)>>,
+    bytes_in: OnceCell<Counter>,
+    bytes_out: OnceCell<Counter>,
 }
 
-impl<K> Handles<K> {
-    /// The counter of the values hashed as `key`: cached when `same` says the cached values
-    /// are these, else `make`'s (values, counter), cached.
-    fn get(
-        &self,
-        key: u64,
-        same: impl Fn(&K) -> bool,
-        make: impl FnOnce() -> (K, Counter),
-    ) -> Counter {
-        let mut cache = self.0.borrow_mut();
-        if let Some((k, c)) = cache.get(&key) {
-            if same(k) {
-                return c.clone();
-            }
-        }
-        if cache.len() >= COUNTER_CACHE {
-            cache.clear();
-        }
-        let (k, c) = make();
-        cache.insert(key, (k, c.clone()));
-        c
-    }
+/// The request counters of one tenant and `resource` label, by verb, code and served-by
+/// (a few each: a linear scan).
+#[derive(Debug)]
+struct ResourceSeries {
+    label: Box<str>,
+    counters: RefCell<Vec<(&'static str, u16, ServedBy, Counter)>>,
 }
 
-fn hash_of(v: impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
+/// The request counters of one cluster, by code class.
+#[derive(Debug)]
+struct ClusterSeries {
+    label: Box<str>,
+    classes: [OnceCell<Counter>; 5],
+}
+
+/// Entries a per-core handle map holds before it starts over (the label values behind it are
+/// bounded by [`Bounds`]; this bounds the raw values that map to them).
+const COUNTER_CACHE: usize = 4096;
+
+/// `map[key]`, made by `make` when absent; the map starts over when full.
+fn cached<V: Clone>(
+    map: &RefCell<HashMap<Box<str>, V, Fast>>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> V {
+    if let Some(v) = map.borrow().get(key) {
+        return v.clone();
+    }
+    let mut map = map.borrow_mut();
+    if map.len() >= COUNTER_CACHE {
+        map.clear();
+    }
+    let v = make();
+    map.insert(key.into(), v.clone());
+    v
 }
 
 /// The bounded label sets (`[metrics]` in hub.toml).
@@ -262,14 +278,31 @@ pub struct Bounds {
     pub sources: Bounded,
 }
 
-/// The per-core counter cache holds at most this many handles (then starts over).
-const COUNTER_CACHE: usize = 4096;
+/// The `verb` label, as `&'static str` (kube-apiserver's spelling; a non-resource request's
+/// method when it is one of the usual ones, else `other`).
+fn static_verb(v: &kubehub_kapi::request_info::Verb) -> &'static str {
+    use kubehub_kapi::request_info::Verb;
+    match v {
+        Verb::Get => "get",
+        Verb::List => "list",
+        Verb::Watch => "watch",
+        Verb::Create => "create",
+        Verb::Update => "update",
+        Verb::Patch => "patch",
+        Verb::Delete => "delete",
+        Verb::DeleteCollection => "deletecollection",
+        Verb::Proxy => "proxy",
+        Verb::Unknown => "",
+        Verb::NonResource(std::borrow::Cow::Borrowed(m)) => m,
+        Verb::NonResource(_) => "other",
+    }
+}
 
 impl Observer {
-    /// The observer of one core.
+    /// The observer of one core: `traffic` and the core's index (its shard).
     pub fn new(
         metrics: Arc<Metrics>,
-        traffic: Arc<Traffic>,
+        (traffic, core): (Arc<Traffic>, usize),
         audit: Option<Audit>,
         hub: Arc<str>,
         bounds: Arc<Bounds>,
@@ -277,119 +310,157 @@ impl Observer {
         Observer {
             metrics,
             traffic,
+            core,
             audit,
             hub,
             bounds,
             impersonate: true,
-            requests: Handles::default(),
-            clusters: Handles::default(),
-            clients: Handles::default(),
-            sources: Handles::default(),
-            bytes: Handles::default(),
+            tenants: RefCell::default(),
+            clusters: RefCell::default(),
+            sources: RefCell::default(),
+            scratch: RefCell::default(),
         }
     }
 
-    /// The request counter of these labels: from the core's cache, without allocating, once
-    /// the series exists.
+    fn tenant(&self, tenant: &str) -> Rc<TenantSeries> {
+        cached(&self.tenants, tenant, || {
+            Rc::new(TenantSeries {
+                name: tenant.into(),
+                resources: RefCell::default(),
+                clients: RefCell::default(),
+                bytes_in: OnceCell::new(),
+                bytes_out: OnceCell::new(),
+            })
+        })
+    }
+
+    /// The tenant's series of a resource request (`resource`: its label before bounding).
+    fn resource(&self, t: &TenantSeries, resource: &str) -> Rc<ResourceSeries> {
+        cached(&t.resources, resource, || {
+            Rc::new(ResourceSeries {
+                label: self.bounds.resources.admit(resource).into(),
+                counters: RefCell::default(),
+            })
+        })
+    }
+
+    fn cluster(&self, cluster: &str) -> Rc<ClusterSeries> {
+        cached(&self.clusters, cluster, || {
+            Rc::new(ClusterSeries {
+                label: self.bounds.clusters.admit(cluster).into(),
+                classes: Default::default(),
+            })
+        })
+    }
+
     fn request_counter(
         &self,
-        tenant: &str,
-        verb: &str,
-        resource: &str,
+        t: &TenantSeries,
+        r: &ResourceSeries,
+        verb: &'static str,
         code: u16,
         by: ServedBy,
     ) -> Counter {
-        self.requests.get(
-            hash_of((tenant, verb, resource, code, by.as_str())),
-            |(t, v, r, c, b)| t == tenant && v == verb && r == resource && *c == code && *b == by,
-            || {
-                let label = TenantRequestLabel {
-                    tenant: tenant.to_owned(),
-                    verb: verb.to_owned(),
-                    resource: self.bounds.resources.admit(resource).to_owned(),
-                    code,
-                    served_by: by.as_str(),
-                };
-                let c = self.metrics.tenant_requests.get_or_create(&label).clone();
-                let key = (
-                    tenant.to_owned(),
-                    verb.to_owned(),
-                    resource.to_owned(),
-                    code,
-                    by,
-                );
-                (key, c)
-            },
-        )
+        let found = r
+            .counters
+            .borrow()
+            .iter()
+            .find(|(v, c, b, _)| *c == code && *b == by && *v == verb)
+            .map(|(.., counter)| counter.clone());
+        found.unwrap_or_else(|| {
+            let label = TenantRequestLabel {
+                tenant: t.name.to_string(),
+                verb: verb.to_owned(),
+                resource: r.label.to_string(),
+                code,
+                served_by: by.as_str(),
+            };
+            let c = self.metrics.tenant_requests.get_or_create(&label).clone();
+            r.counters.borrow_mut().push((verb, code, by, c.clone()));
+            c
+        })
     }
 
-    fn cluster_counter(&self, cluster: &str, class: &'static str) -> Counter {
-        self.clusters.get(
-            hash_of((cluster, class)),
-            |(c, k)| c == cluster && *k == class,
-            || {
+    fn cluster_counter(&self, c: &ClusterSeries, class: usize) -> Counter {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        c.classes[class]
+            .get_or_init(|| {
                 let label = ClusterLabel {
-                    cluster: self.bounds.clusters.admit(cluster).to_owned(),
-                    class,
+                    cluster: c.label.to_string(),
+                    class: CLASSES[class],
                 };
-                let c = self.metrics.cluster_requests.get_or_create(&label).clone();
-                ((cluster.to_owned(), class), c)
-            },
-        )
+                self.metrics.cluster_requests.get_or_create(&label).clone()
+            })
+            .clone()
     }
 
-    fn client_counter(&self, tenant: &str, client: ClientKind) -> Counter {
-        self.clients.get(
-            hash_of((tenant, client)),
-            |(t, k)| t == tenant && *k == client,
-            || {
-                let label = ClientLabel {
-                    tenant: tenant.to_owned(),
-                    client: client.label().to_owned(),
-                };
-                let c = self.metrics.client_requests.get_or_create(&label).clone();
-                ((tenant.to_owned(), client), c)
-            },
-        )
+    fn client_counter(&self, t: &TenantSeries, client: ClientKind) -> Counter {
+        let found = t
+            .clients
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == client)
+            .map(|(_, c)| c.clone());
+        found.unwrap_or_else(|| {
+            let label = ClientLabel {
+                tenant: t.name.to_string(),
+                client: client.label().to_owned(),
+            };
+            let c = self.metrics.client_requests.get_or_create(&label).clone();
+            t.clients.borrow_mut().push((client, c.clone()));
+            c
+        })
     }
 
     fn source_counter(&self, source: IpAddr) -> Counter {
-        self.sources.get(
-            hash_of(source),
-            |s| *s == source,
-            || {
-                let text = source.to_string();
-                let label = SourceLabel {
-                    source: self.bounds.sources.admit(&text).to_owned(),
-                };
-                (
-                    source,
-                    self.metrics.source_requests.get_or_create(&label).clone(),
-                )
-            },
-        )
+        if let Some(c) = self.sources.borrow().get(&source) {
+            return c.clone();
+        }
+        let text = source.to_string();
+        let label = SourceLabel {
+            source: self.bounds.sources.admit(&text).to_owned(),
+        };
+        let c = self.metrics.source_requests.get_or_create(&label).clone();
+        let mut map = self.sources.borrow_mut();
+        if map.len() >= COUNTER_CACHE {
+            map.clear();
+        }
+        map.insert(source, c.clone());
+        c
     }
 
-    fn bytes_counter(&self, tenant: &str, direction: &'static str) -> Counter {
-        self.bytes.get(
-            hash_of((tenant, direction)),
-            |(t, d)| t == tenant && *d == direction,
-            || {
-                let label = TenantDirectionLabel {
-                    tenant: tenant.to_owned(),
-                    direction,
-                };
-                let c = self.metrics.tenant_bytes.get_or_create(&label).clone();
-                ((tenant.to_owned(), direction), c)
-            },
-        )
+    fn bytes_counter(&self, t: &TenantSeries, direction: &'static str) -> Counter {
+        let cell = if direction == "in" {
+            &t.bytes_in
+        } else {
+            &t.bytes_out
+        };
+        cell.get_or_init(|| {
+            let label = TenantDirectionLabel {
+                tenant: t.name.to_string(),
+                direction,
+            };
+            self.metrics.tenant_bytes.get_or_create(&label).clone()
+        })
+        .clone()
     }
+}
+
+/// Who asked and what, as `finish` counts it: the handles found when the request was
+/// identified; the target itself only when an audit event will name it.
+#[derive(Debug)]
+struct Who {
+    identity: Arc<Identity>,
+    tenant: Rc<TenantSeries>,
+    resource: Rc<ResourceSeries>,
+    verb: &'static str,
+    cluster: Rc<ClusterSeries>,
+    target: Option<Target>,
 }
 
 /// One request's observation, filled in along its path.
 #[derive(Debug)]
 pub struct Record {
-    received: SystemTime,
     started: Instant,
     /// The request's audit id (sent back as `Audit-ID`).
     pub audit_id: String,
@@ -409,7 +480,7 @@ pub struct Record {
     pub rejected: Cell<Option<&'static str>>,
     /// The failure's `Status` message and reason.
     failure: RefCell<Option<(String, String)>>,
-    who: RefCell<Option<(Arc<Identity>, Target)>>,
+    who: RefCell<Option<Who>>,
     /// The audit level the policy gave it (None until known).
     pub level: Cell<Level>,
     watching: Cell<bool>,
@@ -429,7 +500,6 @@ impl Record {
     pub fn new(head: &RequestHead, source: IpAddr, via_peer: Option<&str>) -> Record {
         let ua = head.header("user-agent");
         Record {
-            received: SystemTime::now(),
             started: Instant::now(),
             audit_id: audit_id_of(head.header("audit-id")),
             source,
@@ -459,8 +529,12 @@ impl Record {
         }
     }
 
-    /// The request was authenticated and resolved: who and what. Decides the audit level.
+    /// The request was authenticated and resolved: who and what. Decides the audit level,
+    /// and finds the request's counter handles (so `finish` hashes no label strings).
     pub fn identify(&self, obs: &Observer, identity: &Arc<Identity>, target: &Target) {
+        let tenant = obs.tenant(&identity.tenant);
+        let mut verb = "";
+        let mut resource = None;
         if let Ok(info) = target.info() {
             if let Some(a) = &obs.audit {
                 self.level.set(a.policy.level(&Subject {
@@ -476,15 +550,44 @@ impl Record {
                 || matches!(info.subresource, "exec" | "attach" | "portforward")
                 || (info.subresource == "log" && target.path.contains("follow=true"));
             self.long_running.set(long);
+            verb = static_verb(&info.verb);
+            if info.is_resource_request {
+                resource = Some(
+                    if info.api_group.is_empty() && info.subresource.is_empty() {
+                        obs.resource(&tenant, info.resource)
+                    } else {
+                        let mut label = obs.scratch.borrow_mut();
+                        label.clear();
+                        if !info.api_group.is_empty() {
+                            label.push_str(info.api_group);
+                            label.push('/');
+                        }
+                        label.push_str(info.resource);
+                        if !info.subresource.is_empty() {
+                            label.push('/');
+                            label.push_str(info.subresource);
+                        }
+                        obs.resource(&tenant, &label)
+                    },
+                );
+            }
         }
-        *self.who.borrow_mut() = Some((identity.clone(), target.clone()));
+        *self.who.borrow_mut() = Some(Who {
+            identity: identity.clone(),
+            resource: resource.unwrap_or_else(|| obs.resource(&tenant, "")),
+            tenant,
+            verb,
+            cluster: obs.cluster(&target.cluster),
+            // Only an audit event names the target itself.
+            target: (self.level.get() > Level::None).then(|| target.clone()),
+        });
     }
 
     /// A watch was authorized: counted open until the request ends.
     pub fn watch_opened(&self, obs: &Observer, tenant: &str) {
         self.watching.set(true);
         self.long_running.set(true);
-        obs.traffic.watch(tenant, 1);
+        obs.traffic.watch(obs.core, tenant, 1);
         obs.metrics
             .tenant_watches
             .get_or_create(&TenantLabel {
@@ -559,15 +662,21 @@ impl Record {
 
     fn event(&self, obs: &Observer, a: &Audit, stage: Stage) -> Event {
         let level = self.level.get();
-        let mut e = Event::new(level, self.audit_id.clone(), stage, self.received);
+        // When the head arrived, on the wall clock (the request path reads only the monotonic
+        // one).
+        let received = SystemTime::now()
+            .checked_sub(self.started.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut e = Event::new(level, self.audit_id.clone(), stage, received);
         e.request_uri = String::from_utf8_lossy(&self.request_uri).into_owned();
         e.source_ips = vec![self.source.to_string()];
         if let Some(ua) = &self.user_agent {
             e.user_agent = String::from_utf8_lossy(ua).into_owned();
         }
         let who = self.who.borrow();
-        let tenant = who.as_ref().map_or("", |(i, _)| i.tenant.as_str());
-        if let Some((id, target)) = who.as_ref() {
+        let tenant = who.as_ref().map_or("", |w| w.identity.tenant.as_str());
+        if let Some(w) = who.as_ref() {
+            let id = &w.identity;
             e.user = UserInfo {
                 username: id.user.clone(),
                 uid: id.token_id.clone(),
@@ -585,7 +694,7 @@ impl Record {
                     ..Default::default()
                 });
             }
-            if let Ok(info) = target.info() {
+            if let Some(Ok(info)) = w.target.as_ref().map(Target::info) {
                 e.verb = info.verb.as_str().to_owned();
                 if info.is_resource_request {
                     e.object_ref = Some(ObjectRef {
@@ -598,8 +707,10 @@ impl Record {
                     });
                 }
             }
-            e.annotations
-                .insert("kubehub.io/cluster".into(), target.cluster.clone());
+            if let Some(target) = &w.target {
+                e.annotations
+                    .insert("kubehub.io/cluster".into(), target.cluster.clone());
+            }
         }
         if e.verb.is_empty() {
             e.verb = "unknown".into();
@@ -639,82 +750,72 @@ impl Record {
     /// The request ended: metrics, traffic, audit.
     pub fn finish(self, obs: &Observer) {
         let m = &obs.metrics;
+        let now = Instant::now();
         let code = match self.code.get() {
             0 => 499,
             c => c,
         };
-        let who = self.who.borrow();
-        let tenant = who.as_ref().map_or("", |(i, _)| i.tenant.as_str());
-        let info = who.as_ref().and_then(|(_, t)| t.info().ok());
-        let verb = info.as_ref().map_or("", |i| i.verb.as_str());
-        let mut resource_buf = String::new();
-        let resource = match &info {
-            Some(i) if i.is_resource_request => {
-                if i.api_group.is_empty() && i.subresource.is_empty() {
-                    i.resource
-                } else {
-                    if !i.api_group.is_empty() {
-                        resource_buf.push_str(i.api_group);
-                        resource_buf.push('/');
-                    }
-                    resource_buf.push_str(i.resource);
-                    if !i.subresource.is_empty() {
-                        resource_buf.push('/');
-                        resource_buf.push_str(i.subresource);
-                    }
-                    &resource_buf
-                }
-            }
-            _ => "",
-        };
         let by = self.served_by.get();
-        obs.request_counter(tenant, verb, resource, code, by).inc();
-        if let Some((_, t)) = who.as_ref() {
+        let who = self.who.borrow();
+        // A request refused before it was identified counts under tenant "".
+        let (tenant, resource, verb) = match who.as_ref() {
+            Some(w) => (w.tenant.clone(), w.resource.clone(), w.verb),
+            None => {
+                let t = obs.tenant("");
+                let r = obs.resource(&t, "");
+                (t, r, "")
+            }
+        };
+        obs.request_counter(&tenant, &resource, verb, code, by)
+            .inc();
+        if let Some(w) = who.as_ref() {
             let class = match code {
-                100..=199 => "1xx",
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
+                100..=199 => 0,
+                200..=299 => 1,
+                300..=399 => 2,
+                400..=499 => 3,
+                _ => 4,
             };
-            obs.cluster_counter(&t.cluster, class).inc();
+            obs.cluster_counter(&w.cluster, class).inc();
         }
-        let client = self.client.label();
-        obs.client_counter(tenant, self.client).inc();
+        obs.client_counter(&tenant, self.client).inc();
         obs.source_counter(self.source).inc();
         for (direction, n) in [("in", self.bytes_in.get()), ("out", self.bytes_out.get())] {
             if n > 0 {
-                obs.bytes_counter(tenant, direction).inc_by(n);
+                obs.bytes_counter(&tenant, direction).inc_by(n);
             }
         }
         if let Some(reason) = self.rejected.get() {
-            m.rejected(tenant, reason);
+            m.rejected(&tenant.name, reason);
         }
         if self.watching.get() {
-            obs.traffic.watch(tenant, -1);
+            obs.traffic.watch(obs.core, &tenant.name, -1);
             m.tenant_watches
                 .get_or_create(&TenantLabel {
-                    tenant: tenant.to_owned(),
+                    tenant: tenant.name.to_string(),
                 })
                 .dec();
         }
         let latency = (!self.long_running.get()).then(|| {
             self.head_at
                 .get()
-                .unwrap_or_else(Instant::now)
+                .unwrap_or(now)
                 .saturating_duration_since(self.started)
         });
-        obs.traffic.record(&Sample {
-            tenant,
-            client,
-            source: self.source,
-            error: code >= 400,
-            rejected: self.rejected.get().is_some(),
-            latency,
-            bytes_in: self.bytes_in.get(),
-            bytes_out: self.bytes_out.get(),
-        });
-        drop(info);
+        obs.traffic.record(
+            obs.core,
+            now,
+            &Sample {
+                tenant: &tenant.name,
+                client: self.client.label(),
+                source: self.source,
+                error: code >= 400,
+                rejected: self.rejected.get().is_some(),
+                latency,
+                bytes_in: self.bytes_in.get(),
+                bytes_out: self.bytes_out.get(),
+            },
+        );
         drop(who);
         if let Some(a) = &obs.audit {
             // A request refused before its user was known (401) is audited at the level of

@@ -366,7 +366,7 @@ async fn open(
     let backend = Backend::Tunnel(AgentHandle {
         tx,
         generation: 0,
-        agent_id: holder.hub.clone(),
+        agent_id: holder.hub.as_str().into(),
     });
     let open_head = registry::RequestHead {
         method: Bytes::from_static(METHOD.as_bytes()),

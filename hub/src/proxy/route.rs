@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use kubehub_kapi::request_info::RequestInfo;
-use kubehub_wire::ResourceKey;
 
 use super::backend::Backend;
 use super::error::ProxyError;
@@ -23,7 +22,7 @@ pub fn peer(
     peers: &crate::peers::Peers,
     cluster: &str,
 ) -> Option<Vec<crate::peers::Holder>> {
-    if matches!(registry.lookup(cluster), Lookup::Online(_)) {
+    if registry.has_tunnel(cluster) {
         return None;
     }
     let holders = peers.holders(cluster);
@@ -55,12 +54,7 @@ pub fn cached(
     let Some(cc) = caches.cluster(&target.cluster) else {
         return Cached::No;
     };
-    let key = ResourceKey {
-        group: info.api_group.to_string(),
-        version: info.api_version.to_string(),
-        resource: info.resource.to_string(),
-    };
-    let Some(slot) = cc.slot(&key) else {
+    let Some(slot) = cc.slot_of(info.api_group, info.api_version, info.resource) else {
         return Cached::No;
     };
     if !info.is_read() {
@@ -134,6 +128,8 @@ mod tests {
         assert!(matches!(route(&r, "b", &info), Err(ProxyError::UnknownCluster(c)) if c == "b"));
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         r.register("a", "agent-1", tx);
-        assert!(matches!(route(&r, "a", &info), Ok(Backend::Tunnel(h)) if h.agent_id == "agent-1"));
+        assert!(
+            matches!(route(&r, "a", &info), Ok(Backend::Tunnel(h)) if &*h.agent_id == "agent-1")
+        );
     }
 }
