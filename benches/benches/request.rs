@@ -301,7 +301,7 @@ fn bench_observe(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("kubectl_get_pod", case), |b| {
             b.iter(|| {
                 let rec = Record::new(&head, source, None);
-                rec.identify(&obs, &id, &target);
+                rec.identify(&obs, &id, &target, target.info().ok().as_ref());
                 rec.served_by.set(ServedBy::Cache);
                 rec.head_written(&obs, 200);
                 rec.bytes_out.set(2048);

@@ -92,6 +92,7 @@
 //! clusters = 1000                    # distinct `cluster` values of kubehub_hub_cluster_requests
 //! sources = 100                      # distinct `source` addresses of kubehub_hub_source_requests
 //! traffic_clients = 10000            # clients (tenant x user agent x address) /traffic tracks
+//!                                    # (over all cores: each core tracks its share)
 //!
 //! [audit]                            # the audit log: audit.k8s.io/v1 Events, one JSON line each
 //! enabled = false                    # (kubehub_audit::AuditConfig documents every option)

@@ -680,6 +680,35 @@ type AdminCtx = (
     Arc<crate::traffic::Traffic>,
 );
 
+/// The largest admin request head read.
+const ADMIN_HEAD_MAX: usize = 8192;
+
+/// Reads an admin request's head, however many reads it takes to arrive (within 5 s): its
+/// path; `Err(Some(400))` for a malformed or oversized head; `Err(None)` when the client
+/// left or was too slow (nothing to answer).
+async fn admin_request_path(tcp: &mut TcpStream) -> Result<String, Option<u16>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut head: Vec<u8> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (res, chunk) = match monoio::time::timeout(left, tcp.read(vec![0u8; 4096])).await {
+            Ok(r) => r,
+            Err(_) => return Err(None),
+        };
+        match res {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => return Ok(req.path.unwrap_or("/").to_owned()),
+            Ok(httparse::Status::Partial) if head.len() < ADMIN_HEAD_MAX => {}
+            _ => return Err(Some(400)),
+        }
+    }
+}
+
 async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
@@ -688,14 +717,16 @@ async fn admin_loop(listener: TcpListener, ctx: AdminCtx) {
         };
         let (registry, metrics, caches, access, drain, peers, traffic) = ctx.clone();
         monoio::spawn(async move {
-            let buf = vec![0u8; 4096];
-            let (res, buf) = tcp.read(buf).await;
-            let n = res.unwrap_or(0);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            let path = match req.parse(&buf[..n]) {
-                Ok(_) => req.path.unwrap_or("/").to_owned(),
-                Err(_) => String::new(),
+            let path = match admin_request_path(&mut tcp).await {
+                Ok(path) => path,
+                Err(Some(code)) => {
+                    let resp = format!(
+                        "HTTP/1.1 {code} Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+                    );
+                    let _ = tcp.write_all(resp.into_bytes()).await;
+                    return;
+                }
+                Err(None) => return,
             };
             let route = path.split('?').next().unwrap_or_default();
             let (code, ctype, body) = match route {

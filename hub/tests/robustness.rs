@@ -179,6 +179,35 @@ fn bad_agents_are_turned_away_and_the_hub_keeps_serving() {
 }
 
 #[test]
+fn the_admin_listener_reads_a_head_that_arrives_in_pieces() {
+    let s = stack();
+    let admin = s.hub.admin_addr.unwrap();
+    let ask = |parts: Vec<&'static [u8]>| {
+        s.rt.block_on(async move {
+            let mut tcp = TcpStream::connect(admin).await.unwrap();
+            for p in parts {
+                tcp.write_all(p).await.unwrap();
+                // Separate reads at the hub.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut out = String::new();
+            tcp.read_to_string(&mut out).await.unwrap();
+            out
+        })
+    };
+    // A request line split mid-path, then the fields in two more pieces.
+    let out = ask(vec![b"GET /heal", b"thz HTTP/1.1\r\nHo", b"st: x\r\n\r\n"]);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("ok\n"), "{out}");
+    // Garbage is a 400, not a 404 for an empty path.
+    let out = ask(vec![b"\x01\x02 nonsense\r\n\r\n"]);
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    // An unknown path is still a 404.
+    let out = ask(vec![b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"]);
+    assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+}
+
+#[test]
 fn a_client_that_stops_reading_slows_only_itself() {
     // Enough config maps that listing them is several megabytes.
     let s = stack();

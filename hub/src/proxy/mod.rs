@@ -480,8 +480,9 @@ async fn phases(ctx: &ProxyCtx, head: RequestHead, conn: &mut Conn, rec: &Record
         crate::bans::check_identity(index, &ctx.metrics, &identity)?;
         let target = resolve::resolve(&head, &identity)?;
         span.record("cluster", target.cluster.as_str());
-        rec.identify(&ctx.observer, &identity, &target);
-        let info = target.info()?;
+        let info = target.info();
+        rec.identify(&ctx.observer, &identity, &target, info.as_ref().ok());
+        let info = info?;
         authorize::authorize(index, &ctx.metrics, &identity, &target.cluster, &info)?;
         if info.verb == kubehub_kapi::request_info::Verb::Watch {
             rec.watch_opened(&ctx.observer, &identity.tenant);

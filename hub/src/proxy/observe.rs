@@ -31,6 +31,7 @@ use kubehub_access::Identity;
 use kubehub_audit::event::{audit_id_of, BodyOf};
 use kubehub_audit::policy::Subject;
 use kubehub_audit::{Event, Level, ObjectRef, Policy, Sink, Stage, UserInfo};
+use kubehub_kapi::request_info::RequestInfo;
 use prometheus_client::metrics::counter::Counter;
 
 use super::resolve::Target;
@@ -531,11 +532,18 @@ impl Record {
 
     /// The request was authenticated and resolved: who and what. Decides the audit level,
     /// and finds the request's counter handles (so `finish` hashes no label strings).
-    pub fn identify(&self, obs: &Observer, identity: &Arc<Identity>, target: &Target) {
+    /// `info` is the target's request info (`None`: the path is not a Kubernetes request).
+    pub fn identify(
+        &self,
+        obs: &Observer,
+        identity: &Arc<Identity>,
+        target: &Target,
+        info: Option<&RequestInfo<'_>>,
+    ) {
         let tenant = obs.tenant(&identity.tenant);
         let mut verb = "";
         let mut resource = None;
-        if let Ok(info) = target.info() {
+        if let Some(info) = info {
             if let Some(a) = &obs.audit {
                 self.level.set(a.policy.level(&Subject {
                     verb: info.verb.as_str(),
