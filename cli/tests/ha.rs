@@ -1201,9 +1201,26 @@ fn a_watch_through_a_hub_that_dies_ends_and_kubectl_relists_elsewhere() {
     let mut s = System::start();
     // A cluster, the hub that holds it and that other hubs forward it to first (holders are
     // tried in the order of meta's registry), and a hub that does not hold it.
-    let reg = s.registered();
     let cluster = CLUSTERS[0];
-    let holders = reg[cluster].clone();
+    // Pin the cluster where it is (what `kubehub ctl cluster move` does): the agents'
+    // rebalancing must not move it while the test relies on which hubs hold it.
+    let mut pinned = s.registered()[cluster].clone();
+    s.rt.block_on(s.admin.put(
+        &format!("/v1/registry/pins/{cluster}"),
+        &json!({"hubs": pinned, "reason": "test: placement held"}),
+    ))
+    .unwrap();
+    pinned.sort();
+    wait_until(
+        Duration::from_secs(20),
+        "the cluster on its pinned hubs",
+        || {
+            let mut now = s.registered().get(cluster).cloned().unwrap_or_default();
+            now.sort();
+            now == pinned
+        },
+    );
+    let holders = s.registered()[cluster].clone();
     let index = |id: &str| s.hubs.iter().position(|h| h.id == id).unwrap();
     let victim = index(&holders[0]);
     let other_holder = index(&holders[1]);
