@@ -75,6 +75,15 @@ impl Verb {
     /// The verb as kube-apiserver spells it (`""` for [`Verb::Unknown`]).
     pub fn as_str(&self) -> &str {
         match self {
+            Verb::NonResource(method) => method,
+            _ => self.as_static_str().unwrap_or_default(),
+        }
+    }
+
+    /// [`Verb::as_str`] when it is a `&'static str`: every verb but a non-resource request
+    /// with an unusual method (`None`), so a metric label can hold it without allocating.
+    pub fn as_static_str(&self) -> Option<&'static str> {
+        Some(match self {
             Verb::Get => "get",
             Verb::List => "list",
             Verb::Watch => "watch",
@@ -85,8 +94,9 @@ impl Verb {
             Verb::DeleteCollection => "deletecollection",
             Verb::Proxy => "proxy",
             Verb::Unknown => "",
-            Verb::NonResource(method) => method,
-        }
+            Verb::NonResource(Cow::Borrowed(method)) => method,
+            Verb::NonResource(Cow::Owned(_)) => return None,
+        })
     }
 
     /// kube-apiserver's verb for a resource request with this HTTP method (methods are
@@ -976,11 +986,16 @@ mod tests {
         for (verb, word) in all {
             assert_eq!(verb.as_str(), word);
             assert_eq!(verb.to_string(), word);
+            // Only an unusual method's (owned) spelling is not static.
+            let owned = matches!(verb, Verb::NonResource(Cow::Owned(_)));
+            assert_eq!(verb.as_static_str(), (!owned).then_some(word));
         }
         assert_eq!(
             info("OPTIONS", "/version").unwrap().verb,
             Verb::NonResource(Cow::Borrowed("options"))
         );
+        let odd = info("PROPFIND", "/version").unwrap().verb;
+        assert_eq!((odd.as_str(), odd.as_static_str()), ("propfind", None));
     }
 
     #[test]

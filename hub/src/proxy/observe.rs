@@ -250,12 +250,19 @@ struct ClusterSeries {
 /// bounded by [`Bounds`]; this bounds the raw values that map to them).
 const COUNTER_CACHE: usize = 4096;
 
-/// `map[key]`, made by `make` when absent; the map starts over when full.
-fn cached<V: Clone>(
-    map: &RefCell<HashMap<Box<str>, V, Fast>>,
-    key: &str,
+/// `map[key]` (looked up borrowed), made by `make` and entered under `own(key)` when absent;
+/// the map starts over when full.
+fn cached<K, Q, V>(
+    map: &RefCell<HashMap<K, V, Fast>>,
+    key: &Q,
+    own: impl FnOnce(&Q) -> K,
     make: impl FnOnce() -> V,
-) -> V {
+) -> V
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
     if let Some(v) = map.borrow().get(key) {
         return v.clone();
     }
@@ -264,7 +271,7 @@ fn cached<V: Clone>(
         map.clear();
     }
     let v = make();
-    map.insert(key.into(), v.clone());
+    map.insert(own(key), v.clone());
     v
 }
 
@@ -277,26 +284,6 @@ pub struct Bounds {
     pub clusters: Bounded,
     /// `source` values.
     pub sources: Bounded,
-}
-
-/// The `verb` label, as `&'static str` (kube-apiserver's spelling; a non-resource request's
-/// method when it is one of the usual ones, else `other`).
-fn static_verb(v: &kubehub_kapi::request_info::Verb) -> &'static str {
-    use kubehub_kapi::request_info::Verb;
-    match v {
-        Verb::Get => "get",
-        Verb::List => "list",
-        Verb::Watch => "watch",
-        Verb::Create => "create",
-        Verb::Update => "update",
-        Verb::Patch => "patch",
-        Verb::Delete => "delete",
-        Verb::DeleteCollection => "deletecollection",
-        Verb::Proxy => "proxy",
-        Verb::Unknown => "",
-        Verb::NonResource(std::borrow::Cow::Borrowed(m)) => m,
-        Verb::NonResource(_) => "other",
-    }
 }
 
 impl Observer {
@@ -324,34 +311,49 @@ impl Observer {
     }
 
     fn tenant(&self, tenant: &str) -> Rc<TenantSeries> {
-        cached(&self.tenants, tenant, || {
-            Rc::new(TenantSeries {
-                name: tenant.into(),
-                resources: RefCell::default(),
-                clients: RefCell::default(),
-                bytes_in: OnceCell::new(),
-                bytes_out: OnceCell::new(),
-            })
-        })
+        cached(
+            &self.tenants,
+            tenant,
+            |k: &str| Box::from(k),
+            || {
+                Rc::new(TenantSeries {
+                    name: tenant.into(),
+                    resources: RefCell::default(),
+                    clients: RefCell::default(),
+                    bytes_in: OnceCell::new(),
+                    bytes_out: OnceCell::new(),
+                })
+            },
+        )
     }
 
     /// The tenant's series of a resource request (`resource`: its label before bounding).
     fn resource(&self, t: &TenantSeries, resource: &str) -> Rc<ResourceSeries> {
-        cached(&t.resources, resource, || {
-            Rc::new(ResourceSeries {
-                label: self.bounds.resources.admit(resource).into(),
-                counters: RefCell::default(),
-            })
-        })
+        cached(
+            &t.resources,
+            resource,
+            |k: &str| Box::from(k),
+            || {
+                Rc::new(ResourceSeries {
+                    label: self.bounds.resources.admit(resource).into(),
+                    counters: RefCell::default(),
+                })
+            },
+        )
     }
 
     fn cluster(&self, cluster: &str) -> Rc<ClusterSeries> {
-        cached(&self.clusters, cluster, || {
-            Rc::new(ClusterSeries {
-                label: self.bounds.clusters.admit(cluster).into(),
-                classes: Default::default(),
-            })
-        })
+        cached(
+            &self.clusters,
+            cluster,
+            |k: &str| Box::from(k),
+            || {
+                Rc::new(ClusterSeries {
+                    label: self.bounds.clusters.admit(cluster).into(),
+                    classes: Default::default(),
+                })
+            },
+        )
     }
 
     fn request_counter(
@@ -414,20 +416,18 @@ impl Observer {
     }
 
     fn source_counter(&self, source: IpAddr) -> Counter {
-        if let Some(c) = self.sources.borrow().get(&source) {
-            return c.clone();
-        }
-        let text = source.to_string();
-        let label = SourceLabel {
-            source: self.bounds.sources.admit(&text).to_owned(),
-        };
-        let c = self.metrics.source_requests.get_or_create(&label).clone();
-        let mut map = self.sources.borrow_mut();
-        if map.len() >= COUNTER_CACHE {
-            map.clear();
-        }
-        map.insert(source, c.clone());
-        c
+        cached(
+            &self.sources,
+            &source,
+            |s| *s,
+            || {
+                let text = source.to_string();
+                let label = SourceLabel {
+                    source: self.bounds.sources.admit(&text).to_owned(),
+                };
+                self.metrics.source_requests.get_or_create(&label).clone()
+            },
+        )
     }
 
     fn bytes_counter(&self, t: &TenantSeries, direction: &'static str) -> Counter {
@@ -558,7 +558,8 @@ impl Record {
                 || matches!(info.subresource, "exec" | "attach" | "portforward")
                 || (info.subresource == "log" && target.path.contains("follow=true"));
             self.long_running.set(long);
-            verb = static_verb(&info.verb);
+            // (A non-resource request with an unusual method counts as "other".)
+            verb = info.verb.as_static_str().unwrap_or("other");
             if info.is_resource_request {
                 resource = Some(
                     if info.api_group.is_empty() && info.subresource.is_empty() {
