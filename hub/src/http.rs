@@ -581,8 +581,8 @@ pub fn response_head(
 ) -> (Vec<u8>, Framing) {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
+    // (Formatted in place: no string allocated per answer.)
+    let _ = std::io::Write::write_fmt(&mut out, format_args!("{status} "));
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
     let has_length = fields

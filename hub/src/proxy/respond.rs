@@ -115,6 +115,19 @@ impl<'m> Responder<'m> {
         status: u16,
         fields: &kubehub_wire::Fields,
     ) -> Result<(), ProxyError> {
+        let (bytes, f) = self.response_head(status, fields);
+        if f == Framing::Close {
+            self.keep = false;
+        }
+        conn.wr
+            .write_all(&[&bytes])
+            .await
+            .map_err(|_| ProxyError::ClientGone)
+    }
+
+    /// The response head for this request (its `Audit-ID` included), its framing noted and
+    /// its code and bytes counted.
+    fn response_head(&mut self, status: u16, fields: &kubehub_wire::Fields) -> (Vec<u8>, Framing) {
         let (bytes, f) = http::response_head(
             status,
             fields,
@@ -124,15 +137,9 @@ impl<'m> Responder<'m> {
             self.rec.audit_id.as_bytes(),
         );
         self.framing = Some(f);
-        if f == Framing::Close {
-            self.keep = false;
-        }
         self.count(status);
         self.wrote(bytes.len());
-        conn.wr
-            .write_all(&[&bytes])
-            .await
-            .map_err(|_| ProxyError::ClientGone)
+        (bytes, f)
     }
 
     async fn data(&mut self, conn: &mut Conn, data: &[u8]) -> Result<(), ProxyError> {
@@ -160,17 +167,7 @@ impl<'m> Responder<'m> {
         fields: &kubehub_wire::Fields,
         body: &[bytes::Bytes],
     ) -> bool {
-        let (head, f) = http::response_head(
-            status,
-            fields,
-            self.head_only,
-            self.http11,
-            self.keep,
-            self.rec.audit_id.as_bytes(),
-        );
-        self.framing = Some(f);
-        self.count(status);
-        self.wrote(head.len());
+        let (head, f) = self.response_head(status, fields);
         for b in body {
             self.wrote(b.len());
             self.rec.body_out(b, self.max_body());
