@@ -7,12 +7,12 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap freely
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubehub_access::ban::{rfc3339_ms, Ban, BanTarget, ClientMatch};
 use kubehub_access::{Line, Record};
-use kubehub_testkit::kubectl::{read_until, Transport};
+use kubehub_testkit::kubectl::Transport;
 use kubehub_testkit::stack::{self as common, pod, Stack, CLUSTER, TOKEN, TOKEN_ID, USER};
 
 fn now_ms() -> u64 {
@@ -136,18 +136,10 @@ fn a_ban_refuses_new_requests_and_ends_open_watches_and_sessions() {
     let mut sessions: Vec<Child> = Transport::BOTH
         .iter()
         .map(|t| {
-            let mut c = k
-                .cmd_over(
-                    *t,
-                    &p.exec_args(&[], &["sh", "-c", "echo started; sleep 600"]),
-                )
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let started = read_until(&mut c, Duration::from_secs(30), |o| o.contains("started"));
-            assert!(started.contains("started"), "{t:?}: {started}");
-            c
+            k.open_session(
+                *t,
+                &p.exec_args(&[], &["sh", "-c", "echo started; sleep 600"]),
+            )
         })
         .collect();
     let mut log = spawn_logged(

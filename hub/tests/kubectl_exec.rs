@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kubehub_hub::config::Limits;
 use kubehub_sim::ClusterConfig;
-use kubehub_testkit::kubectl::{read_until, wait_with_deadline, Transport};
+use kubehub_testkit::kubectl::{wait_with_deadline, Transport};
 use kubehub_testkit::stack::{self as common, pod, Pod, Stack};
 use kubehub_testkit::Kubectl;
 
@@ -332,19 +332,10 @@ fn the_agent_going_away_ends_a_session_with_an_error() {
             s.start_agent();
             s.wait_connected(true, Duration::from_secs(10));
         }
-        let mut child = k
-            .cmd_over(
-                t,
-                &p.exec_args(&[], &["sh", "-c", "echo started; sleep 600"]),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = read_until(&mut child, Duration::from_secs(30), |o| {
-            o.contains("started")
-        });
-        assert!(started.contains("started"), "{t:?}: {started}");
+        let child = k.open_session(
+            t,
+            &p.exec_args(&[], &["sh", "-c", "echo started; sleep 600"]),
+        );
         s.stop_agent();
         let out = wait_with_deadline(child, Duration::from_secs(90));
         if t == Transport::WebSocket {

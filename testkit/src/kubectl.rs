@@ -114,6 +114,23 @@ impl Kubectl {
         c
     }
 
+    /// Starts a long session over `t` (`args`: an exec whose command prints `started` and
+    /// then waits, e.g. `sh -c "echo started; sleep 600"`) and returns once it printed
+    /// `started`, so the session is open at the hub. Panics if it does not within 30 s.
+    pub fn open_session(&self, t: Transport, args: &[&str]) -> Child {
+        let mut child = self
+            .cmd_over(t, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {KUBECTL}: {e}"));
+        let started = read_until(&mut child, Duration::from_secs(30), |o| {
+            o.contains("started")
+        });
+        assert!(started.contains("started"), "{t:?}: {started}");
+        child
+    }
+
     /// [`Kubectl::output`] over `t`: runs to completion (stdin empty), stdout and stderr
     /// collected. Panics if kubectl cannot be started.
     pub fn output_over(&self, t: Transport, args: &[&str]) -> Output {

@@ -499,7 +499,11 @@ pub struct Record {
 impl Record {
     /// The record of a request whose head just arrived.
     pub fn new(head: &RequestHead, source: IpAddr, via_peer: Option<&str>) -> Record {
-        let ua = head.header("user-agent");
+        let user_agent = head
+            .fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"user-agent"))
+            .map(|(_, v)| v.clone());
         Record {
             started: Instant::now(),
             audit_id: audit_id_of(head.header("audit-id")),
@@ -520,12 +524,8 @@ impl Record {
             response_body: RefCell::new(BytesMut::new()),
             annotations: RefCell::new(Vec::new()),
             request_uri: head.target.clone(),
-            user_agent: head
-                .fields
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(b"user-agent"))
-                .map(|(_, v)| v.clone()),
-            client: ClientKind::of(ua),
+            client: ClientKind::of(user_agent.as_deref()),
+            user_agent,
             via_peer: via_peer.map(str::to_owned),
         }
     }
